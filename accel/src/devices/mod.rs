@@ -1,0 +1,1 @@
+//! In-process platform devices and the port/MMIO bus (stub).

@@ -1,0 +1,11 @@
+//! accel: a QEMU-compatible KVM accelerator whose virtio devices are vhost-user backends in
+//! other processes.
+//!
+//! - [`cli`] turns a QEMU-style command line into a [`config::VmConfig`].
+//! - [`vmm`] builds the VM (memfd RAM, KVM irqchip/PIT, vCPUs, direct Linux boot) and runs it.
+//! - [`devices`] holds the in-process platform devices (8250, i8042, CMOS) and the I/O bus.
+
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod vmm;

@@ -1,0 +1,1 @@
+//! Backend daemon plumbing (stub).

@@ -1,0 +1,3 @@
+//! Device descriptions shared by frontends and backends.
+
+pub mod blk;
