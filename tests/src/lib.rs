@@ -1,1 +1,214 @@
-//! Helpers shared by the integration tests: locating binaries and the test guest, running VMs.
+//! Helpers shared by the integration tests: locating the workspace's binaries and the test
+//! guest, running VMs and backends with a deadline, and collecting what they printed.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` produced (`scripts/test.sh` builds
+//! them before running the tests). The guest comes from `$ACCEL_GUEST_DIR`, `../shared/guest`
+//! next to the checkout, or the cache `scripts/guest.sh` builds into.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kernel command-line options every test guest gets: what this machine's `kvm_pvm` needs
+/// (harmless under TCG and on real KVM), see ../shared/guest/README.md.
+pub const GUEST_CMDLINE: &str =
+    "console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
+
+/// Generous deadline for one KVM boot of the test guest on this (emulating) host.
+pub const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where cargo put the workspace's binaries for this profile.
+fn bin_dir() -> PathBuf {
+    // The test executable lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// Path of a workspace binary (`accel`, `vhost-user-blk`, ...). Panics with the fix if it was not
+/// built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` (scripts/test.sh does) first",
+        p.display()
+    );
+    p
+}
+
+/// The test guest directory (vmlinux, bzImage, initramfs.cpio, lean.cpio).
+pub fn guest_dir() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("ACCEL_GUEST_DIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    candidates.push(workspace_root().join("../shared/guest"));
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        candidates.push(c.join("accel-guest"));
+    }
+    for c in &candidates {
+        if c.join("vmlinux").exists() && c.join("lean.cpio").exists() {
+            return c.canonicalize().unwrap_or_else(|_| c.clone());
+        }
+    }
+    panic!(
+        "test guest not found in {candidates:?}: run scripts/guest.sh (or set ACCEL_GUEST_DIR)"
+    );
+}
+
+/// A guest file (`vmlinux`, `bzImage`, `lean.cpio`, `initramfs.cpio`).
+pub fn guest_file(name: &str) -> PathBuf {
+    guest_dir().join(name)
+}
+
+/// The QEMU binary for interop tests. Panics with the fix if it is missing.
+pub fn qemu() -> PathBuf {
+    let p = PathBuf::from(std::env::var_os("QEMU").unwrap_or_else(|| "qemu-system-x86_64".into()));
+    let found = if p.is_absolute() {
+        p.exists()
+    } else {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(&p).exists()))
+            .unwrap_or(false)
+    };
+    assert!(found, "{} not found: apt-get install qemu-system-x86", p.display());
+    p
+}
+
+/// A per-test scratch directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::temp_dir();
+        for n in 0.. {
+            let p = base.join(format!("accel-test-{tag}-{}-{n}", std::process::id()));
+            if std::fs::create_dir(&p).is_ok() {
+                return TempDir(p);
+            }
+        }
+        unreachable!()
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a finished (or killed) process left behind.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// `None` when the deadline passed and the process was killed.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+    /// stdout then stderr, for assertion messages.
+    pub fn both(&self) -> String {
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
+    }
+    /// The value after `GUEST CMD RC: ` the guest's /init printed, if any.
+    pub fn guest_rc(&self) -> Option<i32> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("GUEST CMD RC: "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Runs `cmd` with stdout/stderr captured and stdin closed; kills it after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> RunOutput {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    wait_with_timeout(child, timeout)
+}
+
+/// Waits for a child spawned with piped stdout/stderr; kills it after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> RunOutput {
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(s) => break Some(s),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    RunOutput {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// The `-append` value for a test guest that runs `gcmd` (empty: just boot and reset).
+pub fn guest_append(gcmd: &str) -> String {
+    if gcmd.is_empty() {
+        GUEST_CMDLINE.to_string()
+    } else {
+        format!("{GUEST_CMDLINE} gcmd=\"{gcmd}\"")
+    }
+}
+
+/// A child process killed (and reaped) on drop: backends that tests start.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `path` exists (a backend's listening socket), up to `timeout`.
+pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

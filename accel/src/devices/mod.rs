@@ -1,1 +1,3 @@
-//! In-process platform devices and the port/MMIO bus (stub).
+//! In-process platform devices and the port/MMIO bus they sit on.
+
+pub mod bus;
