@@ -1,1 +1,0 @@
-//! Backend daemon plumbing (stub).

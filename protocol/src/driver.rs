@@ -1,1 +1,0 @@
-//! Userspace virtio driver (stub).

@@ -1,1 +1,0 @@
-//! vhost-user frontend session (stub).

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Times whole VMM runs over several repetitions and prints medians.
+
+For each run: wall time from exec to exit, optionally the time until a marker appears on
+stdout (e.g. "GUEST UP"), and the child's own peak RSS (ru_maxrss from wait4).
+
+usage: runner.py --label NAME [--runs N] [--marker TEXT] [--timeout S] -- CMD ARGS...
+Prints: `NAME wall_ms_median=.. wall_ms_min=.. rss_kib_median=.. runs=N [marker_ms_median=..]`
+Exits non-zero (with the child's output) if a run fails: non-zero status, timeout, or no marker.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def run_once(cmd, marker, timeout):
+    """Runs cmd once; returns (wall_s, marker_s or None, maxrss_kib, exit_code, stdout, stderr)."""
+    rfd, wfd = os.pipe()
+    with tempfile.TemporaryFile() as errf:
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(wfd, 1)
+                os.dup2(errf.fileno(), 2)
+                os.close(rfd)
+                os.execvp(cmd[0], cmd)
+            finally:
+                os._exit(127)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        out, t_marker, deadline = b"", None, t0 + timeout
+        while True:
+            try:
+                chunk = os.read(rfd, 65536)
+            except BlockingIOError:
+                chunk = b""
+            if chunk:
+                out += chunk
+                if marker and t_marker is None and marker.encode() in out:
+                    t_marker = time.monotonic() - t0
+            done, status, ru = os.wait4(pid, os.WNOHANG)
+            if done == pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                _, status, ru = os.wait4(pid, 0)
+                break
+            if not chunk:
+                time.sleep(0.0002)
+        wall = time.monotonic() - t0
+        os.set_blocking(rfd, True)
+        while chunk := os.read(rfd, 65536):
+            out += chunk
+        os.close(rfd)
+        errf.seek(0)
+        err = errf.read()
+    code = os.waitstatus_to_exitcode(status)
+    return wall, t_marker, ru.ru_maxrss, code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--marker")
+    ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    walls, marks, rsss = [], [], []
+    for i in range(a.runs):
+        wall, t_marker, rss, code, out, err = run_once(cmd, a.marker, a.timeout)
+        if code != 0 or (a.marker and t_marker is None):
+            sys.stderr.write(f"{a.label}: run {i} failed (exit {code}, marker seen: "
+                             f"{t_marker is not None})\n--- stdout ---\n{out[-3000:]}\n"
+                             f"--- stderr ---\n{err[-3000:]}\n")
+            sys.exit(1)
+        walls.append(wall * 1000)
+        rsss.append(rss)
+        if t_marker is not None:
+            marks.append(t_marker * 1000)
+    line = (f"{a.label} wall_ms_median={statistics.median(walls):.1f} "
+            f"wall_ms_min={min(walls):.1f} rss_kib_median={statistics.median(rsss):.0f} "
+            f"runs={a.runs}")
+    if marks:
+        line += f" marker_ms_median={statistics.median(marks):.1f}"
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
