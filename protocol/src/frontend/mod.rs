@@ -1,0 +1,663 @@
+//! The vhost-user frontend session: one connection to a backend process, with everything
+//! needed to negotiate, share guest memory, run vrings, and restore them after the backend
+//! restarts.
+//!
+//! Used by the VMM (`accel`, whose virtio-pci transports forward the guest's choices here) and
+//! by the userspace [`driver`](crate::driver) (tests, benchmarks). Typical life cycle:
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use protocol::frontend::{FrontendSession, VringGeometry};
+//! # use vm_memory::GuestAddress;
+//! # fn demo(mem: &vm_memory::GuestMemoryMmap, call: &vmm_sys_util::eventfd::EventFd,
+//! #         kick: &vmm_sys_util::eventfd::EventFd) -> protocol::frontend::Result<()> {
+//! let mut s = FrontendSession::connect("/tmp/blk.sock", Duration::from_secs(5))?;
+//! let offered = s.device_features();          // show these to the guest
+//! s.set_features(offered)?;                    // what the guest acked
+//! s.set_mem_table(mem)?;                       // memfd-backed guest RAM
+//! let ring = VringGeometry {
+//!     size: 256,
+//!     desc: GuestAddress(0x10000),
+//!     avail: GuestAddress(0x11000),
+//!     used: GuestAddress(0x12000),
+//! };
+//! s.setup_vring(0, ring, 0, call, kick)?;      // NUM, BASE, ADDR, KICK, CALL
+//! s.enable_vring(0, true)?;
+//! // ... the backend dies and comes back:
+//! s.reconnect(Duration::from_secs(5))?;        // replays features, memory, vrings
+//! # Ok(()) }
+//! ```
+//!
+//! Every request is sent with NEED_REPLY once REPLY_ACK is negotiated, so when a call returns
+//! the backend has acted on it (e.g. mapped the memory table).
+
+mod error;
+mod memory;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VringConfigData};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use error::{Error, Result, is_disconnect};
+pub use memory::{SharedMemory, SharedRegion, gpa_to_frontend_va};
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30 of the vhost-user feature word). Not a virtio
+/// feature: never show it to a guest driver.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Largest split-ring size (virtio 1.2 §2.7).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Protocol features this session knows how to use, and asks for by default.
+pub fn supported_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// How a session negotiates with its backend.
+#[derive(Clone, Debug)]
+pub struct FrontendOptions {
+    /// Most queues the frontend will use; the session reports `min(this, GET_QUEUE_NUM)`.
+    pub max_queues: usize,
+    /// Protocol features to ask for (intersected with what the backend offers).
+    pub protocol_features: VhostUserProtocolFeatures,
+    /// Protocol features without which connecting fails.
+    pub required_protocol_features: VhostUserProtocolFeatures,
+    /// How long to wait for any single reply before declaring the backend gone
+    /// (`None`: wait forever).
+    pub reply_timeout: Option<Duration>,
+}
+
+impl Default for FrontendOptions {
+    fn default() -> Self {
+        FrontendOptions {
+            max_queues: 64,
+            protocol_features: supported_protocol_features(),
+            required_protocol_features: VhostUserProtocolFeatures::REPLY_ACK,
+            reply_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Where a split virtqueue lives, in guest-physical addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VringGeometry {
+    /// Number of descriptors (a power of two, at most [`MAX_QUEUE_SIZE`]).
+    pub size: u16,
+    /// Descriptor table (16-byte aligned, `16 * size` bytes).
+    pub desc: GuestAddress,
+    /// Available (driver) ring (2-byte aligned, `6 + 2 * size` bytes).
+    pub avail: GuestAddress,
+    /// Used (device) ring (4-byte aligned, `6 + 8 * size` bytes).
+    pub used: GuestAddress,
+}
+
+impl VringGeometry {
+    /// Byte sizes of (descriptor table, avail ring, used ring), event-index fields included.
+    pub fn part_sizes(size: u16) -> (u64, u64, u64) {
+        let n = u64::from(size);
+        (16 * n, 6 + 2 * n, 6 + 8 * n)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.size == 0 || !self.size.is_power_of_two() || self.size > MAX_QUEUE_SIZE {
+            return Err(Error::State("queue size must be a power of two <= 32768"));
+        }
+        if !self.desc.0.is_multiple_of(16)
+            || !self.avail.0.is_multiple_of(2)
+            || !self.used.0.is_multiple_of(4)
+        {
+            return Err(Error::State("misaligned vring part"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct VringState {
+    geometry: Option<VringGeometry>,
+    call: Option<EventFd>,
+    kick: Option<EventFd>,
+    /// Set up and not stopped: the backend is (or was, before it died) processing it.
+    running: bool,
+    enabled: bool,
+    /// The last avail index reported by GET_VRING_BASE when the ring was stopped.
+    saved_base: Option<u16>,
+}
+
+/// What a handshake learned about the backend.
+struct Negotiated {
+    device_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    num_queues: usize,
+}
+
+/// A vhost-user frontend connection with replayable state.
+///
+/// Not internally synchronised beyond what `vhost::vhost_user::Frontend` does: share it
+/// behind a `Mutex` if several threads drive it. The kick/call event fds belong to the
+/// caller (for a VMM: KVM ioeventfds / irqfds); the session dups them to resend on reconnect.
+pub struct FrontendSession {
+    path: PathBuf,
+    opts: FrontendOptions,
+    fe: Frontend,
+    gone: bool,
+    device_features: u64,
+    acked_features: Option<u64>,
+    protocol: VhostUserProtocolFeatures,
+    num_queues: usize,
+    memory: Option<Arc<dyn SharedMemory>>,
+    table: Vec<SharedRegion>,
+    vrings: Vec<VringState>,
+}
+
+impl std::fmt::Debug for FrontendSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendSession")
+            .field("path", &self.path)
+            .field("gone", &self.gone)
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
+            .field("acked_features", &self.acked_features)
+            .field("protocol", &self.protocol)
+            .field("num_queues", &self.num_queues)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to `path`, retrying while the socket does not exist yet or refuses connections
+/// (the backend is starting), until `timeout` has passed.
+fn connect_stream(path: &Path, timeout: Duration) -> Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let retryable = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                );
+                if !retryable || Instant::now() >= deadline {
+                    return Err(Error::Connect {
+                        path: path.to_path_buf(),
+                        timeout,
+                        source: e,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Runs one request, classifying its error.
+fn req<T>(op: &'static str, r: vhost::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::from_vhost(op, e))
+}
+
+fn handshake(fe: &mut Frontend, opts: &FrontendOptions) -> Result<Negotiated> {
+    req("SET_OWNER", fe.set_owner())?;
+    let device_features = req("GET_FEATURES", fe.get_features())?;
+    let mut protocol = VhostUserProtocolFeatures::empty();
+    let mut num_queues = opts.max_queues;
+    if device_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        let offered = req("GET_PROTOCOL_FEATURES", fe.get_protocol_features())?;
+        protocol = offered & opts.protocol_features;
+        let missing = opts.required_protocol_features - protocol;
+        if !missing.is_empty() {
+            return Err(Error::MissingFeatures {
+                what: "protocol",
+                missing: missing.bits(),
+            });
+        }
+        req("SET_PROTOCOL_FEATURES", fe.set_protocol_features(protocol))?;
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let n = req("GET_QUEUE_NUM", fe.get_queue_num())?;
+            num_queues = num_queues.min(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+    } else if !opts.required_protocol_features.is_empty() {
+        return Err(Error::MissingFeatures {
+            what: "virtio (VHOST_USER_F_PROTOCOL_FEATURES)",
+            missing: VHOST_USER_F_PROTOCOL_FEATURES,
+        });
+    }
+    log::debug!(
+        "vhost-user handshake: features {device_features:#x}, protocol {protocol:?}, {num_queues} queues"
+    );
+    Ok(Negotiated {
+        device_features,
+        protocol,
+        num_queues,
+    })
+}
+
+fn open(path: &Path, timeout: Duration, opts: &FrontendOptions) -> Result<(Frontend, Negotiated)> {
+    let stream = connect_stream(path, timeout)?;
+    stream
+        .set_read_timeout(opts.reply_timeout)
+        .map_err(|e| Error::Connect {
+            path: path.to_path_buf(),
+            timeout,
+            source: e,
+        })?;
+    let mut fe = Frontend::from_stream(stream, opts.max_queues as u64);
+    let negotiated = handshake(&mut fe, opts)?;
+    Ok((fe, negotiated))
+}
+
+impl FrontendSession {
+    /// Connects to the backend socket at `path` (retrying until `timeout`) and negotiates with
+    /// default [`FrontendOptions`]: SET_OWNER, GET_FEATURES, protocol features (REPLY_ACK, MQ,
+    /// CONFIG, CONFIGURE_MEM_SLOTS, RESET_DEVICE as offered), GET_QUEUE_NUM.
+    pub fn connect(path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
+        Self::connect_with(path, timeout, FrontendOptions::default())
+    }
+
+    /// [`connect`](Self::connect) with explicit options.
+    pub fn connect_with(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+        opts: FrontendOptions,
+    ) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let (fe, n) = open(&path, timeout, &opts)?;
+        let vrings = (0..n.num_queues).map(|_| VringState::default()).collect();
+        Ok(FrontendSession {
+            path,
+            opts,
+            fe,
+            gone: false,
+            device_features: n.device_features,
+            acked_features: None,
+            protocol: n.protocol,
+            num_queues: n.num_queues,
+            memory: None,
+            table: Vec::new(),
+            vrings,
+        })
+    }
+
+    /// The backend socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// False once a request found the backend gone (until [`reconnect`](Self::reconnect)).
+    pub fn is_connected(&self) -> bool {
+        !self.gone
+    }
+
+    /// Virtio features the device offers, without `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub fn device_features(&self) -> u64 {
+        self.device_features & !VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    /// Virtio features sent with SET_FEATURES (without `VHOST_USER_F_PROTOCOL_FEATURES`), if any.
+    pub fn acked_features(&self) -> Option<u64> {
+        self.acked_features
+    }
+
+    /// Negotiated protocol features.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// Number of queues usable on this session.
+    pub fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    /// The underlying `vhost` frontend, for requests this session does not wrap (tests use it
+    /// to send malformed requests). State changes made through it are not replayed.
+    pub fn raw_frontend(&mut self) -> &mut Frontend {
+        &mut self.fe
+    }
+
+    /// Runs one request on the live connection; a disconnect marks the session gone.
+    fn call<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        if self.gone {
+            return Err(Error::BackendGone {
+                op,
+                detail: "session disconnected earlier; reconnect first".into(),
+            });
+        }
+        let r = req(op, f(&mut self.fe));
+        if let Err(e) = &r
+            && e.is_backend_gone()
+        {
+            log::warn!("vhost-user backend {}: {e}", self.path.display());
+            self.gone = true;
+        }
+        r
+    }
+
+    fn check_queue(&self, index: usize) -> Result<()> {
+        if index >= self.num_queues {
+            return Err(Error::QueueIndex {
+                index,
+                num_queues: self.num_queues,
+            });
+        }
+        Ok(())
+    }
+
+    fn protocol_features_acked(&self) -> bool {
+        self.acked_features.is_some() && self.device_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+    }
+
+    /// SET_FEATURES with the virtio features the driver accepted (bits the device does not
+    /// offer are dropped); adds `VHOST_USER_F_PROTOCOL_FEATURES` when the backend offers it.
+    pub fn set_features(&mut self, features: u64) -> Result<()> {
+        let virtio = features & self.device_features();
+        if virtio != features {
+            log::debug!(
+                "dropping features {:#x} the backend does not offer",
+                features & !virtio
+            );
+        }
+        let wire = virtio | (self.device_features & VHOST_USER_F_PROTOCOL_FEATURES);
+        self.call("SET_FEATURES", |fe| fe.set_features(wire))?;
+        self.acked_features = Some(virtio);
+        Ok(())
+    }
+
+    /// Shares `mem` with the backend (SET_MEM_TABLE). Every region must be file-backed
+    /// (memfd, MAP_SHARED). The session keeps a reference-counted clone of `mem`: the fds are
+    /// resent on reconnect and ring indices can be read from it.
+    pub fn set_mem_table<M: SharedMemory + Clone + 'static>(&mut self, mem: &M) -> Result<()> {
+        let memory: Arc<dyn SharedMemory> = Arc::new(mem.clone());
+        let table = memory.shared_regions()?;
+        if table.is_empty() {
+            return Err(Error::State("guest memory has no regions"));
+        }
+        Self::send_mem_table(self, &table)?;
+        self.memory = Some(memory);
+        self.table = table;
+        Ok(())
+    }
+
+    fn send_mem_table(&mut self, table: &[SharedRegion]) -> Result<()> {
+        let infos: Vec<_> = table.iter().map(SharedRegion::to_info).collect();
+        self.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()))
+    }
+
+    /// The memory table last sent to the backend.
+    pub fn mem_table(&self) -> &[SharedRegion] {
+        &self.table
+    }
+
+    /// Translates a guest-physical range into this process's virtual address through the
+    /// memory table sent to the backend (what vring addresses must be expressed in).
+    pub fn frontend_va(&self, gpa: GuestAddress, len: u64) -> Result<u64> {
+        memory::table_gpa_to_va(&self.table, gpa.0, len)
+    }
+
+    fn vring_config(&self, g: &VringGeometry) -> Result<VringConfigData> {
+        let (dl, al, ul) = VringGeometry::part_sizes(g.size);
+        Ok(VringConfigData {
+            queue_max_size: g.size,
+            queue_size: g.size,
+            flags: 0,
+            desc_table_addr: self.frontend_va(g.desc, dl)?,
+            used_ring_addr: self.frontend_va(g.used, ul)?,
+            avail_ring_addr: self.frontend_va(g.avail, al)?,
+            log_addr: None,
+        })
+    }
+
+    /// Sends NUM, BASE, ADDR, KICK, CALL for one ring (QEMU's order) without touching the
+    /// session's bookkeeping.
+    fn send_vring(
+        &mut self,
+        index: usize,
+        g: &VringGeometry,
+        base: u16,
+        call: &EventFd,
+        kick: &EventFd,
+    ) -> Result<()> {
+        let config = self.vring_config(g)?;
+        self.call("SET_VRING_NUM", |fe| fe.set_vring_num(index, g.size))?;
+        self.call("SET_VRING_BASE", |fe| fe.set_vring_base(index, base))?;
+        self.call("SET_VRING_ADDR", |fe| fe.set_vring_addr(index, &config))?;
+        self.call("SET_VRING_KICK", |fe| fe.set_vring_kick(index, kick))?;
+        self.call("SET_VRING_CALL", |fe| fe.set_vring_call(index, call))
+    }
+
+    /// Starts ring `index`: geometry (guest-physical; translated to frontend addresses through
+    /// the memory table), the first avail index the backend should process (`base`, 0 for a
+    /// fresh ring), and the caller's call/kick event fds (dup'd, to resend on reconnect).
+    ///
+    /// With `VHOST_USER_F_PROTOCOL_FEATURES` negotiated the ring starts disabled: follow with
+    /// [`enable_vring`](Self::enable_vring).
+    pub fn setup_vring(
+        &mut self,
+        index: usize,
+        geometry: VringGeometry,
+        base: u16,
+        call: &EventFd,
+        kick: &EventFd,
+    ) -> Result<()> {
+        self.check_queue(index)?;
+        geometry.validate()?;
+        if self.memory.is_none() {
+            return Err(Error::State(
+                "set the memory table before setting up vrings",
+            ));
+        }
+        if self.acked_features.is_none() {
+            return Err(Error::State("set features before setting up vrings"));
+        }
+        let call_dup = call.try_clone().map_err(Error::EventFd)?;
+        let kick_dup = kick.try_clone().map_err(Error::EventFd)?;
+        self.send_vring(index, &geometry, base, call, kick)?;
+        let starts_enabled = !self.protocol_features_acked();
+        let v = &mut self.vrings[index];
+        v.geometry = Some(geometry);
+        v.call = Some(call_dup);
+        v.kick = Some(kick_dup);
+        v.running = true;
+        v.enabled = starts_enabled;
+        v.saved_base = None;
+        Ok(())
+    }
+
+    /// Replaces ring `index`'s call fd (e.g. the guest moved the queue to another MSI vector).
+    pub fn set_vring_call(&mut self, index: usize, call: &EventFd) -> Result<()> {
+        self.check_queue(index)?;
+        let dup = call.try_clone().map_err(Error::EventFd)?;
+        self.call("SET_VRING_CALL", |fe| fe.set_vring_call(index, call))?;
+        self.vrings[index].call = Some(dup);
+        Ok(())
+    }
+
+    /// Replaces ring `index`'s kick fd.
+    pub fn set_vring_kick(&mut self, index: usize, kick: &EventFd) -> Result<()> {
+        self.check_queue(index)?;
+        let dup = kick.try_clone().map_err(Error::EventFd)?;
+        self.call("SET_VRING_KICK", |fe| fe.set_vring_kick(index, kick))?;
+        self.vrings[index].kick = Some(dup);
+        Ok(())
+    }
+
+    /// SET_VRING_ENABLE. A no-op without `VHOST_USER_F_PROTOCOL_FEATURES` (rings are then
+    /// enabled as soon as they get a kick fd).
+    pub fn enable_vring(&mut self, index: usize, enable: bool) -> Result<()> {
+        self.check_queue(index)?;
+        if self.protocol_features_acked() {
+            self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, enable))?;
+        }
+        self.vrings[index].enabled = enable;
+        Ok(())
+    }
+
+    /// Stops ring `index` (GET_VRING_BASE) and returns the next avail index the backend would
+    /// have processed; the value is saved and used as the base when the ring is restored.
+    pub fn stop_vring(&mut self, index: usize) -> Result<u16> {
+        self.check_queue(index)?;
+        if !self.vrings[index].running {
+            return self.vrings[index]
+                .saved_base
+                .ok_or(Error::State("vring was never started"));
+        }
+        let base = self.call("GET_VRING_BASE", |fe| fe.get_vring_base(index))?;
+        // The reply's `num` is the 16-bit avail index (packed rings add a wrap bit above).
+        let base = (base & 0xffff) as u16;
+        let v = &mut self.vrings[index];
+        v.running = false;
+        v.enabled = false;
+        v.saved_base = Some(base);
+        Ok(base)
+    }
+
+    /// The base saved by the last [`stop_vring`](Self::stop_vring), if the ring is stopped.
+    pub fn saved_vring_base(&self, index: usize) -> Option<u16> {
+        self.vrings
+            .get(index)
+            .filter(|v| !v.running)
+            .and_then(|v| v.saved_base)
+    }
+
+    /// Reads `len` bytes of device config space at `offset` (GET_CONFIG; needs CONFIG).
+    pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::MissingFeatures {
+                what: "protocol",
+                missing: VhostUserProtocolFeatures::CONFIG.bits(),
+            });
+        }
+        let buf = vec![0u8; len as usize];
+        let (_, data) = self.call("GET_CONFIG", |fe| {
+            fe.get_config(offset, len, VhostUserConfigFlags::WRITABLE, &buf)
+        })?;
+        Ok(data)
+    }
+
+    /// Writes device config space at `offset` (SET_CONFIG; needs CONFIG).
+    pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::MissingFeatures {
+                what: "protocol",
+                missing: VhostUserProtocolFeatures::CONFIG.bits(),
+            });
+        }
+        self.call("SET_CONFIG", |fe| {
+            fe.set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+        })
+    }
+
+    /// Device reset (the guest wrote 0 to device_status): stops every running ring, sends
+    /// RESET_DEVICE when negotiated, and forgets ring state and acked features. The memory
+    /// table stays.
+    pub fn reset(&mut self) -> Result<()> {
+        for index in 0..self.num_queues {
+            if self.vrings[index].running {
+                self.stop_vring(index)?;
+            }
+        }
+        if self
+            .protocol
+            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        {
+            self.call("RESET_DEVICE", |fe| fe.reset_device())?;
+        }
+        for v in &mut self.vrings {
+            *v = VringState::default();
+        }
+        self.acked_features = None;
+        Ok(())
+    }
+
+    /// Reconnects to the same socket path (retrying until `timeout`) and restores the session:
+    /// handshake, SET_FEATURES with the previously acked features (the backend must still
+    /// offer them), the memory table, and every ring that was running, enabled as before.
+    ///
+    /// A running ring restarts at the base reported by GET_VRING_BASE if the old backend
+    /// answered it, otherwise at the used ring's `idx` read from guest memory: requests the
+    /// dead backend had taken but not completed are processed again.
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<()> {
+        self.gone = true;
+        let (fe, n) = open(&self.path, timeout, &self.opts)?;
+        self.fe = fe;
+        self.gone = false;
+        if let Some(acked) = self.acked_features {
+            let missing = acked & !n.device_features;
+            if missing != 0 {
+                self.gone = true;
+                return Err(Error::FeaturesShrunk { missing });
+            }
+        }
+        if n.num_queues
+            < self
+                .vrings
+                .iter()
+                .rposition(|v| v.running)
+                .map_or(0, |i| i + 1)
+        {
+            self.gone = true;
+            return Err(Error::State("reconnected backend has fewer queues"));
+        }
+        self.device_features = n.device_features;
+        self.protocol = n.protocol;
+        self.num_queues = n.num_queues;
+        self.vrings
+            .resize_with(n.num_queues.max(self.vrings.len()), Default::default);
+
+        if let Some(acked) = self.acked_features {
+            self.set_features(acked)?;
+        }
+        if !self.table.is_empty() {
+            let table = self.table.clone();
+            self.send_mem_table(&table)?;
+        }
+        for index in 0..self.vrings.len() {
+            let v = &self.vrings[index];
+            let (Some(g), true) = (v.geometry, v.running) else {
+                continue;
+            };
+            let (Some(call), Some(kick)) = (&v.call, &v.kick) else {
+                continue;
+            };
+            let (call, kick) = (
+                call.try_clone().map_err(Error::EventFd)?,
+                kick.try_clone().map_err(Error::EventFd)?,
+            );
+            let enabled = v.enabled;
+            let base = match v.saved_base {
+                Some(b) => b,
+                None => self
+                    .memory
+                    .as_ref()
+                    .and_then(|m| m.load_u16(GuestAddress(g.used.0 + 2)))
+                    .ok_or(Error::AddressNotMapped {
+                        gpa: g.used.0 + 2,
+                        len: 2,
+                    })?,
+            };
+            log::info!("vhost-user reconnect: restoring vring {index} at base {base}");
+            self.send_vring(index, &g, base, &call, &kick)?;
+            if enabled && self.protocol_features_acked() {
+                self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, true))?;
+            }
+        }
+        Ok(())
+    }
+}
