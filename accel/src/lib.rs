@@ -5,7 +5,10 @@
 //! - [`vmm`] builds the VM (memfd RAM, KVM irqchip/PIT, vCPUs, direct Linux boot) and runs it.
 //! - [`devices`] holds the in-process platform devices (8250, i8042, CMOS) and the I/O bus.
 
+pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod pci;
+pub mod virtio;
 pub mod vmm;

@@ -1,0 +1,441 @@
+//! Bus 0: the host bridge, the legacy configuration mechanism #1 ports, and keeping every
+//! device's BARs mapped on the MMIO/PIO buses where the guest programmed them.
+
+use std::sync::{Arc, Mutex};
+
+use vm_allocator::{AddressAllocator, AllocPolicy};
+
+use super::config::{BarKind, ClassCode, NUM_BARS, PCI_VENDOR_ID_INTEL, PciConfig, PciHeader};
+use super::{PCI_MMIO_WINDOW_END, PCI_MMIO_WINDOW_START, PciDevice, PciError};
+use crate::devices::bus::{Bus, BusDevice};
+
+/// Port of CONFIG_ADDRESS; CONFIG_DATA is at +4.
+pub const PCI_CONFIG_IO_BASE: u64 = 0xcf8;
+pub const PCI_CONFIG_IO_LEN: u64 = 8;
+const NUM_SLOTS: usize = 32;
+
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// The host bridge at 00:00.0: identity only.
+struct HostBridge {
+    config: PciConfig,
+}
+
+impl HostBridge {
+    fn new() -> Self {
+        HostBridge {
+            config: PciConfig::new(&PciHeader {
+                vendor_id: PCI_VENDOR_ID_INTEL,
+                device_id: 0x0d57,
+                revision: 0,
+                class: ClassCode {
+                    class: 0x06,
+                    subclass: 0x00,
+                    prog_if: 0,
+                },
+                subsystem_vendor_id: 0,
+                subsystem_id: 0,
+            }),
+        }
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
+        self.config.write(reg, offset, data);
+    }
+    fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+/// Routes bus accesses inside one BAR to its device.
+struct BarRegion {
+    device: SharedPciDevice,
+    bar: usize,
+}
+
+impl BusDevice for BarRegion {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.device.lock().unwrap().read_bar(self.bar, offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.device
+            .lock()
+            .unwrap()
+            .write_bar(self.bar, offset, data);
+    }
+}
+
+struct Slot {
+    device: SharedPciDevice,
+    /// Where each BAR is currently inserted on its bus.
+    mapped: [Option<u64>; NUM_BARS],
+}
+
+/// PCI bus 0 with its devices and the MMIO window their BARs are allocated from.
+pub struct PciRoot {
+    slots: Mutex<Vec<Option<Slot>>>,
+    mmio_alloc: Mutex<AddressAllocator>,
+    mmio_bus: Arc<Bus>,
+    pio_bus: Arc<Bus>,
+}
+
+impl PciRoot {
+    /// Bus 0 with a host bridge in slot 0; BARs go on `mmio_bus` / `pio_bus`.
+    pub fn new(mmio_bus: Arc<Bus>, pio_bus: Arc<Bus>) -> Result<Self, PciError> {
+        let alloc = AddressAllocator::new(
+            PCI_MMIO_WINDOW_START,
+            PCI_MMIO_WINDOW_END - PCI_MMIO_WINDOW_START,
+        )
+        .map_err(|e| PciError::Allocator(e.to_string()))?;
+        let root = PciRoot {
+            slots: Mutex::new((0..NUM_SLOTS).map(|_| None).collect()),
+            mmio_alloc: Mutex::new(alloc),
+            mmio_bus,
+            pio_bus,
+        };
+        root.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
+        Ok(root)
+    }
+
+    /// Reserves a naturally aligned `size`-byte range in the PCI MMIO window for a BAR.
+    pub fn allocate_mmio(&self, size: u64) -> Result<u64, PciError> {
+        let range = self
+            .mmio_alloc
+            .lock()
+            .unwrap()
+            .allocate(size, size.max(4096), AllocPolicy::FirstMatch)
+            .map_err(|_| PciError::OutOfMmioSpace(size))?;
+        Ok(range.start())
+    }
+
+    /// The first free slot at or after 1 (slot 0 is the host bridge).
+    pub fn free_slot(&self) -> Result<u8, PciError> {
+        let slots = self.slots.lock().unwrap();
+        (1..NUM_SLOTS)
+            .find(|&s| slots[s].is_none())
+            .map(|s| s as u8)
+            .ok_or(PciError::NoFreeSlot)
+    }
+
+    /// Plugs `device` as function 0 of `slot` (or the next free slot); returns the slot.
+    pub fn add_device(&self, slot: Option<u8>, device: SharedPciDevice) -> Result<u8, PciError> {
+        let slot = match slot {
+            Some(s) => s,
+            None => self.free_slot()?,
+        };
+        {
+            let mut slots = self.slots.lock().unwrap();
+            match slots.get_mut(usize::from(slot)) {
+                Some(entry @ None) => {
+                    *entry = Some(Slot {
+                        device,
+                        mapped: [None; NUM_BARS],
+                    })
+                }
+                _ => return Err(PciError::SlotUnavailable(slot)),
+            }
+        }
+        self.sync_bars(usize::from(slot));
+        Ok(slot)
+    }
+
+    fn device(&self, slot: usize) -> Option<SharedPciDevice> {
+        let slots = self.slots.lock().unwrap();
+        slots.get(slot)?.as_ref().map(|s| s.device.clone())
+    }
+
+    /// Config read of register `reg` of bus 0 / `slot` / `function`.
+    pub fn config_read(&self, slot: usize, function: usize, reg: usize) -> u32 {
+        match (function, self.device(slot)) {
+            (0, Some(dev)) => dev.lock().unwrap().read_config(reg),
+            _ => 0xffff_ffff,
+        }
+    }
+
+    /// Config write; moves BARs on the buses if the write changed where they decode.
+    pub fn config_write(&self, slot: usize, function: usize, reg: usize, offset: u64, data: &[u8]) {
+        let Some(dev) = self.device(slot).filter(|_| function == 0) else {
+            return;
+        };
+        dev.lock().unwrap().write_config(reg, offset, data);
+        // Only the command register and the BARs change decoding.
+        if reg == 1 || (4..4 + NUM_BARS).contains(&reg) {
+            self.sync_bars(slot);
+        }
+    }
+
+    /// Makes the buses match each BAR's current decode address.
+    fn sync_bars(&self, slot: usize) {
+        let mut slots = self.slots.lock().unwrap();
+        let Some(Some(entry)) = slots.get_mut(slot) else {
+            return;
+        };
+        let mut moved = Vec::new();
+        {
+            let dev = entry.device.lock().unwrap();
+            let config = dev.config();
+            for bar in 0..NUM_BARS {
+                let Some(info) = config.bar_info(bar) else {
+                    continue;
+                };
+                let want = config.bar_mapping(bar);
+                if want != entry.mapped[bar] {
+                    moved.push((bar, info, want));
+                }
+            }
+        }
+        for (bar, info, want) in moved {
+            let bus = if info.kind == BarKind::Io {
+                &self.pio_bus
+            } else {
+                &self.mmio_bus
+            };
+            if let Some(old) = entry.mapped[bar].take()
+                && let Err(e) = bus.remove(old)
+            {
+                log::warn!("pci 00:{slot:02x}.0: unmapping BAR{bar} at {old:#x}: {e}");
+            }
+            if let Some(addr) = want {
+                let region = Arc::new(Mutex::new(BarRegion {
+                    device: entry.device.clone(),
+                    bar,
+                }));
+                match bus.insert(region, addr, info.size) {
+                    Ok(()) => entry.mapped[bar] = Some(addr),
+                    Err(e) => log::warn!("pci 00:{slot:02x}.0: BAR{bar} at {addr:#x}: {e}"),
+                }
+            }
+            log::debug!(
+                "pci 00:{slot:02x}.0: BAR{bar} now at {:?}",
+                entry.mapped[bar].map(|a| format!("{a:#x}"))
+            );
+            entry
+                .device
+                .lock()
+                .unwrap()
+                .bar_mapped(bar, entry.mapped[bar]);
+        }
+    }
+}
+
+/// The configuration mechanism #1 ports (0xCF8 address, 0xCFC-0xCFF data) as a port-bus
+/// device.
+pub struct PciConfigIo {
+    root: Arc<PciRoot>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<PciRoot>) -> Self {
+        PciConfigIo { root, address: 0 }
+    }
+
+    /// `(slot, function, register)` CONFIG_ADDRESS selects, if enabled and on bus 0.
+    fn target(&self) -> Option<(usize, usize, usize)> {
+        let a = self.address;
+        let enabled = a & 0x8000_0000 != 0;
+        let bus = (a >> 16) & 0xff;
+        (enabled && bus == 0).then_some((
+            ((a >> 11) & 0x1f) as usize,
+            ((a >> 8) & 0x7) as usize,
+            ((a >> 2) & 0x3f) as usize,
+        ))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0..=3 => {
+                let v = self.address.to_le_bytes();
+                let off = offset as usize;
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = v.get(off + i).copied().unwrap_or(0xff);
+                }
+            }
+            _ => {
+                let value = match self.target() {
+                    Some((slot, func, reg)) => self.root.config_read(slot, func, reg),
+                    None => 0xffff_ffff,
+                };
+                let v = value.to_le_bytes();
+                let off = (offset - 4) as usize;
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = v.get(off + i).copied().unwrap_or(0xff);
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (offset, data.len()) {
+            (0, 4) => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(data);
+                self.address = u32::from_le_bytes(b) & 0x80ff_fffc;
+            }
+            (4..=7, _) if (offset - 4) as usize + data.len() <= 4 => {
+                if let Some((slot, func, reg)) = self.target() {
+                    self.root.config_write(slot, func, reg, offset - 4, data);
+                }
+            }
+            _ => log::debug!(
+                "pci: ignored config port write at {:#x}+{offset}",
+                PCI_CONFIG_IO_BASE
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::config::BarInfo;
+
+    struct Dummy {
+        config: PciConfig,
+        last_write: Option<(usize, u64, Vec<u8>)>,
+        mapped: Vec<(usize, Option<u64>)>,
+    }
+
+    impl PciDevice for Dummy {
+        fn config(&self) -> &PciConfig {
+            &self.config
+        }
+        fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
+            self.config.write(reg, offset, data);
+        }
+        fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+            data.fill((bar as u8) << 4 | offset as u8);
+        }
+        fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+            self.last_write = Some((bar, offset, data.to_vec()));
+        }
+        fn bar_mapped(&mut self, bar: usize, addr: Option<u64>) {
+            self.mapped.push((bar, addr));
+        }
+    }
+
+    fn cf8(slot: u32, reg: u32) -> [u8; 4] {
+        (0x8000_0000 | (slot << 11) | (reg << 2)).to_le_bytes()
+    }
+
+    fn read_cfg(io: &mut PciConfigIo, slot: u32, reg: u32) -> u32 {
+        io.write(0, &cf8(slot, reg));
+        let mut d = [0u8; 4];
+        io.read(4, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    #[test]
+    fn config_ports_bars_and_moves() {
+        let mmio = Arc::new(Bus::new());
+        let pio = Arc::new(Bus::new());
+        let root = Arc::new(PciRoot::new(mmio.clone(), pio.clone()).unwrap());
+        let bar_addr = root.allocate_mmio(0x4000).unwrap();
+        assert_eq!(bar_addr, PCI_MMIO_WINDOW_START);
+        let mut config = PciConfig::new(&PciHeader {
+            vendor_id: 0x1af4,
+            device_id: 0x1042,
+            revision: 1,
+            class: ClassCode {
+                class: 1,
+                subclass: 0x80,
+                prog_if: 0,
+            },
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 0x1100,
+        });
+        let info = BarInfo {
+            kind: BarKind::Mem32,
+            size: 0x4000,
+            prefetchable: false,
+        };
+        config.add_bar(0, info, bar_addr).unwrap();
+        let dev = Arc::new(Mutex::new(Dummy {
+            config,
+            last_write: None,
+            mapped: Vec::new(),
+        }));
+        assert_eq!(root.add_device(None, dev.clone()).unwrap(), 1);
+        assert_eq!(
+            root.add_device(Some(1), dev.clone()),
+            Err(PciError::SlotUnavailable(1))
+        );
+        let mut io = PciConfigIo::new(root.clone());
+        // CONFIG_ADDRESS reads back.
+        io.write(0, &cf8(1, 0));
+        let mut d = [0u8; 4];
+        io.read(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x8000_0800);
+        assert_eq!(read_cfg(&mut io, 0, 0), 0x0d57_8086);
+        assert_eq!(read_cfg(&mut io, 0, 2) >> 8, 0x06_0000);
+        assert_eq!(read_cfg(&mut io, 1, 0), 0x1042_1af4);
+        assert_eq!(read_cfg(&mut io, 2, 0), 0xffff_ffff, "empty slot");
+        // Function 1 and other buses are absent.
+        io.write(0, &(0x8000_0000u32 | (1 << 11) | (1 << 8)).to_le_bytes());
+        io.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        io.write(0, &(0x8001_0000u32).to_le_bytes());
+        io.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        // A 16-bit read at 0xCFE reads the device id.
+        io.write(0, &cf8(1, 0));
+        let mut w = [0u8; 2];
+        io.read(6, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1042);
+
+        // Not decoded yet.
+        let mut b = [0u8; 1];
+        assert!(!mmio.read(bar_addr + 3, &mut b));
+        // Enable memory decoding through the ports.
+        io.write(0, &cf8(1, 1));
+        io.write(4, &[0x06, 0x00]);
+        assert!(mmio.read(bar_addr + 3, &mut b));
+        assert_eq!(b, [0x03]);
+        assert!(mmio.write(bar_addr + 0x10, &[7]));
+        assert_eq!(dev.lock().unwrap().last_write, Some((0, 0x10, vec![7])));
+        // Sizing with decode on: the BAR reads back the size mask and is unmapped from the
+        // old place.
+        io.write(0, &cf8(1, 4));
+        io.write(4, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(read_cfg(&mut io, 1, 4), 0xffff_c000);
+        // Move it.
+        io.write(0, &cf8(1, 4));
+        io.write(4, &0xd000_0000u32.to_le_bytes());
+        assert!(!mmio.read(bar_addr + 3, &mut b));
+        assert!(mmio.read(0xd000_0001, &mut b));
+        assert_eq!(b, [0x01]);
+        // Disable decode: gone.
+        io.write(0, &cf8(1, 1));
+        io.write(4, &[0x00, 0x00]);
+        assert!(!mmio.read(0xd000_0001, &mut b));
+        let mapped = dev.lock().unwrap().mapped.clone();
+        assert_eq!(
+            mapped,
+            vec![
+                (0, Some(bar_addr)),
+                (0, Some(0xffff_c000)),
+                (0, Some(0xd000_0000)),
+                (0, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn allocator_stays_in_window_and_aligns() {
+        let root = PciRoot::new(Arc::new(Bus::new()), Arc::new(Bus::new())).unwrap();
+        let a = root.allocate_mmio(0x1000).unwrap();
+        let b = root.allocate_mmio(0x10_0000).unwrap();
+        assert!(a >= PCI_MMIO_WINDOW_START && b + 0x10_0000 <= PCI_MMIO_WINDOW_END);
+        assert_eq!(b % 0x10_0000, 0);
+        assert_ne!(a, b);
+        assert!(root.allocate_mmio(0x8000_0000).is_err());
+    }
+}
