@@ -1,1 +1,4 @@
-//! vhost-user backend devices.
+//! vhost-user backend devices: standalone processes serving one virtio device each to a
+//! vhost-user frontend (accel, QEMU). Shared plumbing lives in `protocol::daemon`.
+
+pub mod blk;

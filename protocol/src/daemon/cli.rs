@@ -1,0 +1,165 @@
+//! Command-line conventions every backend shares (vhost-device / virtiofsd style).
+
+use std::fmt;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::socket::sockopt::{AcceptConn, SockType};
+use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt};
+use vhost::vhost_user::Listener;
+
+use super::DaemonError;
+
+/// Options every backend program accepts; `#[command(flatten)]` it into the program's Parser.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommonArgs {
+    /// Listen for the vhost-user frontend on this unix socket (created, removed on exit).
+    #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+    /// Serve on an inherited, already listening unix socket file descriptor.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+    /// Print the capabilities JSON (QEMU's vhost-user.json) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+}
+
+/// Where the backend listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Path(p) => write!(f, "{}", p.display()),
+            ListenAddress::Fd(fd) => write!(f, "inherited fd {fd}"),
+        }
+    }
+}
+
+impl CommonArgs {
+    /// The one listen address the options name.
+    pub fn listen_address(&self) -> Result<ListenAddress, DaemonError> {
+        match (&self.socket_path, self.fd) {
+            (Some(p), None) => Ok(ListenAddress::Path(p.clone())),
+            (None, Some(fd)) => Ok(ListenAddress::Fd(fd)),
+            _ => Err(DaemonError::NoListenAddress),
+        }
+    }
+}
+
+impl ListenAddress {
+    /// Binds the path (replacing a stale socket file; removed again when the listener drops) or
+    /// adopts the inherited fd after checking it is a listening unix stream socket.
+    pub fn listen(&self) -> Result<Listener, DaemonError> {
+        match self {
+            ListenAddress::Path(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !meta.file_type().is_socket() {
+                        return Err(DaemonError::Bind {
+                            path: path.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::AlreadyExists,
+                                "exists and is not a socket",
+                            ),
+                        });
+                    }
+                }
+                Listener::new(path, true).map_err(|e| DaemonError::Bind {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
+            ListenAddress::Fd(fd) => listener_from_fd(*fd),
+        }
+    }
+}
+
+fn listener_from_fd(fd: RawFd) -> Result<Listener, DaemonError> {
+    let bad = |reason: String| DaemonError::BadFd { fd, reason };
+    if fd < 0 {
+        return Err(bad("not a file descriptor".into()));
+    }
+    // SAFETY: borrows the fd only for the duration of the checks; fcntl(F_GETFD) tells an open
+    // fd from a closed one before anything else touches it.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(bad(format!("{}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: the fd is open (checked above) and stays open while borrowed here.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, SockType) {
+        Ok(nix::sys::socket::SockType::Stream) => {}
+        Ok(t) => return Err(bad(format!("socket type {t:?}, want a stream socket"))),
+        Err(e) => return Err(bad(format!("not a socket: {e}"))),
+    }
+    let family = getsockname::<SockaddrStorage>(fd)
+        .ok()
+        .and_then(|a| a.family());
+    if family != Some(AddressFamily::Unix) {
+        return Err(bad("not a unix domain socket".into()));
+    }
+    if !getsockopt(&borrowed, AcceptConn).unwrap_or(false) {
+        return Err(bad("socket is not listening".into()));
+    }
+    // SAFETY: F_SETFD on an fd we checked is open; sets close-on-exec so children don't leak it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: the fd was inherited for this purpose and nothing else in this process owns it;
+    // the Listener takes ownership (and closes it on drop).
+    Ok(unsafe { Listener::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::os::fd::IntoRawFd;
+
+    #[derive(Parser, Debug)]
+    struct Prog {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn parses_conventions() {
+        let p = Prog::try_parse_from(["x", "--socket-path", "/tmp/s"]).unwrap();
+        assert_eq!(
+            p.common.listen_address().unwrap(),
+            ListenAddress::Path("/tmp/s".into())
+        );
+        let p = Prog::try_parse_from(["x", "--fd", "3"]).unwrap();
+        assert_eq!(p.common.listen_address().unwrap(), ListenAddress::Fd(3));
+        assert!(Prog::try_parse_from(["x", "--fd", "3", "-s", "/a"]).is_err());
+        let p = Prog::try_parse_from(["x", "--print-capabilities"]).unwrap();
+        assert!(p.common.print_capabilities);
+        assert!(p.common.listen_address().is_err());
+    }
+
+    #[test]
+    fn fd_must_be_a_listening_unix_socket() {
+        let f = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        assert!(matches!(
+            listener_from_fd(f),
+            Err(DaemonError::BadFd { .. })
+        ));
+        // SAFETY: closing the fd this test opened.
+        unsafe { libc::close(f) };
+        assert!(listener_from_fd(-1).is_err());
+        assert!(listener_from_fd(100_000).is_err());
+        let dir = std::env::temp_dir().join(format!("daemon-cli-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("s");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = l.into_raw_fd();
+        let listener = listener_from_fd(fd).unwrap();
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(listener.accept().unwrap().is_some());
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

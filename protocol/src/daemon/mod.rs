@@ -1,0 +1,104 @@
+//! Backend process plumbing shared by every vhost-user device program (blk, net, vsock, ...).
+//!
+//! A device program:
+//! 1. flattens [`CommonArgs`] into its clap `Parser` (`--socket-path`, `--fd`,
+//!    `--print-capabilities`),
+//! 2. describes itself with a [`Capabilities`] value (QEMU's vhost-user.json `type`/`features`),
+//! 3. implements [`VhostUserDevice`]: long-lived state (an open image, a tap fd, ...) that hands
+//!    out a fresh [`vhost_user_backend::VhostUserBackend`] per frontend connection,
+//! 4. calls [`run`] from `main`, which prints capabilities or opens the device, listens,
+//!    handles SIGTERM/SIGINT (socket removed, exit 0) and serves one frontend after another.
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     let args = MyArgs::parse();
+//!     protocol::daemon::run(&args.common, &MY_CAPABILITIES, || MyDevice::open(&args))
+//! }
+//! ```
+
+mod capabilities;
+mod cli;
+mod serve;
+mod signals;
+
+pub use capabilities::Capabilities;
+pub use cli::{CommonArgs, ListenAddress};
+pub use serve::{
+    BackendMemory, BackendVring, ConnectionEnd, VhostUserDevice, serve, serve_connection,
+};
+pub use signals::install_exit_handler;
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+use vhost::vhost_user::Listener;
+
+/// Why a backend program could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("give exactly one of --socket-path PATH and --fd N")]
+    NoListenAddress,
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--fd {fd}: {reason}")]
+    BadFd { fd: i32, reason: String },
+    #[error("cannot create the per-connection backend: {0}")]
+    NewBackend(std::io::Error),
+    #[error("cannot create the vhost-user daemon: {0}")]
+    NewDaemon(String),
+    #[error("cannot accept a frontend: {0}")]
+    Accept(String),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The whole life of a backend program after argument parsing: logging, `--print-capabilities`,
+/// opening the device (`open`), listening (`--socket-path` or `--fd`), exit on SIGTERM/SIGINT,
+/// and serving frontends one after another until killed. Returns the process exit code; errors
+/// are printed to stderr as one clear line.
+pub fn run<D, E, F>(common: &CommonArgs, capabilities: &Capabilities, open: F) -> ExitCode
+where
+    D: VhostUserDevice,
+    E: Display,
+    F: FnOnce() -> Result<D, E>,
+{
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .try_init();
+    if common.print_capabilities {
+        println!("{}", capabilities.to_json());
+        return ExitCode::SUCCESS;
+    }
+    let program = capabilities.program;
+    let fail = |msg: &dyn Display| {
+        eprintln!("{program}: error: {msg}");
+        ExitCode::FAILURE
+    };
+    let address = match common.listen_address() {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let device = match open() {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    // Block the exit signals before any thread exists so that only the handler thread sees them.
+    let socket_path = match &address {
+        ListenAddress::Path(p) => Some(p.clone()),
+        ListenAddress::Fd(_) => None,
+    };
+    if let Err(e) = install_exit_handler(socket_path) {
+        return fail(&e);
+    }
+    let mut listener: Listener = match address.listen() {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    log::info!("{program}: listening on {address}");
+    match serve(&device, &mut listener, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}

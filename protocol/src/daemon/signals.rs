@@ -1,0 +1,40 @@
+//! SIGTERM/SIGINT: leave promptly and cleanly (socket file removed, exit status 0).
+
+use std::path::PathBuf;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use super::DaemonError;
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it spawns
+/// afterwards: call this before creating threads) and starts a thread that waits for them, then
+/// removes `socket_path` (if given) and exits the process with status 0.
+pub fn install_exit_handler(socket_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set.thread_block()
+        .map_err(|e| DaemonError::Signals(e.into()))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let signal = loop {
+                match set.wait() {
+                    Ok(s) => break s,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        log::error!("waiting for signals failed: {e}");
+                        return;
+                    }
+                }
+            };
+            log::info!("{signal}: exiting");
+            if let Some(p) = &socket_path {
+                let _ = std::fs::remove_file(p);
+            }
+            std::process::exit(0);
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The per-connection vhost-user backend: features, config space, one worker thread per queue.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use protocol::daemon::{BackendMemory, BackendVring};
+use protocol::devices::blk::{
+    BLK_CONFIG_SIZE, BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use super::disk::Disk;
+use super::request::{
+    self, MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, RequestOptions,
+};
+
+/// Byte offset of `writeback` in the config space: the only field the driver may write.
+const WRITEBACK_OFFSET: usize = std::mem::offset_of!(BlkConfig, writeback);
+
+/// What the command line decided about the device (shared by every connection).
+#[derive(Clone, Debug)]
+pub struct DeviceSettings {
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
+
+/// Virtio features the device offers for `disk`.
+pub fn device_features(disk: &Disk) -> u64 {
+    let mut f = (1u64 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_BLK_F_SEG_MAX)
+        | (1 << VIRTIO_BLK_F_BLK_SIZE)
+        | (1 << VIRTIO_BLK_F_FLUSH)
+        | (1 << VIRTIO_BLK_F_MQ)
+        | (1 << VIRTIO_BLK_F_CONFIG_WCE)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    if disk.read_only() {
+        f |= 1 << VIRTIO_BLK_F_RO;
+    } else {
+        f |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+    }
+    f
+}
+
+/// vhost-user protocol features: only what vhost-user-backend really handles.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Serves one frontend connection.
+pub struct BlkBackend {
+    disk: Arc<Disk>,
+    settings: DeviceSettings,
+    features: u64,
+    event_idx: AtomicBool,
+    /// Config `writeback`: false = write-through (fdatasync after every write).
+    writeback: AtomicBool,
+    mem: RwLock<BackendMemory>,
+}
+
+impl BlkBackend {
+    pub fn new(disk: Arc<Disk>, settings: DeviceSettings) -> Self {
+        let features = device_features(&disk);
+        BlkBackend {
+            disk,
+            settings,
+            features,
+            event_idx: AtomicBool::new(false),
+            writeback: AtomicBool::new(true),
+            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+        }
+    }
+
+    /// The config space as the driver reads it now.
+    pub fn config(&self) -> BlkConfig {
+        let max_segments = u32::from(self.settings.queue_size.saturating_sub(2)).max(1);
+        BlkConfig {
+            capacity: self.disk.sectors().to_le(),
+            seg_max: max_segments.to_le(),
+            blk_size: 512u32.to_le(),
+            writeback: u8::from(self.writeback.load(Ordering::Relaxed)),
+            num_queues: self.settings.num_queues.to_le(),
+            max_discard_sectors: MAX_DISCARD_SECTORS.to_le(),
+            max_discard_seg: MAX_SEGMENTS.to_le(),
+            discard_sector_alignment: 1u32.to_le(),
+            max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS.to_le(),
+            max_write_zeroes_seg: MAX_SEGMENTS.to_le(),
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Completes every available request of `vring`, then notifies the driver once (if it
+    /// asked to be). With EVENT_IDX, loops until no request arrived while re-enabling
+    /// notifications.
+    fn process_queue(&self, vring: &BackendVring) {
+        let atomic = match self.mem.read() {
+            Ok(m) => m.clone(),
+            Err(_) => return,
+        };
+        let mem = atomic.memory();
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let opts = RequestOptions {
+            writethrough: !self.writeback.load(Ordering::Relaxed),
+        };
+        let mut state = vring.get_mut();
+        loop {
+            if event_idx {
+                let _ = state.get_queue_mut().disable_notification(&*mem);
+            }
+            let mut completed = false;
+            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                let used = request::handle_chain(chain, &mem, &self.disk, opts);
+                if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
+                    log::error!("cannot complete request {head}: {e}");
+                }
+                completed = true;
+            }
+            if completed {
+                let notify = state
+                    .get_queue_mut()
+                    .needs_notification(&*mem)
+                    .unwrap_or(true);
+                if notify && let Err(e) = state.signal_used_queue() {
+                    log::error!("cannot signal the used queue: {e}");
+                }
+            }
+            if !event_idx {
+                break;
+            }
+            match state.get_queue_mut().enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("cannot enable notifications: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = BackendVring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.settings.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.settings.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.config();
+        let bytes = config.as_slice();
+        let start = offset as usize;
+        let end = start.saturating_add(size as usize);
+        if start > BLK_CONFIG_SIZE {
+            log::debug!("config read at {offset} beyond the config space");
+            return Vec::new();
+        }
+        // QEMU may ask for more than our layout holds: the rest reads as zero.
+        let mut out = bytes[start..end.min(BLK_CONFIG_SIZE)].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        if offset as usize == WRITEBACK_OFFSET && buf.len() == 1 {
+            let wb = buf[0] != 0;
+            log::info!(
+                "cache mode set to {}",
+                if wb { "writeback" } else { "writethrough" }
+            );
+            self.writeback.store(wb, Ordering::Relaxed);
+            return Ok(());
+        }
+        log::warn!(
+            "config write at {offset} ({} bytes) rejected: read-only field",
+            buf.len()
+        );
+        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
+
+    fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
+        match self.mem.write() {
+            Ok(mut m) => {
+                *m = mem;
+                Ok(())
+            }
+            Err(_) => Err(io::Error::other("memory lock poisoned")),
+        }
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.settings.num_queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("cannot create an exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[BackendVring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            log::debug!("unexpected event set {evset:?} for event {device_event}");
+        }
+        // One queue per thread: the thread's only vring is index 0.
+        match vrings.get(usize::from(device_event)) {
+            Some(vring) => self.process_queue(vring),
+            None => log::debug!("event {device_event} is not a queue of this thread"),
+        }
+        Ok(())
+    }
+}
