@@ -47,8 +47,9 @@ pub struct BlkArgs {
     /// Refuse writes (the device reports VIRTIO_BLK_F_RO).
     #[arg(long)]
     pub read_only: bool,
-    /// Number of request queues (one worker thread each).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Most request queues a frontend may use (one worker thread each). QEMU's default is one
+    /// per vCPU, so the default leaves room for that.
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub num_queues: u16,
     /// Largest queue size a frontend may configure (a power of two).
     #[arg(long, default_value_t = 1024, value_name = "N")]

@@ -16,6 +16,9 @@ use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::disk::Disk;
 
+#[cfg(test)]
+mod tests;
+
 /// Guest memory as the backend maps it.
 pub type Mem = GuestMemoryMmap<()>;
 
