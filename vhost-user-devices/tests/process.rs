@@ -1,0 +1,274 @@
+//! The `vhost-user-blk` process: command line, capabilities, exit on signals, the inherited
+//! `--fd` listener, and surviving malformed vhost-user messages.
+
+use std::io::{Read, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use vhost::VhostBackend;
+use vhost::vhost_user::Frontend;
+use vhost::vhost_user::VhostUserFrontend;
+
+const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
+
+struct Scratch(PathBuf);
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vub-proc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("img"), vec![0x42u8; 1 << 20]).unwrap();
+        Scratch(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Backend(Child);
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(EXE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn spawn(args: &[&str]) -> Backend {
+    Backend(
+        Command::new(EXE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A frontend handshake: SET_OWNER, GET_FEATURES, GET_QUEUE_NUM.
+fn handshake(path: &Path) -> (u64, u64) {
+    let mut f = Frontend::connect(path, 8).expect("connect");
+    f.set_owner().expect("set_owner");
+    let features = f.get_features().expect("get_features");
+    f.set_features(features).expect("set_features");
+    let pf = f.get_protocol_features().expect("get_protocol_features");
+    f.set_protocol_features(pf).expect("set_protocol_features");
+    (features, f.get_queue_num().expect("get_queue_num"))
+}
+
+#[test]
+fn prints_capabilities() {
+    let out = run(&["--print-capabilities"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["type"], "block");
+    let features: Vec<&str> = v["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert_eq!(features, ["read-only-config", "blk-file"]);
+}
+
+#[test]
+fn descriptor_file_names_the_block_type() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/vhost-user-blk.json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "block");
+    assert!(v["binary"].as_str().unwrap().ends_with("vhost-user-blk"));
+}
+
+#[test]
+fn bad_options_fail_with_a_clear_message() {
+    let s = Scratch::new("badopts");
+    let sock = s.path("s").display().to_string();
+    let img = s.path("img").display().to_string();
+    let missing = s.path("missing").display().to_string();
+    let cases: [(&[&str], &str); 7] = [
+        (&["--socket-path", &sock], "--image FILE is required"),
+        (&["--image", &img], "--socket-path"),
+        (
+            &["--socket-path", &sock, "--image", &missing],
+            "cannot open image",
+        ),
+        (
+            &["--socket-path", &sock, "--image", "/dev/null"],
+            "not a regular file or block device",
+        ),
+        (
+            &["--socket-path", &sock, "--image", &img, "--num-queues", "0"],
+            "--num-queues",
+        ),
+        (
+            &[
+                "--socket-path",
+                &sock,
+                "--image",
+                &img,
+                "--queue-size",
+                "100",
+            ],
+            "--queue-size",
+        ),
+        (&["--fd", "200", "--image", &img], "--fd 200"),
+    ];
+    for (args, want) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: stderr {stderr:?} lacks {want:?}"
+        );
+        assert!(!s.path("s").exists(), "{args:?} left a socket behind");
+    }
+    // clap's own errors (unknown option) also exit non-zero.
+    assert!(!run(&["--no-such-option"]).status.success());
+}
+
+#[test]
+fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let s = Scratch::new(&format!("sig{}", sig as i32));
+        let sock = s.path("s");
+        let mut b = spawn(&[
+            "-s",
+            sock.to_str().unwrap(),
+            "--image",
+            s.path("img").to_str().unwrap(),
+        ]);
+        wait_for(&sock);
+        // While a frontend is connected, too.
+        let _f = Frontend::connect(&sock, 8).unwrap();
+        kill(Pid::from_raw(b.0.id() as i32), sig).unwrap();
+        let status = wait_exit(&mut b.0, Duration::from_secs(10)).expect("did not exit");
+        assert_eq!(status.code(), Some(0), "{sig}");
+        assert!(!sock.exists(), "{sig}: socket not removed");
+    }
+}
+
+#[test]
+fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
+    let s = Scratch::new("fd");
+    let sock = s.path("s");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let fd = listener.into_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on our own fd so the child inherits it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let _b = spawn(&[
+        "--fd",
+        &fd.to_string(),
+        "--image",
+        s.path("img").to_str().unwrap(),
+        "--num-queues",
+        "3",
+    ]);
+    // SAFETY: the child has its copy; close ours.
+    unsafe { libc::close(fd) };
+    for _ in 0..3 {
+        let (features, queues) = handshake(&sock);
+        assert_ne!(features & (1 << 32), 0, "VERSION_1 missing");
+        assert_eq!(queues, 3);
+    }
+}
+
+#[test]
+fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
+    let s = Scratch::new("garbage");
+    let sock = s.path("s");
+    let mut b = spawn(&[
+        "-s",
+        sock.to_str().unwrap(),
+        "--image",
+        s.path("img").to_str().unwrap(),
+    ]);
+    wait_for(&sock);
+    let garbage: [&[u8]; 4] = [
+        // Unknown request code 0xffff, version 1, no payload.
+        &[0xff, 0xff, 0, 0, 0x1, 0, 0, 0, 0, 0, 0, 0],
+        // SET_OWNER with a huge payload size.
+        &[3, 0, 0, 0, 0x1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f],
+        // Bad version bits.
+        &[1, 0, 0, 0, 0x7, 0, 0, 0, 0, 0, 0, 0],
+        // A truncated header, then hang up.
+        &[1, 0, 0],
+    ];
+    for g in garbage {
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.write_all(g).unwrap();
+        if g.len() < 12 {
+            drop(c);
+        } else {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 64];
+            // The backend closes the connection (EOF), or answers once and then closes.
+            let mut total = 0;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) => panic!("connection not dropped after {g:?}: {e}"),
+                }
+                assert!(total < 4096, "endless answer");
+            }
+        }
+        let (features, _) = handshake(&sock);
+        assert_ne!(features & (1 << 32), 0);
+        assert!(
+            b.0.try_wait().unwrap().is_none(),
+            "backend died after {g:?}"
+        );
+    }
+    // SET_OWNER twice on one connection is a protocol error: dropped, next one served.
+    let f = Frontend::connect(&sock, 8).unwrap();
+    f.set_owner().unwrap();
+    let _ = f.set_owner();
+    drop(f);
+    handshake(&sock);
+    assert!(b.0.try_wait().unwrap().is_none());
+}
