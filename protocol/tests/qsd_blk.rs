@@ -144,7 +144,7 @@ fn two_queues_with_many_requests_in_flight() {
     for qi in 0..2 {
         b.driver().notify(qi).expect("notify");
     }
-    let mut seen = vec![false; 64];
+    let mut seen = [false; 64];
     for qi in 0..2 {
         for _ in 0..32 {
             let c = b.driver().wait(qi, T).expect("completion");
