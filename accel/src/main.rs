@@ -1,8 +1,11 @@
 use std::process::ExitCode;
 
 use accel::cli::{self, CliAction};
+use accel::devices::serial::restore_terminal;
+use accel::vmm::{self, ExitReason};
 
 fn main() -> ExitCode {
+    vmm::mark_process_start();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match cli::parse(&args) {
@@ -21,8 +24,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match accel::vmm::run(*config) {
-        Ok(_) => ExitCode::SUCCESS,
+    let result = vmm::run(*config);
+    restore_terminal();
+    match result {
+        Ok(ExitReason::Shutdown) => ExitCode::SUCCESS,
+        // QEMU exits 0 on SIGINT/SIGTERM after a clean teardown.
+        Ok(ExitReason::Signal(sig)) => {
+            eprintln!("accel: terminating on signal {sig}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("accel: {e}");
             ExitCode::from(1)

@@ -1,21 +1,218 @@
-//! The VM: memory, KVM, vCPUs, boot, run loop (owned by the VMM work; stub).
+//! The VMM core: builds the VM ([`vm::Vm`]: memfd RAM, KVM irqchip/PIT, legacy devices, vCPUs,
+//! direct Linux boot) and runs it until the guest shuts down, resets with `-no-reboot`, crashes,
+//! or accel gets SIGINT/SIGTERM.
+//!
+//! Threads: one per vCPU (each owns its `VcpuFd` while running and hands it back when it
+//! stops), and the main thread, which waits in `poll` on the [`control::VmControl`] eventfds and
+//! a signalfd for SIGINT/SIGTERM. To stop the vCPUs the main thread sets the stop flag and kicks
+//! each thread with SIGRTMIN until it has left its run loop (a kick that lands between the flag
+//! check and KVM_RUN is lost, hence the repetition).
+//!
+//! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
+//! ("terminating on signal N" on stderr).
+
+pub mod control;
+pub mod dump;
+mod legacy;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
 use crate::config::VmConfig;
+use control::VmRequest;
+use vcpu::{Vcpu, VcpuShared};
+pub use vm::{ResetHook, Vm};
 
 /// How a VM run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
     /// Guest reset with `-no-reboot`, or a guest shutdown: exit status 0.
     Shutdown,
-    /// SIGINT/SIGTERM: clean teardown.
+    /// SIGINT/SIGTERM: clean teardown (exit status 0, as QEMU).
     Signal(i32),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    #[error("could not open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("{0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] crate::arch::boot::BootError),
+    #[error(transparent)]
+    Cpuid(#[from] crate::arch::cpuid::CpuidError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("MP table: {0}")]
+    Mptable(#[from] crate::arch::mptable::MptableError),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("signal handling: {0}")]
+    Signal(String),
+    #[error("guest stopped: {0}")]
+    GuestFault(String),
     #[error("{0}")]
     Other(String),
 }
 
-pub fn run(_config: VmConfig) -> Result<ExitReason, VmmError> {
-    Err(VmmError::Other("not implemented".into()))
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Records the process start time for `--timing` (call first thing in `main`).
+pub fn mark_process_start() {
+    let _ = PROCESS_START.set(Instant::now());
 }
+
+/// Warns once if this host's KVM is `kvm_pvm` (guest CPL0 emulated, guests need extra options).
+fn warn_kvm_pvm() {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        log::warn!(
+            "this host's KVM is kvm_pvm (no hardware virtualization): guests need \
+             'noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm reboot=k' on their command line"
+        );
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Builds the VM from `config` and runs it to the end.
+pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
+    let start = *PROCESS_START.get_or_init(Instant::now);
+    warn_kvm_pvm();
+
+    // SIGINT/SIGTERM are blocked in every thread (threads inherit the mask, so block before
+    // creating any) and read from a signalfd by the main thread.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block()
+        .map_err(|e| VmmError::Signal(e.to_string()))?;
+    let sigfd = SignalFd::new(&mask).map_err(|e| VmmError::Signal(e.to_string()))?;
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| VmmError::Signal(e.to_string()))?;
+
+    let timing = config.timing;
+    let mut vm = Vm::new(config)?;
+    let shared = Arc::new(VcpuShared {
+        pio: vm.pio_bus.clone(),
+        mmio: vm.mmio_bus.clone(),
+        control: vm.control.clone(),
+        memory: vm.ram.memory.clone(),
+        timing_start: timing.then_some(start),
+        first_run_seen: AtomicBool::new(false),
+    });
+
+    loop {
+        let handles = start_vcpus(&mut vm, &shared)?;
+        let outcome = wait_for_request(&vm, &sigfd);
+        vm.control.set_stop();
+        stop_vcpus(&mut vm, handles);
+        match outcome? {
+            Outcome::Request(VmRequest::Reset) if !vm.config.no_reboot => {
+                log::info!("guest reset: rebooting");
+                vm.reboot()?;
+            }
+            Outcome::Request(VmRequest::Reset | VmRequest::Shutdown) => {
+                return Ok(ExitReason::Shutdown);
+            }
+            Outcome::Request(VmRequest::Fatal(msg)) => return Err(VmmError::GuestFault(msg)),
+            Outcome::Signal(sig) => return Ok(ExitReason::Signal(sig)),
+        }
+    }
+}
+
+enum Outcome {
+    Request(VmRequest),
+    Signal(i32),
+}
+
+fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<Vcpu>>, VmmError> {
+    let mut handles = Vec::new();
+    for mut vcpu in vm.vcpus.drain(..) {
+        let shared = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.index))
+            .spawn(move || {
+                vcpu.run(&shared);
+                vcpu
+            })
+            .map_err(|e| VmmError::Other(format!("spawning vCPU thread: {e}")))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it has stopped, and takes the vCPUs back.
+fn stop_vcpus(vm: &mut Vm, handles: Vec<JoinHandle<Vcpu>>) {
+    for h in handles {
+        while !h.is_finished() {
+            if let Err(e) = h.kill(SIGRTMIN()) {
+                log::warn!("kicking vCPU thread: {e}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match h.join() {
+            Ok(vcpu) => vm.vcpus.push(vcpu),
+            Err(_) => log::error!("a vCPU thread panicked"),
+        }
+    }
+    vm.vcpus.sort_by_key(|v| v.index);
+}
+
+fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
+    let control = &vm.control;
+    loop {
+        // SAFETY: both eventfds are owned by `control`, which outlives these borrows.
+        let (req_fd, reset_fd) = unsafe {
+            (
+                BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()),
+                BorrowedFd::borrow_raw(control.reset_evt.as_raw_fd()),
+            )
+        };
+        let mut fds = [
+            PollFd::new(req_fd, PollFlags::POLLIN),
+            PollFd::new(reset_fd, PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(VmmError::Other(format!("poll: {e}"))),
+        }
+        let ready = |i: usize| {
+            fds[i]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+        };
+        let (req_ready, reset_ready, sig_ready) = (ready(0), ready(1), ready(2));
+        if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
+            let sig = info.ssi_signo as i32;
+            log::info!("terminating on signal {sig}");
+            return Ok(Outcome::Signal(sig));
+        }
+        if reset_ready {
+            control.note_reset_evt();
+        }
+        if (req_ready || reset_ready)
+            && let Some(req) = control.take()
+        {
+            return Ok(Outcome::Request(req));
+        }
+    }
+}
+#[cfg(test)]
+mod probe_tests;

@@ -1,0 +1,121 @@
+//! How devices and vCPUs ask the main thread to reset or end the VM.
+//!
+//! A [`VmControl`] is shared (`Arc`) by the main thread, vCPU threads and devices. Requests set
+//! `stop` (which every vCPU checks after each exit, so no guest instruction runs after a reset
+//! request is seen) and wake the main thread through an eventfd.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// What the main thread is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmRequest {
+    /// Guest reset (i8042 0xFE, ...): reboot, or exit 0 with `-no-reboot`.
+    Reset,
+    /// Guest powered off: exit 0.
+    Shutdown,
+    /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this message.
+    Fatal(String),
+}
+
+pub struct VmControl {
+    stop: AtomicBool,
+    /// Readable when a request is pending (for devices that only take an EventFd, e.g. i8042's
+    /// reset line, give them `reset_evt`).
+    pub request_evt: EventFd,
+    /// Written by the i8042 on a CPU reset (0xFE to port 0x64).
+    pub reset_evt: EventFd,
+    pending: Mutex<Option<VmRequest>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("creating control eventfd: {0}")]
+pub struct ControlError(#[from] std::io::Error);
+
+impl VmControl {
+    pub fn new() -> Result<Self, ControlError> {
+        Ok(VmControl {
+            stop: AtomicBool::new(false),
+            request_evt: EventFd::new(EFD_NONBLOCK)?,
+            reset_evt: EventFd::new(EFD_NONBLOCK)?,
+            pending: Mutex::new(None),
+        })
+    }
+
+    /// vCPU hot path: should this vCPU leave its run loop?
+    #[inline]
+    pub fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every vCPU to stop (they still need a kick if inside KVM_RUN).
+    pub fn set_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Clears the stop flag before vCPUs run again (after a reboot).
+    pub fn clear_stop(&self) {
+        self.stop.store(false, Ordering::Release);
+    }
+
+    /// Posts a request; the first one wins (a fatal error replaces a pending reset).
+    pub fn request(&self, req: VmRequest) {
+        self.set_stop();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*p, &req) {
+            (None, _) | (Some(VmRequest::Reset), VmRequest::Fatal(_)) => *p = Some(req),
+            _ => {}
+        }
+        drop(p);
+        if let Err(e) = self.request_evt.write(1) {
+            log::error!("waking the main thread: {e}");
+        }
+    }
+
+    /// Takes the pending request, if any (main thread).
+    pub fn take(&self) -> Option<VmRequest> {
+        let _ = self.request_evt.read();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Marks a reset seen through `reset_evt` (main thread) and drains it.
+    pub fn note_reset_evt(&self) -> bool {
+        match self.reset_evt.read() {
+            Ok(_) => {
+                self.request(VmRequest::Reset);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_request_wins_but_fatal_overrides_reset() {
+        let c = VmControl::new().unwrap();
+        assert!(!c.should_stop());
+        assert_eq!(c.take(), None);
+        c.request(VmRequest::Reset);
+        assert!(c.should_stop());
+        c.request(VmRequest::Shutdown);
+        assert_eq!(c.take(), Some(VmRequest::Reset));
+        c.request(VmRequest::Reset);
+        c.request(VmRequest::Fatal("x".into()));
+        assert_eq!(c.take(), Some(VmRequest::Fatal("x".into())));
+        c.clear_stop();
+        assert!(!c.should_stop());
+        c.reset_evt.write(1).unwrap();
+        assert!(c.note_reset_evt());
+        assert_eq!(c.take(), Some(VmRequest::Reset));
+        assert!(!c.note_reset_evt());
+    }
+}

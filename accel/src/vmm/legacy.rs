@@ -1,0 +1,80 @@
+//! The in-process platform devices on the port-I/O bus: 8250 UART (COM1, IRQ 4 through an
+//! irqfd), i8042 (reset line), CMOS RTC/NVRAM, and a sink for POST/delay ports.
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::VmmError;
+use super::vm::Vm;
+use crate::arch::layout::ram_split;
+use crate::devices::bus::BusDevice;
+use crate::devices::cmos::{CMOS_PORT_BASE, CMOS_PORT_LEN, Cmos};
+use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::serial::{SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN, SerialDevice};
+
+/// Ports the kernel pokes that need no behaviour: writes dropped, reads 0xff (debug-logged).
+struct Sink(&'static str);
+
+impl BusDevice for Sink {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        log::debug!("{} port read +{offset:#x}", self.0);
+        data.fill(0xff);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        log::trace!("{} port write +{offset:#x} <- {data:x?}", self.0);
+    }
+}
+
+fn dev_err(what: &str) -> impl Fn(String) -> VmmError + '_ {
+    move |e| VmmError::Device(format!("{what}: {e}"))
+}
+
+impl Vm {
+    pub(super) fn setup_legacy_devices(&mut self) -> Result<(), VmmError> {
+        let irq =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("serial irq eventfd")(e.to_string()))?;
+        self.vm_fd
+            .register_irqfd(&irq, SERIAL_IRQ)
+            .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
+        let serial = SerialDevice::new(&self.config.serial, irq)
+            .map_err(|e| dev_err("serial")(e.to_string()))?;
+        self.pio_bus
+            .insert(
+                Arc::new(Mutex::new(serial)),
+                SERIAL_PORT_BASE,
+                SERIAL_PORT_LEN,
+            )
+            .map_err(|e| dev_err("serial")(e.to_string()))?;
+
+        let reset = self
+            .control
+            .reset_evt
+            .try_clone()
+            .map_err(|e| dev_err("i8042 reset eventfd")(e.to_string()))?;
+        self.pio_bus
+            .insert(
+                Arc::new(Mutex::new(I8042::new(reset))),
+                I8042_PORT_BASE,
+                I8042_PORT_LEN,
+            )
+            .map_err(|e| dev_err("i8042")(e.to_string()))?;
+
+        let (below, above) = ram_split(self.ram.size);
+        self.pio_bus
+            .insert(
+                Arc::new(Mutex::new(Cmos::new(below, above))),
+                CMOS_PORT_BASE,
+                CMOS_PORT_LEN,
+            )
+            .map_err(|e| dev_err("cmos")(e.to_string()))?;
+
+        // POST codes (0x80, also the kernel's io_delay port) and the alternative delay port.
+        for (port, name) in [(0x80u64, "POST"), (0xed, "io-delay")] {
+            self.pio_bus
+                .insert(Arc::new(Mutex::new(Sink(name))), port, 1)
+                .map_err(|e| dev_err(name)(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! One vCPU: its KVM fd, initial state for (re)boot, and the run loop its thread executes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use kvm_bindings::{
+    CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_lapic_state, kvm_mp_state, kvm_vcpu_events,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+
+use super::control::{VmControl, VmRequest};
+use super::dump::{code_bytes, format_registers, hex};
+use super::memory::GuestMemMmap;
+use crate::arch::boot::BootEntry;
+use crate::arch::regs::{boot_fpu, boot_msrs, boot_regs, configure_lint, setup_sregs};
+use crate::devices::bus::Bus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {index}: {source}")]
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: {what}: {source}")]
+    Kvm {
+        index: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: boot registers: {source}")]
+    Regs {
+        index: u8,
+        source: crate::arch::regs::RegsError,
+    },
+    #[error("vCPU {index}: building MSR list: {msg}")]
+    Msrs { index: u8, msg: String },
+}
+
+/// Everything the run loops share.
+pub struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub control: Arc<VmControl>,
+    pub memory: GuestMemoryAtomic<GuestMemMmap>,
+    /// `--timing`: process start, reported once at the first KVM_RUN.
+    pub timing_start: Option<Instant>,
+    pub first_run_seen: AtomicBool,
+}
+
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    cpuid: CpuId,
+    cpuid_set: bool,
+    /// LAPIC state right after creation: restored on reboot.
+    pristine_lapic: kvm_lapic_state,
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, index: u8, cpuid: CpuId) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        let pristine_lapic = fd.get_lapic().map_err(|source| VcpuError::Kvm {
+            index,
+            what: "KVM_GET_LAPIC",
+            source,
+        })?;
+        Ok(Vcpu {
+            index,
+            fd,
+            cpuid,
+            cpuid_set: false,
+            pristine_lapic,
+        })
+    }
+
+    fn kvm_err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
+        let index = self.index;
+        move |source| VcpuError::Kvm {
+            index,
+            what,
+            source,
+        }
+    }
+
+    /// Puts the vCPU in its power-on state: the BSP at the kernel entry, APs waiting for SIPI.
+    pub fn reset(&mut self, mem: &GuestMemMmap, boot: &BootEntry) -> Result<(), VcpuError> {
+        let index = self.index;
+        if !self.cpuid_set {
+            self.fd
+                .set_cpuid2(&self.cpuid)
+                .map_err(self.kvm_err("KVM_SET_CPUID2"))?;
+            self.cpuid_set = true;
+        }
+        let msrs = Msrs::from_entries(&boot_msrs()).map_err(|e| VcpuError::Msrs {
+            index,
+            msg: format!("{e:?}"),
+        })?;
+        let n = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        if n != msrs.as_slice().len() {
+            let failed = msrs.as_slice().get(n).map(|e| e.index).unwrap_or(0);
+            log::debug!(
+                "vCPU {index}: KVM took {n} of {} boot MSRs (stopped at {failed:#x})",
+                msrs.as_slice().len()
+            );
+        }
+        self.fd
+            .set_fpu(&boot_fpu())
+            .map_err(self.kvm_err("KVM_SET_FPU"))?;
+        let mut lapic = self.pristine_lapic;
+        configure_lint(&mut lapic, index == 0);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.kvm_err("KVM_SET_LAPIC"))?;
+        if let Err(e) = self.fd.set_vcpu_events(&kvm_vcpu_events::default()) {
+            log::debug!("vCPU {index}: clearing pending events: {e}");
+        }
+        if index == 0 {
+            let sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
+            let sregs = setup_sregs(mem, boot.mode, sregs)
+                .map_err(|source| VcpuError::Regs { index, source })?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(self.kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_regs(&boot_regs(boot.mode, boot.entry, boot.boot_info))
+                .map_err(self.kvm_err("KVM_SET_REGS"))?;
+        }
+        let mp_state = if index == 0 {
+            KVM_MP_STATE_RUNNABLE
+        } else {
+            KVM_MP_STATE_UNINITIALIZED
+        };
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(self.kvm_err("KVM_SET_MP_STATE"))?;
+        Ok(())
+    }
+
+    /// Runs the guest until the VM is asked to stop. Posts a request on fatal exits.
+    pub fn run(&mut self, shared: &VcpuShared) {
+        let control = &shared.control;
+        loop {
+            if control.should_stop() {
+                return;
+            }
+            if let Some(start) = shared.timing_start
+                && !shared.first_run_seen.swap(true, Ordering::Relaxed)
+            {
+                let t = start.elapsed();
+                eprintln!(
+                    "accel: timing: process start to first KVM_RUN: {:.3} ms",
+                    t.as_secs_f64() * 1e3
+                );
+                log::debug!("process start to first KVM_RUN: {t:?}");
+            }
+            let fatal = match self.fd.run() {
+                Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        if !shared.pio.read(u64::from(port), data) {
+                            log::debug!("unhandled port read {port:#x} ({} bytes)", data.len());
+                        }
+                        None
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        if !shared.pio.write(u64::from(port), data) {
+                            log::debug!("unhandled port write {port:#x} <- {data:x?}");
+                        }
+                        // i8042 CPU reset: stop right here rather than let the guest run on
+                        // (it would try a triple fault next).
+                        if port == 0x64 {
+                            control.note_reset_evt();
+                        }
+                        None
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        if !shared.mmio.read(addr, data) {
+                            log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+                        }
+                        None
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        if !shared.mmio.write(addr, data) {
+                            log::debug!("unhandled MMIO write {addr:#x} <- {data:x?}");
+                        }
+                        None
+                    }
+                    VcpuExit::Hlt => {
+                        log::debug!("vCPU {}: HLT exit", self.index);
+                        None
+                    }
+                    VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
+                    VcpuExit::Shutdown => Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
+                    VcpuExit::FailEntry(reason, cpu) => Some(format!(
+                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+                    )),
+                    VcpuExit::InternalError => Some("KVM_EXIT_INTERNAL_ERROR".to_string()),
+                    VcpuExit::SystemEvent(kind, _) => {
+                        match kind {
+                            KVM_SYSTEM_EVENT_SHUTDOWN => control.request(VmRequest::Shutdown),
+                            KVM_SYSTEM_EVENT_RESET => control.request(VmRequest::Reset),
+                            other => {
+                                log::warn!("vCPU {}: system event {other} ignored", self.index)
+                            }
+                        }
+                        None
+                    }
+                    other => Some(format!("unexpected exit {other:?}")),
+                },
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    None
+                }
+                Err(e) => Some(format!("KVM_RUN failed: {e}")),
+            };
+            if let Some(reason) = fatal {
+                let report = self.crash_report(&reason, shared);
+                eprint!("{report}");
+                control.request(VmRequest::Fatal(format!("vCPU {}: {reason}", self.index)));
+                return;
+            }
+        }
+    }
+
+    /// Registers, internal-error data and the instruction bytes at CS:RIP.
+    fn crash_report(&mut self, reason: &str, shared: &VcpuShared) -> String {
+        let mut out = format!("accel: vCPU {} stopped: {reason}\n", self.index);
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            // SAFETY: exit_reason says the `internal` member of the union is the valid one.
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            let n = (internal.ndata as usize).min(internal.data.len());
+            out.push_str(&format!(
+                "internal error suberror {} data [{}]\n",
+                internal.suberror,
+                internal.data[..n]
+                    .iter()
+                    .map(|d| format!("{d:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if internal.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                // SAFETY: for emulation failures KVM fills the `emulation_failure` layout.
+                let emu = unsafe { run.__bindgen_anon_1.emulation_failure };
+                if emu.flags
+                    & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                    != 0
+                {
+                    // SAFETY: the INSTRUCTION_BYTES flag says the instruction fields are filled.
+                    let insn = unsafe { emu.__bindgen_anon_1.__bindgen_anon_1 };
+                    let len = (insn.insn_size as usize).min(insn.insn_bytes.len());
+                    out.push_str(&format!(
+                        "failing instruction (from KVM): {}\n",
+                        hex(&insn.insn_bytes[..len])
+                    ));
+                }
+            }
+        }
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => {
+                out.push_str(&format_registers(&regs, &sregs));
+                let mem = shared.memory.memory();
+                let code = code_bytes(&mem, &regs, &sregs, 16);
+                out.push_str(&format!(
+                    "code at CS:RIP: {}\n",
+                    if code.is_empty() {
+                        "<unmapped>".to_string()
+                    } else {
+                        hex(&code)
+                    }
+                ));
+            }
+            (r, s) => out.push_str(&format!(
+                "could not read registers: {:?} {:?}\n",
+                r.err(),
+                s.err()
+            )),
+        }
+        out
+    }
+}

@@ -1,0 +1,203 @@
+//! The VM object: KVM VM fd, guest RAM, irqchip/PIT, the I/O buses and the devices on them,
+//! the vCPUs, and what it takes to (re)boot them.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_allocator::IdAllocator;
+use vm_memory::GuestAddressSpace;
+
+use super::VmmError;
+use super::control::VmControl;
+use super::memory::GuestRam;
+use super::vcpu::Vcpu;
+use crate::arch::boot::{BootEntry, load_boot};
+use crate::arch::cpuid::{apply_cpu_config, apply_vcpu_topology};
+use crate::arch::layout::{
+    FIRST_ALLOCATABLE_GSI, GSI_END, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
+};
+use crate::config::VmConfig;
+use crate::devices::bus::Bus;
+
+/// Called on guest reset (reboot), before the vCPUs run again, so devices return to their
+/// power-on state.
+pub type ResetHook = Box<dyn Fn() + Send + Sync>;
+
+/// In-kernel irqchip and PIT state right after creation: restored on reboot.
+struct PlatformSnapshot {
+    irqchips: Vec<kvm_irqchip>,
+    pit: Option<kvm_pit_state2>,
+}
+
+pub struct Vm {
+    pub config: VmConfig,
+    /// The vCPUs while they are not running (empty while their threads own them).
+    pub(super) vcpus: Vec<Vcpu>,
+    /// Port-I/O bus (vCPU IoIn/IoOut exits).
+    pub pio_bus: Arc<Bus>,
+    /// MMIO bus (vCPU MmioRead/MmioWrite exits).
+    pub mmio_bus: Arc<Bus>,
+    /// GSIs for devices (MSI routes, irqfds), after the 24 IOAPIC pins.
+    pub gsi_allocator: Arc<Mutex<IdAllocator>>,
+    /// Reset/exit requests from devices and vCPUs.
+    pub control: Arc<VmControl>,
+    reset_hooks: Vec<ResetHook>,
+    snapshot: PlatformSnapshot,
+    pub(super) boot: BootEntry,
+    pub kvm: Kvm,
+    pub vm_fd: Arc<VmFd>,
+    /// Guest RAM (dropped after the VM fd: KVM slots point into it).
+    pub ram: GuestRam,
+}
+
+impl Vm {
+    /// Builds the whole VM, ready to run: RAM, irqchip, devices, boot data, vCPU state.
+    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        let vm_fd = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?,
+        );
+        let ram = GuestRam::new(&config.memory)?;
+        ram.register(&vm_fd)?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+        if let Err(e) = vm_fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
+            log::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e}");
+        }
+        vm_fd
+            .create_irq_chip()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+
+        let mut vm = Vm {
+            vcpus: Vec::new(),
+            pio_bus: Arc::new(Bus::new()),
+            mmio_bus: Arc::new(Bus::new()),
+            gsi_allocator: Arc::new(Mutex::new(
+                IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1)
+                    .map_err(|e| VmmError::Other(format!("GSI allocator: {e}")))?,
+            )),
+            control: Arc::new(VmControl::new().map_err(|e| VmmError::Other(e.to_string()))?),
+            reset_hooks: Vec::new(),
+            snapshot: PlatformSnapshot {
+                irqchips: Vec::new(),
+                pit: None,
+            },
+            boot: BootEntry {
+                mode: crate::arch::regs::BootMode::Pvh,
+                entry: 0,
+                boot_info: 0,
+            },
+            config,
+            kvm,
+            vm_fd,
+            ram,
+        };
+        vm.setup_legacy_devices()?;
+        vm.setup_pci_devices()?;
+        vm.create_vcpus()?;
+        vm.snapshot = vm.take_snapshot();
+        vm.load_and_reset_vcpus()?;
+        Ok(vm)
+    }
+
+    /// ==== PCI / virtio-pci devices ====
+    /// Creates the PCI host bridge and the vhost-user virtio-pci devices from
+    /// `self.config.devices` / `self.config.chardevs`, inserting them on `self.pio_bus` /
+    /// `self.mmio_bus`, allocating GSIs from `self.gsi_allocator`, sharing `self.ram`, and
+    /// registering reset behaviour with [`Vm::add_reset_hook`]. Called once during construction,
+    /// after the legacy devices and before the vCPUs are created.
+    fn setup_pci_devices(&mut self) -> Result<(), VmmError> {
+        Ok(())
+    }
+
+    /// Registers something to run on guest reset (reboot), before vCPUs restart.
+    pub fn add_reset_hook(&mut self, hook: ResetHook) {
+        self.reset_hooks.push(hook);
+    }
+
+    fn create_vcpus(&mut self) -> Result<(), VmmError> {
+        let mut base = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        apply_cpu_config(base.as_mut_slice(), &self.config.cpu)?;
+        let n = self.config.smp.cpus.max(1);
+        for index in 0..n {
+            let mut cpuid = base.clone();
+            apply_vcpu_topology(cpuid.as_mut_slice(), index, &self.config.smp);
+            self.vcpus.push(Vcpu::new(&self.vm_fd, index, cpuid)?);
+        }
+        Ok(())
+    }
+
+    fn take_snapshot(&self) -> PlatformSnapshot {
+        let mut irqchips = Vec::new();
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            match self.vm_fd.get_irqchip(&mut chip) {
+                Ok(()) => irqchips.push(chip),
+                Err(e) => log::warn!("KVM_GET_IRQCHIP {chip_id}: {e}: not restored on reboot"),
+            }
+        }
+        let pit = self
+            .vm_fd
+            .get_pit2()
+            .inspect_err(|e| log::warn!("KVM_GET_PIT2: {e}: not restored on reboot"))
+            .ok();
+        PlatformSnapshot { irqchips, pit }
+    }
+
+    /// (Re)writes MP table, kernel, initrd and boot data, and puts every vCPU in its
+    /// power-on state.
+    fn load_and_reset_vcpus(&mut self) -> Result<(), VmmError> {
+        let mem = self.ram.memory.memory();
+        let ncpus = self.config.smp.cpus.max(1);
+        crate::arch::mptable::setup_mptable(&mem, ncpus)?;
+        self.boot = load_boot(&*mem, &self.config.boot, self.ram.size)?;
+        for vcpu in &mut self.vcpus {
+            vcpu.reset(&mem, &self.boot)?;
+        }
+        Ok(())
+    }
+
+    /// Guest reboot: platform and devices back to power-on, boot data reloaded. The vCPUs
+    /// must be stopped (owned by `self.vcpus`).
+    pub(super) fn reboot(&mut self) -> Result<(), VmmError> {
+        for chip in &self.snapshot.irqchips {
+            if let Err(e) = self.vm_fd.set_irqchip(chip) {
+                log::warn!("KVM_SET_IRQCHIP {}: {e}", chip.chip_id);
+            }
+        }
+        if let Some(pit) = &self.snapshot.pit
+            && let Err(e) = self.vm_fd.set_pit2(pit)
+        {
+            log::warn!("KVM_SET_PIT2: {e}");
+        }
+        for hook in &self.reset_hooks {
+            hook();
+        }
+        self.load_and_reset_vcpus()?;
+        self.control.clear_stop();
+        Ok(())
+    }
+}
