@@ -1,3 +1,6 @@
 //! In-process platform devices and the port/MMIO bus they sit on.
 
 pub mod bus;
+pub mod cmos;
+pub mod i8042;
+pub mod serial;
