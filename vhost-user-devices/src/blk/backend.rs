@@ -206,11 +206,13 @@ impl VhostUserBackend for BlkBackend {
             self.writeback.store(wb, Ordering::Relaxed);
             return Ok(());
         }
+        // An error here would make vhost-user-backend drop the whole connection: ignore
+        // writes to read-only fields instead, as virtio-blk devices do.
         log::warn!(
-            "config write at {offset} ({} bytes) rejected: read-only field",
+            "config write at {offset} ({} bytes) ignored: read-only field",
             buf.len()
         );
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        Ok(())
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {

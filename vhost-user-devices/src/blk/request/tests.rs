@@ -225,7 +225,8 @@ fn bad_segments_are_rejected_before_touching_the_disk() {
     let f = fixture("segs");
     let disk = f.disk(false);
     let before = f.image();
-    let cases: [(u32, Vec<(u64, u32, u32)>, u8); 5] = [
+    type Case = (u32, Vec<(u64, u32, u32)>, u8);
+    let cases: [Case; 5] = [
         (VIRTIO_BLK_T_DISCARD, vec![(0, 1, 0), (2, 1, 1)], UNSUPP),
         (VIRTIO_BLK_T_WRITE_ZEROES, vec![(0, 1, 2)], UNSUPP),
         (
