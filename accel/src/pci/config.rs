@@ -171,6 +171,11 @@ impl PciConfig {
             .flatten()
     }
 
+    /// Power-on command register: no decoding, no bus mastering.
+    pub fn reset_command(&mut self) {
+        self.regs[COMMAND_REG] &= 0xffff_0000;
+    }
+
     pub fn command(&self) -> u16 {
         self.regs[COMMAND_REG] as u16
     }

@@ -12,16 +12,13 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KvmIrqRouting, kvm_irq_routing_entry,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::msix::MsiMessage;
 
 /// Number of IOAPIC pins; GSIs below this are the legacy interrupt lines.
 pub const IOAPIC_PINS: u32 = 24;
-/// First GSI handed out for MSI routes.
-pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
-/// KVM's routing table limit on x86.
-const MAX_GSI: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {
@@ -53,22 +50,17 @@ pub trait InterruptRouter: Send + Sync {
 /// [`InterruptRouter`] on a KVM VM with an in-kernel irqchip (PIC + IOAPIC).
 pub struct KvmInterruptRouter {
     vm: Arc<VmFd>,
-    state: Mutex<RouterState>,
-}
-
-struct RouterState {
-    next_gsi: u32,
-    msi_routes: BTreeMap<u32, MsiMessage>,
+    gsis: Arc<Mutex<IdAllocator>>,
+    msi_routes: Mutex<BTreeMap<u32, MsiMessage>>,
 }
 
 impl KvmInterruptRouter {
-    pub fn new(vm: Arc<VmFd>) -> Self {
+    /// MSI GSIs come from `gsis` (the VMM's allocator, above the IOAPIC pins).
+    pub fn new(vm: Arc<VmFd>, gsis: Arc<Mutex<IdAllocator>>) -> Self {
         KvmInterruptRouter {
             vm,
-            state: Mutex::new(RouterState {
-                next_gsi: FIRST_MSI_GSI,
-                msi_routes: BTreeMap::new(),
-            }),
+            gsis,
+            msi_routes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -111,24 +103,23 @@ impl KvmInterruptRouter {
 
 impl InterruptRouter for KvmInterruptRouter {
     fn allocate_gsi(&self) -> Result<u32, InterruptError> {
-        let mut st = self.state.lock().unwrap();
-        if st.next_gsi >= MAX_GSI {
-            return Err(InterruptError::NoGsi);
-        }
-        st.next_gsi += 1;
-        Ok(st.next_gsi - 1)
+        self.gsis
+            .lock()
+            .unwrap()
+            .allocate_id()
+            .map_err(|_| InterruptError::NoGsi)
     }
 
     fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
-        let mut st = self.state.lock().unwrap();
+        let mut routes = self.msi_routes.lock().unwrap();
         let changed = match msg {
-            Some(m) => st.msi_routes.insert(gsi, m) != Some(m),
-            None => st.msi_routes.remove(&gsi).is_some(),
+            Some(m) => routes.insert(gsi, m) != Some(m),
+            None => routes.remove(&gsi).is_some(),
         };
         if !changed {
             return Ok(());
         }
-        let routing = KvmIrqRouting::from_entries(&Self::table(&st.msi_routes))
+        let routing = KvmIrqRouting::from_entries(&Self::table(&routes))
             .map_err(InterruptError::RoutingTable)?;
         self.vm
             .set_gsi_routing(&routing)

@@ -66,4 +66,8 @@ pub trait PciDevice: Send {
     /// BAR `bar` now decodes at `addr` (`None`: not decoded). Called after the bus moved it,
     /// so the device can move what it registered elsewhere (ioeventfds).
     fn bar_mapped(&mut self, _bar: usize, _addr: Option<u64>) {}
+
+    /// Platform reset (guest reboot): back to power-on state, except BAR addresses, which
+    /// stay where the VMM (acting as firmware) placed them.
+    fn reset(&mut self) {}
 }

@@ -170,6 +170,17 @@ impl PciRoot {
         }
     }
 
+    /// Platform reset: every device back to power-on state (decoding off, so BARs leave the
+    /// buses until the guest enables them again).
+    pub fn reset(&self) {
+        for slot in 0..NUM_SLOTS {
+            if let Some(dev) = self.device(slot) {
+                dev.lock().unwrap().reset();
+                self.sync_bars(slot);
+            }
+        }
+    }
+
     /// Makes the buses match each BAR's current decode address.
     fn sync_bars(&self, slot: usize) {
         let mut slots = self.slots.lock().unwrap();

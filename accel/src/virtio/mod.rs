@@ -1,3 +1,20 @@
 //! virtio-pci (modern, virtio 1.x) transport whose device model is a vhost-user backend.
+//!
+//! - [`common_cfg`]: the common configuration structure (features, status, queue setup).
+//! - [`device`]: the PCI function (capabilities, BAR 0 layout, MSI-X, ioeventfd/irqfd wiring).
+//! - [`backend`]: what the transport needs from a device model ([`backend::VirtioBackend`]).
+//! - [`vhost_user`]: that device model as a vhost-user backend process.
+//! - [`monitor`]: backend hang-up handling (reconnect or NEEDS_RESET).
+//! - [`setup`]: building the bus and devices from a [`VmConfig`](crate::config::VmConfig).
 
+pub mod backend;
 pub mod common_cfg;
+pub mod device;
+pub mod monitor;
+pub mod setup;
+pub mod vhost_user;
+
+#[cfg(test)]
+mod tests;
+
+pub use setup::{PciSetup, SetupError, setup_pci_devices};

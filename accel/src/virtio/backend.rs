@@ -1,0 +1,42 @@
+//! What the virtio-pci transport needs from a device model, whatever process it lives in.
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// A queue the driver enabled, handed to the device model at DRIVER_OK.
+#[derive(Debug)]
+pub struct ActiveQueue<'a> {
+    pub index: u16,
+    pub size: u16,
+    /// Guest-physical addresses of the descriptor table, driver (avail) and device (used) rings.
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+    /// Signalled by the guest's notify write (a KVM ioeventfd).
+    pub kick: &'a EventFd,
+    /// Signalling it raises the queue's MSI-X vector (a KVM irqfd).
+    pub call: &'a EventFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub message: String,
+    /// The device model's process is gone (as opposed to refusing a request).
+    pub gone: bool,
+}
+
+/// A virtio device model as the transport drives it.
+pub trait VirtioBackend: Send {
+    /// Virtio feature bits the device offers (before the transport's mask).
+    fn device_features(&self) -> u64;
+    /// Reads device-specific configuration space.
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BackendError>;
+    /// Writes device-specific configuration space.
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError>;
+    /// DRIVER_OK: start processing `queues` with the negotiated `features`.
+    fn activate(&mut self, features: u64, queues: &[ActiveQueue<'_>]) -> Result<(), BackendError>;
+    /// Device reset: stop every queue, forget negotiated state.
+    fn reset(&mut self) -> Result<(), BackendError>;
+    /// The guest moved a running queue to another vector.
+    fn set_queue_call(&mut self, index: u16, call: &EventFd) -> Result<(), BackendError>;
+}

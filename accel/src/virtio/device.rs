@@ -1,0 +1,570 @@
+//! A virtio-pci (modern) function: configuration space with the virtio capabilities and
+//! MSI-X, and BAR 0 holding the common, ISR, device-config and notify structures plus the
+//! MSI-X table and PBA. The device model is a [`VirtioBackend`].
+//!
+//! Data path: each queue's notify address is a KVM ioeventfd (the backend's kick fd) and each
+//! MSI-X vector is a KVM irqfd on its own GSI (the backend's call fd); this process only
+//! handles configuration accesses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::backend::{ActiveQueue, VirtioBackend};
+use super::common_cfg::{
+    COMMON_CFG_SIZE, CommonCfgEvent, CommonConfig, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    STATUS_NEEDS_RESET, VIRTIO_MSI_NO_VECTOR,
+};
+use crate::pci::config::{BarInfo, BarKind, ClassCode, PCI_VENDOR_ID_REDHAT, PciConfig, PciHeader};
+use crate::pci::interrupts::{InterruptError, InterruptRouter};
+use crate::pci::msix::{Msix, MsixChange};
+use crate::pci::{PciDevice, PciError};
+
+/// Size of BAR 0.
+pub const BAR0_SIZE: u64 = 0x1_0000;
+const COMMON_OFFSET: u64 = 0x0000;
+const ISR_OFFSET: u64 = 0x1000;
+const DEVICE_CFG_OFFSET: u64 = 0x2000;
+const DEVICE_CFG_MAX: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+/// Bytes between two queues' notify addresses: each queue has its own ioeventfd address.
+pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x8000;
+const MSIX_PBA_OFFSET: u64 = 0xc000;
+/// Most queues one function supports (notify area and MSI-X table must fit their windows).
+pub const MAX_QUEUES: u16 = 1023;
+
+const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
+const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
+const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
+const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+const PCI_CAP_ID_VNDR: u8 = 0x09;
+
+pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bits this transport can offer a guest: device-specific bits (0-23, 50-63),
+/// indirect descriptors, event index, VERSION_1. Not packed rings, not ACCESS_PLATFORM, not
+/// NOTIFICATION_DATA (the backend would need them and the notify path would change).
+pub const TRANSPORT_FEATURES: u64 = 0x00ff_ffff
+    | (0x3fff << 50)
+    | VIRTIO_F_RING_INDIRECT_DESC
+    | VIRTIO_F_RING_EVENT_IDX
+    | VIRTIO_F_VERSION_1;
+
+/// ISR bit: the configuration changed.
+const ISR_CONFIG: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioPciError {
+    #[error("{0} queues: a virtio-pci function supports 1..={MAX_QUEUES}")]
+    QueueCount(u16),
+    #[error("device config size {0:#x} exceeds {DEVICE_CFG_MAX:#x}")]
+    ConfigSize(u32),
+    #[error("device offers no VIRTIO_F_VERSION_1 (modern virtio-pci needs it)")]
+    NoVersion1,
+    #[error("PCI: {0}")]
+    Pci(#[from] PciError),
+    #[error("interrupts: {0}")]
+    Interrupt(#[from] InterruptError),
+    #[error("eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Configuration-path counters of one device (the data path bypasses this process: a
+/// running device should only see these move while the guest (re)configures it).
+#[derive(Debug, Default)]
+pub struct VirtioStats {
+    /// Guest reads/writes of BAR 0 that reached this process.
+    pub bar_accesses: AtomicU64,
+    /// Of those, notify writes (no ioeventfd caught them).
+    pub notify_exits: AtomicU64,
+    /// Interrupts this process injected (config changes, re-delivery on unmask).
+    pub injected: AtomicU64,
+}
+
+/// Identity and shape of a virtio-pci function.
+#[derive(Clone, Copy, Debug)]
+pub struct VirtioPciParams {
+    pub virtio_id: u32,
+    pub class: ClassCode,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    pub config_size: u32,
+}
+
+/// PCI class of each virtio device type (what QEMU uses).
+pub fn class_for(virtio_id: u32) -> ClassCode {
+    let (class, subclass) = match virtio_id {
+        1 => (0x02, 0x00),  // net: ethernet
+        2 => (0x01, 0x80),  // block: other mass storage
+        3 => (0x07, 0x80),  // console: other communication
+        19 => (0x07, 0x80), // vsock: other communication
+        9 => (0x01, 0x80),  // 9p/fs-like storage
+        _ => (0xff, 0x00),  // rng and others: unclassified
+    };
+    ClassCode {
+        class,
+        subclass,
+        prog_if: 0,
+    }
+}
+
+struct Vector {
+    gsi: u32,
+    irqfd: EventFd,
+}
+
+/// One virtio-pci function.
+pub struct VirtioPciDevice {
+    name: String,
+    config: PciConfig,
+    common: CommonConfig,
+    msix: Msix,
+    msix_cap: usize,
+    isr: u8,
+    config_size: u32,
+    kicks: Vec<EventFd>,
+    vectors: Vec<Vector>,
+    /// Call fd for queues without a vector (interrupts go nowhere).
+    no_vector: EventFd,
+    router: Arc<dyn InterruptRouter>,
+    backend: Arc<Mutex<dyn VirtioBackend>>,
+    bar0: Option<u64>,
+    active: bool,
+    stats: Arc<VirtioStats>,
+}
+
+impl VirtioPciDevice {
+    /// A function whose BAR 0 starts at `bar0_addr` (allocated by the caller from the PCI
+    /// MMIO window; [`BAR0_SIZE`] bytes, naturally aligned).
+    pub fn new(
+        name: String,
+        params: VirtioPciParams,
+        bar0_addr: u64,
+        router: Arc<dyn InterruptRouter>,
+        backend: Arc<Mutex<dyn VirtioBackend>>,
+    ) -> Result<Self, VirtioPciError> {
+        if params.num_queues == 0 || params.num_queues > MAX_QUEUES {
+            return Err(VirtioPciError::QueueCount(params.num_queues));
+        }
+        if u64::from(params.config_size) > DEVICE_CFG_MAX {
+            return Err(VirtioPciError::ConfigSize(params.config_size));
+        }
+        let offered = backend.lock().unwrap().device_features() & TRANSPORT_FEATURES;
+        if offered & VIRTIO_F_VERSION_1 == 0 {
+            return Err(VirtioPciError::NoVersion1);
+        }
+        let mut config = PciConfig::new(&PciHeader {
+            vendor_id: PCI_VENDOR_ID_REDHAT,
+            device_id: 0x1040 + params.virtio_id as u16,
+            revision: 1,
+            class: params.class,
+            subsystem_vendor_id: PCI_VENDOR_ID_REDHAT,
+            subsystem_id: 0x1100,
+        });
+        config.add_bar(
+            0,
+            BarInfo {
+                kind: BarKind::Mem32,
+                size: BAR0_SIZE,
+                prefetchable: false,
+            },
+            bar0_addr,
+        )?;
+        let vcap = |cfg_type: u8, offset: u64, length: u64, extra: &[u8]| {
+            let mut body = vec![
+                PCI_CAP_ID_VNDR,
+                0,
+                (16 + extra.len()) as u8,
+                cfg_type,
+                0,
+                0,
+                0,
+                0,
+            ];
+            body.extend_from_slice(&(offset as u32).to_le_bytes());
+            body.extend_from_slice(&(length as u32).to_le_bytes());
+            body.extend_from_slice(extra);
+            body
+        };
+        let nq = u64::from(params.num_queues);
+        let caps = [
+            vcap(
+                VIRTIO_PCI_CAP_COMMON_CFG,
+                COMMON_OFFSET,
+                COMMON_CFG_SIZE,
+                &[],
+            ),
+            vcap(VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 4, &[]),
+            vcap(
+                VIRTIO_PCI_CAP_NOTIFY_CFG,
+                NOTIFY_OFFSET,
+                nq * u64::from(NOTIFY_OFF_MULTIPLIER),
+                &NOTIFY_OFF_MULTIPLIER.to_le_bytes(),
+            ),
+        ];
+        for c in &caps {
+            config.add_capability(c, &vec![0; c.len()])?;
+        }
+        if params.config_size > 0 {
+            let c = vcap(
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                DEVICE_CFG_OFFSET,
+                u64::from(params.config_size),
+                &[],
+            );
+            config.add_capability(&c, &vec![0; c.len()])?;
+        }
+        // One vector per queue plus one for configuration changes.
+        let msix = Msix::new(params.num_queues + 1);
+        let (body, wmask) = msix.capability(0, MSIX_TABLE_OFFSET as u32, 0, MSIX_PBA_OFFSET as u32);
+        let msix_cap = config.add_capability(&body, &wmask)?;
+
+        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd);
+        let kicks = (0..params.num_queues)
+            .map(|_| eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut vectors = Vec::new();
+        for _ in 0..msix.num_vectors() {
+            let gsi = router.allocate_gsi()?;
+            let irqfd = eventfd()?;
+            router.register_irqfd(&irqfd, gsi)?;
+            vectors.push(Vector { gsi, irqfd });
+        }
+        let sizes = vec![params.queue_size; usize::from(params.num_queues)];
+        Ok(VirtioPciDevice {
+            name,
+            config,
+            common: CommonConfig::new(offered, &sizes),
+            msix,
+            msix_cap,
+            isr: 0,
+            config_size: params.config_size,
+            kicks,
+            vectors,
+            no_vector: eventfd()?,
+            router,
+            backend,
+            bar0: None,
+            active: false,
+            stats: Arc::new(VirtioStats::default()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> Arc<VirtioStats> {
+        self.stats.clone()
+    }
+
+    /// Current device status byte.
+    pub fn status(&self) -> u8 {
+        self.common.status
+    }
+
+    /// The queues' kick event fds (tests, and re-kicking after a backend reconnect).
+    pub fn kick_all(&self) {
+        for k in &self.kicks {
+            if let Err(e) = k.write(1) {
+                log::warn!("{}: kick: {e}", self.name);
+            }
+        }
+    }
+
+    fn call_fd(&self, vector: u16) -> &EventFd {
+        self.vectors
+            .get(usize::from(vector))
+            .map_or(&self.no_vector, |v| &v.irqfd)
+    }
+
+    /// Raises `vector` from this process (config change, re-delivery).
+    fn inject(&self, vector: u16) {
+        if vector == VIRTIO_MSI_NO_VECTOR {
+            return;
+        }
+        if let Some(v) = self.vectors.get(usize::from(vector)) {
+            self.stats.injected.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = v.irqfd.write(1) {
+                log::warn!("{}: injecting vector {vector}: {e}", self.name);
+            }
+        }
+    }
+
+    /// The device model failed or vanished: tell the driver (status NEEDS_RESET and a
+    /// configuration-change interrupt), as virtio 1.2 §2.1.2 describes.
+    pub fn mark_needs_reset(&mut self) {
+        if self.common.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        log::error!("{}: device needs reset", self.name);
+        self.common.status |= STATUS_NEEDS_RESET;
+        self.config_changed();
+    }
+
+    /// Device configuration changed: bump the generation and interrupt the driver.
+    pub fn config_changed(&mut self) {
+        self.common.config_generation = self.common.config_generation.wrapping_add(1);
+        self.isr |= ISR_CONFIG;
+        self.inject(self.common.msix_config);
+    }
+
+    fn update_vector(&mut self, vector: u16) {
+        let Some(v) = self.vectors.get(usize::from(vector)) else {
+            return;
+        };
+        let msg = self.msix.message(vector);
+        if let Err(e) = self.router.set_msi_route(v.gsi, msg) {
+            log::error!("{}: MSI route for vector {vector}: {e}", self.name);
+            return;
+        }
+        // While a vector is masked its irqfd goes nowhere; re-deliver once on unmask so an
+        // event that arrived meanwhile is not lost (an extra interrupt is harmless).
+        if msg.is_some() && self.active {
+            self.inject(vector);
+        }
+    }
+
+    fn apply_msix_change(&mut self, change: MsixChange) {
+        match change {
+            MsixChange::None => {}
+            MsixChange::Vector(v) => self.update_vector(v),
+            MsixChange::All => {
+                for v in 0..self.msix.num_vectors() {
+                    self.update_vector(v);
+                }
+            }
+        }
+    }
+
+    fn activate(&mut self) -> Result<(), String> {
+        let features = self.common.driver_features;
+        let queues: Vec<ActiveQueue<'_>> = self
+            .common
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.enabled)
+            .map(|(i, q)| ActiveQueue {
+                index: i as u16,
+                size: q.size,
+                desc: q.desc,
+                driver: q.driver,
+                device: q.device,
+                kick: &self.kicks[i],
+                call: self.call_fd(q.msix_vector),
+            })
+            .collect();
+        log::debug!(
+            "{}: DRIVER_OK, features {features:#x}, {} queue(s)",
+            self.name,
+            queues.len()
+        );
+        self.backend
+            .lock()
+            .unwrap()
+            .activate(features, &queues)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Virtio reset (status 0): stop the backend's rings and forget the driver's setup.
+    fn reset_virtio(&mut self) {
+        if self.active || self.common.status != 0 {
+            if let Err(e) = self.backend.lock().unwrap().reset() {
+                log::warn!("{}: backend reset: {e}", self.name);
+            }
+        }
+        self.active = false;
+        self.common.reset();
+        self.isr = 0;
+        for k in &self.kicks {
+            // Drain stale notifications so the next activation starts clean.
+            let _ = k.read();
+        }
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if value == 0 {
+            log::debug!("{}: reset by driver", self.name);
+            self.reset_virtio();
+            return;
+        }
+        let old = self.common.status;
+        let mut new = value & !STATUS_NEEDS_RESET;
+        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
+            let drv = self.common.driver_features;
+            if drv & !self.common.device_features != 0 || drv & VIRTIO_F_VERSION_1 == 0 {
+                log::warn!("{}: driver features {drv:#x} refused", self.name);
+                new &= !STATUS_FEATURES_OK;
+            }
+        }
+        let needs_reset = old & STATUS_NEEDS_RESET != 0;
+        self.common.set_status(new | (old & STATUS_NEEDS_RESET));
+        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 && !needs_reset {
+            match self.activate() {
+                Ok(()) => self.active = true,
+                Err(e) => {
+                    log::error!("{}: starting the device failed: {e}", self.name);
+                    self.mark_needs_reset();
+                }
+            }
+        }
+    }
+
+    fn queue_vector_changed(&mut self, index: u16) {
+        if !self.active {
+            return;
+        }
+        let Some(q) = self.common.queues.get(usize::from(index)) else {
+            return;
+        };
+        if !q.enabled {
+            return;
+        }
+        let call = self.call_fd(q.msix_vector);
+        if let Err(e) = self.backend.lock().unwrap().set_queue_call(index, call) {
+            log::warn!("{}: queue {index} call fd: {e}", self.name);
+        }
+    }
+
+    fn read_bar0(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_CFG_SIZE => self.common.read(o, data),
+            o if (ISR_OFFSET..ISR_OFFSET + 4).contains(&o) => {
+                // Reading the ISR clears it.
+                if let Some(b) = data.first_mut() {
+                    *b = if o == ISR_OFFSET { self.isr } else { 0 };
+                }
+                if o == ISR_OFFSET {
+                    self.isr = 0;
+                }
+            }
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
+                let off = o - DEVICE_CFG_OFFSET;
+                if off + data.len() as u64 <= u64::from(self.config_size)
+                    && let Err(e) = self.backend.lock().unwrap().read_config(off as u32, data)
+                {
+                    log::warn!("{}: config read at {off:#x}: {e}", self.name);
+                    data.fill(0);
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
+                self.msix.read_table(o - MSIX_TABLE_OFFSET, data)
+            }
+            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + self.msix.pba_size()).contains(&o) => {
+                self.msix.read_pba(o - MSIX_PBA_OFFSET, data)
+            }
+            _ => log::debug!("{}: BAR0 read at unused offset {offset:#x}", self.name),
+        }
+    }
+
+    fn write_bar0(&mut self, offset: u64, data: &[u8]) {
+        let notify_end = NOTIFY_OFFSET + self.kicks.len() as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_CFG_SIZE => match self.common.write(o, data) {
+                CommonCfgEvent::Status(v) => self.write_status(v),
+                CommonCfgEvent::QueueVector(q) => self.queue_vector_changed(q),
+                CommonCfgEvent::ConfigVector | CommonCfgEvent::None => {}
+            },
+            o if (NOTIFY_OFFSET..notify_end).contains(&o) => {
+                // Only reached when no ioeventfd is registered for this address.
+                self.stats.notify_exits.fetch_add(1, Ordering::Relaxed);
+                let q = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER)) as usize;
+                if let Err(e) = self.kicks[q].write(1) {
+                    log::warn!("{}: kick queue {q}: {e}", self.name);
+                }
+            }
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
+                let off = o - DEVICE_CFG_OFFSET;
+                if off + data.len() as u64 <= u64::from(self.config_size)
+                    && let Err(e) = self.backend.lock().unwrap().write_config(off as u32, data)
+                {
+                    log::warn!("{}: config write at {off:#x}: {e}", self.name);
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
+                let change = self.msix.write_table(o - MSIX_TABLE_OFFSET, data);
+                self.apply_msix_change(change);
+            }
+            _ => log::debug!(
+                "{}: BAR0 write at read-only/unused offset {offset:#x}",
+                self.name
+            ),
+        }
+    }
+
+    fn register_ioevents(&self, base: u64) {
+        for (i, k) in self.kicks.iter().enumerate() {
+            let addr = base + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
+            if let Err(e) = self.router.register_ioevent(k, addr) {
+                log::warn!("{}: queue {i} notify falls back to exits: {e}", self.name);
+            }
+        }
+    }
+
+    fn unregister_ioevents(&self, base: u64) {
+        for (i, k) in self.kicks.iter().enumerate() {
+            let addr = base + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
+            if let Err(e) = self.router.unregister_ioevent(k, addr) {
+                log::debug!("{}: queue {i} unregister notify: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
+        self.config.write(reg, offset, data);
+        // The MSI-X message control word sits in the upper half of the capability's first
+        // dword.
+        if reg == self.msix_cap / 4 && offset + data.len() as u64 > 2 {
+            let control = (self.config.read_reg(reg) >> 16) as u16;
+            let change = self.msix.set_control(control);
+            self.apply_msix_change(change);
+        }
+    }
+
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.stats.bar_accesses.fetch_add(1, Ordering::Relaxed);
+        if bar == 0 {
+            self.read_bar0(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.stats.bar_accesses.fetch_add(1, Ordering::Relaxed);
+        if bar == 0 {
+            self.write_bar0(offset, data);
+        }
+    }
+
+    fn bar_mapped(&mut self, bar: usize, addr: Option<u64>) {
+        if bar != 0 || addr == self.bar0 {
+            return;
+        }
+        if let Some(old) = self.bar0.take() {
+            self.unregister_ioevents(old);
+        }
+        if let Some(new) = addr {
+            self.register_ioevents(new);
+        }
+        self.bar0 = addr;
+    }
+
+    fn reset(&mut self) {
+        self.reset_virtio();
+        self.msix.reset();
+        self.apply_msix_change(MsixChange::All);
+        self.config.reset_command();
+    }
+}

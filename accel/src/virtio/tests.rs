@@ -1,0 +1,327 @@
+//! Transport tests against a recording interrupt router and a fake device model.
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{ActiveQueue, BackendError, VirtioBackend};
+use super::device::*;
+use crate::devices::bus::Bus;
+use crate::devices::bus::BusDevice;
+use crate::pci::config::capabilities;
+use crate::pci::interrupts::{InterruptError, InterruptRouter};
+use crate::pci::msix::MsiMessage;
+use crate::pci::{PciConfigIo, PciDevice, PciRoot};
+
+#[derive(Default)]
+struct RouterLog {
+    next_gsi: u32,
+    routes: Vec<(u32, Option<MsiMessage>)>,
+    irqfds: Vec<u32>,
+    ioevents: Vec<(u64, bool)>,
+}
+
+#[derive(Default)]
+struct FakeRouter(Mutex<RouterLog>);
+
+impl InterruptRouter for FakeRouter {
+    fn allocate_gsi(&self) -> Result<u32, InterruptError> {
+        let mut l = self.0.lock().unwrap();
+        l.next_gsi += 1;
+        Ok(23 + l.next_gsi)
+    }
+    fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+        self.0.lock().unwrap().routes.push((gsi, msg));
+        Ok(())
+    }
+    fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
+        self.0.lock().unwrap().irqfds.push(gsi);
+        Ok(())
+    }
+    fn register_ioevent(&self, _fd: &EventFd, addr: u64) -> Result<(), InterruptError> {
+        self.0.lock().unwrap().ioevents.push((addr, true));
+        Ok(())
+    }
+    fn unregister_ioevent(&self, _fd: &EventFd, addr: u64) -> Result<(), InterruptError> {
+        self.0.lock().unwrap().ioevents.push((addr, false));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeBackend {
+    config: Vec<u8>,
+    activated: Vec<(u64, Vec<(u16, u16, u64, u64, u64)>)>,
+    resets: usize,
+    fail_activate: bool,
+}
+
+impl VirtioBackend for FakeBackend {
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | (1 << 30) | (1 << 34) | 0x46
+    }
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BackendError> {
+        let o = offset as usize;
+        data.copy_from_slice(&self.config[o..o + data.len()]);
+        Ok(())
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError> {
+        let o = offset as usize;
+        self.config[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn activate(&mut self, features: u64, queues: &[ActiveQueue<'_>]) -> Result<(), BackendError> {
+        if self.fail_activate {
+            return Err(BackendError {
+                message: "no".into(),
+                gone: true,
+            });
+        }
+        let q = queues
+            .iter()
+            .map(|q| (q.index, q.size, q.desc, q.driver, q.device))
+            .collect();
+        self.activated.push((features, q));
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), BackendError> {
+        self.resets += 1;
+        Ok(())
+    }
+    fn set_queue_call(&mut self, _index: u16, _call: &EventFd) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+const BAR: u64 = 0xc000_0000;
+
+struct Rig {
+    mmio: Arc<Bus>,
+    io: PciConfigIo,
+    router: Arc<FakeRouter>,
+    backend: Arc<Mutex<FakeBackend>>,
+    dev: Arc<Mutex<VirtioPciDevice>>,
+}
+
+fn rig() -> Rig {
+    let mmio = Arc::new(Bus::new());
+    let root = Arc::new(PciRoot::new(mmio.clone(), Arc::new(Bus::new())).unwrap());
+    let router = Arc::new(FakeRouter::default());
+    let backend = Arc::new(Mutex::new(FakeBackend {
+        config: (0..16).collect(),
+        ..Default::default()
+    }));
+    let addr = root.allocate_mmio(BAR0_SIZE).unwrap();
+    assert_eq!(addr, BAR);
+    let dev = Arc::new(Mutex::new(
+        VirtioPciDevice::new(
+            "blk0".into(),
+            VirtioPciParams {
+                virtio_id: 2,
+                class: class_for(2),
+                num_queues: 2,
+                queue_size: 128,
+                config_size: 16,
+            },
+            addr,
+            router.clone(),
+            backend.clone(),
+        )
+        .unwrap(),
+    ));
+    assert_eq!(root.add_device(Some(3), dev.clone()).unwrap(), 3);
+    Rig {
+        mmio,
+        io: PciConfigIo::new(root),
+        router,
+        backend,
+        dev,
+    }
+}
+
+impl Rig {
+    fn cfg_read(&mut self, reg: u32) -> u32 {
+        self.io
+            .write(0, &(0x8000_0000u32 | (3 << 11) | (reg << 2)).to_le_bytes());
+        let mut d = [0u8; 4];
+        self.io.read(4, &mut d);
+        u32::from_le_bytes(d)
+    }
+    fn cfg_write(&mut self, reg: u32, off: u64, data: &[u8]) {
+        self.io
+            .write(0, &(0x8000_0000u32 | (3 << 11) | (reg << 2)).to_le_bytes());
+        self.io.write(4 + off, data);
+    }
+    fn r(&self, off: u64, len: usize) -> u64 {
+        let mut d = [0u8; 8];
+        assert!(self.mmio.read(BAR + off, &mut d[..len]));
+        u64::from_le_bytes(d)
+    }
+    fn w(&self, off: u64, v: u64, len: usize) {
+        assert!(self.mmio.write(BAR + off, &v.to_le_bytes()[..len]));
+    }
+}
+
+#[test]
+fn identity_and_capabilities() {
+    let mut r = rig();
+    assert_eq!(r.cfg_read(0), 0x1042_1af4);
+    assert_eq!(r.cfg_read(2), 0x0180_0001);
+    assert_eq!(r.cfg_read(11), 0x1100_1af4);
+    let dev = r.dev.lock().unwrap();
+    let caps = capabilities(|p| dev.config().read_byte(p));
+    let ids: Vec<u8> = caps.iter().map(|c| c.1).collect();
+    assert_eq!(ids, vec![0x09, 0x09, 0x09, 0x09, 0x11]);
+    let types: Vec<u8> = caps[..4]
+        .iter()
+        .map(|&(off, _)| dev.config().read_byte(off + 3))
+        .collect();
+    assert_eq!(types, vec![1, 3, 2, 4]);
+    // Notify cap: offset 0x3000, length 2 queues * 4, multiplier 4.
+    let (notify, _) = caps[2];
+    let word = |o: usize| dev.config().read_reg((notify + o) / 4);
+    assert_eq!(word(8), 0x3000);
+    assert_eq!(word(12), 8);
+    assert_eq!(word(16), NOTIFY_OFF_MULTIPLIER);
+    // MSI-X: 3 vectors, table in BAR0 at 0x8000, PBA at 0xc000.
+    let (m, _) = caps[4];
+    assert_eq!(dev.config().read_reg(m / 4) >> 16, 2);
+    assert_eq!(dev.config().read_reg(m / 4 + 1), 0x8000);
+    assert_eq!(dev.config().read_reg(m / 4 + 2), 0xc000);
+}
+
+#[test]
+fn driver_bring_up_reset_and_msix_routes() {
+    let mut r = rig();
+    // Memory decoding on: BAR0 appears and both notify addresses become ioeventfds.
+    r.cfg_write(1, 0, &[0x06, 0x00]);
+    assert_eq!(
+        r.router.0.lock().unwrap().ioevents,
+        vec![(BAR + 0x3000, true), (BAR + 0x3004, true)]
+    );
+    assert_eq!(r.router.0.lock().unwrap().irqfds, vec![24, 25, 26]);
+    // Features: transport mask drops bits 30 and 34.
+    r.w(0x00, 0, 4);
+    assert_eq!(r.r(0x04, 4), 0x2000_0046);
+    r.w(0x00, 1, 4);
+    assert_eq!(r.r(0x04, 4), 1);
+    r.w(0x14, 0x03, 1);
+    r.w(0x08, 0, 4);
+    r.w(0x0c, 0x46, 4);
+    // Without VERSION_1 FEATURES_OK does not stick.
+    r.w(0x14, 0x0b, 1);
+    assert_eq!(r.r(0x14, 1), 0x03);
+    r.w(0x08, 1, 4);
+    r.w(0x0c, 1, 4);
+    r.w(0x14, 0x0b, 1);
+    assert_eq!(r.r(0x14, 1), 0x0b);
+    // Device config goes to the backend.
+    assert_eq!(r.r(0x2004, 4), 0x0706_0504);
+    r.w(0x2000, 0xaa, 1);
+    assert_eq!(r.backend.lock().unwrap().config[0], 0xaa);
+    assert_eq!(r.r(0x2010, 4), 0, "past config_size");
+    // MSI-X: enable, program vector 1, unmask: a route appears.
+    let msix_cap = {
+        let dev = r.dev.lock().unwrap();
+        capabilities(|p| dev.config().read_byte(p))[4].0 as u32
+    };
+    r.cfg_write(msix_cap / 4, 3, &[0x80]);
+    r.w(0x8010, 0xfee0_0000, 4);
+    r.w(0x8018, 0x4022, 4);
+    r.w(0x801c, 0, 4);
+    let routes = r.router.0.lock().unwrap().routes.clone();
+    assert_eq!(
+        routes.last(),
+        Some(&(
+            25,
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x4022
+            })
+        ))
+    );
+    // Queue 1 on vector 1; queue 0 stays disabled.
+    r.w(0x16, 1, 2);
+    assert_eq!(r.r(0x18, 2), 128);
+    r.w(0x18, 64, 2);
+    r.w(0x1a, 1, 2);
+    r.w(0x20, 0x10_0000, 8);
+    r.w(0x28, 0x10_1000, 8);
+    r.w(0x30, 0x10_2000, 8);
+    r.w(0x1c, 1, 2);
+    r.w(0x14, 0x0f, 1);
+    assert_eq!(r.r(0x14, 1), 0x0f);
+    assert_eq!(
+        r.backend.lock().unwrap().activated,
+        vec![(
+            VIRTIO_F_VERSION_1 | 0x46,
+            vec![(1, 64, 0x10_0000, 0x10_1000, 0x10_2000)]
+        )]
+    );
+    // A notify write that reaches this process is counted and forwarded.
+    r.w(0x3004, 1, 2);
+    assert_eq!(
+        r.dev
+            .lock()
+            .unwrap()
+            .stats()
+            .notify_exits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Function mask removes every route.
+    r.cfg_write(msix_cap / 4, 3, &[0xc0]);
+    assert_eq!(r.router.0.lock().unwrap().routes.last(), Some(&(26, None)));
+    // Reset.
+    r.w(0x14, 0, 1);
+    assert_eq!(r.r(0x14, 1), 0);
+    assert_eq!(r.backend.lock().unwrap().resets, 1);
+    r.w(0x16, 1, 2);
+    assert_eq!(r.r(0x1c, 2), 0);
+    assert_eq!(r.r(0x18, 2), 128);
+}
+
+#[test]
+fn failed_activation_sets_needs_reset_and_interrupts() {
+    let mut r = rig();
+    r.cfg_write(1, 0, &[0x02, 0x00]);
+    r.backend.lock().unwrap().fail_activate = true;
+    r.w(0x10, 0, 2); // config vector 0
+    r.w(0x08, 1, 4);
+    r.w(0x0c, 1, 4);
+    r.w(0x14, 0x0b, 1);
+    r.w(0x14, 0x0f, 1);
+    assert_eq!(r.r(0x14, 1), 0x0f | 0x40);
+    assert_eq!(r.r(0x1000, 1), 2, "ISR config bit");
+    assert_eq!(r.r(0x1000, 1), 0, "cleared on read");
+    assert_eq!(r.r(0x15, 1), 1, "config generation bumped");
+    let stats = r.dev.lock().unwrap().stats();
+    assert_eq!(stats.injected.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Reset clears it.
+    r.w(0x14, 0, 1);
+    assert_eq!(r.r(0x14, 1), 0);
+}
+
+#[test]
+fn bar_move_moves_ioeventfds_and_platform_reset_unmaps() {
+    let mut r = rig();
+    r.cfg_write(1, 0, &[0x02, 0x00]);
+    r.cfg_write(4, 0, &0xd000_0000u32.to_le_bytes());
+    let log = r.router.0.lock().unwrap().ioevents.clone();
+    assert_eq!(
+        log,
+        vec![
+            (BAR + 0x3000, true),
+            (BAR + 0x3004, true),
+            (BAR + 0x3000, false),
+            (BAR + 0x3004, false),
+            (0xd000_3000, true),
+            (0xd000_3004, true),
+        ]
+    );
+    let mut d = [0u8; 2];
+    assert!(r.mmio.read(0xd000_0012, &mut d));
+    assert_eq!(u16::from_le_bytes(d), 2, "num_queues");
+    r.dev.lock().unwrap().reset();
+    assert_eq!(r.dev.lock().unwrap().config().command(), 0);
+}
