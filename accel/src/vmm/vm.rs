@@ -120,6 +120,18 @@ impl Vm {
     /// registering reset behaviour with [`Vm::add_reset_hook`]. Called once during construction,
     /// after the legacy devices and before the vCPUs are created.
     fn setup_pci_devices(&mut self) -> Result<(), VmmError> {
+        let memory = (*self.ram.memory.memory()).clone();
+        let pci = crate::virtio::setup_pci_devices(
+            &self.config,
+            self.vm_fd.clone(),
+            memory,
+            &self.pio_bus,
+            &self.mmio_bus,
+            self.gsi_allocator.clone(),
+        )
+        .map_err(|e| VmmError::Device(e.to_string()))?;
+        // Owned by the hook: lives (monitor threads, backend connections) as long as the VM.
+        self.add_reset_hook(Box::new(move || pci.reset()));
         Ok(())
     }
 
