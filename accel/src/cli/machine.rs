@@ -1,0 +1,174 @@
+//! `-accel`, `-enable-kvm`, `-machine` and `-cpu`.
+
+use super::CliError;
+use super::cpu_features;
+use super::props::Props;
+use super::values;
+use crate::config::{CpuConfig, MachineType};
+
+const ONLY_KVM: &str = "accel only supports the KVM accelerator (-accel kvm)";
+
+/// `-accel kvm[,kernel-irqchip=on]`: validates one occurrence.
+pub(super) fn check_accel(mut props: Props) -> Result<(), CliError> {
+    let name = props.take_required("accel")?;
+    if name != "kvm" {
+        return Err(props.unsupported("accel", &name, ONLY_KVM));
+    }
+    check_kernel_irqchip(&mut props)?;
+    props.finish(&["kernel-irqchip (on only)"])
+}
+
+/// `kernel-irqchip=on` is what accel does; `off`/`split` are refused.
+fn check_kernel_irqchip(props: &mut Props) -> Result<(), CliError> {
+    match props.take("kernel-irqchip").as_deref() {
+        None | Some("on") => Ok(()),
+        Some(other) => Err(props.unsupported(
+            "kernel-irqchip",
+            other,
+            "accel always uses KVM's in-kernel PIC/IOAPIC/PIT (kernel-irqchip=on)",
+        )),
+    }
+}
+
+/// The result of the merged `-machine` occurrences.
+#[derive(Debug, Default)]
+pub(super) struct Machine {
+    pub kind: MachineType,
+    /// `memory-backend=ID`.
+    pub memory_backend: Option<String>,
+}
+
+pub(super) const MACHINE_PROPS: &[&str] = &[
+    "type",
+    "accel (kvm only)",
+    "memory-backend",
+    "acpi (off/auto; accel has no ACPI)",
+    "kernel-irqchip (on only)",
+    "usb (off only)",
+    "dump-guest-core (ignored)",
+    "mem-merge (ignored)",
+];
+
+/// `-machine [type=]pc|q35|microvm[,accel=kvm][,memory-backend=ID][,...]`.
+pub(super) fn parse_machine(mut props: Props) -> Result<Machine, CliError> {
+    let kind = match props.take("type") {
+        None => MachineType::default(),
+        Some(t) => machine_type(&t).ok_or_else(|| {
+            props.invalid(
+                "type",
+                &t,
+                "one of pc, q35, microvm (or pc-i440fx-*, pc-q35-*)",
+            )
+        })?,
+    };
+    if let Some(list) = props.take("accel") {
+        // QEMU's legacy fallback list `accel=kvm:tcg`: every entry must be kvm here.
+        if let Some(bad) = list.split(':').find(|a| *a != "kvm") {
+            return Err(props.unsupported("accel", bad, ONLY_KVM));
+        }
+    }
+    let memory_backend = props.take_id("memory-backend")?;
+    match props.take("acpi").as_deref() {
+        None | Some("off") | Some("auto") => {}
+        Some(v @ ("on" | "yes" | "true")) => {
+            return Err(props.unsupported(
+                "acpi",
+                v,
+                "accel provides no ACPI tables (it describes CPUs and IRQs with MP tables)",
+            ));
+        }
+        Some(v) => return Err(props.invalid("acpi", v, "on, off or auto")),
+    }
+    check_kernel_irqchip(&mut props)?;
+    if props.take_bool("usb")? == Some(true) {
+        return Err(props.unsupported("usb", "on", "accel has no USB controller"));
+    }
+    // Host-side memory hints that do not change what the guest sees: accepted, ignored.
+    props.take_bool("dump-guest-core")?;
+    props.take_bool("mem-merge")?;
+    props.finish(MACHINE_PROPS)?;
+    Ok(Machine {
+        kind,
+        memory_backend,
+    })
+}
+
+fn machine_type(name: &str) -> Option<MachineType> {
+    match name {
+        "pc" => Some(MachineType::Pc),
+        "q35" => Some(MachineType::Q35),
+        "microvm" => Some(MachineType::Microvm),
+        _ if name.starts_with("pc-i440fx-") || name.starts_with("pc-q35-") => {
+            if name.starts_with("pc-q35-") {
+                Some(MachineType::Q35)
+            } else {
+                Some(MachineType::Pc)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `-cpu host|max[,+feat][,-feat][,feat=on|off][,feat]`.
+pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, CliError> {
+    let mut parts = value.split(',');
+    let model = parts.next().unwrap_or_default();
+    if model != "host" && model != "max" {
+        return Err(CliError::InvalidValue {
+            option: option.into(),
+            property: "model".into(),
+            value: model.into(),
+            expected: "host or max (accel passes the host CPU through; named models \
+                       like qemu64 or Skylake-Client are not supported)"
+                .into(),
+        });
+    }
+    let mut cpu = CpuConfig {
+        model: model.into(),
+        ..CpuConfig::default()
+    };
+    for item in parts.filter(|p| !p.is_empty()) {
+        let (name, on) = if let Some(name) = item.strip_prefix('+') {
+            (name, true)
+        } else if let Some(name) = item.strip_prefix('-') {
+            (name, false)
+        } else if let Some((name, value)) = item.split_once('=') {
+            let on = values::parse_bool(value).map_err(|_| CliError::UnsupportedValue {
+                option: option.into(),
+                property: name.into(),
+                value: value.into(),
+                reason: "accel supports only CPU feature flags set on/off \
+                         (+feat, -feat, feat=on|off), not other CPU properties"
+                    .into(),
+            })?;
+            (name, on)
+        } else {
+            (item, true)
+        };
+        let canonical =
+            cpu_features::canonical_name(name).ok_or_else(|| CliError::UnknownProperty {
+                option: option.into(),
+                property: name.into(),
+                supported: "x86 CPUID feature flags by QEMU name (e.g. x2apic, avx2, \
+                            popcnt, sse4.2, kvm-pv-eoi)"
+                    .into(),
+            })?;
+        // The last mention of a flag wins.
+        cpu.enable.retain(|f| f != canonical);
+        cpu.disable.retain(|f| f != canonical);
+        if on {
+            cpu.enable.push(canonical.into());
+        } else {
+            cpu.disable.push(canonical.into());
+        }
+    }
+    Ok(cpu)
+}
+
+/// accel's default CPU when `-cpu` is absent: the host's (QEMU defaults to qemu64).
+pub(super) fn default_cpu() -> CpuConfig {
+    CpuConfig {
+        model: "host".into(),
+        ..CpuConfig::default()
+    }
+}
