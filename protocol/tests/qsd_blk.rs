@@ -249,3 +249,31 @@ fn raw_segments_reach_the_device() {
     assert_eq!(d.read(data, 1536).expect("read"), expected(3 * 512, 1536));
     assert_eq!(b.slot_status(&slot).expect("status"), VIRTIO_BLK_S_OK as u8);
 }
+
+#[test]
+fn connect_waits_for_a_backend_that_starts_late() {
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-late-").expect("dir");
+    let sock = dir.as_path().join("late.sock");
+    let t0 = std::time::Instant::now();
+    let err = FrontendSession::connect(&sock, Duration::from_millis(200)).expect_err("nobody");
+    assert!(
+        matches!(err, protocol::frontend::Error::Connect { .. }),
+        "{err}"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+
+    // Start a daemon 300 ms from now on a path that does not exist yet.
+    let mut q = Qsd::start(1 << 20, 1);
+    q.kill();
+    let late = q.socket.clone();
+    let _ = std::fs::remove_file(&late);
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        q.spawn();
+        q
+    });
+    let s = FrontendSession::connect(&late, T).expect("connects once the backend is up");
+    assert_eq!(s.num_queues(), 1);
+    drop(s);
+    drop(starter.join().expect("starter"));
+}

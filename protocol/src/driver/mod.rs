@@ -323,3 +323,6 @@ fn wait_fds(queues: &[&SplitQueue], deadline: Instant) -> Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,7 +21,7 @@
 //!     avail: GuestAddress(0x11000),
 //!     used: GuestAddress(0x12000),
 //! };
-//! s.setup_vring(0, ring, 0, call, kick)?;      // NUM, BASE, ADDR, KICK, CALL
+//! s.setup_vring(0, ring, 0, call, kick)?;      // NUM, BASE, ADDR, CALL, KICK
 //! s.enable_vring(0, true)?;
 //! // ... the backend dies and comes back:
 //! s.reconnect(Duration::from_secs(5))?;        // replays features, memory, vrings
@@ -424,7 +424,7 @@ impl FrontendSession {
         })
     }
 
-    /// Sends NUM, BASE, ADDR, KICK, CALL for one ring (QEMU's order) without touching the
+    /// Sends NUM, BASE, ADDR, CALL, KICK for one ring without touching the
     /// session's bookkeeping.
     fn send_vring(
         &mut self,
@@ -438,8 +438,11 @@ impl FrontendSession {
         self.call("SET_VRING_NUM", |fe| fe.set_vring_num(index, g.size))?;
         self.call("SET_VRING_BASE", |fe| fe.set_vring_base(index, base))?;
         self.call("SET_VRING_ADDR", |fe| fe.set_vring_addr(index, &config))?;
-        self.call("SET_VRING_KICK", |fe| fe.set_vring_kick(index, kick))?;
-        self.call("SET_VRING_CALL", |fe| fe.set_vring_call(index, call))
+        // CALL before KICK: a backend starts the ring on SET_VRING_KICK and may complete a
+        // pending request at once (after a reconnect); with no call fd yet libvhost-user
+        // writes to fd -1 and marks the device broken.
+        self.call("SET_VRING_CALL", |fe| fe.set_vring_call(index, call))?;
+        self.call("SET_VRING_KICK", |fe| fe.set_vring_kick(index, kick))
     }
 
     /// Starts ring `index`: geometry (guest-physical; translated to frontend addresses through
