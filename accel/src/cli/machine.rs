@@ -1,9 +1,9 @@
 //! `-accel`, `-enable-kvm`, `-machine` and `-cpu`.
 
 use super::CliError;
-use super::cpu_features;
 use super::props::Props;
 use super::values;
+use crate::arch::cpuid::feature_bit;
 use crate::config::{CpuConfig, MachineType};
 
 const ONLY_KVM: &str = "accel only supports the KVM accelerator (-accel kvm)";
@@ -98,13 +98,8 @@ fn machine_type(name: &str) -> Option<MachineType> {
         "pc" => Some(MachineType::Pc),
         "q35" => Some(MachineType::Q35),
         "microvm" => Some(MachineType::Microvm),
-        _ if name.starts_with("pc-i440fx-") || name.starts_with("pc-q35-") => {
-            if name.starts_with("pc-q35-") {
-                Some(MachineType::Q35)
-            } else {
-                Some(MachineType::Pc)
-            }
-        }
+        _ if name.starts_with("pc-i440fx-") => Some(MachineType::Pc),
+        _ if name.starts_with("pc-q35-") => Some(MachineType::Q35),
         _ => None,
     }
 }
@@ -145,21 +140,23 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
         } else {
             (item, true)
         };
-        let canonical =
-            cpu_features::canonical_name(name).ok_or_else(|| CliError::UnknownProperty {
+        let Some(bit) = feature_bit(name) else {
+            return Err(CliError::UnknownProperty {
                 option: option.into(),
                 property: name.into(),
                 supported: "x86 CPUID feature flags by QEMU name (e.g. x2apic, avx2, \
                             popcnt, sse4.2, kvm-pv-eoi)"
                     .into(),
-            })?;
-        // The last mention of a flag wins.
-        cpu.enable.retain(|f| f != canonical);
-        cpu.disable.retain(|f| f != canonical);
+            });
+        };
+        // The last mention of a flag (under any spelling) wins.
+        let same = |f: &String| feature_bit(f) == Some(bit);
+        cpu.enable.retain(|f| !same(f));
+        cpu.disable.retain(|f| !same(f));
         if on {
-            cpu.enable.push(canonical.into());
+            cpu.enable.push(name.into());
         } else {
-            cpu.disable.push(canonical.into());
+            cpu.disable.push(name.into());
         }
     }
     Ok(cpu)

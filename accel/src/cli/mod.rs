@@ -10,7 +10,6 @@
 //! Nothing here opens files or sockets: the VMM does, and names the file on failure.
 
 mod args;
-pub mod cpu_features;
 mod devices;
 mod help;
 mod machine;
@@ -247,7 +246,7 @@ fn non_empty(option: &str, value: String) -> Result<String, CliError> {
 /// `-name [guest=]NAME[,debug-threads=on|off]`.
 fn parse_name(mut props: Props) -> Result<Option<String>, CliError> {
     let name = props.take("guest");
-    // accel always names its threads; the flag is accepted for compatibility.
+    // Thread naming is a host-side debugging aid: accepted for compatibility, ignored.
     props.take_bool("debug-threads")?;
     if let Some(v) = props.take("process") {
         return Err(props.unsupported("process", &v, "accel does not rename its process"));
