@@ -199,6 +199,10 @@ fn backend_death_is_reported_and_reconnect_restores_rings() {
     b.submit_slot(0, &slot, VIRTIO_BLK_T_OUT, 1, 512, false, 99)
         .expect("submit");
     b.driver().notify(0).expect("kick lands in an eventfd");
+    assert!(
+        !b.driver().session().check_alive(),
+        "hang-up seen without a request"
+    );
     let err = b
         .driver()
         .session()
@@ -219,6 +223,52 @@ fn backend_death_is_reported_and_reconnect_restores_rings() {
     assert_eq!(q.image_bytes(0, 512), vec![0xab; 512]);
     assert_eq!(q.image_bytes(512, 512), vec![0xcd; 512]);
     assert_eq!(b.read(0, 0, 1024).expect("read").len(), 1024);
+
+    // A forced reconnect while the backend is alive hangs up first, so it does not wait for
+    // the backend to drop the old connection.
+    assert!(b.driver().session().check_alive());
+    b.driver().reconnect(T).expect("forced reconnect");
+    assert_eq!(b.read(0, 1, 512).expect("read"), vec![0xcd; 512]);
+}
+
+#[test]
+fn large_memory_tables_go_region_by_region() {
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+    let q = Qsd::start(1 << 20, 1);
+    let mut s = FrontendSession::connect(&q.socket, T).expect("connect");
+    assert!(
+        s.protocol_features()
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    );
+    let features = s.device_features();
+    s.set_features(features).expect("features");
+    let regions: Vec<_> = (0..10u64)
+        .map(|i| {
+            let fd = nix::sys::memfd::memfd_create(c"r", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .expect("memfd");
+            let f = std::fs::File::from(fd);
+            f.set_len(0x10000).expect("len");
+            (
+                GuestAddress(i * 0x100000),
+                0x10000,
+                Some(FileOffset::new(f, 0)),
+            )
+        })
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(regions).expect("mem");
+    s.set_mem_table(&mem).expect("10 regions via ADD_MEM_REG");
+    assert_eq!(s.mem_table().len(), 10);
+    s.set_mem_table(&mem)
+        .expect("replaced: REM_MEM_REG then ADD_MEM_REG");
+    let va = s
+        .frontend_va(GuestAddress(0x900010), 0x100)
+        .expect("last region");
+    assert_eq!(va, s.mem_table()[9].frontend_va + 0x10);
+    assert!(
+        s.frontend_va(GuestAddress(0x90fff0), 0x100).is_err(),
+        "crosses the end"
+    );
+    assert!(s.check_alive());
 }
 
 #[test]

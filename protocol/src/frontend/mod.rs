@@ -34,11 +34,14 @@
 mod error;
 mod memory;
 
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{Shutdown, shutdown};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
@@ -54,6 +57,10 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// Largest split-ring size (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Regions sent in one SET_MEM_TABLE (QEMU's and libvhost-user's limit); larger tables go
+/// region by region with CONFIGURE_MEM_SLOTS.
+pub const SET_MEM_TABLE_MAX_REGIONS: usize = 8;
 
 /// Protocol features this session knows how to use, and asks for by default.
 pub fn supported_protocol_features() -> VhostUserProtocolFeatures {
@@ -322,6 +329,37 @@ impl FrontendSession {
         self.num_queues
     }
 
+    /// The connection's socket, for a VMM that wants to notice a dead backend between
+    /// requests (poll it for POLLHUP/POLLIN: a backend never writes unsolicited on
+    /// this channel, so readable means EOF). See [`check_alive`](Self::check_alive).
+    pub fn socket_fd(&self) -> RawFd {
+        self.fe.as_raw_fd()
+    }
+
+    /// Non-blocking liveness check: false (and the session marked gone) if the backend has
+    /// hung up, without sending anything.
+    pub fn check_alive(&mut self) -> bool {
+        if self.gone {
+            return false;
+        }
+        // SAFETY: the fd is the session's socket, alive for the duration of the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fe.as_raw_fd()) };
+        let mut fds = [PollFd::new(
+            fd,
+            PollFlags::POLLIN | PollFlags::POLLHUP,
+        )];
+        let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => false,
+            Ok(_) => fds[0].revents().is_some_and(|r| !r.is_empty()),
+            Err(_) => false,
+        };
+        if hung_up {
+            log::warn!("vhost-user backend {} hung up", self.path.display());
+            self.gone = true;
+        }
+        !hung_up
+    }
+
     /// The underlying `vhost` frontend, for requests this session does not wrap (tests use it
     /// to send malformed requests). State changes made through it are not replayed.
     pub fn raw_frontend(&mut self) -> &mut Frontend {
@@ -389,15 +427,45 @@ impl FrontendSession {
         if table.is_empty() {
             return Err(Error::State("guest memory has no regions"));
         }
-        Self::send_mem_table(self, &table)?;
+        let previous = std::mem::take(&mut self.table);
+        if let Err(e) = self.send_mem_table(&table, &previous) {
+            self.table = previous;
+            return Err(e);
+        }
         self.memory = Some(memory);
         self.table = table;
         Ok(())
     }
 
-    fn send_mem_table(&mut self, table: &[SharedRegion]) -> Result<()> {
+    /// Sends `table`: SET_MEM_TABLE when it fits in one message (8 regions, what every
+    /// backend accepts), otherwise one ADD_MEM_REGION per region (needs
+    /// CONFIGURE_MEM_SLOTS), after removing the regions of `previous`.
+    fn send_mem_table(&mut self, table: &[SharedRegion], previous: &[SharedRegion]) -> Result<()> {
         let infos: Vec<_> = table.iter().map(SharedRegion::to_info).collect();
-        self.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()))
+        if infos.len() <= SET_MEM_TABLE_MAX_REGIONS {
+            return self.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()));
+        }
+        if !self
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+        {
+            return Err(Error::MissingFeatures {
+                what: "protocol (more than 8 memory regions)",
+                missing: VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS.bits(),
+            });
+        }
+        let slots = self.call("GET_MAX_MEM_SLOTS", |fe| fe.get_max_mem_slots())?;
+        if (infos.len() as u64) > slots {
+            return Err(Error::State("more memory regions than the backend has slots"));
+        }
+        for old in previous {
+            let info = old.to_info();
+            self.call("REM_MEM_REG", |fe| fe.remove_mem_region(&info))?;
+        }
+        for info in &infos {
+            self.call("ADD_MEM_REG", |fe| fe.add_mem_region(info).map(|_| ()))?;
+        }
+        Ok(())
     }
 
     /// The memory table last sent to the backend.
@@ -598,6 +666,9 @@ impl FrontendSession {
     /// dead backend had taken but not completed are processed again.
     pub fn reconnect(&mut self, timeout: Duration) -> Result<()> {
         self.gone = true;
+        // Hang up first: a backend serves one frontend at a time and would not accept the new
+        // connection while the old one is open.
+        let _ = shutdown(self.fe.as_raw_fd(), Shutdown::Both);
         let (fe, n) = open(&self.path, timeout, &self.opts)?;
         self.fe = fe;
         self.gone = false;
@@ -629,7 +700,7 @@ impl FrontendSession {
         }
         if !self.table.is_empty() {
             let table = self.table.clone();
-            self.send_mem_table(&table)?;
+            self.send_mem_table(&table, &[])?;
         }
         for index in 0..self.vrings.len() {
             let v = &self.vrings[index];
@@ -662,5 +733,42 @@ impl FrontendSession {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<FrontendSession>();
+    }
+
+    #[test]
+    fn geometry_validation() {
+        let ok = VringGeometry {
+            size: 256,
+            desc: GuestAddress(0x1000),
+            avail: GuestAddress(0x2002),
+            used: GuestAddress(0x3004),
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            VringGeometry { size: 0, ..ok },
+            VringGeometry { size: 100, ..ok },
+            VringGeometry {
+                desc: GuestAddress(0x1008),
+                ..ok
+            },
+            VringGeometry {
+                used: GuestAddress(0x3002),
+                ..ok
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(VringGeometry::part_sizes(256), (4096, 518, 2054));
     }
 }
