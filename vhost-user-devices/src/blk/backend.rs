@@ -11,7 +11,7 @@ use protocol::devices::blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::{VhostUserBackend, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
@@ -21,9 +21,10 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use super::batch;
 use super::disk::Disk;
 use super::request::{
-    self, MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, RequestOptions,
+    MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, Mem, RequestOptions,
 };
 
 /// Byte offset of `writeback` in the config space: the only field the driver may write.
@@ -72,6 +73,8 @@ pub struct BlkBackend {
     /// Config `writeback`: false = write-through (fdatasync after every write).
     writeback: AtomicBool,
     mem: RwLock<BackendMemory>,
+    /// Threads a data-heavy batch of one queue may use.
+    io_threads: usize,
 }
 
 impl BlkBackend {
@@ -84,6 +87,7 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             writeback: AtomicBool::new(true),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            io_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 
@@ -106,6 +110,17 @@ impl BlkBackend {
         }
     }
 
+    /// Signals the driver if it wants to hear about the used entries added so far.
+    fn notify(state: &mut VringState<BackendMemory>, mem: &Mem) {
+        let notify = state
+            .get_queue_mut()
+            .needs_notification(mem)
+            .unwrap_or(true);
+        if notify && let Err(e) = state.signal_used_queue() {
+            log::error!("cannot signal the used queue: {e}");
+        }
+    }
+
     /// Completes every available request of `vring`, then notifies the driver once (if it
     /// asked to be). With EVENT_IDX, loops until no request arrived while re-enabling
     /// notifications.
@@ -124,23 +139,29 @@ impl BlkBackend {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
-            let mut completed = false;
+            let mut batch = Vec::new();
             while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) {
-                let head = chain.head_index();
-                let used = request::handle_chain(chain, &mem, &self.disk, opts);
-                if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    log::error!("cannot complete request {head}: {e}");
-                }
-                completed = true;
+                batch.push(chain);
             }
+            let completed = !batch.is_empty();
+            let disk = &self.disk;
+            batch::execute(
+                batch,
+                &mem,
+                disk,
+                opts,
+                self.io_threads,
+                |head, used, publish| {
+                    if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
+                        log::error!("cannot complete request {head}: {e}");
+                    }
+                    if publish {
+                        Self::notify(&mut state, &mem);
+                    }
+                },
+            );
             if completed {
-                let notify = state
-                    .get_queue_mut()
-                    .needs_notification(&*mem)
-                    .unwrap_or(true);
-                if notify && let Err(e) = state.signal_used_queue() {
-                    log::error!("cannot signal the used queue: {e}");
-                }
+                Self::notify(&mut state, &mem);
             }
             if !event_idx {
                 break;

@@ -6,6 +6,7 @@
 //! - [`disk`]: the image and its I/O engine (preadv/pwritev straight into guest memory).
 
 pub mod backend;
+pub mod batch;
 pub mod disk;
 pub mod request;
 
