@@ -173,7 +173,7 @@ fn two_queues_with_many_requests_in_flight() {
 }
 
 #[test]
-fn stop_vring_reports_avail_index() {
+fn stop_resume_and_reset_vrings() {
     let q = Qsd::start(4 * MIB, 1);
     let mut b = blk(&q, 1);
     for i in 0..5 {
@@ -182,6 +182,21 @@ fn stop_vring_reports_avail_index() {
     let base = b.driver().session().stop_vring(0).expect("GET_VRING_BASE");
     assert_eq!(base, 5);
     assert_eq!(b.driver().session().saved_vring_base(0), Some(5));
+
+    // Resumed at the saved base, the ring keeps working.
+    b.driver().session().resume_vring(0).expect("resume");
+    assert_eq!(b.driver().session().saved_vring_base(0), None);
+    assert_eq!(b.read(0, 2, 512).expect("read"), expected(2 * 512, 512));
+    assert_eq!(b.driver().session().stop_vring(0).expect("stop"), 6);
+
+    // Reset stops everything and forgets the negotiated state.
+    b.driver().session().resume_vring(0).expect("resume");
+    b.driver().session().reset().expect("reset");
+    assert_eq!(b.driver().session().acked_features(), None);
+    assert!(
+        b.driver().session().resume_vring(0).is_err(),
+        "nothing to resume"
+    );
 }
 
 #[test]

@@ -344,10 +344,7 @@ impl FrontendSession {
         }
         // SAFETY: the fd is the session's socket, alive for the duration of the call.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fe.as_raw_fd()) };
-        let mut fds = [PollFd::new(
-            fd,
-            PollFlags::POLLIN | PollFlags::POLLHUP,
-        )];
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN | PollFlags::POLLHUP)];
         let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) => false,
             Ok(_) => fds[0].revents().is_some_and(|r| !r.is_empty()),
@@ -456,7 +453,9 @@ impl FrontendSession {
         }
         let slots = self.call("GET_MAX_MEM_SLOTS", |fe| fe.get_max_mem_slots())?;
         if (infos.len() as u64) > slots {
-            return Err(Error::State("more memory regions than the backend has slots"));
+            return Err(Error::State(
+                "more memory regions than the backend has slots",
+            ));
         }
         for old in previous {
             let info = old.to_info();
@@ -594,9 +593,35 @@ impl FrontendSession {
         let base = (base & 0xffff) as u16;
         let v = &mut self.vrings[index];
         v.running = false;
-        v.enabled = false;
         v.saved_base = Some(base);
         Ok(base)
+    }
+
+    /// Restarts a ring stopped by [`stop_vring`](Self::stop_vring) (possibly on a backend
+    /// reconnected since) at its saved base, with the same geometry and fds, enabled as it
+    /// was.
+    pub fn resume_vring(&mut self, index: usize) -> Result<()> {
+        self.check_queue(index)?;
+        let v = &self.vrings[index];
+        if v.running {
+            return Ok(());
+        }
+        let (Some(g), Some(base), Some(call), Some(kick)) =
+            (v.geometry, v.saved_base, &v.call, &v.kick)
+        else {
+            return Err(Error::State("vring was never started"));
+        };
+        let call = call.try_clone().map_err(Error::EventFd)?;
+        let kick = kick.try_clone().map_err(Error::EventFd)?;
+        let enabled = v.enabled;
+        self.send_vring(index, &g, base, &call, &kick)?;
+        if enabled && self.protocol_features_acked() {
+            self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, true))?;
+        }
+        let v = &mut self.vrings[index];
+        v.running = true;
+        v.saved_base = None;
+        Ok(())
     }
 
     /// The base saved by the last [`stop_vring`](Self::stop_vring), if the ring is stopped.
@@ -637,8 +662,21 @@ impl FrontendSession {
 
     /// Device reset (the guest wrote 0 to device_status): stops every running ring, sends
     /// RESET_DEVICE when negotiated, and forgets ring state and acked features. The memory
-    /// table stays.
+    /// table stays. The local state is cleared even if the backend is gone (the error is
+    /// still returned), so a later [`reconnect`](Self::reconnect) starts from a reset device.
     pub fn reset(&mut self) -> Result<()> {
+        let r = self.reset_backend();
+        for v in &mut self.vrings {
+            *v = VringState::default();
+        }
+        self.acked_features = None;
+        r
+    }
+
+    fn reset_backend(&mut self) -> Result<()> {
+        if self.gone {
+            return Ok(());
+        }
         for index in 0..self.num_queues {
             if self.vrings[index].running {
                 self.stop_vring(index)?;
@@ -650,10 +688,6 @@ impl FrontendSession {
         {
             self.call("RESET_DEVICE", |fe| fe.reset_device())?;
         }
-        for v in &mut self.vrings {
-            *v = VringState::default();
-        }
-        self.acked_features = None;
         Ok(())
     }
 
