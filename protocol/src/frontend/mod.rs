@@ -31,23 +31,24 @@
 //! Every request is sent with NEED_REPLY once REPLY_ACK is negotiated, so when a call returns
 //! the backend has acted on it (e.g. mapped the memory table).
 
+mod connect;
 mod error;
 mod memory;
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{Shutdown, shutdown};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use connect::{open, req};
 pub use error::{Error, Result, is_disconnect};
 pub use memory::{SharedMemory, SharedRegion, gpa_to_frontend_va};
 
@@ -142,13 +143,6 @@ struct VringState {
     saved_base: Option<u16>,
 }
 
-/// What a handshake learned about the backend.
-struct Negotiated {
-    device_features: u64,
-    protocol: VhostUserProtocolFeatures,
-    num_queues: usize,
-}
-
 /// A vhost-user frontend connection with replayable state.
 ///
 /// Not internally synchronised beyond what `vhost::vhost_user::Frontend` does: share it
@@ -182,89 +176,6 @@ impl std::fmt::Debug for FrontendSession {
             .field("num_queues", &self.num_queues)
             .finish_non_exhaustive()
     }
-}
-
-/// Connects to `path`, retrying while the socket does not exist yet or refuses connections
-/// (the backend is starting), until `timeout` has passed.
-fn connect_stream(path: &Path, timeout: Duration) -> Result<UnixStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                let retryable = matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                );
-                if !retryable || Instant::now() >= deadline {
-                    return Err(Error::Connect {
-                        path: path.to_path_buf(),
-                        timeout,
-                        source: e,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Runs one request, classifying its error.
-fn req<T>(op: &'static str, r: vhost::Result<T>) -> Result<T> {
-    r.map_err(|e| Error::from_vhost(op, e))
-}
-
-fn handshake(fe: &mut Frontend, opts: &FrontendOptions) -> Result<Negotiated> {
-    req("SET_OWNER", fe.set_owner())?;
-    let device_features = req("GET_FEATURES", fe.get_features())?;
-    let mut protocol = VhostUserProtocolFeatures::empty();
-    let mut num_queues = opts.max_queues;
-    if device_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-        let offered = req("GET_PROTOCOL_FEATURES", fe.get_protocol_features())?;
-        protocol = offered & opts.protocol_features;
-        let missing = opts.required_protocol_features - protocol;
-        if !missing.is_empty() {
-            return Err(Error::MissingFeatures {
-                what: "protocol",
-                missing: missing.bits(),
-            });
-        }
-        req("SET_PROTOCOL_FEATURES", fe.set_protocol_features(protocol))?;
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = req("GET_QUEUE_NUM", fe.get_queue_num())?;
-            num_queues = num_queues.min(usize::try_from(n).unwrap_or(usize::MAX));
-        }
-    } else if !opts.required_protocol_features.is_empty() {
-        return Err(Error::MissingFeatures {
-            what: "virtio (VHOST_USER_F_PROTOCOL_FEATURES)",
-            missing: VHOST_USER_F_PROTOCOL_FEATURES,
-        });
-    }
-    log::debug!(
-        "vhost-user handshake: features {device_features:#x}, protocol {protocol:?}, {num_queues} queues"
-    );
-    Ok(Negotiated {
-        device_features,
-        protocol,
-        num_queues,
-    })
-}
-
-fn open(path: &Path, timeout: Duration, opts: &FrontendOptions) -> Result<(Frontend, Negotiated)> {
-    let stream = connect_stream(path, timeout)?;
-    stream
-        .set_read_timeout(opts.reply_timeout)
-        .map_err(|e| Error::Connect {
-            path: path.to_path_buf(),
-            timeout,
-            source: e,
-        })?;
-    let mut fe = Frontend::from_stream(stream, opts.max_queues as u64);
-    let negotiated = handshake(&mut fe, opts)?;
-    Ok((fe, negotiated))
 }
 
 impl FrontendSession {
