@@ -28,7 +28,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a GDT descriptor into the KVM segment (hidden part) it loads as selector `index*8`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {
@@ -330,6 +330,7 @@ mod tests {
         assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);
         assert_eq!(gdt_entry(0xc09b, 0, 0xfffff), 0x00cf_9b00_0000_ffff);
         assert_eq!(gdt_entry(0x808b, 0x1234_5678, 0x67), 0x1280_8b34_5678_0067);
+        assert_eq!(gdt_entry(0x008b, 0x1234_5678, 0x67), 0x1200_8b34_5678_0067);
         let cs = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
         assert_eq!(
             (
@@ -344,7 +345,7 @@ mod tests {
             ),
             (8, 0xb, 1, 1, 0, 1, 1, 0xffff_ffff)
         );
-        let tss = segment_from_gdt(gdt_entry(0x808b, 0x1234_5678, 0x67), 3);
+        let tss = segment_from_gdt(gdt_entry(0x008b, 0x1234_5678, 0x67), 3);
         assert_eq!(
             (tss.base, tss.limit, tss.s, tss.g),
             (0x1234_5678, 0x67, 0, 0)

@@ -214,5 +214,3 @@ fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
         }
     }
 }
-#[cfg(test)]
-mod probe_tests;
