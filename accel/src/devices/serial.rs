@@ -169,7 +169,9 @@ impl SerialDevice {
         match (cfg, socket) {
             (SerialConfig::UnixServer { path, wait }, Some((listener, slot))) => {
                 let keep = listener.try_clone().map_err(thread_err("socket"))?;
-                // From here on, dropping `device` shuts the server down and removes the file.
+                // From here on, dropping `device` shuts the server down and removes the file;
+                // so does exiting the process.
+                input::remove_socket_at_exit(path);
                 device.socket = Some(SocketServer {
                     path: path.clone(),
                     listener: keep,
@@ -259,6 +261,7 @@ impl Drop for SerialDevice {
             let _ = shutdown(server.listener.as_raw_fd(), Shutdown::Both);
             server.slot.disconnect();
             let _ = std::fs::remove_file(&server.path);
+            input::forget_socket_at_exit(&server.path);
         }
         if self.raw_terminal {
             restore_terminal();

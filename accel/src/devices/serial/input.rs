@@ -15,6 +15,7 @@
 use std::io::{self, IsTerminal, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -235,10 +236,48 @@ fn filter_escapes(input: &[u8], escape: &mut bool) -> Vec<u8> {
 
 /// The terminal mode stdin had before [`enter_raw_mode`].
 static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// Socket files to remove when the process exits (QEMU removes its server sockets too).
+static SOCKETS_TO_REMOVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static ATEXIT: Once = Once::new();
 
-extern "C" fn restore_terminal_at_exit() {
+extern "C" fn cleanup_at_exit() {
     restore_terminal();
+    let paths = std::mem::take(
+        &mut *SOCKETS_TO_REMOVE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn register_exit_cleanup() {
+    ATEXIT.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function without captured state; it only
+        // restores stdin's terminal mode and removes files.
+        if unsafe { libc::atexit(cleanup_at_exit) } != 0 {
+            log::warn!("serial: cannot register the exit cleanup");
+        }
+    });
+}
+
+/// Removes the socket file at `path` when the process calls `exit()`, unless
+/// [`forget_socket_at_exit`] is called first.
+pub fn remove_socket_at_exit(path: &Path) {
+    SOCKETS_TO_REMOVE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(path.to_path_buf());
+    register_exit_cleanup();
+}
+
+/// Undoes [`remove_socket_at_exit`] (the device removed the file itself).
+pub fn forget_socket_at_exit(path: &Path) {
+    SOCKETS_TO_REMOVE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|p| p != path);
 }
 
 fn enter_raw_mode() {
@@ -272,13 +311,7 @@ fn enter_raw_mode() {
             *saved = Some(original.into());
         }
     }
-    ATEXIT.call_once(|| {
-        // SAFETY: registers a plain `extern "C"` function without captured state; it only
-        // calls tcsetattr on stdin.
-        if unsafe { libc::atexit(restore_terminal_at_exit) } != 0 {
-            log::warn!("serial: cannot register the terminal restore at exit");
-        }
-    });
+    register_exit_cleanup();
     if let Err(e) = termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw) {
         log::warn!("serial: cannot switch stdin to raw mode: {e}");
     }
