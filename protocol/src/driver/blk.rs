@@ -194,8 +194,30 @@ impl BlkDriver {
         Ok(self.drv.memory().read_obj::<u8>(slot.status_addr())?)
     }
 
+    /// Allocates and writes a request header (for forged chains built with
+    /// [`Driver::submit_raw`]).
+    pub fn new_header(&mut self, request_type: u32, sector: u64) -> Result<Buffer> {
+        let buf = self.drv.alloc(16, 16)?;
+        let hdr = RequestHeader {
+            request_type,
+            reserved: 0,
+            sector,
+        };
+        self.drv.memory().write_obj(hdr, buf.addr)?;
+        Ok(buf)
+    }
+
+    /// Allocates a status byte preset to [`STATUS_UNWRITTEN`] (for forged chains).
+    pub fn new_status(&mut self) -> Result<Buffer> {
+        let buf = self.drv.alloc(1, 1)?;
+        self.drv.memory().write_obj(STATUS_UNWRITTEN, buf.addr)?;
+        Ok(buf)
+    }
+
     /// Sends one request on queue `q`, waits for it, and returns the device's answer (any
-    /// status; the helpers below turn non-OK into errors).
+    /// status; the helpers below turn non-OK into errors). Synchronous: do not mix with
+    /// [`submit_slot`](Self::submit_slot) requests in flight on the same queue (their
+    /// completions would be taken for this one's and reported as a bad reply).
     pub fn execute(
         &mut self,
         q: usize,
