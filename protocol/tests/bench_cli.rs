@@ -59,6 +59,8 @@ fn randwrite_reports_and_writes_only_inside_size() {
     assert_eq!(kv["pattern"], "randwrite");
     assert_eq!(num(&kv, "queues"), 2.0);
     assert_eq!(num(&kv, "errors"), 0.0);
+    let kicks = num(&kv, "kicks");
+    assert!(kicks >= 2.0, "at least the first kick per queue: {kv:?}");
     let ios = num(&kv, "ios");
     assert!(ios > 0.0 && num(&kv, "iops") > 0.0, "{kv:?}");
     assert!(

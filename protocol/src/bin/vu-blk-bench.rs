@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! vu-blk-bench --socket /tmp/blk.sock --pattern randread --bs 4096 --qd 32 --seconds 10
-//! pattern=randread bs=4096 qd=32 queues=1 seconds=10.000 ios=... iops=... mib_s=... lat_mean_us=... lat_p99_us=... errors=0
+//! pattern=randread bs=4096 qd=32 queues=1 seconds=10.000 ios=... iops=... mib_s=... lat_mean_us=... lat_p99_us=... errors=0 kicks=...
 //! ```
 //!
 //! `--qd` requests per queue are kept in flight; completions are collected by sleeping on
@@ -119,6 +119,7 @@ impl Offsets {
 
 struct Results {
     ios: u64,
+    kicks: u64,
     errors: u64,
     elapsed: Duration,
     lat_ns: Vec<u64>,
@@ -261,8 +262,18 @@ fn run(args: &Args) -> Result<Results, String> {
         }
     }
     let elapsed = end.unwrap_or_else(Instant::now).duration_since(start);
+    let mut kicks = 0;
+    for q in 0..args.queues {
+        kicks += b
+            .driver()
+            .queue(q)
+            .map_err(|e| e.to_string())?
+            .stats()
+            .kicks;
+    }
     Ok(Results {
         ios,
+        kicks,
         errors,
         elapsed,
         lat_ns,
@@ -296,18 +307,19 @@ fn main() -> ExitCode {
         let v = serde_json::json!({
             "pattern": args.pattern.name(), "bs": args.bs, "qd": args.qd, "queues": args.queues,
             "seconds": secs, "ios": r.ios, "iops": iops, "mib_s": mib_s,
-            "lat_mean_us": mean_us, "lat_p99_us": p99_us, "errors": r.errors,
+            "lat_mean_us": mean_us, "lat_p99_us": p99_us, "errors": r.errors, "kicks": r.kicks,
         });
         println!("{v}");
     } else {
         println!(
-            "pattern={} bs={} qd={} queues={} seconds={secs:.3} ios={} iops={iops:.0} mib_s={mib_s:.2} lat_mean_us={mean_us:.1} lat_p99_us={p99_us:.1} errors={}",
+            "pattern={} bs={} qd={} queues={} seconds={secs:.3} ios={} iops={iops:.0} mib_s={mib_s:.2} lat_mean_us={mean_us:.1} lat_p99_us={p99_us:.1} errors={} kicks={}",
             args.pattern.name(),
             args.bs,
             args.qd,
             args.queues,
             r.ios,
-            r.errors
+            r.errors,
+            r.kicks
         );
     }
     if r.errors > 0 {
