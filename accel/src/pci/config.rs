@@ -272,7 +272,7 @@ impl PciConfig {
 pub fn capabilities(read_byte: impl Fn(usize) -> u8) -> Vec<(usize, u8)> {
     let mut out = Vec::new();
     let mut pos = usize::from(read_byte(CAP_PTR_REG * 4)) & !3;
-    while pos >= FIRST_CAP_OFFSET && pos < NUM_CONFIG_REGISTERS * 4 && out.len() < 48 {
+    while (FIRST_CAP_OFFSET..NUM_CONFIG_REGISTERS * 4).contains(&pos) && out.len() < 48 {
         out.push((pos, read_byte(pos)));
         pos = usize::from(read_byte(pos + 1)) & !3;
     }

@@ -372,10 +372,10 @@ impl VirtioPciDevice {
 
     /// Virtio reset (status 0): stop the backend's rings and forget the driver's setup.
     fn reset_virtio(&mut self) {
-        if self.active || self.common.status != 0 {
-            if let Err(e) = self.backend.lock().unwrap().reset() {
-                log::warn!("{}: backend reset: {e}", self.name);
-            }
+        if (self.active || self.common.status != 0)
+            && let Err(e) = self.backend.lock().unwrap().reset()
+        {
+            log::warn!("{}: backend reset: {e}", self.name);
         }
         self.active = false;
         self.common.reset();

@@ -48,10 +48,13 @@ impl InterruptRouter for FakeRouter {
     }
 }
 
+/// (index, size, desc, driver, device) of an activated queue.
+type QueueRecord = (u16, u16, u64, u64, u64);
+
 #[derive(Default)]
 struct FakeBackend {
     config: Vec<u8>,
-    activated: Vec<(u64, Vec<(u16, u16, u64, u64, u64)>)>,
+    activated: Vec<(u64, Vec<QueueRecord>)>,
     resets: usize,
     fail_activate: bool,
 }
