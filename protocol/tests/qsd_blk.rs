@@ -399,3 +399,39 @@ fn forged_chain_with_split_header_is_served() {
         );
     }
 }
+
+#[test]
+fn silent_backends_time_out_as_gone() {
+    use protocol::frontend::FrontendOptions;
+    let opts = FrontendOptions {
+        reply_timeout: Some(Duration::from_millis(300)),
+        ..FrontendOptions::default()
+    };
+
+    // Accepts, never answers: the handshake is bounded.
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-mute-").expect("dir");
+    let path = dir.as_path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let t0 = std::time::Instant::now();
+    let err = FrontendSession::connect_with(&path, T, opts.clone()).expect_err("mute");
+    assert!(err.is_backend_gone(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    drop(holder.join());
+
+    // A backend that stops answering mid-session (SIGSTOP), then recovers.
+    let q = Qsd::start(1 << 20, 1);
+    let session = FrontendSession::connect_with(&q.socket, T, opts).expect("connect");
+    let mut b = BlkDriver::new(
+        protocol::driver::Driver::new(session, DriverOptions::default()).expect("driver"),
+    )
+    .expect("blk");
+    q.signal(nix::sys::signal::Signal::SIGSTOP);
+    let t0 = std::time::Instant::now();
+    let err = b.read_config().expect_err("stopped backend");
+    assert!(err.is_backend_gone(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    q.signal(nix::sys::signal::Signal::SIGCONT);
+    b.driver().reconnect(T).expect("reconnect");
+    assert_eq!(b.read(0, 1, 512).expect("read"), expected(512, 512));
+}

@@ -1,5 +1,6 @@
 //! Connecting to a backend and the negotiation every (re)connection starts with.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 
 use super::error::{Error, Result};
+use super::watchdog::Watchdog;
 use super::{FrontendOptions, VHOST_USER_F_PROTOCOL_FEATURES};
 
 /// What a handshake learned about the backend.
@@ -87,20 +89,25 @@ fn handshake(fe: &mut Frontend, opts: &FrontendOptions) -> Result<Negotiated> {
     })
 }
 
+/// Connects and negotiates; the watchdog (if any) bounds the whole handshake.
 pub(super) fn open(
     path: &Path,
     timeout: Duration,
     opts: &FrontendOptions,
+    watchdog: Option<&Watchdog>,
 ) -> Result<(Frontend, Negotiated)> {
     let stream = connect_stream(path, timeout)?;
-    stream
-        .set_read_timeout(opts.reply_timeout)
-        .map_err(|e| Error::Connect {
-            path: path.to_path_buf(),
-            timeout,
-            source: e,
-        })?;
     let mut fe = Frontend::from_stream(stream, opts.max_queues as u64);
-    let negotiated = handshake(&mut fe, opts)?;
-    Ok((fe, negotiated))
+    if let Some(w) = watchdog {
+        w.arm(fe.as_raw_fd());
+    }
+    let r = handshake(&mut fe, opts);
+    if watchdog.is_some_and(Watchdog::disarm) {
+        let limit = watchdog.map(Watchdog::timeout).unwrap_or_default();
+        return Err(Error::BackendGone {
+            op: "handshake",
+            detail: format!("no reply within {limit:?}"),
+        });
+    }
+    Ok((fe, r?))
 }

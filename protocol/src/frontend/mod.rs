@@ -34,6 +34,7 @@
 mod connect;
 mod error;
 mod memory;
+mod watchdog;
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use connect::{open, req};
+use watchdog::Watchdog;
 pub use error::{Error, Result, is_disconnect};
 pub use memory::{SharedMemory, SharedRegion, gpa_to_frontend_va};
 
@@ -81,8 +83,9 @@ pub struct FrontendOptions {
     pub protocol_features: VhostUserProtocolFeatures,
     /// Protocol features without which connecting fails.
     pub required_protocol_features: VhostUserProtocolFeatures,
-    /// How long to wait for any single reply before declaring the backend gone
-    /// (`None`: wait forever).
+    /// How long any request (or the whole handshake) may wait for its reply before the
+    /// session hangs up and reports the backend gone (`None`: wait forever). Enforced by a
+    /// watchdog thread per session.
     pub reply_timeout: Option<Duration>,
 }
 
@@ -160,6 +163,7 @@ pub struct FrontendSession {
     memory: Option<Arc<dyn SharedMemory>>,
     table: Vec<SharedRegion>,
     vrings: Vec<VringState>,
+    watchdog: Option<Watchdog>,
 }
 
 impl std::fmt::Debug for FrontendSession {
@@ -193,7 +197,8 @@ impl FrontendSession {
         opts: FrontendOptions,
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let (fe, n) = open(&path, timeout, &opts)?;
+        let watchdog = opts.reply_timeout.and_then(Watchdog::new);
+        let (fe, n) = open(&path, timeout, &opts, watchdog.as_ref())?;
         let vrings = (0..n.num_queues).map(|_| VringState::default()).collect();
         Ok(FrontendSession {
             path,
@@ -207,6 +212,7 @@ impl FrontendSession {
             memory: None,
             table: Vec::new(),
             vrings,
+            watchdog,
         })
     }
 
@@ -286,7 +292,26 @@ impl FrontendSession {
                 detail: "session disconnected earlier; reconnect first".into(),
             });
         }
-        let r = req(op, f(&mut self.fe));
+        if let Some(w) = &self.watchdog {
+            w.arm(self.fe.as_raw_fd());
+        }
+        let raw = f(&mut self.fe);
+        let r = match &self.watchdog {
+            Some(w) if w.disarm() => {
+                // The socket was shut down: even a reply that made it is on a dead session.
+                self.gone = true;
+                let timeout = w.timeout();
+                log::warn!(
+                    "vhost-user backend {}: no reply to {op} within {timeout:?}",
+                    self.path.display()
+                );
+                return Err(Error::BackendGone {
+                    op,
+                    detail: format!("no reply within {timeout:?}"),
+                });
+            }
+            _ => req(op, raw),
+        };
         if let Err(e) = &r
             && e.is_backend_gone()
         {
@@ -614,7 +639,7 @@ impl FrontendSession {
         // Hang up first: a backend serves one frontend at a time and would not accept the new
         // connection while the old one is open.
         let _ = shutdown(self.fe.as_raw_fd(), Shutdown::Both);
-        let (fe, n) = open(&self.path, timeout, &self.opts)?;
+        let (fe, n) = open(&self.path, timeout, &self.opts, self.watchdog.as_ref())?;
         self.fe = fe;
         self.gone = false;
         if let Some(acked) = self.acked_features {

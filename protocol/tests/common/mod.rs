@@ -72,6 +72,13 @@ impl Qsd {
         }
     }
 
+    /// Sends `sig` to the running daemon (SIGSTOP/SIGCONT to simulate a hung backend).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("daemon running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
     /// The image file's bytes.
     pub fn image_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
