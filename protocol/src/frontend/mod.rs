@@ -50,9 +50,9 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use connect::{open, req};
-use watchdog::Watchdog;
 pub use error::{Error, Result, is_disconnect};
 pub use memory::{SharedMemory, SharedRegion, gpa_to_frontend_va};
+use watchdog::Watchdog;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30 of the vhost-user feature word). Not a virtio
 /// feature: never show it to a guest driver.
