@@ -71,14 +71,21 @@ where
     fn shared_regions(&self) -> Result<Vec<SharedRegion>> {
         self.iter()
             .map(|r| {
-                let file = r.file_offset().ok_or(Error::RegionNotShareable {
+                let not_shareable = Error::RegionNotShareable {
                     gpa: r.start_addr().0,
+                };
+                let file = r.file_offset().ok_or(not_shareable)?;
+                let info = VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|_| {
+                    Error::RegionNotShareable {
+                        gpa: r.start_addr().0,
+                    }
                 })?;
                 Ok(SharedRegion {
-                    gpa: r.start_addr().0,
-                    size: r.len(),
-                    frontend_va: r.as_ptr() as u64,
-                    file: FileOffset::from_arc(Arc::clone(file.arc()), file.start()),
+                    gpa: info.guest_phys_addr,
+                    size: info.memory_size,
+                    frontend_va: info.userspace_addr,
+                    // Keep the file itself (not just its fd number) for resending on reconnect.
+                    file: FileOffset::from_arc(Arc::clone(file.arc()), info.mmap_offset),
                 })
             })
             .collect()
