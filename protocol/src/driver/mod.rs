@@ -44,10 +44,14 @@ pub use virtqueue::{Completion, QueueStats, RawDesc, RawNext, Segment, SplitQueu
 pub const DRIVER_RING_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
+/// Device-specific feature bits (0 to 23).
+pub const DEVICE_FEATURE_MASK: u64 = (1 << 24) - 1;
+
 /// How to set up a [`Driver`].
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
-    /// Virtio features to accept if the device offers them (device-specific bits included).
+    /// Virtio features to accept if the device offers them; only device-specific bits and
+    /// [`DRIVER_RING_FEATURES`] can ever be accepted.
     pub features: u64,
     /// Features without which [`Driver::new`] fails.
     pub required_features: u64,
@@ -92,7 +96,9 @@ impl Driver {
         if missing != 0 {
             return Err(Error::MissingFeatures { missing });
         }
-        let features = offered & opts.features;
+        // Never accept a transport feature this driver does not implement (packed rings,
+        // in-order, notification data, ...), whatever `opts.features` says.
+        let features = offered & opts.features & (DEVICE_FEATURE_MASK | DRIVER_RING_FEATURES);
         session.set_features(features)?;
 
         let mem = memfd_memory(opts.mem_base, opts.mem_size)?;
