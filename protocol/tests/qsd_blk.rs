@@ -474,3 +474,25 @@ fn works_without_event_idx_and_indirect() {
         );
     }
 }
+
+#[test]
+fn sessions_over_caller_provided_streams() {
+    use protocol::driver::Driver;
+    use protocol::frontend::FrontendOptions;
+    use std::os::unix::net::UnixStream;
+    let mut q = Qsd::start(1 << 20, 1);
+    let stream = UnixStream::connect(&q.socket).expect("connect");
+    let s =
+        FrontendSession::from_stream(stream, "qsd", FrontendOptions::default()).expect("negotiate");
+    let mut b =
+        BlkDriver::new(Driver::new(s, DriverOptions::default()).expect("driver")).expect("blk");
+    b.write(0, 7, &[0x77; 512]).expect("write");
+    q.kill();
+    q.spawn();
+    let stream = UnixStream::connect(&q.socket).expect("connect again");
+    b.driver()
+        .session()
+        .reconnect_stream(stream)
+        .expect("restore over the new stream");
+    assert_eq!(b.read(0, 7, 512).expect("read"), vec![0x77; 512]);
+}

@@ -97,6 +97,15 @@ pub(super) fn open(
     watchdog: Option<&Watchdog>,
 ) -> Result<(Frontend, Negotiated)> {
     let stream = connect_stream(path, timeout)?;
+    open_stream(stream, opts, watchdog)
+}
+
+/// Negotiates on an already connected stream (e.g. one a listening frontend accepted).
+pub(super) fn open_stream(
+    stream: UnixStream,
+    opts: &FrontendOptions,
+    watchdog: Option<&Watchdog>,
+) -> Result<(Frontend, Negotiated)> {
     let mut fe = Frontend::from_stream(stream, opts.max_queues as u64);
     if let Some(w) = watchdog {
         w.arm(fe.as_raw_fd());

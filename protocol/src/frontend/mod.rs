@@ -37,6 +37,7 @@ mod memory;
 mod watchdog;
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +50,7 @@ use vhost::{VhostBackend, VringConfigData};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use connect::{open, req};
+use connect::{Negotiated, open, open_stream, req};
 pub use error::{Error, Result, is_disconnect};
 pub use memory::{SharedMemory, SharedRegion, gpa_to_frontend_va};
 use watchdog::Watchdog;
@@ -199,8 +200,38 @@ impl FrontendSession {
         let path = path.as_ref().to_path_buf();
         let watchdog = opts.reply_timeout.and_then(Watchdog::new);
         let (fe, n) = open(&path, timeout, &opts, watchdog.as_ref())?;
+        Ok(Self::new(path, opts, fe, n, watchdog))
+    }
+
+    /// Negotiates on a connected stream, for a frontend that listens and lets the backend
+    /// connect (QEMU's `-chardev socket,server=on`). `name` is only used in messages (and
+    /// by [`reconnect`](Self::reconnect), which connects to it as a path: use
+    /// [`reconnect_stream`](Self::reconnect_stream) instead).
+    pub fn from_stream(
+        stream: UnixStream,
+        name: impl AsRef<Path>,
+        opts: FrontendOptions,
+    ) -> Result<Self> {
+        let watchdog = opts.reply_timeout.and_then(Watchdog::new);
+        let (fe, n) = open_stream(stream, &opts, watchdog.as_ref())?;
+        Ok(Self::new(
+            name.as_ref().to_path_buf(),
+            opts,
+            fe,
+            n,
+            watchdog,
+        ))
+    }
+
+    fn new(
+        path: PathBuf,
+        opts: FrontendOptions,
+        fe: Frontend,
+        n: Negotiated,
+        watchdog: Option<Watchdog>,
+    ) -> Self {
         let vrings = (0..n.num_queues).map(|_| VringState::default()).collect();
-        Ok(FrontendSession {
+        FrontendSession {
             path,
             opts,
             fe,
@@ -213,7 +244,7 @@ impl FrontendSession {
             table: Vec::new(),
             vrings,
             watchdog,
-        })
+        }
     }
 
     /// The backend socket path.
@@ -635,11 +666,26 @@ impl FrontendSession {
     /// answered it, otherwise at the used ring's `idx` read from guest memory: requests the
     /// dead backend had taken but not completed are processed again.
     pub fn reconnect(&mut self, timeout: Duration) -> Result<()> {
-        self.gone = true;
-        // Hang up first: a backend serves one frontend at a time and would not accept the new
-        // connection while the old one is open.
-        let _ = shutdown(self.fe.as_raw_fd(), Shutdown::Both);
+        self.hang_up();
         let (fe, n) = open(&self.path, timeout, &self.opts, self.watchdog.as_ref())?;
+        self.restore(fe, n)
+    }
+
+    /// [`reconnect`](Self::reconnect) over a stream the caller connected or accepted.
+    pub fn reconnect_stream(&mut self, stream: UnixStream) -> Result<()> {
+        self.hang_up();
+        let (fe, n) = open_stream(stream, &self.opts, self.watchdog.as_ref())?;
+        self.restore(fe, n)
+    }
+
+    fn hang_up(&mut self) {
+        self.gone = true;
+        // A backend serves one frontend at a time and would not accept a new connection
+        // while the old one is open.
+        let _ = shutdown(self.fe.as_raw_fd(), Shutdown::Both);
+    }
+
+    fn restore(&mut self, fe: Frontend, n: Negotiated) -> Result<()> {
         self.fe = fe;
         self.gone = false;
         if let Some(acked) = self.acked_features {
