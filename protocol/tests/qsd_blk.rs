@@ -479,9 +479,8 @@ fn works_without_event_idx_and_indirect() {
 fn sessions_over_caller_provided_streams() {
     use protocol::driver::Driver;
     use protocol::frontend::FrontendOptions;
-    use std::os::unix::net::UnixStream;
     let mut q = Qsd::start(1 << 20, 1);
-    let stream = UnixStream::connect(&q.socket).expect("connect");
+    let stream = common::connect_retry(&q.socket);
     let s =
         FrontendSession::from_stream(stream, "qsd", FrontendOptions::default()).expect("negotiate");
     let mut b =
@@ -489,7 +488,7 @@ fn sessions_over_caller_provided_streams() {
     b.write(0, 7, &[0x77; 512]).expect("write");
     q.kill();
     q.spawn();
-    let stream = UnixStream::connect(&q.socket).expect("connect again");
+    let stream = common::connect_retry(&q.socket);
     b.driver()
         .session()
         .reconnect_stream(stream)

@@ -557,6 +557,9 @@ impl FrontendSession {
     }
 
     /// Reads `len` bytes of device config space at `offset` (GET_CONFIG; needs CONFIG).
+    ///
+    /// Config messages carry flags 0 like QEMU's ("front-end message for writable fields"
+    /// in the spec; the `vhost` crate's `WRITABLE` bit is the spec's live-migration value).
     pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(Error::MissingFeatures {
@@ -566,7 +569,7 @@ impl FrontendSession {
         }
         let buf = vec![0u8; len as usize];
         let (_, data) = self.call("GET_CONFIG", |fe| {
-            fe.get_config(offset, len, VhostUserConfigFlags::WRITABLE, &buf)
+            fe.get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
         })?;
         Ok(data)
     }
@@ -580,7 +583,7 @@ impl FrontendSession {
             });
         }
         self.call("SET_CONFIG", |fe| {
-            fe.set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+            fe.set_config(offset, VhostUserConfigFlags::empty(), data)
         })
     }
 

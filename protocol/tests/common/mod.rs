@@ -108,3 +108,15 @@ pub fn wait_for_socket(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Connects to `path`, retrying while the daemon has bound but not yet listens.
+pub fn connect_retry(path: &Path) -> std::os::unix::net::UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("connect {}: {e}", path.display()),
+        }
+    }
+}
