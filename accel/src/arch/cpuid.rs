@@ -251,7 +251,9 @@ fn bits_for(n: u8) -> u32 {
 }
 
 /// Per-vCPU fix-ups: initial APIC id in leaf 1 EBX[31:24] (and logical count / HTT), x2APIC id
-/// and SMT/core topology in leaves 0xB and 0x1F. APIC id = vCPU index (what the MP table lists).
+/// and SMT/core topology in leaves 0xB and 0x1F, cores per package in leaf 4 (Intel) and
+/// 0x8000_0008 (AMD). APIC id = vCPU index (what the MP table lists); with non-power-of-two
+/// core/thread counts that differs from the packed ids QEMU would use.
 pub fn apply_vcpu_topology(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, smp: &SmpConfig) {
     let apic_id = u32::from(cpu_index);
     let threads = u32::from(smp.threads.max(1));
@@ -267,6 +269,16 @@ pub fn apply_vcpu_topology(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, smp:
                 } else {
                     e.edx &= !(1 << 28);
                 }
+            }
+            // Intel deterministic cache parameters: cores per package in EAX[31:26].
+            4 => {
+                let cores = u32::from(smp.cores.max(1));
+                e.eax = (e.eax & 0x03ff_ffff) | ((cores - 1).min(63) << 26);
+            }
+            // AMD: core-id bits of the APIC id in ECX[15:12], logical CPUs per package - 1 in
+            // ECX[7:0] (as QEMU builds it).
+            0x8000_0008 => {
+                e.ecx = (e.ecx & !0xf0ff) | (core_shift << 12) | ((per_pkg - 1).min(255));
             }
             0xb | 0x1f => {
                 e.edx = apic_id;
@@ -361,6 +373,12 @@ mod tests {
         assert_eq!((e[1].eax, e[1].ebx, e[1].ecx, e[1].edx), (1, 2, 0x100, 3));
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (2, 4, 0x201, 3));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (0, 0, 2));
+        let mut amd = vec![entry(0x8000_0008, 0), entry(4, 0)];
+        amd[0].ecx = 0xffff_ffff;
+        amd[1].eax = 0x0000_0121;
+        apply_vcpu_topology(&mut amd, 1, &smp);
+        assert_eq!(amd[0].ecx, 0xffff_2f03);
+        assert_eq!(amd[1].eax, (1 << 26) | 0x121);
         let one = SmpConfig::default();
         apply_vcpu_topology(&mut e, 0, &one);
         assert_eq!(e[0].ebx >> 16, 1);

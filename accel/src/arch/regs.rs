@@ -194,6 +194,7 @@ pub const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 pub const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 pub const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
 pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const MSR_STAR: u32 = 0xc000_0081;
 pub const MSR_LSTAR: u32 = 0xc000_0082;
@@ -224,6 +225,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         e(MSR_SYSCALL_MASK, 0),
         e(MSR_LSTAR, 0),
         e(MSR_IA32_TSC, 0),
+        e(MSR_IA32_TSC_DEADLINE, 0),
         e(MSR_IA32_MISC_ENABLE, 1),          // fast strings
         e(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs enabled, default write-back
         e(MSR_KVM_SYSTEM_TIME_NEW, 0),

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use kvm_bindings::{
     CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_lapic_state, kvm_mp_state, kvm_vcpu_events,
+    KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs,
+    kvm_vcpu_events,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
@@ -56,8 +57,9 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     cpuid: CpuId,
     cpuid_set: bool,
-    /// LAPIC state right after creation: restored on reboot.
+    /// LAPIC and special registers right after creation: the base for every (re)boot.
     pristine_lapic: kvm_lapic_state,
+    pristine_sregs: kvm_sregs,
 }
 
 impl Vcpu {
@@ -70,12 +72,18 @@ impl Vcpu {
             what: "KVM_GET_LAPIC",
             source,
         })?;
+        let pristine_sregs = fd.get_sregs().map_err(|source| VcpuError::Kvm {
+            index,
+            what: "KVM_GET_SREGS",
+            source,
+        })?;
         Ok(Vcpu {
             index,
             fd,
             cpuid,
             cpuid_set: false,
             pristine_lapic,
+            pristine_sregs,
         })
     }
 
@@ -97,21 +105,18 @@ impl Vcpu {
                 .map_err(self.kvm_err("KVM_SET_CPUID2"))?;
             self.cpuid_set = true;
         }
-        let msrs = Msrs::from_entries(&boot_msrs()).map_err(|e| VcpuError::Msrs {
-            index,
-            msg: format!("{e:?}"),
-        })?;
-        let n = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
-        if n != msrs.as_slice().len() {
-            let failed = msrs.as_slice().get(n).map(|e| e.index).unwrap_or(0);
-            log::debug!(
-                "vCPU {index}: KVM took {n} of {} boot MSRs (stopped at {failed:#x})",
-                msrs.as_slice().len()
-            );
-        }
+        // Special registers first: they carry the APIC base (xAPIC mode, BSP flag), which
+        // decides how KVM reads the LAPIC state below.
+        let sregs = if index == 0 {
+            setup_sregs(mem, boot.mode, self.pristine_sregs)
+                .map_err(|source| VcpuError::Regs { index, source })?
+        } else {
+            self.pristine_sregs
+        };
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.kvm_err("KVM_SET_SREGS"))?;
+        self.set_boot_msrs()?;
         self.fd
             .set_fpu(&boot_fpu())
             .map_err(self.kvm_err("KVM_SET_FPU"))?;
@@ -123,17 +128,17 @@ impl Vcpu {
         if let Err(e) = self.fd.set_vcpu_events(&kvm_vcpu_events::default()) {
             log::debug!("vCPU {index}: clearing pending events: {e}");
         }
-        if index == 0 {
-            let sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
-            let sregs = setup_sregs(mem, boot.mode, sregs)
-                .map_err(|source| VcpuError::Regs { index, source })?;
-            self.fd
-                .set_sregs(&sregs)
-                .map_err(self.kvm_err("KVM_SET_SREGS"))?;
-            self.fd
-                .set_regs(&boot_regs(boot.mode, boot.entry, boot.boot_info))
-                .map_err(self.kvm_err("KVM_SET_REGS"))?;
-        }
+        let regs = if index == 0 {
+            boot_regs(boot.mode, boot.entry, boot.boot_info)
+        } else {
+            kvm_regs {
+                rflags: 0x2,
+                ..Default::default()
+            }
+        };
+        self.fd
+            .set_regs(&regs)
+            .map_err(self.kvm_err("KVM_SET_REGS"))?;
         let mp_state = if index == 0 {
             KVM_MP_STATE_RUNNABLE
         } else {
@@ -145,22 +150,47 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Writes the boot MSR set. KVM stops at the first MSR it refuses: skip that one and go on,
+    /// so e.g. the paravirt MSRs (kvmclock, async PF) are still cleared on reboot.
+    fn set_boot_msrs(&self) -> Result<(), VcpuError> {
+        let index = self.index;
+        let all = boot_msrs();
+        let mut rest = &all[..];
+        while !rest.is_empty() {
+            let msrs = Msrs::from_entries(rest).map_err(|e| VcpuError::Msrs {
+                index,
+                msg: format!("{e:?}"),
+            })?;
+            let n = self
+                .fd
+                .set_msrs(&msrs)
+                .map_err(self.kvm_err("KVM_SET_MSRS"))?;
+            if n >= rest.len() {
+                break;
+            }
+            log::debug!("vCPU {index}: KVM refused MSR {:#x}", rest[n].index);
+            rest = &rest[n + 1..];
+        }
+        Ok(())
+    }
+
     /// Runs the guest until the VM is asked to stop. Posts a request on fatal exits.
     pub fn run(&mut self, shared: &VcpuShared) {
         let control = &shared.control;
+        if self.index == 0
+            && let Some(start) = shared.timing_start
+            && !shared.first_run_seen.swap(true, Ordering::Relaxed)
+        {
+            let t = start.elapsed();
+            eprintln!(
+                "accel: timing: process start to first KVM_RUN: {:.3} ms",
+                t.as_secs_f64() * 1e3
+            );
+            log::debug!("process start to first KVM_RUN: {t:?}");
+        }
         loop {
             if control.should_stop() {
                 return;
-            }
-            if let Some(start) = shared.timing_start
-                && !shared.first_run_seen.swap(true, Ordering::Relaxed)
-            {
-                let t = start.elapsed();
-                eprintln!(
-                    "accel: timing: process start to first KVM_RUN: {:.3} ms",
-                    t.as_secs_f64() * 1e3
-                );
-                log::debug!("process start to first KVM_RUN: {t:?}");
             }
             let fatal = match self.fd.run() {
                 Ok(exit) => match exit {
