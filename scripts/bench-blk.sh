@@ -9,6 +9,7 @@
 #
 # Cases: 4K randread QD1, 4K randread QD32, 4K randwrite QD32, 1 MiB sequential read QD8.
 # Prints IOPS, MiB/s, mean and p99 latency per backend, and the ratio ours/qsd (IOPS).
+# Each backend runs each case BENCH_REPS times (default 2), interleaved; the best run counts.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,12 +26,6 @@ ours_bin=$target/vhost-user-blk
 bench_bin=$target/vu-blk-bench
 
 tmp=$(mktemp -d /tmp/bench-blk.XXXXXX)
-backend_pid=""
-cleanup() {
-    if [ -n "$backend_pid" ]; then kill "$backend_pid" 2>/dev/null || true; wait "$backend_pid" 2>/dev/null || true; fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 img=$tmp/disk.img
 head -c "$((size_mib << 20))" /dev/urandom > "$img"
@@ -48,46 +43,53 @@ wait_socket() {
     echo "socket $1 never appeared" >&2; return 1
 }
 
-# run_cases NAME SOCKET: one vu-blk-bench per case; results in $tmp/NAME.<case#>
-run_cases() {
-    local name=$1 sock=$2 i=0
-    for c in "${cases[@]}"; do
-        set -- $c
-        # Warm-up, then the measured run.
-        "$bench_bin" --socket "$sock" --pattern "$1" --bs "$2" --qd "$3" --seconds 1 > /dev/null
-        "$bench_bin" --socket "$sock" --pattern "$1" --bs "$2" --qd "$3" --seconds "$secs" > "$tmp/$name.$i"
-        echo "  $name: $(cat "$tmp/$name.$i")" >&2
-        i=$((i + 1))
-    done
-}
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+trap 'stop_all; rm -rf "$tmp"' EXIT
 
-stop_backend() {
-    kill "$backend_pid" 2>/dev/null || true
-    wait "$backend_pid" 2>/dev/null || true
-    backend_pid=""
-}
-
-echo "ours: vhost-user-blk" >&2
+# All three backends run side by side (idle unless benchmarked) so that runs can interleave:
+# this machine is shared, and interleaving spreads load changes evenly over the contenders.
 RUST_LOG=warn "$ours_bin" --socket-path "$tmp/ours.sock" --image "$img" --num-queues 1 &
-backend_pid=$!
-wait_socket "$tmp/ours.sock"
-run_cases ours "$tmp/ours.sock"
-stop_backend
-
+pids+=($!)
 for aio in io_uring threads; do
-    echo "qsd: aio=$aio" >&2
     qemu-storage-daemon \
         --blockdev "driver=file,node-name=file0,filename=$img,cache.direct=off,aio=$aio" \
         --export "type=vhost-user-blk,id=e0,node-name=file0,addr.type=unix,addr.path=$tmp/qsd-$aio.sock,writable=on,num-queues=1" &
-    backend_pid=$!
-    wait_socket "$tmp/qsd-$aio.sock"
-    run_cases "qsd-$aio" "$tmp/qsd-$aio.sock"
-    stop_backend
+    pids+=($!)
 done
+backends=(ours qsd-io_uring qsd-threads)
+for b in "${backends[@]}"; do wait_socket "$tmp/$b.sock"; done
+
+reps=${BENCH_REPS:-2}
+# best_of NAME CASE# LINE: keep the line with the higher iops in $tmp/NAME.CASE#
+keep_best() {
+    local f=$tmp/$1.$2 new=$3 old
+    if [ -f "$f" ]; then
+        old=$(tr ' ' '\n' < "$f" | sed -n 's/^iops=//p')
+        awk -v a="$(echo "$new" | tr ' ' '\n' | sed -n 's/^iops=//p')" -v b="$old" 'BEGIN { exit !(a > b) }' || return 0
+    fi
+    echo "$new" > "$f"
+}
+i=0
+for c in "${cases[@]}"; do
+    set -- $c
+    for b in "${backends[@]}"; do   # warm-up
+        "$bench_bin" --socket "$tmp/$b.sock" --pattern "$1" --bs "$2" --qd "$3" --seconds 1 > /dev/null
+    done
+    for rep in $(seq "$reps"); do
+        for b in "${backends[@]}"; do
+            line=$("$bench_bin" --socket "$tmp/$b.sock" --pattern "$1" --bs "$2" --qd "$3" --seconds "$secs")
+            echo "  $b: $line" >&2
+            keep_best "$b" "$i" "$line"
+        done
+    done
+    i=$((i + 1))
+done
+stop_all
 
 field() { tr ' ' '\n' < "$1" | sed -n "s/^$2=//p"; }
 
-printf '\n%-22s | %-26s | %-26s | %-8s | %s\n' "case (${secs}s each)" "ours: IOPS MiB/s lat/p99us" "qsd best: IOPS MiB/s lat" "qsd aio" "ours/qsd"
+printf '\n%-24s | %-30s | %-30s | %-8s | %s\n' "case (best of ${reps}x${secs}s)" "ours: IOPS MiB/s lat/p99us" "qsd best: IOPS MiB/s lat" "qsd aio" "ours/qsd"
 printf -- '-%.0s' $(seq 110); echo
 i=0
 for c in "${cases[@]}"; do
@@ -103,7 +105,7 @@ for c in "${cases[@]}"; do
     b_mib=$(field "$tmp/qsd-$best_aio.$i" mib_s); b_lat=$(field "$tmp/qsd-$best_aio.$i" lat_mean_us)
     b_p99=$(field "$tmp/qsd-$best_aio.$i" lat_p99_us)
     ratio=$(awk -v a="$o_iops" -v b="$b_iops" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
-    printf '%-22s | %8s %8s %4s/%-4s | %8s %8s %4s/%-4s | %-8s | %s\n' "$label" \
+    printf '%-24s | %8s %8s %6s/%-6s | %8s %8s %6s/%-6s | %-8s | %s\n' "$label" \
         "$o_iops" "$o_mib" "$o_lat" "$o_p99" "$b_iops" "$b_mib" "$b_lat" "$b_p99" "$best_aio" "$ratio"
     i=$((i + 1))
 done

@@ -59,6 +59,7 @@ fn start(tag: &str, read_only: bool, num_queues: u16, connections: usize) -> Set
         queue_size: 256,
         direct_io: false,
         serial: "sock-serial".into(),
+        poll_us: 50,
     };
     let device = BlkDevice::open(&config).unwrap();
     let mut listener = Listener::new(&sock, true).unwrap();
@@ -395,7 +396,8 @@ fn a_second_frontend_gets_fresh_state_and_sees_the_first_ones_writes() {
     }
 }
 
-/// Data-heavy batches are spread over several threads: completions must still match requests.
+/// Large requests run on the I/O threads and complete out of order: each completion must
+/// still match its request and carry its data.
 #[test]
 fn large_requests_in_one_batch_complete_with_the_right_data() {
     let s = start("large", false, 1, 1);

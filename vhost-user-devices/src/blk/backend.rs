@@ -3,6 +3,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::blk::{
@@ -15,14 +16,17 @@ use vhost_user_backend::{VhostUserBackend, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use super::batch;
+use super::batch::IoPool;
 use super::disk::Disk;
+use super::request;
 use super::request::{
     MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, Mem, RequestOptions,
 };
@@ -35,6 +39,25 @@ const WRITEBACK_OFFSET: usize = std::mem::offset_of!(BlkConfig, writeback);
 pub struct DeviceSettings {
     pub num_queues: u16,
     pub queue_size: u16,
+    /// How long a busy queue's worker watches for new requests before sleeping (0: never).
+    pub poll: Duration,
+}
+
+/// Watches the avail index at `addr` for up to `budget`; true once it moved past `seen`.
+fn poll_avail(mem: &Mem, addr: GuestAddress, seen: u16, budget: Duration) -> bool {
+    let deadline = Instant::now() + budget;
+    loop {
+        match mem.load::<u16>(addr, std::sync::atomic::Ordering::Acquire) {
+            Ok(idx) if u16::from_le(idx) != seen => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // Let a driver thread sharing this core run.
+        std::thread::yield_now();
+    }
 }
 
 /// Virtio features the device offers for `disk`.
@@ -73,21 +96,24 @@ pub struct BlkBackend {
     /// Config `writeback`: false = write-through (fdatasync after every write).
     writeback: AtomicBool,
     mem: RwLock<BackendMemory>,
-    /// Threads a data-heavy batch of one queue may use.
-    io_threads: usize,
+    /// Helper threads for data-heavy batches.
+    pool: IoPool,
 }
 
 impl BlkBackend {
     pub fn new(disk: Arc<Disk>, settings: DeviceSettings) -> Self {
         let features = device_features(&disk);
         BlkBackend {
-            disk,
+            disk: disk.clone(),
             settings,
             features,
             event_idx: AtomicBool::new(false),
             writeback: AtomicBool::new(true),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
-            io_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            pool: IoPool::new(
+                disk.clone(),
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            ),
         }
     }
 
@@ -129,7 +155,7 @@ impl BlkBackend {
             Ok(m) => m.clone(),
             Err(_) => return,
         };
-        let mem = atomic.memory();
+        let mem = atomic.memory().into_inner();
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let opts = RequestOptions {
             writethrough: !self.writeback.load(Ordering::Relaxed),
@@ -139,32 +165,43 @@ impl BlkBackend {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
-            let mut batch = Vec::new();
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) {
-                batch.push(chain);
+            let mut completed = false;
+            let mut active = false;
+            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                active = true;
+                let chain = if self.pool.wants(&chain) {
+                    match self.pool.submit(chain, opts, vring) {
+                        Ok(()) => continue,
+                        Err(chain) => chain,
+                    }
+                } else {
+                    chain
+                };
+                let head = chain.head_index();
+                let used = request::handle_chain(chain, &mem, &self.disk, opts);
+                if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
+                    log::error!("cannot complete request {head}: {e}");
+                }
+                completed = true;
             }
-            let completed = !batch.is_empty();
-            let disk = &self.disk;
-            batch::execute(
-                batch,
-                &mem,
-                disk,
-                opts,
-                self.io_threads,
-                |head, used, publish| {
-                    if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                        log::error!("cannot complete request {head}: {e}");
-                    }
-                    if publish {
-                        Self::notify(&mut state, &mem);
-                    }
-                },
-            );
             if completed {
                 Self::notify(&mut state, &mem);
             }
             if !event_idx {
                 break;
+            }
+            if active && !self.settings.poll.is_zero() {
+                // The driver is busy: it will likely submit again soon. Watching the avail
+                // index for a moment (ring lock released, so I/O threads can complete) saves
+                // it a kick and us a wake-up.
+                let queue = state.get_queue();
+                let (avail_idx, seen) = (GuestAddress(queue.avail_ring() + 2), queue.next_avail());
+                drop(state);
+                let more = poll_avail(&mem, avail_idx, seen, self.settings.poll);
+                state = vring.get_mut();
+                if more {
+                    continue;
+                }
             }
             match state.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
@@ -196,6 +233,17 @@ impl VhostUserBackend for BlkBackend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         protocol_features()
+    }
+
+    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+        // Requests still running on the I/O threads complete before the ring state is handed
+        // back to the frontend.
+        self.pool.drain();
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        self.pool.drain();
     }
 
     fn set_event_idx(&self, enabled: bool) {

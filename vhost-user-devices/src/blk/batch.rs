@@ -1,84 +1,183 @@
-//! Executing the requests one queue notification brought: inline on the queue's worker for
-//! small requests (the 4K fast path: no hand-off at all), spread over a few scoped threads
-//! when the batch carries a lot of data (large sequential I/O is memory-copy bound, and one
-//! core cannot copy as fast as two).
+//! Where requests run: small ones inline on the queue's worker thread (the 4K fast path, no
+//! hand-off at all); large ones on a small pool of persistent I/O threads, which complete them
+//! straight into the used ring. Large transfers are memory-copy bound, so two cores copy
+//! faster than one, and the worker keeps taking new requests meanwhile.
 
-use std::sync::{Mutex, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 
-use virtio_queue::DescriptorChain;
+use protocol::daemon::BackendVring;
+use vhost_user_backend::VringT;
+use virtio_queue::{DescriptorChain, QueueT};
 
 use super::disk::Disk;
 use super::request::{Mem, RequestOptions, handle_chain};
 
-/// A batch moving at least this many data bytes is executed in parallel.
-pub const PARALLEL_MIN_BYTES: u64 = 512 << 10;
+/// Requests moving at least this many bytes go to the I/O threads.
+pub const OFFLOAD_MIN_BYTES: u64 = 64 << 10;
 
-/// Total buffer bytes of `batch`, counted until `limit` is reached.
-fn batch_bytes(batch: &[DescriptorChain<&Mem>], limit: u64) -> u64 {
-    let mut total = 0u64;
-    for chain in batch {
-        total += chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
-        if total >= limit {
-            break;
-        }
-    }
-    total
+/// A descriptor chain that owns its view of guest memory, so it can move between threads.
+pub type Chain = DescriptorChain<Arc<Mem>>;
+
+struct Job {
+    chain: Chain,
+    opts: RequestOptions,
+    vring: BackendVring,
 }
 
-/// Executes every chain of `batch`, calling `complete(head, used_len, publish)` for each on the
-/// calling thread (in completion order). Uses up to `threads` threads for data-heavy batches;
-/// there `publish` is true: the completion should reach the driver right away (the requests
-/// are long, the driver can refill the queue meanwhile).
-pub fn execute(
-    batch: Vec<DescriptorChain<&Mem>>,
-    mem: &Mem,
-    disk: &Disk,
-    opts: RequestOptions,
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    /// Jobs queued or running.
+    in_flight: usize,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a job is queued or shutdown is requested.
+    work: Condvar,
+    /// Signalled when `in_flight` drops to zero.
+    idle: Condvar,
+}
+
+/// Persistent I/O threads of one backend (one connection), shared by all its queues.
+/// Dropping the pool lets the threads finish what is queued and exit.
+pub struct IoPool {
+    shared: Arc<Shared>,
     threads: usize,
-    mut complete: impl FnMut(u16, u32, bool),
-) {
-    let threads = threads.min(batch.len());
-    if threads < 2 || batch_bytes(&batch, PARALLEL_MIN_BYTES) < PARALLEL_MIN_BYTES {
-        for chain in batch {
-            let head = chain.head_index();
-            complete(head, handle_chain(chain, mem, disk, opts), false);
-        }
+}
+
+/// Adds a used entry and signals the driver if it wants to hear about it.
+pub fn complete(vring: &BackendVring, mem: &Mem, head: u16, used: u32) {
+    let mut state = vring.get_mut();
+    if let Err(e) = state.get_queue_mut().add_used(mem, head, used) {
+        log::error!("cannot complete request {head}: {e}");
         return;
     }
-    // Shared work list: helpers and this thread take the next request until none is left, so
-    // a helper that could not be started costs only parallelism, never a request.
-    let work = Mutex::new(batch.into_iter());
-    let next = || work.lock().ok().and_then(|mut w| w.next());
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel::<(u16, u32)>();
-        for _ in 1..threads {
-            let tx = tx.clone();
+    let notify = state
+        .get_queue_mut()
+        .needs_notification(mem)
+        .unwrap_or(true);
+    if notify && let Err(e) = state.signal_used_queue() {
+        log::error!("cannot signal the used queue: {e}");
+    }
+}
+
+impl IoPool {
+    /// Starts up to `threads` threads (fewer if the system refuses; 0 runs everything inline).
+    pub fn new(disk: Arc<Disk>, threads: usize) -> Self {
+        let shared = Arc::new(Shared::default());
+        let mut started = 0;
+        for _ in 0..threads {
+            let (shared, disk) = (shared.clone(), disk.clone());
             let spawned = std::thread::Builder::new()
                 .name("blk-io".into())
-                .spawn_scoped(s, move || {
-                    while let Some(chain) = next() {
-                        let head = chain.head_index();
-                        let used = handle_chain(chain, mem, disk, opts);
-                        if tx.send((head, used)).is_err() {
-                            return;
-                        }
-                    }
+                .spawn(move || io_thread(&shared, &disk));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    log::warn!("cannot start an I/O thread ({e}); continuing with fewer");
+                    break;
+                }
+            }
+        }
+        IoPool {
+            shared,
+            threads: started,
+        }
+    }
+
+    /// Whether `chain` should run on the pool rather than inline.
+    pub fn wants(&self, chain: &Chain) -> bool {
+        if self.threads == 0 {
+            return false;
+        }
+        let mut total = 0u64;
+        for d in chain.clone() {
+            total += u64::from(d.len());
+            if total >= OFFLOAD_MIN_BYTES {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Queues `chain`; an I/O thread executes it and completes it on `vring`. Gives the chain
+    /// back if the pool is unusable, for the caller to run inline.
+    pub fn submit(
+        &self,
+        chain: Chain,
+        opts: RequestOptions,
+        vring: &BackendVring,
+    ) -> Result<(), Chain> {
+        match self.shared.state.lock() {
+            Ok(mut s) if !s.shutdown => {
+                s.jobs.push_back(Job {
+                    chain,
+                    opts,
+                    vring: vring.clone(),
                 });
-            if let Err(e) = spawned {
-                log::warn!("cannot start an I/O thread ({e}); continuing with fewer");
-                break;
+                s.in_flight += 1;
+            }
+            _ => return Err(chain),
+        }
+        self.shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Waits until every queued or running request has completed (ring stop, reset).
+    pub fn drain(&self) {
+        let Ok(mut s) = self.shared.state.lock() else {
+            return;
+        };
+        while s.in_flight > 0 {
+            s = match self.shared.idle.wait(s) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+impl Drop for IoPool {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.state.lock() {
+            s.shutdown = true;
+        }
+        self.shared.work.notify_all();
+    }
+}
+
+fn io_thread(shared: &Shared, disk: &Disk) {
+    loop {
+        let job = {
+            let Ok(mut s) = shared.state.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = s.jobs.pop_front() {
+                    break job;
+                }
+                if s.shutdown {
+                    return;
+                }
+                s = match shared.work.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+        };
+        let head = job.chain.head_index();
+        let mem = job.chain.memory().clone();
+        let used = handle_chain(job.chain, &mem, disk, job.opts);
+        complete(&job.vring, &mem, head, used);
+        if let Ok(mut s) = shared.state.lock() {
+            s.in_flight -= 1;
+            if s.in_flight == 0 {
+                shared.idle.notify_all();
             }
         }
-        drop(tx);
-        while let Some(chain) = next() {
-            let head = chain.head_index();
-            complete(head, handle_chain(chain, mem, disk, opts), true);
-            while let Ok((h, used)) = rx.try_recv() {
-                complete(h, used, true);
-            }
-        }
-        for (h, used) in rx {
-            complete(h, used, true);
-        }
-    });
+    }
 }

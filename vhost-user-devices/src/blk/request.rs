@@ -87,8 +87,8 @@ pub struct RequestOptions {
 
 /// Executes the request in `chain` and writes its status byte. Returns the number of bytes
 /// written into device-writable buffers (the used length), 0 if there was no place for a status.
-pub fn handle_chain(
-    chain: DescriptorChain<&Mem>,
+pub fn handle_chain<M: std::ops::Deref<Target = Mem>>(
+    chain: DescriptorChain<M>,
     mem: &Mem,
     disk: &Disk,
     opts: RequestOptions,
