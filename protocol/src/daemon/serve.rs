@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{Error as DaemonLibError, VhostUserBackend, VhostUserDaemon, VringRwLock};
+use vhost_user_backend::{
+    Error as DaemonLibError, VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock,
+};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::DaemonError;
@@ -23,6 +25,18 @@ pub trait VhostUserDevice {
 
     /// The backend that serves the next frontend.
     fn new_backend(&self) -> std::io::Result<Arc<Self::Backend>>;
+
+    /// Called once per connection after its worker threads exist and before the frontend is
+    /// accepted: register extra fds (timers, sockets, a tap) with the workers' epoll loops via
+    /// [`VringEpollHandler::register_listener`] (ids above `num_queues`); their events reach
+    /// the backend's `handle_event`. One handler per `queues_per_thread` entry.
+    fn attach_workers(
+        &self,
+        _backend: &Arc<Self::Backend>,
+        _workers: &[Arc<VringEpollHandler<Arc<Self::Backend>>>],
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How one frontend connection ended.
@@ -45,8 +59,12 @@ where
 {
     let backend = device.new_backend().map_err(DaemonError::NewBackend)?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new(device.name().to_string(), backend, mem)
+    let mut daemon = VhostUserDaemon::new(device.name().to_string(), backend.clone(), mem)
         .map_err(|e| DaemonError::NewDaemon(e.to_string()))?;
+    device
+        .attach_workers(&backend, &daemon.get_epoll_handlers())
+        .map_err(DaemonError::NewBackend)?;
+    drop(backend);
     daemon
         .start(listener)
         .map_err(|e| DaemonError::Accept(e.to_string()))?;
