@@ -26,7 +26,7 @@ pub use cli::{CommonArgs, ListenAddress};
 pub use serve::{
     BackendMemory, BackendVring, ConnectionEnd, VhostUserDevice, serve, serve_connection,
 };
-pub use signals::install_exit_handler;
+pub use signals::{install_exit_handler, install_exit_handler_for};
 
 use std::fmt::Display;
 use std::process::ExitCode;

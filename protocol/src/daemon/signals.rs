@@ -10,6 +10,12 @@ use super::DaemonError;
 /// afterwards: call this before creating threads) and starts a thread that waits for them, then
 /// removes `socket_path` (if given) and exits the process with status 0.
 pub fn install_exit_handler(socket_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    install_exit_handler_for(socket_path.into_iter().collect())
+}
+
+/// [`install_exit_handler`] for a program listening on several sockets: removes every one of
+/// `socket_paths` before exiting.
+pub fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(), DaemonError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
@@ -30,7 +36,7 @@ pub fn install_exit_handler(socket_path: Option<PathBuf>) -> Result<(), DaemonEr
                 }
             };
             log::info!("{signal}: exiting");
-            if let Some(p) = &socket_path {
+            for p in &socket_paths {
                 let _ = std::fs::remove_file(p);
             }
             std::process::exit(0);
