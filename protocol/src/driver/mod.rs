@@ -22,8 +22,10 @@
 //! ```
 
 pub mod blk;
+pub mod console;
 mod error;
 mod memory;
+pub mod rng;
 mod virtqueue;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
