@@ -2,6 +2,4 @@
 
 pub mod blk;
 pub mod console;
-pub mod net;
 pub mod rng;
-pub mod vsock;
