@@ -32,7 +32,8 @@ trap 'rm -rf "$WORK"' EXIT
 ACCEL=${CARGO_TARGET_DIR:-$ROOT/target}/release/accel
 gcc -c -o "$WORK/mini.o" "$ROOT/scripts/bench/mini-pvh.S"
 ld -m elf_x86_64 -nostdlib -static -T "$ROOT/scripts/bench/mini-pvh.ld" -o "$WORK/mini-pvh.elf" "$WORK/mini.o"
-RUNNER="python3 $ROOT/scripts/bench/runner.py"
+gcc -O2 -static -o "$WORK/rusage" "$ROOT/scripts/bench/rusage.c"
+RUNNER="python3 $ROOT/scripts/bench/runner.py --rusage $WORK/rusage"
 
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }

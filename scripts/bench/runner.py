@@ -2,9 +2,11 @@
 """Times whole VMM runs over several repetitions and prints medians.
 
 For each run: wall time from exec to exit, optionally the time until a marker appears on
-stdout (e.g. "GUEST UP"), and the child's own peak RSS (ru_maxrss from wait4).
+stdout (e.g. "GUEST UP"), and the command's own peak RSS. The RSS comes from the small `rusage`
+wrapper (scripts/bench/rusage.c, built by the bench scripts): a child forked from python would
+inherit python's RSS high-water mark in ru_maxrss.
 
-usage: runner.py --label NAME [--runs N] [--marker TEXT] [--timeout S] -- CMD ARGS...
+usage: runner.py --label NAME --rusage PATH [--runs N] [--marker TEXT] [--timeout S] -- CMD ARGS...
 Prints: `NAME wall_ms_median=.. wall_ms_min=.. rss_kib_median=.. runs=N [marker_ms_median=..]`
 Exits non-zero (with the child's output) if a run fails: non-zero status, timeout, or no marker.
 """
@@ -17,7 +19,7 @@ import time
 
 
 def run_once(cmd, marker, timeout):
-    """Runs cmd once; returns (wall_s, marker_s or None, maxrss_kib, exit_code, stdout, stderr)."""
+    """Runs cmd once; returns (wall_s, marker_s or None, exit_code, stdout, stderr)."""
     rfd, wfd = os.pipe()
     with tempfile.TemporaryFile() as errf:
         t0 = time.monotonic()
@@ -43,12 +45,12 @@ def run_once(cmd, marker, timeout):
                 out += chunk
                 if marker and t_marker is None and marker.encode() in out:
                     t_marker = time.monotonic() - t0
-            done, status, ru = os.wait4(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
             if done == pid:
                 break
             if time.monotonic() > deadline:
                 os.kill(pid, 9)
-                _, status, ru = os.wait4(pid, 0)
+                _, status = os.waitpid(pid, 0)
                 break
             if not chunk:
                 time.sleep(0.0002)
@@ -60,7 +62,7 @@ def run_once(cmd, marker, timeout):
         errf.seek(0)
         err = errf.read()
     code = os.waitstatus_to_exitcode(status)
-    return wall, t_marker, ru.ru_maxrss, code, out.decode(errors="replace"), err.decode(errors="replace")
+    return wall, t_marker, code, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def main():
@@ -69,13 +71,16 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--marker")
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--rusage", required=True, help="path of the built scripts/bench/rusage.c")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     walls, marks, rsss = [], [], []
     for i in range(a.runs):
-        wall, t_marker, rss, code, out, err = run_once(cmd, a.marker, a.timeout)
-        if code != 0 or (a.marker and t_marker is None):
+        wall, t_marker, code, out, err = run_once([a.rusage] + cmd, a.marker, a.timeout)
+        rss = next((int(l.split("=")[1]) for l in err.splitlines()
+                    if l.startswith("RUSAGE maxrss_kib=")), None)
+        if code != 0 or (a.marker and t_marker is None) or rss is None:
             sys.stderr.write(f"{a.label}: run {i} failed (exit {code}, marker seen: "
                              f"{t_marker is not None})\n--- stdout ---\n{out[-3000:]}\n"
                              f"--- stderr ---\n{err[-3000:]}\n")
