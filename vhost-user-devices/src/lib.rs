@@ -2,3 +2,4 @@
 //! vhost-user frontend (accel, QEMU). Shared plumbing lives in `protocol::daemon`.
 
 pub mod blk;
+pub mod vsock;

@@ -27,6 +27,7 @@ mod error;
 mod memory;
 pub mod rng;
 mod virtqueue;
+pub mod vsock;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};

@@ -1,0 +1,264 @@
+//! The per-connection vhost-user backend: features, config space (the guest CID), and the
+//! rx/tx queue processing around the [`Muxer`].
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use protocol::daemon::{BackendMemory, BackendVring};
+use protocol::devices::vsock::{
+    NUM_QUEUES, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE, VsockConfig,
+};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use super::muxer::{Muxer, MuxerStats};
+
+/// `handle_event` id of the muxer's epoll fd (0..=NUM_QUEUES are the library's).
+pub const BACKEND_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// Largest packet payload taken from or put into one buffer (Linux uses 64 KiB buffers).
+pub const MAX_PKT_DATA: u32 = 64 * 1024;
+
+/// Virtio features the device offers.
+pub fn device_features() -> u64 {
+    (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// vhost-user protocol features: only what vhost-user-backend really handles; CONFIG because
+/// QEMU's vhost-user-vsock reads the guest CID with GET_CONFIG.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Serves one frontend connection.
+pub struct VsockBackend {
+    guest_cid: u64,
+    queue_size: u16,
+    muxer: Mutex<Muxer>,
+    mem: RwLock<BackendMemory>,
+}
+
+impl VsockBackend {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+        buf_alloc: u32,
+        queue_size: u16,
+    ) -> io::Result<Self> {
+        Ok(VsockBackend {
+            guest_cid,
+            queue_size,
+            muxer: Mutex::new(Muxer::new(guest_cid, uds_path, listener, buf_alloc)?),
+            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+        })
+    }
+
+    /// The muxer's epoll fd, to register with the worker thread as [`BACKEND_EVENT`].
+    pub fn epoll_fd(&self) -> io::Result<std::os::fd::RawFd> {
+        self.muxer
+            .lock()
+            .map(|m| m.epoll_fd())
+            .map_err(|_| io::Error::other("muxer lock poisoned"))
+    }
+
+    /// Counters (RSTs sent, packets dropped, open connections).
+    pub fn stats(&self) -> MuxerStats {
+        self.muxer.lock().map(|m| m.stats()).unwrap_or_default()
+    }
+
+    fn memory(&self) -> Option<std::sync::Arc<GuestMemoryMmap>> {
+        let atomic = self.mem.read().ok()?.clone();
+        Some(atomic.memory().into_inner())
+    }
+
+    /// Takes every packet the guest queued on tx (until too many replies wait for rx buffers).
+    fn process_tx(&self, vring: &BackendVring, muxer: &mut Muxer, mem: &std::sync::Arc<GuestMemoryMmap>) {
+        let mut state = vring.get_mut();
+        let mut used = false;
+        while !muxer.throttled() {
+            let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                break;
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => muxer.recv_pkt(&pkt),
+                Err(e) => log::warn!("malformed tx packet {head}: {e}: dropped"),
+            }
+            if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
+                log::error!("cannot complete tx packet {head}: {e}");
+            }
+            used = true;
+        }
+        if used && let Err(e) = state.signal_used_queue() {
+            log::error!("cannot signal the tx queue: {e}");
+        }
+    }
+
+    /// Fills rx buffers while the muxer has packets for the guest; returns how many.
+    fn process_rx(&self, vring: &BackendVring, muxer: &mut Muxer, mem: &std::sync::Arc<GuestMemoryMmap>) -> usize {
+        let mut state = vring.get_mut();
+        let mut sent = 0;
+        while muxer.has_rx() {
+            let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match VsockPacket::from_rx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => match muxer.fill_rx(&mut pkt) {
+                    Some(len) => len,
+                    None => {
+                        // Nothing after all: give the buffer back for later.
+                        state.get_queue_mut().go_to_previous_position();
+                        break;
+                    }
+                },
+                Err(e) => {
+                    log::warn!("malformed rx buffer {head}: {e}: returned empty");
+                    0
+                }
+            };
+            if let Err(e) = state.get_queue_mut().add_used(&**mem, head, len) {
+                log::error!("cannot complete rx buffer {head}: {e}");
+            }
+            sent += 1;
+        }
+        if sent > 0 && let Err(e) = state.signal_used_queue() {
+            log::error!("cannot signal the rx queue: {e}");
+        }
+        sent
+    }
+
+    /// Moves everything that can move: tx packets in, host events, rx packets out.
+    fn run(&self, vrings: &[BackendVring], host_events: bool) {
+        let (Some(rx), Some(tx)) = (vrings.get(RX_QUEUE), vrings.get(TX_QUEUE)) else {
+            return;
+        };
+        let Some(mem) = self.memory() else {
+            return;
+        };
+        let Ok(mut muxer) = self.muxer.lock() else {
+            log::error!("muxer lock poisoned");
+            return;
+        };
+        if host_events {
+            muxer.handle_host_events();
+        }
+        // Bounded: each round either fills rx buffers or stops.
+        for _ in 0..64 {
+            self.process_tx(tx, &mut muxer, &mem);
+            let sent = self.process_rx(rx, &mut muxer, &mem);
+            if !(muxer.throttled() && sent > 0) {
+                break;
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for VsockBackend {
+    type Bitmap = ();
+    type Vring = BackendVring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        device_features()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The driver stopped (reset, reboot): its sockets are gone, so are ours.
+        if queue_index as usize == RX_QUEUE
+            && let Ok(mut m) = self.muxer.lock()
+        {
+            m.reset();
+        }
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        if let Ok(mut m) = self.muxer.lock() {
+            m.reset();
+        }
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = VsockConfig {
+            guest_cid: self.guest_cid.to_le(),
+        };
+        let bytes = config.as_slice();
+        let start = offset as usize;
+        if start > VSOCK_CONFIG_SIZE {
+            log::debug!("config read at {offset} beyond the config space");
+            return Vec::new();
+        }
+        let end = start.saturating_add(size as usize).min(VSOCK_CONFIG_SIZE);
+        let mut out = bytes[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Read-only config space; an error would drop the whole connection.
+        log::warn!("config write at {offset} ({} bytes) ignored", buf.len());
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
+        match self.mem.write() {
+            Ok(mut m) => {
+                *m = mem;
+                Ok(())
+            }
+            Err(_) => Err(io::Error::other("memory lock poisoned")),
+        }
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("cannot create an exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[BackendVring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            log::debug!("unexpected event set {evset:?} for event {device_event}");
+        }
+        // Every event may let something move (a kick on rx brings buffers, on tx packets).
+        self.run(vrings, device_event == BACKEND_EVENT);
+        Ok(())
+    }
+}
