@@ -2,4 +2,6 @@
 //! vhost-user frontend (accel, QEMU). Shared plumbing lives in `protocol::daemon`.
 
 pub mod blk;
+pub mod console;
+pub mod rng;
 pub mod vsock;

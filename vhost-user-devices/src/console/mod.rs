@@ -1,0 +1,162 @@
+//! vhost-user-console: a single-port virtio-console (the guest's `hvc0`) whose output goes to
+//! a file, stdout, or the client of a unix socket, and whose input comes from stdin or that
+//! client.
+//!
+//! - this file: command line → [`Config`] → [`ConsoleDevice`] (the long-lived state),
+//! - [`backend`]: the per-connection `VhostUserBackend` (receiveq, transmitq, config space),
+//! - [`io`]: the output sink and the input queue, which outlive frontend connections.
+
+pub mod backend;
+pub mod io;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vhost_user_backend::VringEpollHandler;
+use vmm_sys_util::epoll::EventSet;
+
+use backend::{ConsoleBackend, INPUT_EVENT};
+use io::{ConsoleIo, IoError};
+
+/// `--print-capabilities`: type `console` (no features defined for it).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    program: "vhost-user-console",
+    device_type: "console",
+    features: &[],
+};
+
+/// Largest virtqueue size (virtio split ring limit).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// `vhost-user-console` command line.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "vhost-user-console",
+    version,
+    about = "vhost-user virtio-console backend (one port: the guest's hvc0)"
+)]
+#[command(group(clap::ArgGroup::new("endpoint").args(["output", "socket", "stdio"])))]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Write the guest's output to FILE (created or truncated); no input.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Listen on unix socket P: its client gets the output and sends the input.
+    #[arg(long, value_name = "P")]
+    pub socket: Option<PathBuf>,
+    /// Output to stdout, input from stdin.
+    #[arg(long)]
+    pub stdio: bool,
+    /// Largest queue size a frontend may configure (a power of two).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub queue_size: u16,
+}
+
+/// Where the console's bytes go and come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    File(PathBuf),
+    Socket(PathBuf),
+    Stdio,
+}
+
+/// Bad command-line values or unusable endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("give exactly one of --output FILE, --socket P, --stdio")]
+    Endpoint,
+    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
+    QueueSize(u16),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub endpoint: Endpoint,
+    pub queue_size: u16,
+}
+
+impl TryFrom<&ConsoleArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: &ConsoleArgs) -> Result<Self, ConfigError> {
+        let endpoint = match (&a.output, &a.socket, a.stdio) {
+            (Some(f), None, false) => Endpoint::File(f.clone()),
+            (None, Some(p), false) => Endpoint::Socket(p.clone()),
+            (None, None, true) => Endpoint::Stdio,
+            _ => return Err(ConfigError::Endpoint),
+        };
+        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+            return Err(ConfigError::QueueSize(a.queue_size));
+        }
+        Ok(Config {
+            endpoint,
+            queue_size: a.queue_size,
+        })
+    }
+}
+
+/// The device: its endpoints, shared by every connection (input typed while no frontend is
+/// connected waits for the next one).
+pub struct ConsoleDevice {
+    io: Arc<ConsoleIo>,
+    queue_size: u16,
+}
+
+impl ConsoleDevice {
+    /// Opens the output file, or starts the stdin reader, or listens on the socket.
+    pub fn open(config: &Config) -> Result<Self, ConfigError> {
+        let io = match &config.endpoint {
+            Endpoint::File(p) => ConsoleIo::file(p)?,
+            Endpoint::Socket(p) => ConsoleIo::socket(p)?,
+            Endpoint::Stdio => ConsoleIo::stdio()?,
+        };
+        log::info!("console endpoint: {:?}", config.endpoint);
+        Ok(ConsoleDevice {
+            io: Arc::new(io),
+            queue_size: config.queue_size,
+        })
+    }
+}
+
+impl VhostUserDevice for ConsoleDevice {
+    type Backend = ConsoleBackend;
+
+    fn name(&self) -> &str {
+        CAPABILITIES.program
+    }
+
+    fn new_backend(&self) -> std::io::Result<Arc<ConsoleBackend>> {
+        Ok(Arc::new(ConsoleBackend::new(
+            self.io.clone(),
+            self.queue_size,
+        )))
+    }
+
+    fn attach_workers(
+        &self,
+        _backend: &Arc<ConsoleBackend>,
+        workers: &[Arc<VringEpollHandler<Arc<ConsoleBackend>>>],
+    ) -> std::io::Result<()> {
+        let worker = workers
+            .first()
+            .ok_or_else(|| std::io::Error::other("no worker thread"))?;
+        worker.register_listener(
+            self.io.input().ready_fd(),
+            EventSet::IN,
+            u64::from(INPUT_EVENT),
+        )
+    }
+}
+
+/// The whole program: `main` of `vhost-user-console`.
+pub fn main_with_args(args: ConsoleArgs) -> ExitCode {
+    protocol::daemon::run(&args.common, &CAPABILITIES, || {
+        Config::try_from(&args).and_then(|c| ConsoleDevice::open(&c))
+    })
+}
