@@ -1,0 +1,378 @@
+//! vhost-user-net: a virtio-net device whose wire is a host tap interface, or another
+//! vhost-user-net socket served by the same process (peer mode: two VMs back to back).
+//!
+//! - this file: command line → [`Config`] → [`NetDevice`] (the long-lived state), `main`,
+//! - [`backend`]: the per-connection `VhostUserBackend` (features, config space, workers),
+//! - [`rxtx`]: the data path (transmit chains → frames, frames → receive chains),
+//! - [`link`]: where frames go: tap queue fds or peer socketpairs,
+//! - [`tap`]: opening a tap and setting its offloads.
+//!
+//! Peer mode: `--socket-path A --peer B` listens on both sockets; each is a complete
+//! vhost-user-net device (one frontend at a time, served again after a disconnect) and the
+//! two are wired back to back per queue pair through a `SOCK_SEQPACKET` socketpair: a frame
+//! the guest on A transmits on queue pair i is received by the guest on B on queue pair i,
+//! and vice versa. No tap, no privileges. Peer links carry no checksum/GSO offloads (the
+//! device does not offer them), so every frame is complete and valid for the other side.
+
+pub mod backend;
+pub mod link;
+pub mod rxtx;
+pub mod tap;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use protocol::daemon::{
+    Capabilities, CommonArgs, ListenAddress, VhostUserDevice, install_exit_handler_for, serve,
+};
+use protocol::devices::net::{format_mac, parse_mac};
+use vhost_user_backend::VringEpollHandler;
+
+use backend::{NetBackend, Shared};
+use link::{Link, LinkKind};
+pub use rxtx::{NetStats, NetStatsSnapshot};
+
+/// `--print-capabilities`: QEMU vhost-user.json type `net`.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    program: "vhost-user-net",
+    device_type: "net",
+    features: &[],
+};
+
+/// Most queue pairs (one worker thread each; queue masks are u64).
+pub const MAX_QUEUE_PAIRS: u16 = 32;
+/// Largest virtqueue size (virtio split ring limit).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// `vhost-user-net` command line.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "vhost-user-net",
+    version,
+    about = "vhost-user virtio-net backend: a tap interface, or two sockets wired back to back"
+)]
+pub struct NetArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Tap interface to use (created if missing and permitted; IFF_MULTI_QUEUE with --queues > 1).
+    #[arg(long, value_name = "IFNAME", conflicts_with = "peer")]
+    pub tap: Option<String>,
+    /// Peer mode: also listen on this socket; frames sent by the VM on one socket are received
+    /// by the VM on the other.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
+    /// Queue pairs (one receive + one transmit queue each).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub queues: u16,
+    /// MAC address the device reports in its config space (52:54:00:12:34:56). In peer mode
+    /// the second socket's device gets the same address with the last byte + 1.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Largest queue size a frontend may configure (a power of two).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub queue_size: u16,
+}
+
+/// Bad command-line values or an unusable link.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("give exactly one of --tap IFNAME and --peer PATH")]
+    NoLink,
+    #[error("--peer needs --socket-path (both sockets are paths)")]
+    PeerNeedsPath,
+    #[error("--peer must differ from --socket-path")]
+    PeerSamePath,
+    #[error("--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {0}")]
+    Queues(u16),
+    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
+    QueueSize(u16),
+    #[error("--mac '{0}' is not a MAC address like 52:54:00:12:34:56")]
+    Mac(String),
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    #[error("cannot create the peer link: {0}")]
+    Peer(std::io::Error),
+    #[error(transparent)]
+    Daemon(#[from] protocol::daemon::DaemonError),
+}
+
+/// Where frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkConfig {
+    Tap(String),
+    /// The second socket of peer mode.
+    Peer(PathBuf),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub link: LinkConfig,
+    pub queue_pairs: u16,
+    pub mac: Option<[u8; 6]>,
+    pub queue_size: u16,
+}
+
+impl TryFrom<&NetArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: &NetArgs) -> Result<Self, ConfigError> {
+        let link = match (&a.tap, &a.peer) {
+            (Some(t), None) => LinkConfig::Tap(t.clone()),
+            (None, Some(p)) => {
+                match &a.common.socket_path {
+                    None => return Err(ConfigError::PeerNeedsPath),
+                    Some(s) if s == p => return Err(ConfigError::PeerSamePath),
+                    Some(_) => {}
+                }
+                LinkConfig::Peer(p.clone())
+            }
+            _ => return Err(ConfigError::NoLink),
+        };
+        if a.queues == 0 || a.queues > MAX_QUEUE_PAIRS {
+            return Err(ConfigError::Queues(a.queues));
+        }
+        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+            return Err(ConfigError::QueueSize(a.queue_size));
+        }
+        let mac = match &a.mac {
+            Some(m) => Some(parse_mac(m).ok_or_else(|| ConfigError::Mac(m.clone()))?),
+            None => None,
+        };
+        Ok(Config {
+            link,
+            queue_pairs: a.queues,
+            mac,
+            queue_size: a.queue_size,
+        })
+    }
+}
+
+/// One virtio-net device: its link and counters, shared by every connection's backend.
+pub struct NetDevice {
+    name: String,
+    shared: Arc<Shared>,
+}
+
+impl NetDevice {
+    fn new(name: String, link: Link, mac: Option<[u8; 6]>, queue_size: u16) -> Self {
+        NetDevice {
+            name,
+            shared: Arc::new(Shared {
+                link,
+                mac,
+                queue_size,
+                mtu: 1500,
+                stats: NetStats::default(),
+            }),
+        }
+    }
+
+    /// A device on tap `name`.
+    pub fn tap(config: &Config, name: &str) -> Result<Self, ConfigError> {
+        let link = Link::tap(name, config.queue_pairs)?;
+        log::info!(
+            "tap {name}: {} queue pair(s){}",
+            config.queue_pairs,
+            config
+                .mac
+                .map(|m| format!(", mac {}", format_mac(&m)))
+                .unwrap_or_default()
+        );
+        Ok(Self::new(
+            CAPABILITIES.program.into(),
+            link,
+            config.mac,
+            config.queue_size,
+        ))
+    }
+
+    /// Two devices wired back to back (peer mode). The second one's MAC is the first one's
+    /// with the last byte incremented.
+    pub fn peer_pair(config: &Config) -> Result<(Self, Self), ConfigError> {
+        let (a, b) = Link::peer_pair(config.queue_pairs).map_err(ConfigError::Peer)?;
+        let mac_b = config.mac.map(|mut m| {
+            m[5] = m[5].wrapping_add(1);
+            m
+        });
+        Ok((
+            Self::new(
+                format!("{}-a", CAPABILITIES.program),
+                a,
+                config.mac,
+                config.queue_size,
+            ),
+            Self::new(
+                format!("{}-b", CAPABILITIES.program),
+                b,
+                mac_b,
+                config.queue_size,
+            ),
+        ))
+    }
+
+    /// Counters since the device was created.
+    pub fn stats(&self) -> NetStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Tap or peer.
+    pub fn link_kind(&self) -> LinkKind {
+        self.shared.link.kind()
+    }
+}
+
+impl VhostUserDevice for NetDevice {
+    type Backend = NetBackend;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn new_backend(&self) -> std::io::Result<Arc<NetBackend>> {
+        Ok(Arc::new(NetBackend::new(self.shared.clone())))
+    }
+
+    fn attach_workers(
+        &self,
+        backend: &Arc<NetBackend>,
+        workers: &[Arc<VringEpollHandler<Arc<NetBackend>>>],
+    ) -> std::io::Result<()> {
+        backend.attach(workers)
+    }
+}
+
+/// Logs a device's counters (at disconnect and exit).
+fn log_stats(device: &NetDevice) {
+    let s = device.stats();
+    log::info!(
+        "{}: rx {} frames {} bytes, dropped {} (bad chains {}), link errors {}; tx {} frames {} bytes, dropped {}, malformed {}",
+        device.name,
+        s.rx_frames,
+        s.rx_bytes,
+        s.rx_dropped,
+        s.rx_bad_chains,
+        s.rx_link_errors,
+        s.tx_frames,
+        s.tx_bytes,
+        s.tx_dropped,
+        s.tx_malformed
+    );
+}
+
+/// Serves `device` on `listener` forever, logging counters after every connection.
+fn serve_forever(
+    device: &NetDevice,
+    listener: &mut vhost::vhost_user::Listener,
+) -> Result<(), protocol::daemon::DaemonError> {
+    loop {
+        serve(device, listener, Some(1))?;
+        log_stats(device);
+    }
+}
+
+/// Peer mode: both sockets, one thread each, until a signal ends the process.
+fn run_peer(config: &Config, socket: PathBuf, peer: PathBuf) -> Result<(), ConfigError> {
+    let (a, b) = NetDevice::peer_pair(config)?;
+    install_exit_handler_for(vec![socket.clone(), peer.clone()])?;
+    let mut la = ListenAddress::Path(socket.clone()).listen()?;
+    let mut lb = ListenAddress::Path(peer.clone()).listen()?;
+    log::info!(
+        "vhost-user-net: peer mode, listening on {} and {}",
+        socket.display(),
+        peer.display()
+    );
+    let result = std::thread::scope(|s| {
+        let tb = s.spawn(|| serve_forever(&b, &mut lb));
+        let ra = serve_forever(&a, &mut la);
+        // serve_forever only returns on error; report the first one.
+        ra.and(tb.join().unwrap_or(Ok(())))
+    });
+    result.map_err(ConfigError::from)
+}
+
+/// The whole program: `main` of `vhost-user-net`.
+pub fn main_with_args(args: NetArgs) -> ExitCode {
+    if args.common.print_capabilities || args.peer.is_none() {
+        // Tap mode (or a usage error) follows the common conventions exactly.
+        return protocol::daemon::run(&args.common, &CAPABILITIES, || {
+            let config = Config::try_from(&args)?;
+            match &config.link {
+                LinkConfig::Tap(name) => NetDevice::tap(&config, name),
+                LinkConfig::Peer(_) => Err(ConfigError::NoLink),
+            }
+        });
+    }
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .try_init();
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("{}: error: {e}", CAPABILITIES.program);
+        ExitCode::FAILURE
+    };
+    let config = match Config::try_from(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let (LinkConfig::Peer(peer), Some(socket)) = (&config.link, &args.common.socket_path) else {
+        return fail(&ConfigError::PeerNeedsPath);
+    };
+    match run_peer(&config, socket.clone(), peer.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["vhost-user-net"];
+        v.extend_from_slice(args);
+        Config::try_from(&NetArgs::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn command_lines() {
+        let c = parse(&[
+            "-s",
+            "/a",
+            "--tap",
+            "tap0",
+            "--queues",
+            "2",
+            "--mac",
+            "52:54:00:00:00:01",
+        ])
+        .unwrap();
+        assert_eq!(c.link, LinkConfig::Tap("tap0".into()));
+        assert_eq!(c.queue_pairs, 2);
+        assert_eq!(c.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        let c = parse(&["-s", "/a", "--peer", "/b"]).unwrap();
+        assert_eq!(c.link, LinkConfig::Peer("/b".into()));
+        assert!(matches!(parse(&["-s", "/a"]), Err(ConfigError::NoLink)));
+        assert!(matches!(
+            parse(&["-s", "/a", "--peer", "/a"]),
+            Err(ConfigError::PeerSamePath)
+        ));
+        assert!(matches!(
+            parse(&["--fd", "3", "--peer", "/a"]),
+            Err(ConfigError::PeerNeedsPath)
+        ));
+        assert!(matches!(
+            parse(&["-s", "/a", "--tap", "t", "--queues", "0"]),
+            Err(ConfigError::Queues(0))
+        ));
+        assert!(matches!(
+            parse(&["-s", "/a", "--tap", "t", "--queue-size", "100"]),
+            Err(ConfigError::QueueSize(100))
+        ));
+        assert!(matches!(
+            parse(&["-s", "/a", "--tap", "t", "--mac", "nope"]),
+            Err(ConfigError::Mac(_))
+        ));
+        assert!(NetArgs::try_parse_from(["x", "-s", "/a", "--tap", "t", "--peer", "/b"]).is_err());
+    }
+}

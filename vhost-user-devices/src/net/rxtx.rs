@@ -1,0 +1,278 @@
+//! The data path of one queue pair: transmit chains → link frames, link frames → receive
+//! chains (with MRG_RXBUF, one frame may span several chains; `num_buffers` says how many).
+//!
+//! Every bad input ends as a counted drop, never as an error out of the worker: a transmit
+//! chain with a short header, a device-writable descriptor, an unmapped address or an
+//! oversized frame is completed (length 0) and dropped; a receive chain with a device-readable
+//! descriptor or an unmapped address is completed with length 0 and the frame dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use protocol::devices::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest memory as the data path sees it.
+pub type Mem = GuestMemoryMmap<()>;
+
+/// Shortest frame accepted from a guest: an Ethernet header.
+pub const MIN_FRAME: usize = 14;
+
+/// Link buffer size: header + largest frame.
+pub const LINK_BUF_SIZE: usize = NET_HDR_SIZE + MAX_FRAME_SIZE;
+
+/// Per-device counters (all queue pairs, all connections).
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Frames (and their bytes, without header) handed to the guest.
+    pub rx_frames: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Frames dropped on the way in: too big for the guest's buffers, or a bad receive chain.
+    pub rx_dropped: AtomicU64,
+    /// Receive chains the guest got wrong (device-readable descriptor, unmapped address).
+    pub rx_bad_chains: AtomicU64,
+    /// Frames from the link shorter than a header.
+    pub rx_link_errors: AtomicU64,
+    /// Frames (and bytes, without header) the guest transmitted and the link took.
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Well-formed frames dropped because the link was full (peer not receiving).
+    pub tx_dropped: AtomicU64,
+    /// Malformed transmit chains (short header/frame, writable descriptor, unmapped address,
+    /// oversized): dropped.
+    pub tx_malformed: AtomicU64,
+}
+
+/// A snapshot of [`NetStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStatsSnapshot {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub rx_dropped: u64,
+    pub rx_bad_chains: u64,
+    pub rx_link_errors: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+    pub tx_malformed: u64,
+}
+
+impl NetStats {
+    pub fn snapshot(&self) -> NetStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NetStatsSnapshot {
+            rx_frames: l(&self.rx_frames),
+            rx_bytes: l(&self.rx_bytes),
+            rx_dropped: l(&self.rx_dropped),
+            rx_bad_chains: l(&self.rx_bad_chains),
+            rx_link_errors: l(&self.rx_link_errors),
+            tx_frames: l(&self.tx_frames),
+            tx_bytes: l(&self.tx_bytes),
+            tx_dropped: l(&self.tx_dropped),
+            tx_malformed: l(&self.tx_malformed),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Why a transmit chain was dropped.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    #[error("device-writable descriptor in a transmit chain")]
+    WritableDescriptor,
+    #[error("descriptor at {0:#x} is outside guest memory")]
+    BadAddress(u64),
+    #[error("frame longer than {MAX_FRAME_SIZE} bytes")]
+    TooBig,
+    #[error("chain of {0} bytes is shorter than header + Ethernet header")]
+    TooShort(usize),
+}
+
+/// Gathers transmit chain `chain` (guest header of `hdr_len` bytes, then the frame) into
+/// `frame` in link format: a 12-byte header, then the frame. With `strip_offloads` the
+/// header is zeroed (peer links carry no offloads).
+pub fn gather_tx<M>(
+    chain: DescriptorChain<M>,
+    mem: &Mem,
+    hdr_len: usize,
+    strip_offloads: bool,
+    frame: &mut Vec<u8>,
+) -> Result<(), TxError>
+where
+    M: std::ops::Deref<Target = Mem>,
+{
+    frame.clear();
+    // Guest bytes land after a 2-byte gap when the guest header is the 10-byte legacy one,
+    // so the header always ends up 12 bytes long.
+    let gap = NET_HDR_SIZE - hdr_len;
+    frame.resize(gap, 0);
+    let limit = gap + hdr_len + MAX_FRAME_SIZE;
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(TxError::WritableDescriptor);
+        }
+        let len = desc.len() as usize;
+        let start = frame.len();
+        if start + len > limit {
+            return Err(TxError::TooBig);
+        }
+        frame.resize(start + len, 0);
+        mem.read_slice(&mut frame[start..], desc.addr())
+            .map_err(|_| TxError::BadAddress(desc.addr().0))?;
+    }
+    if frame.len() < NET_HDR_SIZE + MIN_FRAME {
+        return Err(TxError::TooShort(frame.len() - gap));
+    }
+    if gap > 0 {
+        // Move the legacy header's 10 bytes to the front; num_buffers (bytes 10..12) = 0.
+        frame.copy_within(gap..gap + hdr_len, 0);
+    }
+    frame[10..12].fill(0);
+    if strip_offloads {
+        frame[..NET_HDR_SIZE].fill(0);
+    }
+    Ok(())
+}
+
+/// What happened to one received frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written into this many chains.
+    Delivered(u16),
+    /// Not enough buffers right now: nothing consumed, try again after the guest adds some.
+    NoBuffers,
+    /// Dropped: it can never fit the guest's buffers (no MRG_RXBUF and a chain too small).
+    TooBig,
+    /// Dropped: a receive chain was malformed; those chains were completed with length 0.
+    BadChain,
+}
+
+/// Receive-side settings from the negotiated features.
+#[derive(Clone, Copy, Debug)]
+pub struct RxParams {
+    /// Guest header length (12, or 10 for legacy drivers).
+    pub hdr_len: usize,
+    /// MRG_RXBUF negotiated: a frame may span chains.
+    pub mergeable: bool,
+}
+
+/// Where the guest header landed (to patch `num_buffers` once the chain count is known).
+struct HeaderPiece {
+    addr: GuestAddress,
+    offset: usize,
+    len: usize,
+}
+
+/// Writes `frame` (link format: 12-byte header + frame) into the guest's receive chains of
+/// `queue`, adding them to the used ring. `scratch` keeps (head, length) of the chains taken.
+pub fn deliver_rx(
+    queue: &mut Queue,
+    mem: &Mem,
+    frame: &[u8],
+    params: RxParams,
+    scratch: &mut Vec<(u16, u32)>,
+) -> Delivery {
+    scratch.clear();
+    let data = frame.get(NET_HDR_SIZE..).unwrap_or(&[]);
+    let mut header = [0u8; NET_HDR_SIZE];
+    header.copy_from_slice(&frame[..NET_HDR_SIZE.min(frame.len())]);
+    let hdr_len = params.hdr_len;
+    let total = hdr_len + data.len();
+    let mut pieces: Vec<HeaderPiece> = Vec::new();
+    let mut written = 0usize;
+    let max_chains = usize::from(queue.size()).max(1);
+    let mut bad = false;
+    while written < total {
+        if !params.mergeable && !scratch.is_empty() {
+            // The single chain was too small: put it back and drop the frame.
+            queue.go_to_previous_position();
+            scratch.clear();
+            return Delivery::TooBig;
+        }
+        if scratch.len() >= max_chains {
+            rewind(queue, scratch.len());
+            scratch.clear();
+            return Delivery::TooBig;
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            rewind(queue, scratch.len());
+            scratch.clear();
+            return Delivery::NoBuffers;
+        };
+        let head = chain.head_index();
+        let mut chain_len = 0usize;
+        for desc in chain {
+            if !desc.is_write_only() {
+                bad = true;
+                break;
+            }
+            let mut room = desc.len() as usize;
+            let mut addr = desc.addr();
+            while room > 0 && written < total {
+                let n = room.min(total - written);
+                let res = if written < hdr_len {
+                    let n = n.min(hdr_len - written);
+                    pieces.push(HeaderPiece {
+                        addr,
+                        offset: written,
+                        len: n,
+                    });
+                    mem.write_slice(&header[written..written + n], addr)
+                        .map(|()| n)
+                } else {
+                    let off = written - hdr_len;
+                    mem.write_slice(&data[off..off + n], addr).map(|()| n)
+                };
+                let Ok(n) = res else {
+                    bad = true;
+                    break;
+                };
+                written += n;
+                chain_len += n;
+                room -= n;
+                addr = GuestAddress(addr.0.wrapping_add(n as u64));
+            }
+            if bad || written >= total {
+                break;
+            }
+        }
+        scratch.push((head, u32::try_from(chain_len).unwrap_or(u32::MAX)));
+        if bad {
+            break;
+        }
+        if chain_len == 0 {
+            // A chain with no room at all would make us loop over the whole ring.
+            bad = true;
+            break;
+        }
+    }
+    if bad {
+        for &(head, _) in scratch.iter() {
+            let _ = queue.add_used(mem, head, 0);
+        }
+        return Delivery::BadChain;
+    }
+    let chains = u16::try_from(scratch.len()).unwrap_or(u16::MAX);
+    // num_buffers: the chain count with MRG_RXBUF, 1 otherwise (virtio 1.x).
+    if hdr_len >= NET_HDR_SIZE {
+        header[10..12].copy_from_slice(&chains.to_le_bytes());
+        for p in &pieces {
+            let _ = mem.write_slice(&header[p.offset..p.offset + p.len], p.addr);
+        }
+    }
+    for &(head, len) in scratch.iter() {
+        if let Err(e) = queue.add_used(mem, head, len) {
+            log::warn!("cannot complete receive chain {head}: {e}");
+        }
+    }
+    Delivery::Delivered(chains)
+}
+
+fn rewind(queue: &mut Queue, n: usize) {
+    for _ in 0..n {
+        queue.go_to_previous_position();
+    }
+}
