@@ -3,5 +3,6 @@
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod rng;
 pub mod vsock;

@@ -2,5 +2,6 @@
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod rng;
 pub mod vsock;
