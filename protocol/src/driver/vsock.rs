@@ -166,8 +166,10 @@ impl VsockDriver {
                 { hdr.len }
             )));
         } else {
-            self.drv
-                .read(GuestAddress(buf.addr.0 + PACKET_HEADER_SIZE as u64), data_len)?
+            self.drv.read(
+                GuestAddress(buf.addr.0 + PACKET_HEADER_SIZE as u64),
+                data_len,
+            )?
         };
         self.post_rx(token)?;
         self.drv.notify(RX_QUEUE)?;

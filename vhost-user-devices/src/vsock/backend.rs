@@ -7,9 +7,7 @@ use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::vsock::{
-    NUM_QUEUES, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE, VsockConfig,
-};
+use protocol::devices::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE, VsockConfig};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -85,7 +83,12 @@ impl VsockBackend {
     }
 
     /// Takes every packet the guest queued on tx (until too many replies wait for rx buffers).
-    fn process_tx(&self, vring: &BackendVring, muxer: &mut Muxer, mem: &std::sync::Arc<GuestMemoryMmap>) {
+    fn process_tx(
+        &self,
+        vring: &BackendVring,
+        muxer: &mut Muxer,
+        mem: &std::sync::Arc<GuestMemoryMmap>,
+    ) {
         let mut state = vring.get_mut();
         let mut used = false;
         while !muxer.throttled() {
@@ -108,7 +111,12 @@ impl VsockBackend {
     }
 
     /// Fills rx buffers while the muxer has packets for the guest; returns how many.
-    fn process_rx(&self, vring: &BackendVring, muxer: &mut Muxer, mem: &std::sync::Arc<GuestMemoryMmap>) -> usize {
+    fn process_rx(
+        &self,
+        vring: &BackendVring,
+        muxer: &mut Muxer,
+        mem: &std::sync::Arc<GuestMemoryMmap>,
+    ) -> usize {
         let mut state = vring.get_mut();
         let mut sent = 0;
         while muxer.has_rx() {
@@ -135,7 +143,9 @@ impl VsockBackend {
             }
             sent += 1;
         }
-        if sent > 0 && let Err(e) = state.signal_used_queue() {
+        if sent > 0
+            && let Err(e) = state.signal_used_queue()
+        {
             log::error!("cannot signal the rx queue: {e}");
         }
         sent

@@ -151,7 +151,10 @@ impl Conn {
         let mut written = 0usize;
         if self.tx_buf.is_empty() {
             loop {
-                match self.stream.write_volatile(&data.offset(written).map_err(io_err)?) {
+                match self
+                    .stream
+                    .write_volatile(&data.offset(written).map_err(io_err)?)
+                {
                     Ok(0) => break,
                     Ok(n) => {
                         written += n;

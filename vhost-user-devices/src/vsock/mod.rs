@@ -218,13 +218,30 @@ mod tests {
         let c = Config::try_from(&a).unwrap();
         assert_eq!(c.guest_cid, 7);
         assert_eq!(c.uds_path, PathBuf::from("/tmp/v"));
-        let a = VsockArgs::try_parse_from(["x", "-s", "/tmp/s", "--guest-cid", "2", "--uds-path", "/v"])
-            .unwrap();
-        assert!(matches!(Config::try_from(&a), Err(ConfigError::GuestCid(2))));
+        let a = VsockArgs::try_parse_from([
+            "x",
+            "-s",
+            "/tmp/s",
+            "--guest-cid",
+            "2",
+            "--uds-path",
+            "/v",
+        ])
+        .unwrap();
+        assert!(matches!(
+            Config::try_from(&a),
+            Err(ConfigError::GuestCid(2))
+        ));
         let a = VsockArgs::try_parse_from(["x", "-s", "/tmp/s"]).unwrap();
         assert!(matches!(Config::try_from(&a), Err(ConfigError::NoUdsPath)));
         let a = VsockArgs::try_parse_from([
-            "x", "-s", "/s", "--uds-path", "/v", "--guest-cid", "4294967295",
+            "x",
+            "-s",
+            "/s",
+            "--uds-path",
+            "/v",
+            "--guest-cid",
+            "4294967295",
         ])
         .unwrap();
         assert!(Config::try_from(&a).is_err());
