@@ -90,6 +90,9 @@ impl VsockBackend {
         mem: &std::sync::Arc<GuestMemoryMmap>,
     ) {
         let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return;
+        }
         let mut used = false;
         while !muxer.throttled() {
             let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
@@ -119,6 +122,9 @@ impl VsockBackend {
     ) -> usize {
         let mut state = vring.get_mut();
         let mut sent = 0;
+        if !state.get_queue().ready() {
+            return sent;
+        }
         while muxer.has_rx() {
             let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                 break;
