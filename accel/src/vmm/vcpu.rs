@@ -1,7 +1,7 @@
 //! One vCPU: its KVM fd, initial state for (re)boot, and the run loop its thread executes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -193,7 +193,7 @@ impl Vcpu {
                 return;
             }
             let fatal = match self.fd.run() {
-                Ok(exit) => match exit {
+                Ok(exit) => match EXITS.record(exit) {
                     VcpuExit::IoIn(port, data) => {
                         if !shared.pio.read(u64::from(port), data) {
                             log::debug!("unhandled port read {port:#x} ({} bytes)", data.len());
@@ -315,5 +315,47 @@ impl Vcpu {
             )),
         }
         out
+    }
+}
+
+/// vCPU exits to userspace per reason, summed over all vCPUs: shows which work reaches accel
+/// (a running virtio device's data path must add nothing here).
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pub io: AtomicU64,
+    pub mmio: AtomicU64,
+    pub hlt: AtomicU64,
+    pub other: AtomicU64,
+}
+
+/// The process-wide exit counters.
+pub static EXITS: ExitCounters = ExitCounters {
+    io: AtomicU64::new(0),
+    mmio: AtomicU64::new(0),
+    hlt: AtomicU64::new(0),
+    other: AtomicU64::new(0),
+};
+
+impl ExitCounters {
+    fn record<'a>(&self, exit: VcpuExit<'a>) -> VcpuExit<'a> {
+        let c = match exit {
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => &self.io,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => &self.mmio,
+            VcpuExit::Hlt => &self.hlt,
+            _ => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        exit
+    }
+
+    /// `io=N mmio=N hlt=N other=N`.
+    pub fn summary(&self) -> String {
+        format!(
+            "io={} mmio={} hlt={} other={}",
+            self.io.load(Ordering::Relaxed),
+            self.mmio.load(Ordering::Relaxed),
+            self.hlt.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed)
+        )
     }
 }
