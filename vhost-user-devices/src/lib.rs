@@ -2,6 +2,7 @@
 //! vhost-user frontend (accel, QEMU). Shared plumbing lives in `protocol::daemon`.
 
 pub mod blk;
+pub mod chain;
 pub mod console;
 pub mod net;
 pub mod rng;

@@ -89,7 +89,12 @@ impl ConsoleBackend {
                     break;
                 };
                 let head = chain.head_index();
-                let used = handle(chain, &mem);
+                let used = if crate::chain::is_complete(&chain) {
+                    handle(chain, &mem)
+                } else {
+                    log::warn!("buffer {head}: descriptor chain loops or leaves its table");
+                    0
+                };
                 if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
                     log::error!("cannot complete buffer {head}: {e}");
                 }

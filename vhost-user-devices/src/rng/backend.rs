@@ -181,6 +181,15 @@ impl RngBackend {
                 return false;
             };
             let head = chain.head_index();
+            if !crate::chain::is_complete(&chain) {
+                self.entropy.grant_back(budget);
+                log::warn!("request {head}: descriptor chain loops or leaves its table");
+                if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
+                    log::error!("cannot complete request {head}: {e}");
+                }
+                *completed = true;
+                continue;
+            }
             let readable = chain.clone().readable().count();
             if readable > 0 {
                 log::warn!("request {head}: {readable} device-readable descriptor(s) ignored");
