@@ -3,15 +3,23 @@
 //!
 //! Each boot costs ~15 s on the emulating `kvm_pvm` host (bzImage ~25 s), so there are few.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
     KVM_BOOT_TIMEOUT, RunOutput, TempDir, bin, guest_append, guest_file, run_with_timeout,
 };
+
+/// The boots in this file run one at a time: on a 2-core host, parallel guests starve each
+/// other past their deadlines.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn vm_slot() -> MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn accel_cmd(kernel: &Path, smp: &str, append: &str, no_reboot: bool) -> Command {
     let mut cmd = Command::new(bin("accel"));
@@ -47,6 +55,7 @@ fn assert_clean_run(out: &RunOutput) {
 
 #[test]
 fn pvh_one_vcpu_runs_a_command_and_exits_on_reset() {
+    let _slot = vm_slot();
     let append = guest_append("echo accel-says-$((6*7)); uname -m");
     let out = run_with_timeout(
         accel_cmd(&guest_file("vmlinux"), "1", &append, true).arg("--timing"),
@@ -73,6 +82,7 @@ fn pvh_one_vcpu_runs_a_command_and_exits_on_reset() {
 
 #[test]
 fn pvh_two_vcpus_are_both_online() {
+    let _slot = vm_slot();
     let append =
         guest_append("grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online");
     let out = run_with_timeout(
@@ -92,6 +102,7 @@ fn pvh_two_vcpus_are_both_online() {
 
 #[test]
 fn bzimage_boots_through_the_64bit_protocol() {
+    let _slot = vm_slot();
     let append = guest_append("echo bz-$((1+1))");
     let out = run_with_timeout(
         &mut accel_cmd(&guest_file("bzImage"), "1", &append, true),
@@ -109,6 +120,7 @@ fn bzimage_boots_through_the_64bit_protocol() {
 /// then ends accel cleanly with status 0, as QEMU does.
 #[test]
 fn reset_reboots_and_sigterm_exits_zero() {
+    let _slot = vm_slot();
     let mut child = accel_cmd(
         &guest_file("vmlinux"),
         "1",
@@ -150,25 +162,32 @@ fn reset_reboots_and_sigterm_exits_zero() {
             reader.join().unwrap()
         );
     }
-    // SAFETY-free: plain kill(2) of our own child.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let out = integration_tests::wait_with_timeout(child, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
     let stdout = reader.join().unwrap();
     assert_eq!(
-        out.code(),
+        status.and_then(|s| s.code()),
         Some(0),
-        "exit status after SIGTERM\n{stdout}\n{}",
-        out.stderr
+        "exit status after SIGTERM\n{stdout}\n{stderr}"
     );
-    assert!(
-        out.stderr.contains("terminating on signal 15"),
-        "{}",
-        out.stderr
-    );
+    assert!(stderr.contains("terminating on signal 15"), "{stderr}");
     assert!(stdout.matches("boot-ok").count() >= 1, "{stdout}");
 }
 
