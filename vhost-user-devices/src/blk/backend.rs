@@ -24,7 +24,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use super::batch::IoPool;
+use super::batch::{self, IoPool};
 use super::disk::Disk;
 use super::request;
 use super::request::{
@@ -118,6 +118,11 @@ impl BlkBackend {
             pool: IoPool::new(
                 disk.clone(),
                 IO_THREADS,
+                if disk.direct() {
+                    batch::OFFLOAD_MIN_BYTES_DIRECT
+                } else {
+                    batch::OFFLOAD_MIN_BYTES
+                },
             ),
         }
     }

@@ -13,8 +13,12 @@ use virtio_queue::{DescriptorChain, QueueT};
 use super::disk::Disk;
 use super::request::{Mem, RequestOptions, handle_chain};
 
-/// Requests moving at least this many bytes go to the I/O threads.
+/// Requests moving at least this many bytes go to the I/O threads (page-cache I/O: small
+/// requests are cheaper inline).
 pub const OFFLOAD_MIN_BYTES: u64 = 64 << 10;
+/// With O_DIRECT every data request may wait for the device: all of them go to the I/O
+/// threads, so that many are in flight at once.
+pub const OFFLOAD_MIN_BYTES_DIRECT: u64 = 1;
 
 /// A descriptor chain that owns its view of guest memory, so it can move between threads.
 pub type Chain = DescriptorChain<Arc<Mem>>;
@@ -47,6 +51,7 @@ struct Shared {
 pub struct IoPool {
     shared: Arc<Shared>,
     threads: usize,
+    min_bytes: u64,
 }
 
 /// Adds a used entry and signals the driver if it wants to hear about it.
@@ -66,8 +71,9 @@ pub fn complete(vring: &BackendVring, mem: &Mem, head: u16, used: u32) {
 }
 
 impl IoPool {
-    /// Starts up to `threads` threads (fewer if the system refuses; 0 runs everything inline).
-    pub fn new(disk: Arc<Disk>, threads: usize) -> Self {
+    /// Starts up to `threads` threads (fewer if the system refuses; 0 runs everything inline)
+    /// for requests of at least `min_bytes` of data.
+    pub fn new(disk: Arc<Disk>, threads: usize, min_bytes: u64) -> Self {
         let shared = Arc::new(Shared::default());
         let mut started = 0;
         for _ in 0..threads {
@@ -86,6 +92,7 @@ impl IoPool {
         IoPool {
             shared,
             threads: started,
+            min_bytes,
         }
     }
 
@@ -94,10 +101,11 @@ impl IoPool {
         if self.threads == 0 {
             return false;
         }
+        // Header and status descriptors count too: at most 17 bytes of slack.
         let mut total = 0u64;
         for d in chain.clone() {
             total += u64::from(d.len());
-            if total >= OFFLOAD_MIN_BYTES {
+            if total >= self.min_bytes.saturating_add(17) {
                 return true;
             }
         }

@@ -33,6 +33,7 @@ pub struct Disk {
     file: File,
     sectors: u64,
     read_only: bool,
+    direct: bool,
     block_device: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
 }
@@ -89,6 +90,7 @@ impl Disk {
             file,
             sectors: bytes / SECTOR_SIZE,
             read_only,
+            direct,
             block_device,
             id,
         })
@@ -101,6 +103,11 @@ impl Disk {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Opened with O_DIRECT (no host page cache).
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     /// The GET_ID answer (serial, zero padded).
