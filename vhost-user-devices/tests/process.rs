@@ -272,3 +272,23 @@ fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
     handshake(&sock);
     assert!(b.0.try_wait().unwrap().is_none());
 }
+
+#[test]
+fn blk_file_is_an_alias_of_image() {
+    let s = Scratch::new("blkfile");
+    let sock = s.path("s");
+    let _b = spawn(&[
+        "-s",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        s.path("img").to_str().unwrap(),
+        "--read-only",
+    ]);
+    wait_for(&sock);
+    let (features, _) = handshake(&sock);
+    assert_ne!(
+        features & (1 << protocol::devices::blk::VIRTIO_BLK_F_RO),
+        0,
+        "--read-only not applied"
+    );
+}
