@@ -244,3 +244,90 @@ fn garbage_kernel_is_a_clear_error() {
     );
     assert!(out.stderr.contains(&*k.to_string_lossy()), "{}", out.both());
 }
+
+/// A minimal PVH "kernel": an ELF64 with one PT_LOAD at 1 MiB and a Xen PHYS32_ENTRY note,
+/// whose 32-bit code loads a marker into EAX and executes UD2 (with the boot IDT empty, the
+/// guest cannot handle the fault: triple fault, or a KVM internal error on emulating hosts).
+fn crashing_pvh_elf() -> Vec<u8> {
+    const ENTRY: u64 = 0x10_0000;
+    let code: &[u8] = &[0xb8, 0xef, 0xbe, 0xad, 0xde, 0x0f, 0x0b]; // mov eax,0xdeadbeef; ud2
+    let mut f = vec![0u8; 0x1000];
+    // ELF header.
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    let put16 =
+        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put16(&mut f, 16, 2); // ET_EXEC
+    put16(&mut f, 18, 0x3e); // x86-64
+    put32(&mut f, 20, 1);
+    put64(&mut f, 24, ENTRY);
+    put64(&mut f, 32, 64); // e_phoff
+    put16(&mut f, 52, 64); // e_ehsize
+    put16(&mut f, 54, 56); // e_phentsize
+    put16(&mut f, 56, 2); // e_phnum
+    // PT_LOAD: the code at file offset 0x1000 -> 1 MiB.
+    let ph = 64;
+    put32(&mut f, ph, 1);
+    put32(&mut f, ph + 4, 5); // R+X
+    put64(&mut f, ph + 8, 0x1000);
+    put64(&mut f, ph + 16, ENTRY);
+    put64(&mut f, ph + 24, ENTRY);
+    put64(&mut f, ph + 32, code.len() as u64);
+    put64(&mut f, ph + 40, code.len() as u64);
+    put64(&mut f, ph + 48, 0x1000);
+    // PT_NOTE at 0x200: "Xen" note type 18 (XEN_ELFNOTE_PHYS32_ENTRY) = ENTRY.
+    let ph = 64 + 56;
+    let note = 0x200;
+    put32(&mut f, ph, 4);
+    put32(&mut f, ph + 4, 4);
+    put64(&mut f, ph + 8, note as u64);
+    put64(&mut f, ph + 32, 20);
+    put64(&mut f, ph + 40, 20);
+    put64(&mut f, ph + 48, 4);
+    put32(&mut f, note, 4); // namesz
+    put32(&mut f, note + 4, 4); // descsz
+    put32(&mut f, note + 8, 18); // type
+    f[note + 12..note + 16].copy_from_slice(b"Xen\0");
+    put32(&mut f, note + 16, ENTRY as u32);
+    f.extend_from_slice(code);
+    f
+}
+
+#[test]
+fn a_guest_crash_dumps_registers_and_exits_nonzero() {
+    let dir = TempDir::new("boot-crash");
+    let k = dir.join("crash.elf");
+    std::fs::write(&k, crashing_pvh_elf()).unwrap();
+    let mut cmd = Command::new(bin("accel"));
+    cmd.args([
+        "-m",
+        "32",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-kernel",
+    ])
+    .arg(&k);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(1), "{}", out.both());
+    assert!(
+        out.stderr.contains("accel: vCPU 0 stopped:"),
+        "{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains("RAX=00000000deadbeef"),
+        "{}",
+        out.both()
+    );
+    assert!(out.stderr.contains("CR0="), "{}", out.both());
+    assert!(out.stderr.contains("RIP=0000000000100005"), "{}", out.both());
+    assert!(out.stderr.contains("code at CS:RIP: 0f 0b"), "{}", out.both());
+}

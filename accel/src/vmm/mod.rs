@@ -146,6 +146,7 @@ fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<V
         let h = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index))
             .spawn(move || {
+                let _guard = PanicReporter(&shared.control);
                 vcpu.run(&shared);
                 vcpu
             })
@@ -153,6 +154,18 @@ fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<V
         handles.push(h);
     }
     Ok(handles)
+}
+
+/// Turns a panicking vCPU thread into a fatal request, so the main thread does not wait forever.
+struct PanicReporter<'a>(&'a control::VmControl);
+
+impl Drop for PanicReporter<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .request(VmRequest::Fatal("a vCPU thread panicked".into()));
+        }
+    }
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it has stopped, and takes the vCPUs back.
