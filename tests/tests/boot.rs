@@ -328,6 +328,14 @@ fn a_guest_crash_dumps_registers_and_exits_nonzero() {
         out.both()
     );
     assert!(out.stderr.contains("CR0="), "{}", out.both());
-    assert!(out.stderr.contains("RIP=0000000000100005"), "{}", out.both());
-    assert!(out.stderr.contains("code at CS:RIP: 0f 0b"), "{}", out.both());
+    assert!(
+        out.stderr.contains("RIP=0000000000100005"),
+        "{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains("code at CS:RIP: 0f 0b"),
+        "{}",
+        out.both()
+    );
 }
