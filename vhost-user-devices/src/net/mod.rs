@@ -15,18 +15,24 @@
 //! device does not offer them), so every frame is complete and valid for the other side.
 
 pub mod backend;
+pub mod early_enable;
 pub mod link;
 pub mod rxtx;
 pub mod tap;
 
+use std::net::Shutdown;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use protocol::daemon::{
-    Capabilities, CommonArgs, ListenAddress, VhostUserDevice, install_exit_handler_for, serve,
+    Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
+    install_exit_handler_for, serve_connection,
 };
 use protocol::devices::net::{format_mac, parse_mac};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
 
 use backend::{NetBackend, Shared};
@@ -59,7 +65,7 @@ pub struct NetArgs {
     #[arg(long, value_name = "IFNAME", conflicts_with = "peer")]
     pub tap: Option<String>,
     /// Peer mode: also listen on this socket; frames sent by the VM on one socket are received
-    /// by the VM on the other.
+    /// by the VM on the other (the first socket may be --socket-path or --fd).
     #[arg(long, value_name = "PATH")]
     pub peer: Option<PathBuf>,
     /// Queue pairs (one receive + one transmit queue each).
@@ -79,8 +85,6 @@ pub struct NetArgs {
 pub enum ConfigError {
     #[error("give exactly one of --tap IFNAME and --peer PATH")]
     NoLink,
-    #[error("--peer needs --socket-path (both sockets are paths)")]
-    PeerNeedsPath,
     #[error("--peer must differ from --socket-path")]
     PeerSamePath,
     #[error("--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {0}")]
@@ -121,10 +125,8 @@ impl TryFrom<&NetArgs> for Config {
         let link = match (&a.tap, &a.peer) {
             (Some(t), None) => LinkConfig::Tap(t.clone()),
             (None, Some(p)) => {
-                match &a.common.socket_path {
-                    None => return Err(ConfigError::PeerNeedsPath),
-                    Some(s) if s == p => return Err(ConfigError::PeerSamePath),
-                    Some(_) => {}
+                if a.common.socket_path.as_ref() == Some(p) {
+                    return Err(ConfigError::PeerSamePath);
                 }
                 LinkConfig::Peer(p.clone())
             }
@@ -261,65 +263,121 @@ fn log_stats(device: &NetDevice) {
     );
 }
 
-/// Serves `device` on `listener` forever, logging counters after every connection.
-fn serve_forever(
-    device: &NetDevice,
-    listener: &mut vhost::vhost_user::Listener,
-) -> Result<(), protocol::daemon::DaemonError> {
-    loop {
-        serve(device, listener, Some(1))?;
-        log_stats(device);
-    }
+/// A listening socket in the abstract namespace (no file) that only this process connects
+/// to: the daemon side of the [`early_enable`] relay.
+fn private_listener() -> std::io::Result<(Listener, std::os::unix::net::SocketAddr)> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "vhost-user-net-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let l = UnixListener::bind_addr(&addr)?;
+    // SAFETY: `l` owns a listening unix socket; the Listener takes it over (no path to unlink).
+    let listener = unsafe { Listener::from_raw_fd(l.into_raw_fd()) };
+    Ok((listener, addr))
 }
 
-/// Peer mode: both sockets, one thread each, until a signal ends the process.
-fn run_peer(config: &Config, socket: PathBuf, peer: PathBuf) -> Result<(), ConfigError> {
-    let (a, b) = NetDevice::peer_pair(config)?;
-    install_exit_handler_for(vec![socket.clone(), peer.clone()])?;
-    let mut la = ListenAddress::Path(socket.clone()).listen()?;
-    let mut lb = ListenAddress::Path(peer.clone()).listen()?;
-    log::info!(
-        "vhost-user-net: peer mode, listening on {} and {}",
-        socket.display(),
-        peer.display()
-    );
-    let result = std::thread::scope(|s| {
-        let tb = s.spawn(|| serve_forever(&b, &mut lb));
-        let ra = serve_forever(&a, &mut la);
-        // serve_forever only returns on error; report the first one.
-        ra.and(tb.join().unwrap_or(Ok(())))
-    });
-    result.map_err(ConfigError::from)
+/// Serves frontends on `listener` one after another (`max_connections`, or forever), each
+/// through the [`early_enable`] relay so that QEMU's virtio-net works; logs the counters after
+/// every connection.
+pub fn serve_net(
+    device: &NetDevice,
+    listener: &mut Listener,
+    max_connections: Option<usize>,
+) -> Result<(), DaemonError> {
+    let (mut private, addr) = private_listener().map_err(DaemonError::NewBackend)?;
+    let mut served = 0usize;
+    while max_connections.is_none_or(|max| served < max) {
+        let front = match listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => return Err(DaemonError::Accept(e.to_string())),
+        };
+        let back = UnixStream::connect_addr(&addr).map_err(DaemonError::NewBackend)?;
+        let end = std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Err(e) = early_enable::relay_requests(&front, &back) {
+                    log::debug!("{}: frontend relay: {e}", device.name);
+                }
+                let _ = back.shutdown(Shutdown::Both);
+            });
+            s.spawn(|| {
+                if let Err(e) = early_enable::copy_replies(&back, &front) {
+                    log::debug!("{}: reply relay: {e}", device.name);
+                }
+                let _ = front.shutdown(Shutdown::Both);
+            });
+            let end = serve_connection(device, &mut private);
+            let _ = back.shutdown(Shutdown::Both);
+            let _ = front.shutdown(Shutdown::Both);
+            end
+        });
+        log_stats(device);
+        end?;
+        served += 1;
+    }
+    Ok(())
+}
+
+/// Starts the device(s) for `args` and serves until a signal ends the process.
+fn run(args: &NetArgs) -> Result<(), ConfigError> {
+    let config = Config::try_from(args)?;
+    let address = args.common.listen_address()?;
+    match &config.link {
+        LinkConfig::Tap(name) => {
+            let device = NetDevice::tap(&config, name)?;
+            let socket = match &address {
+                ListenAddress::Path(p) => vec![p.clone()],
+                ListenAddress::Fd(_) => Vec::new(),
+            };
+            install_exit_handler_for(socket)?;
+            let mut listener = address.listen()?;
+            log::info!("{}: listening on {address}", CAPABILITIES.program);
+            serve_net(&device, &mut listener, None)?;
+        }
+        LinkConfig::Peer(peer) => {
+            let (a, b) = NetDevice::peer_pair(&config)?;
+            let mut paths = vec![peer.clone()];
+            if let ListenAddress::Path(p) = &address {
+                paths.push(p.clone());
+            }
+            install_exit_handler_for(paths)?;
+            let mut la = address.listen()?;
+            let mut lb = ListenAddress::Path(peer.clone()).listen()?;
+            log::info!(
+                "{}: peer mode, listening on {address} and {}",
+                CAPABILITIES.program,
+                peer.display()
+            );
+            std::thread::scope(|s| {
+                let tb = s.spawn(|| serve_net(&b, &mut lb, None));
+                let ra = serve_net(&a, &mut la, None);
+                // serve_net only returns on error: report the first one.
+                ra.and(tb.join().unwrap_or(Ok(())))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The whole program: `main` of `vhost-user-net`.
 pub fn main_with_args(args: NetArgs) -> ExitCode {
-    if args.common.print_capabilities || args.peer.is_none() {
-        // Tap mode (or a usage error) follows the common conventions exactly.
-        return protocol::daemon::run(&args.common, &CAPABILITIES, || {
-            let config = Config::try_from(&args)?;
-            match &config.link {
-                LinkConfig::Tap(name) => NetDevice::tap(&config, name),
-                LinkConfig::Peer(_) => Err(ConfigError::NoLink),
-            }
-        });
-    }
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .try_init();
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("{}: error: {e}", CAPABILITIES.program);
-        ExitCode::FAILURE
-    };
-    let config = match Config::try_from(&args) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let (LinkConfig::Peer(peer), Some(socket)) = (&config.link, &args.common.socket_path) else {
-        return fail(&ConfigError::PeerNeedsPath);
-    };
-    match run_peer(&config, socket.clone(), peer.clone()) {
+    if args.common.print_capabilities {
+        println!("{}", CAPABILITIES.to_json());
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => {
+            eprintln!("{}: error: {e}", CAPABILITIES.program);
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -357,10 +415,7 @@ mod tests {
             parse(&["-s", "/a", "--peer", "/a"]),
             Err(ConfigError::PeerSamePath)
         ));
-        assert!(matches!(
-            parse(&["--fd", "3", "--peer", "/a"]),
-            Err(ConfigError::PeerNeedsPath)
-        ));
+        assert!(parse(&["--fd", "3", "--peer", "/a"]).is_ok());
         assert!(matches!(
             parse(&["-s", "/a", "--tap", "t", "--queues", "0"]),
             Err(ConfigError::Queues(0))
