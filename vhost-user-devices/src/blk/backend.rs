@@ -24,8 +24,8 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use super::batch::{self, IoPool};
 use super::disk::Disk;
+use super::io_pool::{self, IoPool};
 use super::request;
 use super::request::{
     MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, Mem, RequestOptions,
@@ -101,7 +101,7 @@ pub struct BlkBackend {
     /// Config `writeback`: false = write-through (fdatasync after every write).
     writeback: AtomicBool,
     mem: RwLock<BackendMemory>,
-    /// Helper threads for data-heavy batches.
+    /// I/O threads for large requests (all data requests with O_DIRECT).
     pool: IoPool,
 }
 
@@ -119,9 +119,9 @@ impl BlkBackend {
                 disk.clone(),
                 IO_THREADS,
                 if disk.direct() {
-                    batch::OFFLOAD_MIN_BYTES_DIRECT
+                    io_pool::OFFLOAD_MIN_BYTES_DIRECT
                 } else {
-                    batch::OFFLOAD_MIN_BYTES
+                    io_pool::OFFLOAD_MIN_BYTES
                 },
             ),
         }

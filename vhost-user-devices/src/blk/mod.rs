@@ -3,11 +3,12 @@
 //! - this file: command line → [`Config`] → [`BlkDevice`] (the long-lived state),
 //! - [`backend`]: the per-connection `VhostUserBackend` (features, config space, queues),
 //! - [`request`]: virtio-blk request parsing and execution,
-//! - [`disk`]: the image and its I/O engine (preadv/pwritev straight into guest memory).
+//! - [`disk`]: the image and its I/O engine (preadv/pwritev straight into guest memory),
+//! - [`io_pool`]: I/O threads for large (or O_DIRECT) requests; small ones run inline.
 
 pub mod backend;
-pub mod batch;
 pub mod disk;
+pub mod io_pool;
 pub mod request;
 
 use std::path::PathBuf;
