@@ -89,7 +89,9 @@ where
         ListenAddress::Path(p) => Some(p.clone()),
         ListenAddress::Fd(_) => None,
     };
-    if let Err(e) = install_exit_handler(socket_path) {
+    let mut paths: Vec<std::path::PathBuf> = socket_path.into_iter().collect();
+    paths.extend(device.owned_socket_paths());
+    if let Err(e) = install_exit_handler_for(paths) {
         return fail(&e);
     }
     let mut listener: Listener = match address.listen() {

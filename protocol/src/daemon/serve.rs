@@ -26,6 +26,12 @@ pub trait VhostUserDevice {
     /// The backend that serves the next frontend.
     fn new_backend(&self) -> std::io::Result<Arc<Self::Backend>>;
 
+    /// Socket files the device created besides the vhost-user socket (e.g. a host-side
+    /// listener): [`run`](super::run) removes them too when a signal ends the process.
+    fn owned_socket_paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     /// Called once per connection after its worker threads exist and before the frontend is
     /// accepted: register extra fds (timers, sockets, a tap) with the workers' epoll loops via
     /// [`VringEpollHandler::register_listener`] (ids above `num_queues`); their events reach

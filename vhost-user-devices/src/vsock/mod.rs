@@ -167,6 +167,10 @@ impl VhostUserDevice for VsockDevice {
         )?))
     }
 
+    fn owned_socket_paths(&self) -> Vec<PathBuf> {
+        vec![self.config.uds_path.clone()]
+    }
+
     fn attach_workers(
         &self,
         backend: &Arc<VsockBackend>,
