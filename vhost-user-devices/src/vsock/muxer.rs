@@ -566,9 +566,11 @@ impl Muxer {
                 continue;
             };
             let Some(data) = pkt.data_slice().copied() else {
-                // No room for data in this buffer: keep the connection's turn.
+                // A buffer without room for data (only control packets fit): hand it back
+                // empty rather than let it block the queue; the connection keeps its turn.
+                log::debug!("rx buffer without a data part returned empty");
                 self.rx_ready.push_front(key);
-                return None;
+                return Some(0);
             };
             match conn.read_host(&data) {
                 Ok(Progress::Moved(n)) => {
