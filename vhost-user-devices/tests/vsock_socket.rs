@@ -418,3 +418,64 @@ fn bulk_both_ways_with_credit() {
     assert_eq!(got.len(), SIZE);
     assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)));
 }
+
+/// Forged tx chains (write-only header, memory outside the table, a descriptor loop, data in
+/// a write-only descriptor) are completed and dropped; the device keeps serving.
+#[test]
+fn descriptor_abuse_on_tx() {
+    use protocol::devices::vsock::TX_QUEUE;
+    use protocol::driver::{RawDesc, RawNext};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+    let s = start("abuse", 1);
+    let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
+    let l = s.host_listener(10);
+    let mut host = guest_connect(&mut d, &l, 400, 10);
+    let buf = d.driver().alloc(4096, 64).unwrap();
+    let mut hdr = d.header(400, 10, VSOCK_OP_RW);
+    hdr.len = 4;
+    d.driver().write(buf.addr, hdr.to_le().as_slice()).unwrap();
+    d.driver().write(buf.at(64), b"evil").unwrap();
+    let (h, data) = (buf.addr.0, buf.at(64).0);
+    let desc = |addr: u64, len: u32, flags: u16, next: RawNext| RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    let chains: Vec<Vec<RawDesc>> = vec![
+        // Header the device would have to write.
+        vec![desc(h, 44, VRING_DESC_F_WRITE as u16, RawNext::Zero)],
+        // Header outside guest memory.
+        vec![desc(0xdead_0000_0000, 44, 0, RawNext::Zero)],
+        // Data outside guest memory.
+        vec![
+            desc(h, 44, VRING_DESC_F_NEXT as u16, RawNext::Rel(1)),
+            desc(u64::MAX - 2, 4, 0, RawNext::Zero),
+        ],
+        // Data in a device-writable descriptor.
+        vec![
+            desc(h, 44, VRING_DESC_F_NEXT as u16, RawNext::Rel(1)),
+            desc(data, 4, VRING_DESC_F_WRITE as u16, RawNext::Zero),
+        ],
+        // A loop.
+        vec![
+            desc(h, 44, VRING_DESC_F_NEXT as u16, RawNext::Rel(1)),
+            desc(data, 4, VRING_DESC_F_NEXT as u16, RawNext::Rel(0)),
+        ],
+        // `next` outside the table.
+        vec![desc(h, 44, VRING_DESC_F_NEXT as u16, RawNext::Abs(60000))],
+    ];
+    for (i, c) in chains.iter().enumerate() {
+        d.driver().submit_raw(TX_QUEUE, c, false, i as u64).unwrap();
+        d.driver().kick(TX_QUEUE).unwrap();
+        let done = d
+            .driver()
+            .wait(TX_QUEUE, TIMEOUT)
+            .expect("forged chain not completed");
+        assert_eq!((done.token, done.len), (i as u64, 0));
+    }
+    // None of them reached the host.
+    d.send(d.header(400, 10, VSOCK_OP_RW), b"good").unwrap();
+    assert_eq!(read_exact(&mut host, 4), b"good");
+}

@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use super::muxer::{Muxer, MuxerStats};
+use crate::chain::is_complete;
 
 /// `handle_event` id of the muxer's epoll fd (0..=NUM_QUEUES are the library's).
 pub const BACKEND_EVENT: u16 = NUM_QUEUES as u16 + 1;
@@ -99,9 +100,13 @@ impl VsockBackend {
                 break;
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => muxer.recv_pkt(&pkt),
-                Err(e) => log::warn!("malformed tx packet {head}: {e}: dropped"),
+            if !is_complete(&chain) {
+                log::warn!("tx chain {head} loops or leaves the descriptor table: dropped");
+            } else {
+                match VsockPacket::from_tx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(pkt) => muxer.recv_pkt(&pkt),
+                    Err(e) => log::warn!("malformed tx packet {head}: {e}: dropped"),
+                }
             }
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
                 log::error!("cannot complete tx packet {head}: {e}");
@@ -130,6 +135,14 @@ impl VsockBackend {
                 break;
             };
             let head = chain.head_index();
+            if !is_complete(&chain) {
+                log::warn!("rx chain {head} loops or leaves the descriptor table: returned empty");
+                if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
+                    log::error!("cannot complete rx buffer {head}: {e}");
+                }
+                sent += 1;
+                continue;
+            }
             let len = match VsockPacket::from_rx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => match muxer.fill_rx(&mut pkt) {
                     Some(len) => len,
