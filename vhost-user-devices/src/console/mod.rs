@@ -160,3 +160,35 @@ pub fn main_with_args(args: ConsoleArgs) -> ExitCode {
         Config::try_from(&args).and_then(|c| ConsoleDevice::open(&c))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let a =
+            ConsoleArgs::try_parse_from([&["vhost-user-console", "-s", "/tmp/s"], args].concat())
+                .expect("clap");
+        Config::try_from(&a)
+    }
+
+    #[test]
+    fn command_line() {
+        assert_eq!(
+            parse(&["--output", "/o"]).unwrap().endpoint,
+            Endpoint::File("/o".into())
+        );
+        assert_eq!(
+            parse(&["--socket", "/p"]).unwrap().endpoint,
+            Endpoint::Socket("/p".into())
+        );
+        assert_eq!(parse(&["--stdio"]).unwrap().endpoint, Endpoint::Stdio);
+        assert!(matches!(parse(&[]), Err(ConfigError::Endpoint)));
+        assert!(matches!(
+            parse(&["--stdio", "--queue-size", "0"]),
+            Err(ConfigError::QueueSize(0))
+        ));
+        assert!(ConsoleArgs::try_parse_from(["x", "--stdio", "--socket", "/p"]).is_err());
+    }
+}

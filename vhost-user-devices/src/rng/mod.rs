@@ -163,3 +163,41 @@ pub fn main_with_args(args: RngArgs) -> ExitCode {
         Config::try_from(&args).and_then(|c| RngDevice::open(&c))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let a = RngArgs::try_parse_from([&["vhost-user-rng", "-s", "/tmp/s"], args].concat())
+            .expect("clap");
+        Config::try_from(&a)
+    }
+
+    #[test]
+    fn command_line() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.source, PathBuf::from("/dev/urandom"));
+        assert_eq!(c.rate_limit, None);
+        let c = parse(&["--source", "/x", "--max-bytes", "64", "--period", "250"]).unwrap();
+        assert_eq!(c.source, PathBuf::from("/x"));
+        assert_eq!(c.rate_limit, Some((64, Duration::from_millis(250))));
+        // The period defaults to a second.
+        let c = parse(&["--max-bytes", "64"]).unwrap();
+        assert_eq!(c.rate_limit, Some((64, Duration::from_secs(1))));
+        assert!(matches!(
+            parse(&["--max-bytes", "0"]),
+            Err(ConfigError::MaxBytes)
+        ));
+        assert!(matches!(
+            parse(&["--max-bytes", "1", "--period", "0"]),
+            Err(ConfigError::Period(0))
+        ));
+        assert!(matches!(
+            parse(&["--queue-size", "100"]),
+            Err(ConfigError::QueueSize(100))
+        ));
+        assert!(RngArgs::try_parse_from(["x", "-s", "/s", "--period", "5"]).is_err());
+    }
+}
