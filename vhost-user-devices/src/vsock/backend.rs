@@ -196,6 +196,18 @@ impl VsockBackend {
     }
 }
 
+impl Drop for VsockBackend {
+    fn drop(&mut self) {
+        let s = self.stats();
+        log::debug!(
+            "connection ends: {} vsock connection(s) closed, {} RST(s) sent, {} packet(s) dropped",
+            s.connections,
+            s.rst_sent,
+            s.dropped
+        );
+    }
+}
+
 impl VhostUserBackend for VsockBackend {
     type Bitmap = ();
     type Vring = BackendVring;

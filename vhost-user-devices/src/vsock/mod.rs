@@ -192,7 +192,6 @@ pub fn main_with_args(args: VsockArgs) -> ExitCode {
     })
 }
 
-// Keep the listener's fd number meaningful in logs.
 impl std::fmt::Debug for VsockDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VsockDevice")
