@@ -79,11 +79,15 @@ pub fn device_features(kind: LinkKind, has_mac: bool, queue_pairs: u16) -> u64 {
 }
 
 /// vhost-user protocol features: only what vhost-user-backend really handles.
+///
+/// Not CONFIGURE_MEM_SLOTS: QEMU 7.2's multi-queue virtio-net has one vhost device per queue
+/// pair on the same connection and each one adds the guest's regions with ADD_MEM_REG again,
+/// which vhost-user-backend rejects as overlapping (dropping the connection); SET_MEM_TABLE
+/// replaces the whole table and is harmless to repeat.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// Receive state of one queue pair: a frame read from the link that found no buffer yet.

@@ -233,6 +233,16 @@ impl VhostUserDevice for NetDevice {
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<NetBackend>> {
+        // Frames that arrived while no guest was connected are stale (a previous boot's
+        // conversations): drop them, counted.
+        let mut buf = vec![0u8; rxtx::LINK_BUF_SIZE];
+        for pair in 0..self.shared.queue_pairs() {
+            if let Some(fd) = self.shared.link.fd(pair) {
+                while let Ok(Some(_)) = link::recv_frame(fd, &mut buf) {
+                    rxtx::bump(&self.shared.stats.rx_dropped, 1);
+                }
+            }
+        }
         Ok(Arc::new(NetBackend::new(self.shared.clone())))
     }
 
