@@ -51,7 +51,20 @@ pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, TapError> {
         return Err(TapError::Name(name.into()));
     }
     let multi = queues > 1;
-    (0..queues).map(|_| open_queue(name, multi)).collect()
+    let first = match open_queue(name, multi) {
+        // A persistent tap created with `multi_queue` takes only multi-queue opens.
+        Err(TapError::SetIff { source, .. })
+            if !multi && source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            return Ok(vec![open_queue(name, true)?]);
+        }
+        r => r?,
+    };
+    let mut fds = vec![first];
+    for _ in 1..queues {
+        fds.push(open_queue(name, multi)?);
+    }
+    Ok(fds)
 }
 
 fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, TapError> {
