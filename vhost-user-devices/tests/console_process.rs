@@ -149,6 +149,33 @@ fn rng_serves_then_exits_on_sigterm() {
 }
 
 #[test]
+fn console_socket_removed_on_sigterm() {
+    let s = Scratch::new("con-term");
+    let sock = s.path("s");
+    let p = s.path("p");
+    let mut b = Backend(
+        Command::new(CONSOLE)
+            .args([
+                "-s",
+                sock.to_str().unwrap(),
+                "--socket",
+                p.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&sock);
+    assert!(p.exists());
+    kill(Pid::from_raw(b.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut b.0).expect("no exit after SIGTERM");
+    assert!(status.success());
+    assert!(!sock.exists() && !p.exists(), "socket left behind");
+}
+
+#[test]
 fn console_stdio_both_ways() {
     let s = Scratch::new("stdio");
     let sock = s.path("s");

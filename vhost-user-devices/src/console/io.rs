@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Input bytes held for the guest before the reader thread waits (backpressure).
@@ -179,10 +180,10 @@ impl ConsoleIo {
     pub fn stdio() -> Result<Self, IoError> {
         let input = Arc::new(InputQueue::new().map_err(IoError::Input)?);
         let feed = input.clone();
-        std::thread::Builder::new()
-            .name("console-stdin".into())
-            .spawn(move || read_into(&mut io::stdin().lock(), &feed))
-            .map_err(IoError::Input)?;
+        spawn_without_exit_signals("console-stdin", move || {
+            read_into(&mut io::stdin().lock(), &feed)
+        })
+        .map_err(IoError::Input)?;
         Ok(ConsoleIo {
             sink: Sink::Stdout,
             input,
@@ -214,10 +215,10 @@ impl ConsoleIo {
         });
         let input = Arc::new(InputQueue::new().map_err(IoError::Input)?);
         let (p, feed) = (peer.clone(), input.clone());
-        std::thread::Builder::new()
-            .name("console-socket".into())
-            .spawn(move || serve_clients(&listener, &p, &feed))
-            .map_err(IoError::Input)?;
+        spawn_without_exit_signals("console-socket", move || {
+            serve_clients(&listener, &p, &feed)
+        })
+        .map_err(IoError::Input)?;
         Ok(ConsoleIo {
             sink: Sink::Socket(peer),
             input,
@@ -247,6 +248,19 @@ impl ConsoleIo {
             Sink::Socket(peer) => peer.write(data),
         }
     }
+}
+
+/// Starts a thread with SIGTERM/SIGINT/SIGHUP blocked, so that the daemon's signal thread
+/// (installed later, see `protocol::daemon::run`) is the one that takes them.
+fn spawn_without_exit_signals(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+    let r = std::thread::Builder::new().name(name.into()).spawn(f);
+    old.thread_set_mask()?;
+    r.map(|_| ())
 }
 
 /// Copies `src` into the input queue until end of file or an error.

@@ -106,6 +106,8 @@ impl TryFrom<&ConsoleArgs> for Config {
 pub struct ConsoleDevice {
     io: Arc<ConsoleIo>,
     queue_size: u16,
+    /// `--socket P`, removed on SIGTERM/SIGINT.
+    socket: Option<PathBuf>,
 }
 
 impl ConsoleDevice {
@@ -117,9 +119,14 @@ impl ConsoleDevice {
             Endpoint::Stdio => ConsoleIo::stdio()?,
         };
         log::info!("console endpoint: {:?}", config.endpoint);
+        let socket = match &config.endpoint {
+            Endpoint::Socket(p) => Some(p.clone()),
+            _ => None,
+        };
         Ok(ConsoleDevice {
             io: Arc::new(io),
             queue_size: config.queue_size,
+            socket,
         })
     }
 }
@@ -136,6 +143,10 @@ impl VhostUserDevice for ConsoleDevice {
             self.io.clone(),
             self.queue_size,
         )))
+    }
+
+    fn owned_socket_paths(&self) -> Vec<PathBuf> {
+        self.socket.iter().cloned().collect()
     }
 
     fn attach_workers(
