@@ -25,6 +25,7 @@ pub mod blk;
 pub mod console;
 mod error;
 mod memory;
+pub mod net;
 pub mod rng;
 mod virtqueue;
 pub mod vsock;

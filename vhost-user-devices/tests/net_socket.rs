@@ -1,0 +1,313 @@
+//! vhost-user-net served in-process in peer mode on two real vhost-user sockets, driven by two
+//! userspace virtio-net drivers (`protocol::driver::net`): frames flow both ways, MRG_RXBUF
+//! spreads big frames over chains, frames wait for buffers, and malformed chains are dropped
+//! and counted while the backend keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::devices::net::{
+    NET_HDR_SIZE, NetHeader, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, rx_queue, tx_queue,
+};
+use protocol::driver::net::{NetDriver, SMALL_RX_BUFFER};
+use protocol::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vhost::vhost_user::Listener;
+use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 0x10];
+
+struct Peers {
+    dir: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    dev_a: Arc<NetDevice>,
+    dev_b: Arc<NetDevice>,
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Two peer devices served in threads, `connections` frontends each.
+fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
+    let dir = std::env::temp_dir().join(format!("vun-sock-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let config = Config {
+        link: LinkConfig::Peer(b.clone()),
+        queue_pairs,
+        mac: Some(MAC),
+        queue_size: 256,
+    };
+    let (dev_a, dev_b) = NetDevice::peer_pair(&config).unwrap();
+    let (dev_a, dev_b) = (Arc::new(dev_a), Arc::new(dev_b));
+    for (dev, path) in [(&dev_a, &a), (&dev_b, &b)] {
+        let dev = dev.clone();
+        let mut listener = Listener::new(path, true).unwrap();
+        std::thread::spawn(move || serve_net(&dev, &mut listener, Some(connections)));
+    }
+    Peers {
+        dir,
+        a,
+        b,
+        dev_a,
+        dev_b,
+    }
+}
+
+fn connect(path: &PathBuf, queue_pairs: usize, features: u64) -> NetDriver {
+    let opts = DriverOptions {
+        num_queues: queue_pairs * 2,
+        features,
+        queue_size: 64,
+        ..DriverOptions::default()
+    };
+    NetDriver::connect(path, TIMEOUT, opts).expect("connect")
+}
+
+/// An Ethernet-looking frame: broadcast destination, a source, a made-up ethertype, pattern.
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, seed]);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend((0..len.saturating_sub(14)).map(|i| (i as u8).wrapping_mul(31) ^ seed));
+    f
+}
+
+fn stats(dev: &NetDevice) -> NetStatsSnapshot {
+    dev.stats()
+}
+
+#[test]
+fn frames_flow_both_ways_and_config_has_the_macs() {
+    let p = start("both", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    for (d, mac) in [(&mut a, MAC), (&mut b, [0x52, 0x54, 0, 0xab, 0xcd, 0x11])] {
+        let f = d.driver().features();
+        for bit in [
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_NET_F_MRG_RXBUF,
+        ] {
+            assert_ne!(f & (1 << bit), 0, "feature {bit} not negotiated");
+        }
+        assert_eq!(f & (1 << VIRTIO_NET_F_MQ), 0, "MQ offered with one pair");
+        let c = d.read_config().unwrap();
+        assert_eq!(c.mac, mac);
+        assert_eq!(u16::from_le(c.status), VIRTIO_NET_S_LINK_UP as u16);
+        assert_eq!(u16::from_le(c.max_virtqueue_pairs), 1);
+    }
+    a.post_rx(0, SMALL_RX_BUFFER, 8).unwrap();
+    b.post_rx(0, SMALL_RX_BUFFER, 8).unwrap();
+    for i in 0..20u8 {
+        let f = frame(60 + usize::from(i) * 70, i);
+        a.send(0, &f, TIMEOUT).unwrap();
+        let got = b.recv(0, TIMEOUT).unwrap();
+        assert_eq!(got.frame, f, "frame {i} A -> B");
+        assert_eq!(got.buffers, 1);
+        assert_eq!(
+            got.header,
+            NetHeader {
+                num_buffers: 1u16.to_le(),
+                ..Default::default()
+            }
+        );
+        let f = frame(1514, 100 + i);
+        b.send(0, &f, TIMEOUT).unwrap();
+        assert_eq!(a.recv(0, TIMEOUT).unwrap().frame, f, "frame {i} B -> A");
+    }
+    let (sa, sb) = (stats(&p.dev_a), stats(&p.dev_b));
+    assert_eq!((sa.tx_frames, sa.rx_frames), (20, 20));
+    assert_eq!((sb.tx_frames, sb.rx_frames), (20, 20));
+    assert_eq!(sa.tx_malformed + sa.rx_dropped + sb.tx_dropped, 0);
+}
+
+#[test]
+fn mergeable_buffers_carry_a_big_frame_in_several_chains() {
+    let p = start("mrg", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    b.post_rx(0, 512, 40).unwrap();
+    // A header split from its frame, as Linux does with scatter-gather.
+    let f = frame(9000, 7);
+    a.send_with(0, NetHeader::default(), &f, true, TIMEOUT)
+        .unwrap();
+    let got = b.recv(0, TIMEOUT).unwrap();
+    assert_eq!(got.buffers as usize, (9000 + NET_HDR_SIZE).div_ceil(512));
+    assert_eq!(got.frame, f);
+    // The ring keeps working afterwards.
+    let f = frame(64, 8);
+    a.send(0, &f, TIMEOUT).unwrap();
+    assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f);
+}
+
+#[test]
+fn without_mrg_rxbuf_a_frame_too_big_for_one_buffer_is_dropped_and_counted() {
+    let p = start("nomrg", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, !(1u64 << VIRTIO_NET_F_MRG_RXBUF));
+    assert_eq!(
+        b.header_len(),
+        NET_HDR_SIZE,
+        "VERSION_1 keeps the 12-byte header"
+    );
+    b.post_rx(0, 512, 4).unwrap();
+    a.send(0, &frame(2000, 1), TIMEOUT).unwrap();
+    let small = frame(200, 2);
+    a.send(0, &small, TIMEOUT).unwrap();
+    let got = b.recv(0, TIMEOUT).unwrap();
+    assert_eq!(got.frame, small, "the big frame must have been dropped");
+    assert_eq!(stats(&p.dev_b).rx_dropped, 1);
+}
+
+#[test]
+fn frames_wait_for_receive_buffers_and_a_full_wire_drops_without_blocking() {
+    let p = start("wait", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(300, i)).collect();
+    for f in &frames {
+        a.send(0, f, TIMEOUT).unwrap();
+    }
+    assert!(!b.rx_pending(0, Duration::from_millis(200)).unwrap());
+    b.post_rx(0, SMALL_RX_BUFFER, 8).unwrap();
+    for f in &frames {
+        assert_eq!(&b.recv(0, TIMEOUT).unwrap().frame, f, "in order, none lost");
+    }
+    assert_eq!(stats(&p.dev_b).rx_dropped, 0);
+
+    // B stops posting buffers: the wire (a socket buffer) fills up and A's transmissions
+    // are dropped and counted, never blocking A's queue.
+    let big = frame(60_000, 9);
+    for _ in 0..400 {
+        a.send(0, &big, TIMEOUT).unwrap();
+    }
+    assert!(stats(&p.dev_a).tx_dropped > 0, "{:?}", stats(&p.dev_a));
+}
+
+#[test]
+fn malformed_transmit_chains_are_dropped_and_counted() {
+    let p = start("badtx", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    b.post_rx(0, SMALL_RX_BUFFER, 8).unwrap();
+    let tx = usize::from(tx_queue(0));
+    let drv = a.driver();
+    let buf = drv.alloc(4096, 16).unwrap();
+    let d = |addr: u64, len: u32, flags: u16, next: RawNext| RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    let forged = [
+        // Header only: no Ethernet frame.
+        vec![d(buf.addr.0, 12, 0, RawNext::Zero)],
+        // Shorter than the header.
+        vec![d(buf.addr.0, 4, 0, RawNext::Zero)],
+        // A device-writable descriptor in a transmit chain.
+        vec![
+            d(buf.addr.0, 12, VRING_DESC_F_NEXT as u16, RawNext::Rel(1)),
+            d(
+                buf.addr.0 + 64,
+                100,
+                VRING_DESC_F_WRITE as u16,
+                RawNext::Zero,
+            ),
+        ],
+        // Outside guest memory.
+        vec![d(0xdead_0000_0000, 200, 0, RawNext::Zero)],
+        // Larger than any frame.
+        vec![d(buf.addr.0, 1 << 20, 0, RawNext::Zero)],
+    ];
+    for (i, chain) in forged.iter().enumerate() {
+        drv.submit_raw(tx, chain, false, 1000 + i as u64).unwrap();
+        drv.kick(tx).unwrap();
+        let done = drv
+            .wait(tx, TIMEOUT)
+            .expect("a malformed chain is still completed");
+        assert_eq!((done.token, done.len), (1000 + i as u64, 0));
+    }
+    let s = stats(&p.dev_a);
+    assert_eq!(
+        (s.tx_malformed, s.tx_frames),
+        (forged.len() as u64, 0),
+        "{s:?}"
+    );
+    // Nothing reached B; a good frame still goes through.
+    assert!(!b.rx_pending(0, Duration::from_millis(200)).unwrap());
+    let f = frame(100, 3);
+    a.send(0, &f, TIMEOUT).unwrap();
+    assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f);
+}
+
+#[test]
+fn a_malformed_receive_chain_is_completed_empty_and_the_frame_dropped() {
+    let p = start("badrx", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    let rx = usize::from(rx_queue(0));
+    {
+        let drv = b.driver();
+        let buf = drv.alloc(2048, 16).unwrap();
+        // Device-readable: a receive buffer the device may not write.
+        drv.submit(rx, &[Segment::readable(buf.addr, 2048)], false, 77)
+            .unwrap();
+        drv.kick(rx).unwrap();
+    }
+    a.send(0, &frame(100, 1), TIMEOUT).unwrap();
+    let done = b.driver().wait(rx, TIMEOUT).unwrap();
+    assert_eq!((done.token, done.len), (77, 0));
+    let s = stats(&p.dev_b);
+    assert_eq!(
+        (s.rx_bad_chains, s.rx_dropped, s.rx_frames),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    b.post_rx(0, SMALL_RX_BUFFER, 2).unwrap();
+    let f = frame(100, 2);
+    a.send(0, &f, TIMEOUT).unwrap();
+    assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f);
+}
+
+#[test]
+fn two_queue_pairs_are_separate_wires() {
+    let p = start("mq", 2, 1);
+    let mut a = connect(&p.a, 2, u64::MAX);
+    let mut b = connect(&p.b, 2, u64::MAX);
+    assert_ne!(a.driver().features() & (1 << VIRTIO_NET_F_MQ), 0);
+    assert_eq!(
+        u16::from_le(a.read_config().unwrap().max_virtqueue_pairs),
+        2
+    );
+    b.post_rx(0, SMALL_RX_BUFFER, 4).unwrap();
+    b.post_rx(1, SMALL_RX_BUFFER, 4).unwrap();
+    let (f0, f1) = (frame(100, 0), frame(200, 1));
+    a.send(1, &f1, TIMEOUT).unwrap();
+    a.send(0, &f0, TIMEOUT).unwrap();
+    assert_eq!(b.recv(1, TIMEOUT).unwrap().frame, f1);
+    assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f0);
+}
+
+#[test]
+fn the_backend_serves_again_after_a_frontend_leaves() {
+    let p = start("again", 1, 2);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    b.post_rx(0, SMALL_RX_BUFFER, 8).unwrap();
+    for round in 0..2u8 {
+        let mut a = connect(&p.a, 1, u64::MAX);
+        let f = frame(500, round);
+        a.send(0, &f, TIMEOUT).unwrap();
+        assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f, "connection {round}");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
