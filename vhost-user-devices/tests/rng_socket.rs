@@ -265,3 +265,37 @@ fn serves_the_next_frontend() {
     let mut d = connect(&s.sock);
     assert_eq!(d.request(16, TIMEOUT).unwrap(), p[16..32]);
 }
+
+#[test]
+fn waiting_requests_do_not_hold_up_a_disconnect() {
+    // 16 bytes per minute: the second request waits far longer than the test.
+    let s = start("hold", None, Some((16, Duration::from_secs(60))), 2);
+    let p = pattern(1 << 20);
+    {
+        let mut d = connect(&s.sock);
+        assert_eq!(d.request(64, TIMEOUT).unwrap(), p[..16]);
+        let b = d.driver().alloc(64, 8).unwrap();
+        d.driver()
+            .submit(0, &[Segment::writable(b.addr, 64)], false, 1)
+            .unwrap();
+        d.driver().kick(0).unwrap();
+        assert!(matches!(
+            d.driver().wait(0, Duration::from_millis(300)),
+            Err(protocol::driver::Error::Timeout { .. })
+        ));
+    }
+    // The worker was not blocked waiting for budget: the connection ends at once and the
+    // next frontend is served (its requests wait for the same, shared budget).
+    let t = Instant::now();
+    let mut d = connect(&s.sock);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let b = d.driver().alloc(8, 8).unwrap();
+    d.driver()
+        .submit(0, &[Segment::writable(b.addr, 8)], false, 2)
+        .unwrap();
+    d.driver().kick(0).unwrap();
+    assert!(matches!(
+        d.driver().wait(0, Duration::from_millis(300)),
+        Err(protocol::driver::Error::Timeout { .. })
+    ));
+}
