@@ -413,3 +413,40 @@ fn missing_backend_is_an_error_naming_the_socket() {
     );
     assert!(!out.stdout.contains("GUEST UP"));
 }
+
+/// Without `reconnect=`, a backend that dies while the guest runs leaves accel up: the device
+/// reports NEEDS_RESET (status bit 0x40, read live by the guest through sysfs) and the guest
+/// keeps running to a clean shutdown.
+#[test]
+fn backend_death_marks_device_needs_reset() {
+    let dir = TempDir::new("vu-accel-death");
+    let image = dir.join("disk.img");
+    let sock = dir.join("blk.sock");
+    make_image(&image, 0xdead_0001);
+    let backend = start_backend(&sock, &image, &dir.join("backend.log"));
+    let gcmd = "echo KILL-BACKEND-NOW; sleep 6; echo STATUS; \
+                cat /sys/bus/virtio/devices/virtio0/status";
+    let mut args = vec!["-accel".to_string(), "kvm".to_string()];
+    args.extend(vm_args(&sock, "", "1", true, gcmd));
+    let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
+    vm.expect("KILL-BACKEND-NOW", KVM_BOOT_TIMEOUT * 3);
+    drop(backend);
+    vm.expect("STATUS", Duration::from_secs(60));
+    let status = vm.expect("0x", Duration::from_secs(60));
+    let value = u32::from_str_radix(status.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+    assert_eq!(
+        value & 0x4f,
+        0x4f,
+        "DRIVER_OK|FEATURES_OK|NEEDS_RESET expected: {status}\n{}",
+        vm.seen.join("\n")
+    );
+    vm.expect("GUEST CMD RC: 0", Duration::from_secs(60));
+    let status = vm.child.0.wait().unwrap();
+    while let Ok(l) = vm.lines.recv_timeout(Duration::from_secs(2)) {
+        vm.seen.push(l);
+    }
+    let out = vm.seen.join("\n");
+    assert!(status.success(), "accel exit: {status:?}\n{out}");
+    assert!(out.contains("needs reset"), "{out}");
+    assert!(out.contains(&sock.display().to_string()), "{out}");
+}

@@ -131,6 +131,7 @@ pub struct VirtioPciDevice {
     no_vector: EventFd,
     router: Arc<dyn InterruptRouter>,
     backend: Arc<Mutex<dyn VirtioBackend>>,
+    /// Where the notify ioeventfds are registered (BAR 0's last decoded address).
     bar0: Option<u64>,
     active: bool,
     stats: Arc<VirtioStats>,
@@ -234,7 +235,7 @@ impl VirtioPciDevice {
             vectors.push(Vector { gsi, irqfd });
         }
         let sizes = vec![params.queue_size; usize::from(params.num_queues)];
-        Ok(VirtioPciDevice {
+        let dev = VirtioPciDevice {
             name,
             config,
             common: CommonConfig::new(offered, &sizes),
@@ -247,10 +248,16 @@ impl VirtioPciDevice {
             no_vector: eventfd()?,
             router,
             backend,
-            bar0: None,
+            bar0: Some(bar0_addr),
             active: false,
             stats: Arc::new(VirtioStats::default()),
-        })
+        };
+        // Registered now, before any vCPU runs, and left in place while decoding is off:
+        // KVM_IOEVENTFD waits for every vCPU to leave KVM's SRCU read side, which on an
+        // emulating host (kvm_pvm) a vCPU spinning in guest kernel code for the caller's vCPU
+        // (an IPI) never does: registering from a vCPU thread can deadlock the guest.
+        dev.register_ioevents(bar0_addr);
+        Ok(dev)
     }
 
     pub fn name(&self) -> &str {
@@ -549,16 +556,16 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn bar_mapped(&mut self, bar: usize, addr: Option<u64>) {
-        if bar != 0 || addr == self.bar0 {
+        // The notify ioeventfds follow BAR 0 only when the guest really moves it; turning
+        // decoding off (sizing, reset) leaves them where they are (see `new`).
+        let Some(new) = addr.filter(|&a| bar == 0 && Some(a) != self.bar0) else {
             return;
-        }
+        };
         if let Some(old) = self.bar0.take() {
             self.unregister_ioevents(old);
         }
-        if let Some(new) = addr {
-            self.register_ioevents(new);
-        }
-        self.bar0 = addr;
+        self.register_ioevents(new);
+        self.bar0 = Some(new);
     }
 
     fn reset(&mut self) {

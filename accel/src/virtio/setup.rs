@@ -86,10 +86,7 @@ impl PciSetup {
 
     /// One line per device: configuration-path accesses that reached accel.
     pub fn stats_report(&self) -> String {
-        let mut out = format!(
-            "accel: vcpu exits: {}\n",
-            crate::vmm::vcpu::EXITS.summary()
-        );
+        let mut out = format!("accel: vcpu exits: {}\n", crate::vmm::vcpu::EXITS.summary());
         for d in &self.devices {
             let d = d.lock().unwrap();
             let s = d.stats();

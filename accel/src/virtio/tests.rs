@@ -200,7 +200,8 @@ fn driver_bring_up_reset_and_msix_routes() {
     r.cfg_write(1, 0, &[0x06, 0x00]);
     assert_eq!(
         r.router.0.lock().unwrap().ioevents,
-        vec![(BAR + 0x3000, true), (BAR + 0x3004, true)]
+        vec![(BAR + 0x3000, true), (BAR + 0x3004, true)],
+        "registered once, at creation"
     );
     assert_eq!(r.router.0.lock().unwrap().irqfds, vec![24, 25, 26]);
     // Features: transport mask drops bits 30 and 34.
@@ -308,6 +309,13 @@ fn failed_activation_sets_needs_reset_and_interrupts() {
 #[test]
 fn bar_move_moves_ioeventfds_and_platform_reset_unmaps() {
     let mut r = rig();
+    assert_eq!(r.router.0.lock().unwrap().ioevents.len(), 2);
+    // Sizing with decoding off, then decode on and off again: no ioeventfd churn.
+    r.cfg_write(4, 0, &0xffff_ffffu32.to_le_bytes());
+    r.cfg_write(4, 0, &(BAR as u32).to_le_bytes());
+    r.cfg_write(1, 0, &[0x02, 0x00]);
+    r.cfg_write(1, 0, &[0x00, 0x00]);
+    assert_eq!(r.router.0.lock().unwrap().ioevents.len(), 2);
     r.cfg_write(1, 0, &[0x02, 0x00]);
     r.cfg_write(4, 0, &0xd000_0000u32.to_le_bytes());
     let log = r.router.0.lock().unwrap().ioevents.clone();
