@@ -273,22 +273,32 @@ fn log_stats(device: &NetDevice) {
     );
 }
 
-/// A listening socket in the abstract namespace (no file) that only this process connects
-/// to: the daemon side of the [`early_enable`] relay.
-fn private_listener() -> std::io::Result<(Listener, std::os::unix::net::SocketAddr)> {
-    use std::os::linux::net::SocketAddrExt;
+/// The daemon side of the [`early_enable`] relay for one connection: a listening socket bound
+/// in a fresh mode-0700 directory (so no other user can connect to it), already connected to
+/// by the returned stream; socket file and directory are removed before this returns (the
+/// queued connection stays acceptable).
+fn private_pair() -> std::io::Result<(Listener, UnixStream)> {
+    use std::os::unix::fs::DirBuilderExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
+    let dir = std::env::temp_dir().join(format!(
         "vhost-user-net-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let l = UnixListener::bind_addr(&addr)?;
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let path = dir.join("s");
+    let result = UnixListener::bind(&path).and_then(|l| {
+        let stream = UnixStream::connect(&path)?;
+        Ok((l, stream))
+    });
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+    let (l, stream) = result?;
     // SAFETY: `l` owns a listening unix socket; the Listener takes it over (no path to unlink).
     let listener = unsafe { Listener::from_raw_fd(l.into_raw_fd()) };
-    Ok((listener, addr))
+    Ok((listener, stream))
 }
 
 /// Serves frontends on `listener` one after another (`max_connections`, or forever), each
@@ -299,7 +309,6 @@ pub fn serve_net(
     listener: &mut Listener,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
-    let (mut private, addr) = private_listener().map_err(DaemonError::NewBackend)?;
     let mut served = 0usize;
     while max_connections.is_none_or(|max| served < max) {
         let front = match listener.accept() {
@@ -307,7 +316,7 @@ pub fn serve_net(
             Ok(None) => continue,
             Err(e) => return Err(DaemonError::Accept(e.to_string())),
         };
-        let back = UnixStream::connect_addr(&addr).map_err(DaemonError::NewBackend)?;
+        let (mut private, back) = private_pair().map_err(DaemonError::NewBackend)?;
         let end = std::thread::scope(|s| {
             s.spawn(|| {
                 if let Err(e) = early_enable::relay_requests(&front, &back) {

@@ -178,7 +178,8 @@ pub fn deliver_rx(
     scratch.clear();
     let data = frame.get(NET_HDR_SIZE..).unwrap_or(&[]);
     let mut header = [0u8; NET_HDR_SIZE];
-    header.copy_from_slice(&frame[..NET_HDR_SIZE.min(frame.len())]);
+    let n = NET_HDR_SIZE.min(frame.len());
+    header[..n].copy_from_slice(&frame[..n]);
     let hdr_len = params.hdr_len;
     let total = hdr_len + data.len();
     let mut pieces: Vec<HeaderPiece> = Vec::new();
