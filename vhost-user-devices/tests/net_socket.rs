@@ -227,6 +227,23 @@ fn malformed_transmit_chains_are_dropped_and_counted() {
         vec![d(0xdead_0000_0000, 200, 0, RawNext::Zero)],
         // Larger than any frame.
         vec![d(buf.addr.0, 1 << 20, 0, RawNext::Zero)],
+        // A descriptor loop.
+        vec![
+            d(buf.addr.0, 12, VRING_DESC_F_NEXT as u16, RawNext::Rel(1)),
+            d(
+                buf.addr.0 + 64,
+                100,
+                VRING_DESC_F_NEXT as u16,
+                RawNext::Rel(0),
+            ),
+        ],
+        // `next` beyond the descriptor table.
+        vec![d(
+            buf.addr.0,
+            200,
+            VRING_DESC_F_NEXT as u16,
+            RawNext::Abs(5000),
+        )],
     ];
     for (i, chain) in forged.iter().enumerate() {
         drv.submit_raw(tx, chain, false, 1000 + i as u64).unwrap();
@@ -266,10 +283,26 @@ fn a_malformed_receive_chain_is_completed_empty_and_the_frame_dropped() {
     a.send(0, &frame(100, 1), TIMEOUT).unwrap();
     let done = b.driver().wait(rx, TIMEOUT).unwrap();
     assert_eq!((done.token, done.len), (77, 0));
+    {
+        // A writable descriptor looping onto itself.
+        let drv = b.driver();
+        let buf = drv.alloc(64, 16).unwrap();
+        let looped = [RawDesc {
+            addr: buf.addr.0,
+            len: 64,
+            flags: (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+            next: RawNext::Rel(0),
+        }];
+        drv.submit_raw(rx, &looped, false, 78).unwrap();
+        drv.kick(rx).unwrap();
+    }
+    a.send(0, &frame(2000, 1), TIMEOUT).unwrap();
+    let done = b.driver().wait(rx, TIMEOUT).unwrap();
+    assert_eq!((done.token, done.len), (78, 0));
     let s = stats(&p.dev_b);
     assert_eq!(
         (s.rx_bad_chains, s.rx_dropped, s.rx_frames),
-        (1, 1, 0),
+        (2, 2, 0),
         "{s:?}"
     );
     b.post_rx(0, SMALL_RX_BUFFER, 2).unwrap();

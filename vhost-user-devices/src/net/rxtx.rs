@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::devices::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -89,6 +90,8 @@ pub enum TxError {
     TooBig,
     #[error("chain of {0} bytes is shorter than header + Ethernet header")]
     TooShort(usize),
+    #[error("broken chain (loop, next index out of range, or bad indirect table)")]
+    Broken,
 }
 
 /// Gathers transmit chain `chain` (guest header of `hdr_len` bytes, then the frame) into
@@ -110,7 +113,11 @@ where
     let gap = NET_HDR_SIZE - hdr_len;
     frame.resize(gap, 0);
     let limit = gap + hdr_len + MAX_FRAME_SIZE;
+    let mut last_has_next = false;
     for desc in chain {
+        // The iterator just stops on a loop or a bad `next`: a chain whose last descriptor
+        // still points further is broken.
+        last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(TxError::WritableDescriptor);
         }
@@ -122,6 +129,9 @@ where
         frame.resize(start + len, 0);
         mem.read_slice(&mut frame[start..], desc.addr())
             .map_err(|_| TxError::BadAddress(desc.addr().0))?;
+    }
+    if last_has_next {
+        return Err(TxError::Broken);
     }
     if frame.len() < NET_HDR_SIZE + MIN_FRAME {
         return Err(TxError::TooShort(frame.len() - gap));
@@ -186,6 +196,7 @@ pub fn deliver_rx(
     let mut written = 0usize;
     let max_chains = usize::from(queue.size()).max(1);
     let mut bad = false;
+    let mut descs: Vec<Descriptor> = Vec::new();
     while written < total {
         if !params.mergeable && !scratch.is_empty() {
             // The single chain was too small: put it back and drop the frame.
@@ -205,7 +216,18 @@ pub fn deliver_rx(
         };
         let head = chain.head_index();
         let mut chain_len = 0usize;
-        for desc in chain {
+        // Walk the whole chain first: the iterator just stops on a loop or a bad `next`, so a
+        // chain whose last descriptor still points further is broken (and a loop must not
+        // let us write the same buffer over and over).
+        descs.clear();
+        descs.extend(chain);
+        if descs.last().is_none_or(|d| d.has_next()) {
+            bad = true;
+        }
+        for desc in descs.iter() {
+            if bad || written >= total {
+                break;
+            }
             if !desc.is_write_only() {
                 bad = true;
                 break;
@@ -235,9 +257,6 @@ pub fn deliver_rx(
                 chain_len += n;
                 room -= n;
                 addr = GuestAddress(addr.0.wrapping_add(n as u64));
-            }
-            if bad || written >= total {
-                break;
             }
         }
         scratch.push((head, u32::try_from(chain_len).unwrap_or(u32::MAX)));
