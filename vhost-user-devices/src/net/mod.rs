@@ -5,7 +5,18 @@
 //! - [`backend`]: the per-connection `VhostUserBackend` (features, config space, workers),
 //! - [`rxtx`]: the data path (transmit chains → frames, frames → receive chains),
 //! - [`link`]: where frames go: tap queue fds or peer socketpairs,
-//! - [`tap`]: opening a tap and setting its offloads.
+//! - [`tap`]: opening a tap and setting its offloads,
+//! - [`early_enable`]: the message relay in front of the daemon that makes QEMU's virtio-net
+//!   work (it enables rings before it sends `SET_FEATURES`).
+//!
+//! Features: VERSION_1, EVENT_IDX, INDIRECT_DESC, MRG_RXBUF, STATUS, MAC (with `--mac`), MQ
+//! (with `--queues` > 1) and, in tap mode, CSUM/GUEST_CSUM, GUEST/HOST TSO4/TSO6/ECN
+//! (TUNSETOFFLOAD follows the guest's GUEST_* acks). No control queue: QEMU implements it
+//! itself; accel offers neither CTRL_VQ nor MQ, so an accel guest uses one queue pair.
+//! Receive never blocks a worker: with no guest buffers the frame in hand waits and the link
+//! is not read until the guest's receive kick (frames queue in the tap / peer socket, where the
+//! kernel drops the excess); oversized and malformed traffic is dropped and counted
+//! ([`NetStats`], logged after every connection).
 //!
 //! Peer mode: `--socket-path A --peer B` listens on both sockets; each is a complete
 //! vhost-user-net device (one frontend at a time, served again after a disconnect) and the
