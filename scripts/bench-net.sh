@@ -102,7 +102,8 @@ run_one() { # backend rep -> "MiB/s pps"
     local nic
     if [ "$b" = ours ]; then
         nic=(-chardev "socket,id=c1,path=$tmp/ours.sock" -netdev vhost-user,id=n0,chardev=c1)
-        # vectors=0: QEMU 7.2 under TCG crashes starting vhost-user virtio-net with MSI-X.
+        # vectors=0: QEMU 7.2 under TCG crashes starting vhost-user virtio-net with MSI-X
+        # (its irqfd unmask path dereferences vector_irqfd, NULL without KVM).
         [ "$accel" = tcg ] && dev=",vectors=0" || dev=""
     else
         nic=(-netdev tap,id=n0,ifname=bnqemu0,script=no,downscript=no,vhost=off)

@@ -4,9 +4,10 @@
 //! backend process ping each other.
 //!
 //! Needs root (or CAP_NET_ADMIN) for the taps: without it the tap tests fail saying so.
-//! Under QEMU TCG the device uses `vectors=0` (INTx): QEMU 7.2 under TCG segfaults in
-//! virtio-pci's MSI-X vector unmask when vhost-user virtio-net starts (seen with gdb in
-//! `msix_set_vector_notifiers` ← `vhost_net_start`); accel uses MSI-X.
+//! Under QEMU TCG the device uses `vectors=0` (INTx): with MSI-X, QEMU 7.2 under TCG segfaults
+//! when vhost-user virtio-net starts (gdb: `vhost_net_start` → `msix_set_vector_notifiers` →
+//! the vector-unmask irqfd path loads `proxy->vector_irqfd[vector]`, which is NULL without
+//! KVM). accel uses MSI-X.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
