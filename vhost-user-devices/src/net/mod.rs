@@ -376,19 +376,29 @@ fn run(args: &NetArgs) -> Result<(), ConfigError> {
                 paths.push(p.clone());
             }
             install_exit_handler_for(paths)?;
-            let mut la = address.listen()?;
-            let mut lb = ListenAddress::Path(peer.clone()).listen()?;
+            let la = address.listen()?;
+            let lb = ListenAddress::Path(peer.clone()).listen()?;
             log::info!(
                 "{}: peer mode, listening on {address} and {}",
                 CAPABILITIES.program,
                 peer.display()
             );
-            std::thread::scope(|s| {
-                let tb = s.spawn(|| serve_net(&b, &mut lb, None));
-                let ra = serve_net(&a, &mut la, None);
-                // serve_net only returns on error: report the first one.
-                ra.and(tb.join().unwrap_or(Ok(())))
-            })?;
+            // serve_net only returns on error: the first one (from either side) ends the
+            // program, whatever the other side is doing.
+            let (tx, rx) = std::sync::mpsc::channel();
+            for (device, mut listener) in [(a, la), (b, lb)] {
+                let tx = tx.clone();
+                std::thread::Builder::new()
+                    .name(device.name.clone())
+                    .spawn(move || {
+                        let _ = tx.send(serve_net(&device, &mut listener, None));
+                    })
+                    .map_err(|e| ConfigError::Daemon(DaemonError::NewBackend(e)))?;
+            }
+            drop(tx);
+            if let Ok(result) = rx.recv() {
+                result?;
+            }
         }
     }
     Ok(())
