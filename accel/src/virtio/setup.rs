@@ -28,6 +28,8 @@ const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 /// CTRL_VQ and everything that depends on it (CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE, MQ,
 /// CTRL_MAC_ADDR): accel has no control queue.
 const VIRTIO_NET_CTRL_FEATURES: u64 = 0x00fe_0000;
+/// MTU and SPEED_DUPLEX: their config fields lie beyond the part accel serves.
+const VIRTIO_NET_CONFIG_FEATURES: u64 = (1 << 3) | (1 << 63);
 /// virtio-console MULTIPORT needs more queues than accel creates.
 const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
 /// virtio-blk MQ.
@@ -236,7 +238,10 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
                 local[6] = 1; // VIRTIO_NET_S_LINK_UP
                 local[8..10].copy_from_slice(&(num_queues / 2).max(1).to_le_bytes());
                 backend.set_local_config(local);
-                backend.set_feature_policy(!(VIRTIO_NET_CTRL_FEATURES | VIRTIO_NET_F_MAC), add);
+                backend.set_feature_policy(
+                    !(VIRTIO_NET_CTRL_FEATURES | VIRTIO_NET_CONFIG_FEATURES | VIRTIO_NET_F_MAC),
+                    add,
+                );
             }
             VhostUserKind::Console => {
                 backend.set_feature_policy(!VIRTIO_CONSOLE_F_MULTIPORT, 0);
