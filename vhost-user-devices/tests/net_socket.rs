@@ -344,3 +344,28 @@ fn the_backend_serves_again_after_a_frontend_leaves() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_legacy_driver_uses_the_10_byte_header_both_ways() {
+    let p = start("legacy", 1, 1);
+    let mut a = connect(&p.a, 1, u64::MAX);
+    let opts = DriverOptions {
+        num_queues: 2,
+        features: !((1u64 << 32) | (1 << VIRTIO_NET_F_MRG_RXBUF)),
+        required_features: 0,
+        queue_size: 64,
+        ..DriverOptions::default()
+    };
+    let mut b = NetDriver::connect(&p.b, TIMEOUT, opts).expect("connect");
+    assert_eq!(b.header_len(), 10);
+    a.post_rx(0, SMALL_RX_BUFFER, 4).unwrap();
+    b.post_rx(0, SMALL_RX_BUFFER, 4).unwrap();
+    let f = frame(700, 1);
+    a.send(0, &f, TIMEOUT).unwrap();
+    let got = b.recv(0, TIMEOUT).unwrap();
+    assert_eq!((got.frame, got.buffers), (f, 1));
+    let f = frame(900, 2);
+    b.send_with(0, NetHeader::default(), &f, true, TIMEOUT)
+        .unwrap();
+    assert_eq!(a.recv(0, TIMEOUT).unwrap().frame, f);
+}
