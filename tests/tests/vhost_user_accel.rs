@@ -450,3 +450,132 @@ fn backend_death_marks_device_needs_reset() {
     assert!(out.contains("needs reset"), "{out}");
     assert!(out.contains(&sock.display().to_string()), "{out}");
 }
+
+fn start_daemon(name: &str, sock: &Path, extra: &[&str], log: &Path) -> KillOnDrop {
+    let _ = std::fs::remove_file(sock);
+    let log = std::fs::File::create(log).expect("backend log");
+    let child = Command::new(bin(name))
+        .arg("--socket-path")
+        .arg(sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    assert!(
+        wait_for_path(sock, Duration::from_secs(10)),
+        "{name} socket"
+    );
+    KillOnDrop(child)
+}
+
+/// blk, rng, console and vsock backends behind one accel guest: each gets its virtio id, the
+/// guest reads entropy from the rng backend and its hvc0 output reaches the console backend.
+#[test]
+fn rng_console_vsock_kinds() {
+    let dir = TempDir::new("vu-accel-kinds");
+    let image = dir.join("disk.img");
+    make_image(&image, 7);
+    let hvc_out = dir.join("hvc.out");
+    let socks: Vec<PathBuf> = ["blk", "rng", "con", "vsock"]
+        .iter()
+        .map(|n| dir.join(&format!("{n}.sock")))
+        .collect();
+    let image_s = image.display().to_string();
+    let hvc_s = hvc_out.display().to_string();
+    let uds = dir.join("vsock.uds").display().to_string();
+    let _daemons = [
+        start_daemon(
+            "vhost-user-blk",
+            &socks[0],
+            &["--image", &image_s],
+            &dir.join("b.log"),
+        ),
+        start_daemon("vhost-user-rng", &socks[1], &[], &dir.join("r.log")),
+        start_daemon(
+            "vhost-user-console",
+            &socks[2],
+            &["--output", &hvc_s],
+            &dir.join("c.log"),
+        ),
+        start_daemon(
+            "vhost-user-vsock",
+            &socks[3],
+            &["--guest-cid", "5", "--uds-path", &uds],
+            &dir.join("v.log"),
+        ),
+    ];
+    let gcmd = "echo IDS; cat /sys/bus/virtio/devices/virtio0/device \
+                /sys/bus/virtio/devices/virtio1/device /sys/bus/virtio/devices/virtio2/device \
+                /sys/bus/virtio/devices/virtio3/device; echo RNG; \
+                head -c 64 /dev/hwrng | wc -c; echo hello-from-hvc0 > /dev/hvc0";
+    let mut args: Vec<String> = [
+        "-accel",
+        "kvm",
+        "-m",
+        "128",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-object",
+        "memory-backend-memfd,id=mem,size=128M,share=on",
+        "-numa",
+        "node,memdev=mem",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let kinds = [
+        "vhost-user-blk-pci",
+        "vhost-user-rng-pci",
+        "vhost-user-console-pci",
+        "vhost-user-vsock-pci",
+    ];
+    for (i, (sock, kind)) in socks.iter().zip(kinds).enumerate() {
+        args.push("-chardev".into());
+        args.push(format!("socket,id=c{i},path={}", sock.display()));
+        args.push("-device".into());
+        args.push(format!("{kind},chardev=c{i}"));
+    }
+    for a in [
+        "-kernel".to_string(),
+        guest_file("vmlinux").display().to_string(),
+        "-initrd".to_string(),
+        guest_file("lean.cpio").display().to_string(),
+        "-append".to_string(),
+        guest_append(gcmd),
+    ] {
+        args.push(a);
+    }
+    let out = run_with_timeout(Command::new(bin("accel")).args(&args), KVM_BOOT_TIMEOUT * 3);
+    assert_eq!(out.guest_rc(), Some(0), "{}", out.both());
+    let ids: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "IDS")
+        .skip(1)
+        .take(4)
+        .collect();
+    assert_eq!(
+        ids,
+        ["0x0002", "0x0004", "0x0003", "0x0013"],
+        "{}",
+        out.both()
+    );
+    assert_eq!(
+        value_after(&out.stdout, "RNG").as_deref(),
+        Some("64"),
+        "{}",
+        out.both()
+    );
+    let hvc = std::fs::read_to_string(&hvc_out).unwrap_or_default();
+    assert!(
+        hvc.contains("hello-from-hvc0"),
+        "console backend got {hvc:?}"
+    );
+}
