@@ -421,7 +421,25 @@ impl VirtioPciDevice {
         }
     }
 
+    /// A vector the function does not have reads back as NO_VECTOR (how the driver learns
+    /// the mapping failed, virtio 1.2 §4.1.4.3).
+    fn valid_vector(&self, vector: u16) -> u16 {
+        if vector < self.msix.num_vectors() {
+            vector
+        } else {
+            VIRTIO_MSI_NO_VECTOR
+        }
+    }
+
     fn queue_vector_changed(&mut self, index: u16) {
+        if let Some(q) = self.common.queues.get_mut(usize::from(index)) {
+            let v = q.msix_vector;
+            q.msix_vector = if v < self.msix.num_vectors() {
+                v
+            } else {
+                VIRTIO_MSI_NO_VECTOR
+            };
+        }
         if !self.active {
             return;
         }
@@ -475,7 +493,10 @@ impl VirtioPciDevice {
             o if o < COMMON_OFFSET + COMMON_CFG_SIZE => match self.common.write(o, data) {
                 CommonCfgEvent::Status(v) => self.write_status(v),
                 CommonCfgEvent::QueueVector(q) => self.queue_vector_changed(q),
-                CommonCfgEvent::ConfigVector | CommonCfgEvent::None => {}
+                CommonCfgEvent::ConfigVector => {
+                    self.common.msix_config = self.valid_vector(self.common.msix_config);
+                }
+                CommonCfgEvent::None => {}
             },
             o if (NOTIFY_OFFSET..notify_end).contains(&o) => {
                 // Only reached when no ioeventfd is registered for this address.

@@ -248,7 +248,12 @@ fn driver_bring_up_reset_and_msix_routes() {
     r.w(0x16, 1, 2);
     assert_eq!(r.r(0x18, 2), 128);
     r.w(0x18, 64, 2);
+    r.w(0x1a, 3, 2);
+    assert_eq!(r.r(0x1a, 2), 0xffff, "only vectors 0..3 exist");
+    r.w(0x10, 7, 2);
+    assert_eq!(r.r(0x10, 2), 0xffff);
     r.w(0x1a, 1, 2);
+    assert_eq!(r.r(0x1a, 2), 1);
     r.w(0x20, 0x10_0000, 8);
     r.w(0x28, 0x10_1000, 8);
     r.w(0x30, 0x10_2000, 8);
