@@ -39,6 +39,7 @@ const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
 const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
 const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 
 pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
@@ -123,6 +124,8 @@ pub struct VirtioPciDevice {
     common: CommonConfig,
     msix: Msix,
     msix_cap: usize,
+    /// The VIRTIO_PCI_CAP_PCI_CFG capability: a window into BAR 0 through config space.
+    pci_cfg_cap: usize,
     isr: u8,
     config_size: u32,
     kicks: Vec<EventFd>,
@@ -218,6 +221,12 @@ impl VirtioPciDevice {
             );
             config.add_capability(&c, &vec![0; c.len()])?;
         }
+        // The config-space window into BAR 0: bar (byte 4), offset, length, data writable.
+        let body = vcap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, &[0; 4]);
+        let mut wmask = vec![0u8; body.len()];
+        wmask[4] = 0xff;
+        wmask[8..].fill(0xff);
+        let pci_cfg_cap = config.add_capability(&body, &wmask)?;
         // One vector per queue plus one for configuration changes.
         let msix = Msix::new(params.num_queues + 1);
         let (body, wmask) = msix.capability(0, MSIX_TABLE_OFFSET as u32, 0, MSIX_PBA_OFFSET as u32);
@@ -241,6 +250,7 @@ impl VirtioPciDevice {
             common: CommonConfig::new(offered, &sizes),
             msix,
             msix_cap,
+            pci_cfg_cap,
             isr: 0,
             config_size: params.config_size,
             kicks,
@@ -525,6 +535,17 @@ impl VirtioPciDevice {
         }
     }
 
+    /// `(BAR 0 offset, length)` the PCI_CFG capability selects, if it is a valid access
+    /// (BAR 0, 1/2/4 bytes, naturally aligned).
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_cap;
+        let bar = self.config.read_byte(cap + 4);
+        let offset = u64::from(self.config.read_reg((cap + 8) / 4));
+        let len = self.config.read_reg((cap + 12) / 4) as usize;
+        (bar == 0 && matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64))
+            .then_some((offset, len))
+    }
+
     fn register_ioevents(&self, base: u64) {
         for (i, k) in self.kicks.iter().enumerate() {
             let addr = base + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
@@ -549,8 +570,28 @@ impl PciDevice for VirtioPciDevice {
         &self.config
     }
 
+    fn read_config(&mut self, reg: usize) -> u32 {
+        if reg == (self.pci_cfg_cap + 16) / 4 {
+            let mut d = [0u8; 4];
+            if let Some((offset, len)) = self.pci_cfg_window() {
+                self.stats.bar_accesses.fetch_add(1, Ordering::Relaxed);
+                self.read_bar0(offset, &mut d[..len]);
+            }
+            return u32::from_le_bytes(d);
+        }
+        self.config.read_reg(reg)
+    }
+
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
         self.config.write(reg, offset, data);
+        if reg == (self.pci_cfg_cap + 16) / 4 {
+            if let Some((bar_offset, len)) = self.pci_cfg_window() {
+                let value = self.config.read_reg(reg).to_le_bytes();
+                self.stats.bar_accesses.fetch_add(1, Ordering::Relaxed);
+                self.write_bar0(bar_offset, &value[..len]);
+            }
+            return;
+        }
         // The MSI-X message control word sits in the upper half of the capability's first
         // dword.
         if reg == self.msix_cap / 4 && offset + data.len() as u64 > 2 {

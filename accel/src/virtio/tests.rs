@@ -174,12 +174,13 @@ fn identity_and_capabilities() {
     let dev = r.dev.lock().unwrap();
     let caps = capabilities(|p| dev.config().read_byte(p));
     let ids: Vec<u8> = caps.iter().map(|c| c.1).collect();
-    assert_eq!(ids, vec![0x09, 0x09, 0x09, 0x09, 0x11]);
+    assert_eq!(ids, vec![0x09, 0x09, 0x09, 0x09, 0x09, 0x11]);
     let types: Vec<u8> = caps[..4]
         .iter()
         .map(|&(off, _)| dev.config().read_byte(off + 3))
         .collect();
     assert_eq!(types, vec![1, 3, 2, 4]);
+    assert_eq!(dev.config().read_byte(caps[4].0 + 3), 5, "PCI_CFG window");
     // Notify cap: offset 0x3000, length 2 queues * 4, multiplier 4.
     let (notify, _) = caps[2];
     let word = |o: usize| dev.config().read_reg((notify + o) / 4);
@@ -187,7 +188,7 @@ fn identity_and_capabilities() {
     assert_eq!(word(12), 8);
     assert_eq!(word(16), NOTIFY_OFF_MULTIPLIER);
     // MSI-X: 3 vectors, table in BAR0 at 0x8000, PBA at 0xc000.
-    let (m, _) = caps[4];
+    let (m, _) = caps[5];
     assert_eq!(dev.config().read_reg(m / 4) >> 16, 2);
     assert_eq!(dev.config().read_reg(m / 4 + 1), 0x8000);
     assert_eq!(dev.config().read_reg(m / 4 + 2), 0xc000);
@@ -227,7 +228,7 @@ fn driver_bring_up_reset_and_msix_routes() {
     // MSI-X: enable, program vector 1, unmask: a route appears.
     let msix_cap = {
         let dev = r.dev.lock().unwrap();
-        capabilities(|p| dev.config().read_byte(p))[4].0 as u32
+        capabilities(|p| dev.config().read_byte(p))[5].0 as u32
     };
     r.cfg_write(msix_cap / 4, 3, &[0x80]);
     r.w(0x8010, 0xfee0_0000, 4);
@@ -340,4 +341,25 @@ fn bar_move_moves_ioeventfds_and_platform_reset_unmaps() {
     assert_eq!(u16::from_le_bytes(d), 2, "num_queues");
     r.dev.lock().unwrap().reset();
     assert_eq!(r.dev.lock().unwrap().config().command(), 0);
+}
+
+#[test]
+fn pci_cfg_capability_reaches_bar0_without_decoding() {
+    let mut r = rig();
+    let cap = {
+        let dev = r.dev.lock().unwrap();
+        capabilities(|p| dev.config().read_byte(p))[4].0 as u32
+    };
+    // num_queues (common cfg 0x12, 2 bytes) through the window, memory decoding off.
+    r.cfg_write(cap / 4 + 2, 0, &0x12u32.to_le_bytes());
+    r.cfg_write(cap / 4 + 3, 0, &2u32.to_le_bytes());
+    assert_eq!(r.cfg_read(cap / 4 + 4), 2);
+    // A write through it: queue_select = 1, then read back the selected queue index.
+    r.cfg_write(cap / 4 + 2, 0, &0x16u32.to_le_bytes());
+    r.cfg_write(cap / 4 + 4, 0, &1u32.to_le_bytes());
+    r.cfg_write(cap / 4 + 2, 0, &0x1eu32.to_le_bytes());
+    assert_eq!(r.cfg_read(cap / 4 + 4), 1, "queue_notify_off of queue 1");
+    // Misaligned or odd lengths do nothing.
+    r.cfg_write(cap / 4 + 3, 0, &3u32.to_le_bytes());
+    assert_eq!(r.cfg_read(cap / 4 + 4), 0);
 }
