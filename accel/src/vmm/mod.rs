@@ -15,6 +15,7 @@ pub mod control;
 pub mod dump;
 mod legacy;
 pub mod memory;
+mod teardown;
 pub mod vcpu;
 pub mod vm;
 

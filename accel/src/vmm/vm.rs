@@ -62,6 +62,7 @@ impl Vm {
             kvm.create_vm()
                 .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?,
         );
+        super::teardown::defer_release(vm_fd.as_ref());
         let ram = GuestRam::new(&config.memory)?;
         ram.register(&vm_fd)?;
         vm_fd
