@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 
 /// Kernel command-line options every test guest gets: what this machine's `kvm_pvm` needs
 /// (harmless under TCG and on real KVM), see ../shared/guest/README.md.
-pub const GUEST_CMDLINE: &str =
-    "console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
 
 /// Generous deadline for one KVM boot of the test guest on this (emulating) host.
 pub const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Where cargo put the workspace's binaries for this profile.
@@ -60,9 +62,7 @@ pub fn guest_dir() -> PathBuf {
             return c.canonicalize().unwrap_or_else(|_| c.clone());
         }
     }
-    panic!(
-        "test guest not found in {candidates:?}: run scripts/guest.sh (or set ACCEL_GUEST_DIR)"
-    );
+    panic!("test guest not found in {candidates:?}: run scripts/guest.sh (or set ACCEL_GUEST_DIR)");
 }
 
 /// A guest file (`vmlinux`, `bzImage`, `lean.cpio`, `initramfs.cpio`).
@@ -80,7 +80,11 @@ pub fn qemu() -> PathBuf {
             .map(|paths| std::env::split_paths(&paths).any(|d| d.join(&p).exists()))
             .unwrap_or(false)
     };
-    assert!(found, "{} not found: apt-get install qemu-system-x86", p.display());
+    assert!(
+        found,
+        "{} not found: apt-get install qemu-system-x86",
+        p.display()
+    );
     p
 }
 
@@ -127,7 +131,10 @@ impl RunOutput {
     }
     /// stdout then stderr, for assertion messages.
     pub fn both(&self) -> String {
-        format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
     }
     /// The value after `GUEST CMD RC: ` the guest's /init printed, if any.
     pub fn guest_rc(&self) -> Option<i32> {

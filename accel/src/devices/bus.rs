@@ -121,11 +121,19 @@ mod tests {
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x3f0, 9),
-            Err(BusError::Overlap { base: 0x3f0, len: 9, other: 0x3f8 })
+            Err(BusError::Overlap {
+                base: 0x3f0,
+                len: 9,
+                other: 0x3f8
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0x3ff, 1),
-            Err(BusError::Overlap { base: 0x3ff, len: 1, other: 0x3f8 })
+            Err(BusError::Overlap {
+                base: 0x3ff,
+                len: 1,
+                other: 0x3f8
+            })
         );
         bus.insert(dev.clone(), 0x400, 1).unwrap();
         bus.insert(dev.clone(), 0x3f0, 8).unwrap();
@@ -139,6 +147,9 @@ mod tests {
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![0x41])]);
         bus.remove(0x3f8).unwrap();
         assert!(!bus.write(0x3f8, &[0x41]));
-        assert_eq!(bus.insert(dev, 0, 0), Err(BusError::InvalidRange { base: 0, len: 0 }));
+        assert_eq!(
+            bus.insert(dev, 0, 0),
+            Err(BusError::InvalidRange { base: 0, len: 0 })
+        );
     }
 }
