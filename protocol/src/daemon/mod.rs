@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod backend_util;
 mod capabilities;
 mod cli;
 mod serve;

@@ -1,28 +1,26 @@
 //! The per-connection vhost-user backend: features, config space, one worker thread per queue.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use protocol::daemon::backend_util::{
+    self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
+    read_config,
+};
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::blk::{
-    BLK_CONFIG_SIZE, BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringState, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{
-    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::disk::Disk;
 use super::io_pool::{self, IoPool};
@@ -67,15 +65,12 @@ fn poll_avail(mem: &Mem, addr: GuestAddress, seen: u16, budget: Duration) -> boo
 
 /// Virtio features the device offers for `disk`.
 pub fn device_features(disk: &Disk) -> u64 {
-    let mut f = (1u64 << VIRTIO_F_VERSION_1)
-        | (1 << VIRTIO_RING_F_EVENT_IDX)
-        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+    let mut f = RING_FEATURES
         | (1 << VIRTIO_BLK_F_SEG_MAX)
         | (1 << VIRTIO_BLK_F_BLK_SIZE)
         | (1 << VIRTIO_BLK_F_FLUSH)
         | (1 << VIRTIO_BLK_F_MQ)
-        | (1 << VIRTIO_BLK_F_CONFIG_WCE)
-        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        | (1 << VIRTIO_BLK_F_CONFIG_WCE);
     if disk.read_only() {
         f |= 1 << VIRTIO_BLK_F_RO;
     } else {
@@ -86,10 +81,7 @@ pub fn device_features(disk: &Disk) -> u64 {
 
 /// vhost-user protocol features: only what vhost-user-backend really handles.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    backend_util::protocol_features(true)
 }
 
 /// Serves one frontend connection.
@@ -97,10 +89,10 @@ pub struct BlkBackend {
     disk: Arc<Disk>,
     settings: DeviceSettings,
     features: u64,
-    event_idx: AtomicBool,
+    event_idx: EventIdx,
     /// Config `writeback`: false = write-through (fdatasync after every write).
     writeback: AtomicBool,
-    mem: RwLock<BackendMemory>,
+    mem: MemorySlot,
     /// I/O threads for large requests (all data requests with O_DIRECT).
     pool: IoPool,
 }
@@ -112,9 +104,9 @@ impl BlkBackend {
             disk: disk.clone(),
             settings,
             features,
-            event_idx: AtomicBool::new(false),
+            event_idx: EventIdx::new(),
             writeback: AtomicBool::new(true),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: MemorySlot::new(),
             pool: IoPool::new(
                 disk.clone(),
                 IO_THREADS,
@@ -146,27 +138,12 @@ impl BlkBackend {
         }
     }
 
-    /// Signals the driver if it wants to hear about the used entries added so far.
-    fn notify(state: &mut VringState<BackendMemory>, mem: &Mem) {
-        let notify = state
-            .get_queue_mut()
-            .needs_notification(mem)
-            .unwrap_or(true);
-        if notify && let Err(e) = state.signal_used_queue() {
-            log::error!("cannot signal the used queue: {e}");
-        }
-    }
-
     /// Completes every available request of `vring`, then notifies the driver once (if it
     /// asked to be). With EVENT_IDX, loops until no request arrived while re-enabling
     /// notifications.
     fn process_queue(&self, vring: &BackendVring) {
-        let atomic = match self.mem.read() {
-            Ok(m) => m.clone(),
-            Err(_) => return,
-        };
-        let mem = atomic.memory().into_inner();
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let Some(mem) = self.mem.get() else { return };
+        let event_idx = self.event_idx.get();
         let opts = RequestOptions {
             writethrough: !self.writeback.load(Ordering::Relaxed),
         };
@@ -193,7 +170,7 @@ impl BlkBackend {
                 completed = true;
             }
             if completed {
-                Self::notify(&mut state, &mem);
+                notify_used(&mut state, &mem);
             }
             if !event_idx {
                 break;
@@ -256,22 +233,11 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.event_idx.set(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.config();
-        let bytes = config.as_slice();
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        if start > BLK_CONFIG_SIZE {
-            log::debug!("config read at {offset} beyond the config space");
-            return Vec::new();
-        }
-        // QEMU may ask for more than our layout holds: the rest reads as zero.
-        let mut out = bytes[start..end.min(BLK_CONFIG_SIZE)].to_vec();
-        out.resize(size as usize, 0);
-        out
+        read_config(self.config().as_slice(), offset, size).unwrap_or_default()
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -284,23 +250,12 @@ impl VhostUserBackend for BlkBackend {
             self.writeback.store(wb, Ordering::Relaxed);
             return Ok(());
         }
-        // An error here would make vhost-user-backend drop the whole connection: ignore
-        // writes to read-only fields instead, as virtio-blk devices do.
-        log::warn!(
-            "config write at {offset} ({} bytes) ignored: read-only field",
-            buf.len()
-        );
-        Ok(())
+        // Writes to read-only fields are ignored, as virtio-blk devices do.
+        ignore_config_write(offset, buf, log::Level::Warn)
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
-        match self.mem.write() {
-            Ok(mut m) => {
-                *m = mem;
-                Ok(())
-            }
-            Err(_) => Err(io::Error::other("memory lock poisoned")),
-        }
+        self.mem.update(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -308,13 +263,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("cannot create an exit event: {e}");
-                None
-            }
-        }
+        new_exit_event()
     }
 
     fn handle_event(

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
 use protocol::daemon::BackendVring;
+use protocol::daemon::backend_util::notify_used;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
 
@@ -61,13 +62,7 @@ pub fn complete(vring: &BackendVring, mem: &Mem, head: u16, used: u32) {
         log::error!("cannot complete request {head}: {e}");
         return;
     }
-    let notify = state
-        .get_queue_mut()
-        .needs_notification(mem)
-        .unwrap_or(true);
-    if notify && let Err(e) = state.signal_used_queue() {
-        log::error!("cannot signal the used queue: {e}");
-    }
+    notify_used(&mut state, mem);
 }
 
 impl IoPool {

@@ -3,23 +3,22 @@
 //! worker thread serves both queues and the input eventfd.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use protocol::daemon::backend_util::{
+    EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
+    protocol_features, read_config,
+};
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::console::{
-    CONSOLE_CONFIG_SIZE, CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
+    CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
 };
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::io::ConsoleIo;
 
@@ -36,8 +35,8 @@ const CHUNK: usize = 64 * 1024;
 pub struct ConsoleBackend {
     io: Arc<ConsoleIo>,
     queue_size: u16,
-    mem: RwLock<BackendMemory>,
-    event_idx: AtomicBool,
+    mem: MemorySlot,
+    event_idx: EventIdx,
 }
 
 impl ConsoleBackend {
@@ -45,8 +44,8 @@ impl ConsoleBackend {
         ConsoleBackend {
             io,
             queue_size,
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
-            event_idx: AtomicBool::new(false),
+            mem: MemorySlot::new(),
+            event_idx: EventIdx::new(),
         }
     }
 
@@ -69,12 +68,8 @@ impl ConsoleBackend {
         wanted: impl Fn() -> bool,
         mut handle: impl FnMut(Chain, &Mem) -> u32,
     ) {
-        let atomic = match self.mem.read() {
-            Ok(m) => m.clone(),
-            Err(_) => return,
-        };
-        let mem = atomic.memory().into_inner();
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let Some(mem) = self.mem.get() else { return };
+        let event_idx = self.event_idx.get();
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return;
@@ -113,13 +108,7 @@ impl ConsoleBackend {
             }
         }
         if completed {
-            let notify = state
-                .get_queue_mut()
-                .needs_notification(&*mem)
-                .unwrap_or(true);
-            if notify && let Err(e) = state.signal_used_queue() {
-                log::error!("cannot signal the used queue: {e}");
-            }
+            notify_used(&mut state, &mem);
         }
     }
 
@@ -208,52 +197,28 @@ impl VhostUserBackend for ConsoleBackend {
     }
 
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        RING_FEATURES
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        protocol_features(true)
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.event_idx.set(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = Self::config();
-        let bytes = config.as_slice();
-        let start = offset as usize;
-        if start > CONSOLE_CONFIG_SIZE {
-            log::debug!("config read at {offset} beyond the config space");
-            return Vec::new();
-        }
-        let end = start.saturating_add(size as usize).min(CONSOLE_CONFIG_SIZE);
-        let mut out = bytes[start..end].to_vec();
-        out.resize(size as usize, 0);
-        out
+        read_config(Self::config().as_slice(), offset, size).unwrap_or_default()
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // An error would drop the connection: ignore writes (no field is writable without
-        // EMERG_WRITE, which is not offered).
-        log::debug!("config write at {offset} ({} bytes) ignored", buf.len());
-        Ok(())
+        // No field is writable without EMERG_WRITE, which is not offered.
+        ignore_config_write(offset, buf, log::Level::Debug)
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
-        match self.mem.write() {
-            Ok(mut m) => {
-                *m = mem;
-                Ok(())
-            }
-            Err(_) => Err(io::Error::other("memory lock poisoned")),
-        }
+        self.mem.update(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -262,13 +227,7 @@ impl VhostUserBackend for ConsoleBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("cannot create an exit event: {e}");
-                None
-            }
-        }
+        new_exit_event()
     }
 
     fn handle_event(

@@ -3,30 +3,30 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use protocol::daemon::backend_util::{
+    EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
+    read_config,
+};
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::net::{
-    NET_CONFIG_SIZE, NetConfig, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
+    NetConfig, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
     VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, header_size,
 };
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringState, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::link::{Link, LinkKind, recv_frame, send_frame};
 use super::rxtx::{
-    Delivery, LINK_BUF_SIZE, Mem, NetStats, RxParams, TxError, bump, deliver_rx, gather_tx,
+    Delivery, LINK_BUF_SIZE, NetStats, RxParams, TxError, bump, deliver_rx, gather_tx,
 };
 
 /// Notify the guest at least every this many received frames within one burst.
@@ -51,12 +51,7 @@ impl Shared {
 /// Virtio features offered for a link kind (and MAC).
 pub fn device_features(kind: LinkKind, has_mac: bool, queue_pairs: u16) -> u64 {
     let bit = |b: u32| 1u64 << b;
-    let mut f = bit(VIRTIO_F_VERSION_1)
-        | bit(VIRTIO_RING_F_EVENT_IDX)
-        | bit(VIRTIO_RING_F_INDIRECT_DESC)
-        | bit(VIRTIO_NET_F_MRG_RXBUF)
-        | bit(VIRTIO_NET_F_STATUS)
-        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let mut f = RING_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_STATUS);
     if has_mac {
         f |= bit(VIRTIO_NET_F_MAC);
     }
@@ -103,8 +98,8 @@ pub struct NetBackend {
     shared: Arc<Shared>,
     features: u64,
     acked: AtomicU64,
-    event_idx: AtomicBool,
-    mem: RwLock<BackendMemory>,
+    event_idx: EventIdx,
+    mem: MemorySlot,
     rx: Vec<Mutex<RxState>>,
     tx_bufs: Vec<Mutex<Vec<u8>>>,
 }
@@ -120,8 +115,8 @@ impl NetBackend {
         NetBackend {
             features,
             acked: AtomicU64::new(0),
-            event_idx: AtomicBool::new(false),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            event_idx: EventIdx::new(),
+            mem: MemorySlot::new(),
             rx: (0..pairs)
                 .map(|_| {
                     Mutex::new(RxState {
@@ -171,22 +166,9 @@ impl NetBackend {
         Ok(())
     }
 
-    fn memory(&self) -> Option<Arc<Mem>> {
-        let atomic = self.mem.read().ok()?.clone();
-        Some(atomic.memory().into_inner())
-    }
-
-    fn notify(state: &mut VringState<BackendMemory>) {
-        if state.needs_notification().unwrap_or(true)
-            && let Err(e) = state.signal_used_queue()
-        {
-            log::error!("cannot signal the used queue: {e}");
-        }
-    }
-
     /// Sends every available transmit chain of queue pair `pair` to the link.
     fn process_tx(&self, pair: u16, vring: &BackendVring) {
-        let Some(mem) = self.memory() else { return };
+        let Some(mem) = self.mem.get() else { return };
         let Some(fd) = self.shared.link.fd(pair) else {
             return;
         };
@@ -197,7 +179,7 @@ impl NetBackend {
         let acked = self.acked.load(Ordering::Relaxed);
         let hdr_len = header_size(acked);
         let strip = self.shared.link.kind() == LinkKind::Peer;
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let event_idx = self.event_idx.get();
         let stats = &self.shared.stats;
         let mut state = vring.get_mut();
         loop {
@@ -233,7 +215,7 @@ impl NetBackend {
                 completed = true;
             }
             if completed {
-                Self::notify(&mut state);
+                notify_used(&mut state, &mem);
             }
             if !event_idx {
                 break;
@@ -252,7 +234,7 @@ impl NetBackend {
     /// Moves frames from the link into queue pair `pair`'s receive buffers until the link is
     /// empty or the guest has no buffers left (the frame in hand waits for the guest's kick).
     fn process_rx(&self, pair: u16, vring: &BackendVring) {
-        let Some(mem) = self.memory() else { return };
+        let Some(mem) = self.mem.get() else { return };
         let Some(fd) = self.shared.link.fd(pair) else {
             return;
         };
@@ -299,7 +281,7 @@ impl NetBackend {
                     rx.pending = 0;
                     unsignalled += 1;
                     if unsignalled >= RX_NOTIFY_BATCH {
-                        Self::notify(&mut state);
+                        notify_used(&mut state, &mem);
                         unsignalled = 0;
                     }
                 }
@@ -327,7 +309,7 @@ impl NetBackend {
             }
         }
         if unsignalled > 0 {
-            Self::notify(&mut state);
+            notify_used(&mut state, &mem);
         }
     }
 }
@@ -360,7 +342,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.event_idx.set(enabled);
     }
 
     fn reset_device(&self) {
@@ -372,34 +354,17 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.config();
-        let bytes = config.as_slice();
-        let start = offset as usize;
-        if start > NET_CONFIG_SIZE {
-            log::debug!("config read at {offset} beyond the config space");
-            return vec![0; size as usize];
-        }
-        let end = start.saturating_add(size as usize).min(NET_CONFIG_SIZE);
-        let mut out = bytes[start..end].to_vec();
-        out.resize(size as usize, 0);
-        out
+        read_config(self.config().as_slice(), offset, size)
+            .unwrap_or_else(|| vec![0; size as usize])
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // Every virtio-net config field is read-only for the driver; an error here would drop
-        // the whole connection.
-        log::debug!("config write at {offset} ({} bytes) ignored", buf.len());
-        Ok(())
+        // Every virtio-net config field is read-only for the driver.
+        ignore_config_write(offset, buf, log::Level::Debug)
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
-        match self.mem.write() {
-            Ok(mut m) => {
-                *m = mem;
-                Ok(())
-            }
-            Err(_) => Err(io::Error::other("memory lock poisoned")),
-        }
+        self.mem.update(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -409,13 +374,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("cannot create an exit event: {e}");
-                None
-            }
-        }
+        new_exit_event()
     }
 
     fn handle_event(

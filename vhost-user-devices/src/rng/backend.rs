@@ -5,22 +5,20 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use protocol::daemon::backend_util::{
+    EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
+};
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::rng::RNG_NUM_QUEUES;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringState, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::limiter::RateLimiter;
@@ -86,10 +84,10 @@ impl Entropy {
 /// Serves one frontend connection.
 pub struct RngBackend {
     entropy: Arc<Entropy>,
-    mem: RwLock<BackendMemory>,
+    mem: MemorySlot,
     timer: Mutex<TimerFd>,
     timer_fd: RawFd,
-    event_idx: AtomicBool,
+    event_idx: EventIdx,
 }
 
 impl RngBackend {
@@ -98,10 +96,10 @@ impl RngBackend {
         let timer_fd = timer.as_raw_fd();
         Ok(RngBackend {
             entropy,
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: MemorySlot::new(),
             timer: Mutex::new(timer),
             timer_fd,
-            event_idx: AtomicBool::new(false),
+            event_idx: EventIdx::new(),
         })
     }
 
@@ -121,16 +119,12 @@ impl RngBackend {
 
     /// Fills available requests until the ring is empty or the budget is spent.
     fn process_queue(&self, vring: &BackendVring) {
-        let atomic = match self.mem.read() {
-            Ok(m) => m.clone(),
-            Err(_) => return,
-        };
-        let mem = atomic.memory().into_inner();
+        let Some(mem) = self.mem.get() else { return };
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return;
         }
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let event_idx = self.event_idx.get();
         let mut completed = false;
         loop {
             if event_idx {
@@ -151,13 +145,7 @@ impl RngBackend {
             }
         }
         if completed {
-            let notify = state
-                .get_queue_mut()
-                .needs_notification(&*mem)
-                .unwrap_or(true);
-            if notify && let Err(e) = state.signal_used_queue() {
-                log::error!("cannot signal the used queue: {e}");
-            }
+            notify_used(&mut state, &mem);
         }
     }
 
@@ -262,40 +250,23 @@ impl VhostUserBackend for RngBackend {
     }
 
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        RING_FEATURES
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        protocol_features(false)
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.event_idx.set(enabled);
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
-        match self.mem.write() {
-            Ok(mut m) => {
-                *m = mem;
-                Ok(())
-            }
-            Err(_) => Err(io::Error::other("memory lock poisoned")),
-        }
+        self.mem.update(mem)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("cannot create an exit event: {e}");
-                None
-            }
-        }
+        new_exit_event()
     }
 
     fn handle_event(

@@ -4,20 +4,21 @@
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
+use protocol::daemon::backend_util::{
+    self, MemorySlot, ignore_config_write, new_exit_event, read_config,
+};
 use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE, VsockConfig};
+use protocol::devices::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::muxer::{Muxer, MuxerStats};
 use crate::chain::is_complete;
@@ -35,10 +36,7 @@ pub fn device_features() -> u64 {
 /// vhost-user protocol features: only what vhost-user-backend really handles; CONFIG because
 /// QEMU's vhost-user-vsock reads the guest CID with GET_CONFIG.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    backend_util::protocol_features(true)
 }
 
 /// Serves one frontend connection.
@@ -46,7 +44,7 @@ pub struct VsockBackend {
     guest_cid: u64,
     queue_size: u16,
     muxer: Mutex<Muxer>,
-    mem: RwLock<BackendMemory>,
+    mem: MemorySlot,
 }
 
 impl VsockBackend {
@@ -61,7 +59,7 @@ impl VsockBackend {
             guest_cid,
             queue_size,
             muxer: Mutex::new(Muxer::new(guest_cid, uds_path, listener, buf_alloc)?),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: MemorySlot::new(),
         })
     }
 
@@ -76,11 +74,6 @@ impl VsockBackend {
     /// Counters (RSTs sent, packets dropped, open connections).
     pub fn stats(&self) -> MuxerStats {
         self.muxer.lock().map(|m| m.stats()).unwrap_or_default()
-    }
-
-    fn memory(&self) -> Option<std::sync::Arc<GuestMemoryMmap>> {
-        let atomic = self.mem.read().ok()?.clone();
-        Some(atomic.memory().into_inner())
     }
 
     /// Takes every packet the guest queued on tx (until too many replies wait for rx buffers).
@@ -175,7 +168,7 @@ impl VsockBackend {
         let (Some(rx), Some(tx)) = (vrings.get(RX_QUEUE), vrings.get(TX_QUEUE)) else {
             return;
         };
-        let Some(mem) = self.memory() else {
+        let Some(mem) = self.mem.get() else {
             return;
         };
         let Ok(mut muxer) = self.muxer.lock() else {
@@ -250,42 +243,19 @@ impl VhostUserBackend for VsockBackend {
         let config = VsockConfig {
             guest_cid: self.guest_cid.to_le(),
         };
-        let bytes = config.as_slice();
-        let start = offset as usize;
-        if start > VSOCK_CONFIG_SIZE {
-            log::debug!("config read at {offset} beyond the config space");
-            return Vec::new();
-        }
-        let end = start.saturating_add(size as usize).min(VSOCK_CONFIG_SIZE);
-        let mut out = bytes[start..end].to_vec();
-        out.resize(size as usize, 0);
-        out
+        read_config(config.as_slice(), offset, size).unwrap_or_default()
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // Read-only config space; an error would drop the whole connection.
-        log::warn!("config write at {offset} ({} bytes) ignored", buf.len());
-        Ok(())
+        ignore_config_write(offset, buf, log::Level::Warn)
     }
 
     fn update_memory(&self, mem: BackendMemory) -> io::Result<()> {
-        match self.mem.write() {
-            Ok(mut m) => {
-                *m = mem;
-                Ok(())
-            }
-            Err(_) => Err(io::Error::other("memory lock poisoned")),
-        }
+        self.mem.update(mem)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                log::error!("cannot create an exit event: {e}");
-                None
-            }
-        }
+        new_exit_event()
     }
 
     fn handle_event(
