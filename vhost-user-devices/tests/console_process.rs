@@ -2,78 +2,19 @@
 //! errors, exit on SIGTERM, and the console's `--stdio` endpoint both ways.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use protocol::driver::DriverOptions;
 use protocol::driver::console::ConsoleDriver;
 use protocol::driver::rng::RngDriver;
 
+mod common;
+use common::{Backend, Scratch, TIMEOUT, run, wait_for};
+
 const CONSOLE: &str = env!("CARGO_BIN_EXE_vhost-user-console");
 const RNG: &str = env!("CARGO_BIN_EXE_vhost-user-rng");
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vucp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Backend(Child);
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(exe: &str, args: &[&str]) -> Output {
-    Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn opts() -> DriverOptions {
     DriverOptions {
@@ -85,9 +26,7 @@ fn opts() -> DriverOptions {
 #[test]
 fn capabilities() {
     for (exe, ty) in [(RNG, "rng"), (CONSOLE, "console")] {
-        let out = run(exe, &["--print-capabilities"]);
-        assert!(out.status.success());
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = common::capabilities(exe);
         assert_eq!(v["type"], ty);
         assert!(v["features"].as_array().unwrap().is_empty());
     }
@@ -95,7 +34,7 @@ fn capabilities() {
 
 #[test]
 fn command_line_errors_fail_early() {
-    let s = Scratch::new("args");
+    let s = Scratch::new("vucp", "args");
     let sock = s.path("s");
     let sock = sock.to_str().unwrap();
     for (exe, args, msg) in [
@@ -126,58 +65,47 @@ fn command_line_errors_fail_early() {
 
 #[test]
 fn rng_serves_then_exits_on_sigterm() {
-    let s = Scratch::new("rng-term");
+    let s = Scratch::new("vucp", "rng-term");
     let sock = s.path("s");
-    let mut b = Backend(
-        Command::new(RNG)
-            .args(["-s", sock.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut b = Backend::spawn(RNG, &["-s", sock.to_str().unwrap()]);
     wait_for(&sock);
     {
         let mut d = RngDriver::connect(&sock, TIMEOUT, opts()).unwrap();
         assert_eq!(d.request(32, TIMEOUT).unwrap().len(), 32);
     }
-    kill(Pid::from_raw(b.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = wait_exit(&mut b.0).expect("no exit after SIGTERM");
+    let status = b
+        .signal_and_wait(Signal::SIGTERM)
+        .expect("no exit after SIGTERM");
     assert!(status.success());
     assert!(!sock.exists(), "socket left behind");
 }
 
 #[test]
 fn console_socket_removed_on_sigterm() {
-    let s = Scratch::new("con-term");
+    let s = Scratch::new("vucp", "con-term");
     let sock = s.path("s");
     let p = s.path("p");
-    let mut b = Backend(
-        Command::new(CONSOLE)
-            .args([
-                "-s",
-                sock.to_str().unwrap(),
-                "--socket",
-                p.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut b = Backend::spawn(
+        CONSOLE,
+        &[
+            "-s",
+            sock.to_str().unwrap(),
+            "--socket",
+            p.to_str().unwrap(),
+        ],
     );
     wait_for(&sock);
     assert!(p.exists());
-    kill(Pid::from_raw(b.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = wait_exit(&mut b.0).expect("no exit after SIGTERM");
+    let status = b
+        .signal_and_wait(Signal::SIGTERM)
+        .expect("no exit after SIGTERM");
     assert!(status.success());
     assert!(!sock.exists() && !p.exists(), "socket left behind");
 }
 
 #[test]
 fn console_stdio_both_ways() {
-    let s = Scratch::new("stdio");
+    let s = Scratch::new("vucp", "stdio");
     let sock = s.path("s");
     let mut child = Command::new(CONSOLE)
         .args(["-s", sock.to_str().unwrap(), "--stdio"])

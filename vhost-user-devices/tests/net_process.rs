@@ -1,34 +1,20 @@
 //! The `vhost-user-net` program: capabilities, clear errors on bad command lines, and a clean
 //! exit on SIGTERM with both peer-mode socket files removed.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use nix::sys::signal::Signal;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+mod common;
+use common::{Backend, Scratch, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(EXE).args(args).output().expect("run");
+    let out = common::run(EXE, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -80,32 +66,18 @@ fn bad_command_lines_fail_with_one_clear_line() {
 
 #[test]
 fn peer_mode_exits_cleanly_on_sigterm_removing_both_sockets() {
-    let dir = std::env::temp_dir().join(format!("vun-proc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
-    let mut child = Command::new(EXE)
-        .arg("-s")
-        .arg(&a)
-        .arg("--peer")
-        .arg(&b)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let dir = Scratch::new("vun-proc", "term");
+    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
+    let arg = std::ffi::OsStr::new;
+    let mut child = Backend::spawn(
+        EXE,
+        &[arg("-s"), a.as_os_str(), arg("--peer"), b.as_os_str()],
+    );
     wait_for(&a);
     wait_for(&b);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = child
+        .signal_and_wait(Signal::SIGTERM)
+        .expect("no exit after SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert!(!a.exists() && !b.exists(), "socket files left behind");
-    let _ = std::fs::remove_dir_all(&dir);
 }

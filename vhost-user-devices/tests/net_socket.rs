@@ -17,29 +17,25 @@ use vhost::vhost_user::Listener;
 use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+mod common;
+use common::Scratch;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 0x10];
 
 struct Peers {
-    dir: PathBuf,
+    /// Removed with the peers.
+    _dir: Scratch,
     a: PathBuf,
     b: PathBuf,
     dev_a: Arc<NetDevice>,
     dev_b: Arc<NetDevice>,
 }
 
-impl Drop for Peers {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Two peer devices served in threads, `connections` frontends each.
 fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
-    let dir = std::env::temp_dir().join(format!("vun-sock-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let dir = Scratch::new("vun-sock", tag);
+    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
     let config = Config {
         link: LinkConfig::Peer(b.clone()),
         queue_pairs,
@@ -54,7 +50,7 @@ fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
         std::thread::spawn(move || serve_net(&dev, &mut listener, Some(connections)));
     }
     Peers {
-        dir,
+        _dir: dir,
         a,
         b,
         dev_a,

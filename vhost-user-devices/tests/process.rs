@@ -4,88 +4,32 @@
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vhost::VhostBackend;
 use vhost::vhost_user::Frontend;
 use vhost::vhost_user::VhostUserFrontend;
 
+mod common;
+use common::{Backend, Scratch, capabilities, wait_for};
+
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vub-proc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("img"), vec![0x42u8; 1 << 20]).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Backend(Child);
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn scratch(tag: &str) -> Scratch {
+    let s = Scratch::new("vub-proc", tag);
+    std::fs::write(s.path("img"), vec![0x42u8; 1 << 20]).unwrap();
+    s
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(EXE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::run(EXE, args)
 }
 
 fn spawn(args: &[&str]) -> Backend {
-    Backend(
-        Command::new(EXE)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    Backend::spawn(EXE, args)
 }
 
 /// A frontend handshake: SET_OWNER, GET_FEATURES, GET_QUEUE_NUM.
@@ -101,9 +45,7 @@ fn handshake(path: &Path) -> (u64, u64) {
 
 #[test]
 fn prints_capabilities() {
-    let out = run(&["--print-capabilities"]);
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = capabilities(EXE);
     assert_eq!(v["type"], "block");
     let features: Vec<&str> = v["features"]
         .as_array()
@@ -125,7 +67,7 @@ fn descriptor_file_names_the_block_type() {
 
 #[test]
 fn bad_options_fail_with_a_clear_message() {
-    let s = Scratch::new("badopts");
+    let s = scratch("badopts");
     let sock = s.path("s").display().to_string();
     let img = s.path("img").display().to_string();
     let missing = s.path("missing").display().to_string();
@@ -174,7 +116,7 @@ fn bad_options_fail_with_a_clear_message() {
 #[test]
 fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        let s = Scratch::new(&format!("sig{}", sig as i32));
+        let s = scratch(&format!("sig{}", sig as i32));
         let sock = s.path("s");
         let mut b = spawn(&[
             "-s",
@@ -185,8 +127,7 @@ fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
         wait_for(&sock);
         // While a frontend is connected, too.
         let _f = Frontend::connect(&sock, 8).unwrap();
-        kill(Pid::from_raw(b.0.id() as i32), sig).unwrap();
-        let status = wait_exit(&mut b.0, Duration::from_secs(10)).expect("did not exit");
+        let status = b.signal_and_wait(sig).expect("did not exit");
         assert_eq!(status.code(), Some(0), "{sig}");
         assert!(!sock.exists(), "{sig}: socket not removed");
     }
@@ -194,7 +135,7 @@ fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
 
 #[test]
 fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
-    let s = Scratch::new("fd");
+    let s = scratch("fd");
     let sock = s.path("s");
     let listener = UnixListener::bind(&sock).unwrap();
     let fd = listener.into_raw_fd();
@@ -219,7 +160,7 @@ fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
 
 #[test]
 fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
-    let s = Scratch::new("garbage");
+    let s = scratch("garbage");
     let sock = s.path("s");
     let mut b = spawn(&[
         "-s",
@@ -275,7 +216,7 @@ fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
 
 #[test]
 fn blk_file_is_an_alias_of_image() {
-    let s = Scratch::new("blkfile");
+    let s = scratch("blkfile");
     let sock = s.path("s");
     let _b = spawn(&[
         "-s",

@@ -12,19 +12,17 @@ use vhost::vhost_user::Listener;
 use vhost_user_devices::rng::{Config, RngDevice};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+mod common;
+use common::Scratch;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const N: u16 = VRING_DESC_F_NEXT as u16;
 
 struct Setup {
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: Scratch,
     sock: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Non-repeating bytes (xorshift), so any offset into them is recognisable.
@@ -48,18 +46,16 @@ fn start(
     rate: Option<(u64, Duration)>,
     connections: usize,
 ) -> Setup {
-    let dir = std::env::temp_dir().join(format!("vurng-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("vurng", tag);
     let src = match source {
         Some(p) => p.to_path_buf(),
         None => {
-            let p = dir.join("source");
+            let p = dir.path("source");
             std::fs::write(&p, pattern(1 << 20)).unwrap();
             p
         }
     };
-    let sock = dir.join("s");
+    let sock = dir.path("s");
     let config = Config {
         source: src,
         rate_limit: rate,
@@ -68,7 +64,7 @@ fn start(
     let device = RngDevice::open(&config).unwrap();
     let mut listener = Listener::new(&sock, true).unwrap();
     std::thread::spawn(move || serve(&device, &mut listener, Some(connections)));
-    Setup { dir, sock }
+    Setup { _dir: dir, sock }
 }
 
 fn connect(sock: &Path) -> RngDriver {

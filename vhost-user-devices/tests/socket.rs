@@ -20,6 +20,9 @@ use virtio_bindings::virtio_ring::{
 };
 use vm_memory::ByteValued;
 
+mod common;
+use common::Scratch;
+
 const SECTORS: u64 = 2048; // 1 MiB
 const TIMEOUT: Duration = Duration::from_secs(10);
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
@@ -27,15 +30,10 @@ const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 struct Setup {
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: Scratch,
     sock: PathBuf,
     image: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -56,12 +54,10 @@ fn start_with(
     num_queues: u16,
     connections: usize,
 ) -> Setup {
-    let dir = std::env::temp_dir().join(format!("vub-sock-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("img");
+    let dir = Scratch::new("vub-sock", tag);
+    let image = dir.path("img");
     std::fs::write(&image, pattern((SECTORS * 512) as usize)).unwrap();
-    let sock = dir.join("s");
+    let sock = dir.path("s");
     let config = Config {
         image: image.clone(),
         read_only,
@@ -74,7 +70,11 @@ fn start_with(
     let device = BlkDevice::open(&config).unwrap();
     let mut listener = Listener::new(&sock, true).unwrap();
     std::thread::spawn(move || serve(&device, &mut listener, Some(connections)));
-    Setup { dir, sock, image }
+    Setup {
+        _dir: dir,
+        sock,
+        image,
+    }
 }
 
 fn connect(path: &Path, num_queues: usize, features: u64) -> BlkDriver {

@@ -1,85 +1,44 @@
 //! The `vhost-user-vsock` process: command line, capabilities, exit on signals, the
 //! `--uds-path` socket (stale sockets replaced, other files never touched).
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::driver::vsock::VsockDriver;
 
+mod common;
+use common::{Backend, Scratch, capabilities, wait_for};
+
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-vsock");
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vuv-proc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Backend(Child);
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run(args: &[&str]) -> Output {
-    Command::new(EXE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::run(EXE, args)
 }
 
 fn spawn(sock: &Path, uds: &Path) -> Backend {
-    Backend(
-        Command::new(EXE)
-            .arg("--socket-path")
-            .arg(sock)
-            .arg("--uds-path")
-            .arg(uds)
-            .args(["--guest-cid", "42"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let arg = OsStr::new;
+    Backend::spawn(
+        EXE,
+        &[
+            arg("--socket-path"),
+            sock.as_os_str(),
+            arg("--uds-path"),
+            uds.as_os_str(),
+            arg("--guest-cid"),
+            arg("42"),
+        ],
     )
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
 fn print_capabilities_and_descriptor() {
-    let out = run(&["--print-capabilities"]);
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = capabilities(EXE);
     assert_eq!(v["type"], "vsock");
     assert!(v["features"].as_array().unwrap().is_empty());
     let desc = std::fs::read_to_string(
@@ -93,7 +52,7 @@ fn print_capabilities_and_descriptor() {
 
 #[test]
 fn bad_command_lines_fail_with_one_clear_line() {
-    let s = Scratch::new("args");
+    let s = Scratch::new("vuv-proc", "args");
     let sock = s.path("s");
     let sock = sock.to_str().unwrap();
     let out = run(&["--socket-path", sock]);
@@ -122,7 +81,7 @@ fn bad_command_lines_fail_with_one_clear_line() {
 
 #[test]
 fn sigterm_exits_cleanly_and_a_restart_replaces_a_stale_host_socket() {
-    let s = Scratch::new("term");
+    let s = Scratch::new("vuv-proc", "term");
     let (sock, uds) = (s.path("s"), s.path("v"));
     let mut b = spawn(&sock, &uds);
     wait_for(&sock);

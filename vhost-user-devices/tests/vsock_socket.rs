@@ -19,20 +19,18 @@ use vhost::vhost_user::Listener;
 use vhost_user_devices::vsock::{Config, DEFAULT_BUF_ALLOC, VsockDevice};
 use vm_memory::ByteValued;
 
+mod common;
+use common::Scratch;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
 const CID: u64 = 5;
 
 struct Setup {
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: Scratch,
     sock: PathBuf,
     uds: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Setup {
@@ -43,11 +41,9 @@ impl Setup {
 }
 
 fn start(tag: &str, connections: usize) -> Setup {
-    let dir = std::env::temp_dir().join(format!("vuv-sock-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("s");
-    let uds = dir.join("v");
+    let dir = Scratch::new("vuv-sock", tag);
+    let sock = dir.path("s");
+    let uds = dir.path("v");
     let device = VsockDevice::open(&Config {
         guest_cid: CID,
         uds_path: uds.clone(),
@@ -56,7 +52,11 @@ fn start(tag: &str, connections: usize) -> Setup {
     .unwrap();
     let mut listener = Listener::new(&sock, true).unwrap();
     std::thread::spawn(move || serve(&device, &mut listener, Some(connections)));
-    Setup { dir, sock, uds }
+    Setup {
+        _dir: dir,
+        sock,
+        uds,
+    }
 }
 
 fn recv(d: &mut VsockDriver) -> (PacketHeader, Vec<u8>) {
