@@ -87,8 +87,14 @@ fn pvh_one_vcpu_runs_a_command_and_exits_on_reset() {
 #[test]
 fn pvh_two_vcpus_are_both_online() {
     let _slot = vm_slot();
-    let append =
-        guest_append("grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online");
+    // Also the clocksource: with two vCPUs the guest must not run on the raw TSC (accel used
+    // to pass KVM's invariant-TSC bit through, so Linux picked `tsc`; QEMU's `-cpu host` hides
+    // it and the guest stays on kvm-clock).
+    let append = guest_append(
+        "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; \
+         cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
+         grep -c nonstop_tsc /proc/cpuinfo || true",
+    );
     let out = run_with_timeout(
         &mut accel_cmd(&guest_file("vmlinux"), "2", &append, true),
         BOOT_DEADLINE,
@@ -102,6 +108,8 @@ fn pvh_two_vcpus_are_both_online() {
         .expect("GUEST CMD line");
     assert_eq!(lines.get(cmd_at + 1), Some(&"2"), "{}", out.both());
     assert_eq!(lines.get(cmd_at + 2), Some(&"0-1"), "{}", out.both());
+    assert_eq!(lines.get(cmd_at + 3), Some(&"kvm-clock"), "{}", out.both());
+    assert_eq!(lines.get(cmd_at + 4), Some(&"0"), "{}", out.both());
 }
 
 #[test]

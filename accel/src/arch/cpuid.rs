@@ -155,6 +155,8 @@ const FEATURES: &[(&str, FeatureBit)] = &[
     ("pdpe1gb", fb(0x8000_0001, 0, Edx, 26)),
     ("rdtscp", fb(0x8000_0001, 0, Edx, 27)),
     ("lm", fb(0x8000_0001, 0, Edx, 29)),
+    // Leaf 0x8000_0007 EDX: invariant TSC (Linux: constant_tsc + nonstop_tsc).
+    ("invtsc", fb(0x8000_0007, 0, Edx, 8)),
     // KVM paravirt leaf 0x4000_0001 EAX.
     ("kvmclock", fb(0x4000_0001, 0, Eax, 0)),
     ("kvm-nopiodelay", fb(0x4000_0001, 0, Eax, 1)),
@@ -167,6 +169,8 @@ const FEATURES: &[(&str, FeatureBit)] = &[
     ("kvm-pv-tlb-flush", fb(0x4000_0001, 0, Eax, 9)),
     ("kvm-pv-ipi", fb(0x4000_0001, 0, Eax, 11)),
 ];
+
+const INVTSC: FeatureBit = fb(0x8000_0007, 0, Edx, 8);
 
 /// Looks a feature flag up by its QEMU or Linux name (`sse4.1`, `sse4_1`, `sse4-1` alike).
 pub fn feature_bit(name: &str) -> Option<FeatureBit> {
@@ -202,7 +206,8 @@ fn find_mut(
 }
 
 /// Applies the `-cpu` model and its `+feat`/`-feat` edits (VM-wide, before per-vCPU fix-ups).
-/// Sets the hypervisor bit. A flag whose leaf KVM does not report is skipped with a warning.
+/// Sets the hypervisor bit and clears invariant TSC (unless `+invtsc`). A flag whose leaf KVM
+/// does not report is skipped with a warning.
 pub fn apply_cpu_config(
     entries: &mut [kvm_cpuid_entry2],
     cpu: &CpuConfig,
@@ -224,6 +229,12 @@ pub fn apply_cpu_config(
     }
     if let Some(e) = find_mut(entries, 1, 0) {
         e.ecx |= 1 << 31;
+    }
+    // Invariant TSC off unless asked for (`+invtsc`), as in QEMU's `-cpu host`. With it Linux
+    // trusts the raw TSC as its clocksource on every vCPU; KVM does not promise the vCPUs'
+    // TSCs stay in step (not on this machine's kvm_pvm), while kvmclock corrects for that.
+    if let Some(e) = find_mut(entries, INVTSC.leaf, INVTSC.subleaf) {
+        *reg_mut(e, INVTSC.reg) &= !(1 << INVTSC.bit);
     }
     for (name, bit, on) in edits {
         match find_mut(entries, bit.leaf, bit.subleaf) {
@@ -338,6 +349,16 @@ mod tests {
         assert_eq!(e[0].ecx, (1 << 21) | (1 << 31));
         assert_eq!(e[1].ebx, 1 << 0);
         assert_eq!(e[2].ebx, 0, "subleaf 1 untouched");
+    }
+
+    #[test]
+    fn invariant_tsc_is_off_unless_enabled() {
+        let mut e = vec![entry(1, 0), entry(0x8000_0007, 0)];
+        e[1].edx = (1 << 8) | (1 << 9);
+        apply_cpu_config(&mut e, &cfg(&[], &[])).unwrap();
+        assert_eq!(e[1].edx, 1 << 9, "invtsc cleared, other bits kept");
+        apply_cpu_config(&mut e, &cfg(&["invtsc"], &[])).unwrap();
+        assert_eq!(e[1].edx, (1 << 8) | (1 << 9));
     }
 
     #[test]
