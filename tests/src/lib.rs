@@ -5,6 +5,12 @@
 //! them before running the tests). The guest comes from `$ACCEL_GUEST_DIR`, `../shared/guest`
 //! next to the checkout, or the cache `scripts/guest.sh` builds into.
 
+mod backend;
+mod vm;
+
+pub use backend::{BACKEND_SOCKET_TIMEOUT, Backend, md5_hex, xorshift_bytes};
+pub use vm::VmCommand;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

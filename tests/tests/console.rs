@@ -9,75 +9,29 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use integration_tests::{
-    KVM_BOOT_TIMEOUT, KillOnDrop, TempDir, bin, guest_append, guest_file, run_with_timeout,
-    wait_for_path,
-};
+use integration_tests::{Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand};
 
-fn start_backend(dir: &TempDir, endpoint: &[&str]) -> (KillOnDrop, PathBuf) {
-    let sock = dir.join("console.sock");
-    let child = Command::new(bin("vhost-user-console"))
-        .arg("--socket-path")
-        .arg(&sock)
-        .args(endpoint)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn vhost-user-console");
-    let backend = KillOnDrop(child);
-    assert!(
-        wait_for_path(&sock, Duration::from_secs(10)),
-        "backend socket did not appear"
-    );
-    (backend, sock)
+fn start_backend(dir: &TempDir, endpoint: &[&str]) -> Backend {
+    Backend::spawn("vhost-user-console", &dir.join("console.sock"), endpoint)
 }
 
-fn accel_args(sock: &Path, device: &str, gcmd: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-machine",
-        "pc",
-        "-m",
-        "128",
-        "-smp",
-        "1",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-object",
-        "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa",
-        "node,memdev=mem",
-        "-device",
-        device,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push("-chardev".into());
-    a.push(format!("socket,id=c0,path={}", sock.display()));
-    a.push("-kernel".into());
-    a.push(guest_file("vmlinux").display().to_string());
-    a.push("-initrd".into());
-    a.push(guest_file("lean.cpio").display().to_string());
-    a.push("-append".into());
-    a.push(guest_append(gcmd));
-    a
+/// accel with the console backend as `device` (on chardev `c0`), the guest running `gcmd`.
+fn run_accel(backend: &Backend, device: &str, gcmd: &str, timeout: Duration) -> RunOutput {
+    VmCommand::new()
+        .device(device)
+        .chardev("c0", backend.socket())
+        .gcmd(gcmd)
+        .run_accel(timeout)
 }
 
 #[test]
 fn accel_hvc0_both_ways_through_the_console_socket() {
     let dir = TempDir::new("console-accel");
     let p = dir.join("p.sock");
-    let (_backend, sock) = start_backend(&dir, &["--socket", p.to_str().unwrap()]);
+    let backend = start_backend(&dir, &["--socket", p.to_str().unwrap()]);
     // The socket's client: wait for the guest's line, answer one, collect everything.
     let mut client = UnixStream::connect(&p).expect("console socket");
     let (tx, rx) = channel();
@@ -105,15 +59,12 @@ fn accel_hvc0_both_ways_through_the_console_socket() {
         let _ = tx.send(seen);
     });
     let gcmd = "exec 3<>/dev/hvc0; echo guest-ready >&3; read -r line <&3; echo got-line: $line";
-    let out = run_with_timeout(
-        Command::new(bin("accel")).args(accel_args(
-            &sock,
-            "vhost-user-console-pci,chardev=c0",
-            gcmd,
-        )),
+    let out = run_accel(
+        &backend,
+        "vhost-user-console-pci,chardev=c0",
+        gcmd,
         deadline,
     );
-    assert!(out.status.is_some(), "accel timed out\n{}", out.both());
     let seen = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("console client");
@@ -137,16 +88,13 @@ fn accel_hvc0_both_ways_through_the_console_socket() {
 fn accel_generic_device_output_to_a_file() {
     let dir = TempDir::new("console-accel-file");
     let file = dir.join("out.txt");
-    let (_backend, sock) = start_backend(&dir, &["--output", file.to_str().unwrap()]);
-    let out = run_with_timeout(
-        Command::new(bin("accel")).args(accel_args(
-            &sock,
-            "vhost-user-device-pci,chardev=c0,virtio-id=3,num_vqs=2,config_size=12",
-            "echo console-file-marker > /dev/hvc0",
-        )),
+    let backend = start_backend(&dir, &["--output", file.to_str().unwrap()]);
+    let out = run_accel(
+        &backend,
+        "vhost-user-device-pci,chardev=c0,virtio-id=3,num_vqs=2,config_size=12",
+        "echo console-file-marker > /dev/hvc0",
         KVM_BOOT_TIMEOUT * 3,
     );
-    assert!(out.status.is_some(), "accel timed out\n{}", out.both());
     assert_eq!(out.guest_rc(), Some(0), "{}", out.both());
     let text = std::fs::read_to_string(&file).unwrap_or_default();
     assert!(

@@ -11,14 +11,14 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TempDir, bin, guest_append, guest_file, qemu,
-    run_with_timeout, wait_for_path,
+    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, bin, guest_file, run_with_timeout,
+    wait_for_path,
 };
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,85 +70,44 @@ impl Drop for Tap {
     }
 }
 
-fn start_backend(dir: &TempDir, args: &[&str]) -> (KillOnDrop, PathBuf) {
-    let sock = dir.join("net.sock");
-    let log = std::fs::File::create(dir.join("backend.log")).unwrap();
-    let child = Command::new(bin("vhost-user-net"))
-        .arg("--socket-path")
-        .arg(&sock)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn vhost-user-net");
-    let backend = KillOnDrop(child);
-    assert!(
-        wait_for_path(&sock, Duration::from_secs(10)),
-        "backend socket did not appear: {}",
-        std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default()
-    );
-    (backend, sock)
+fn start_backend(dir: &TempDir, args: &[&str]) -> Backend {
+    Backend::spawn_logged(
+        "vhost-user-net",
+        &dir.join("net.sock"),
+        args,
+        &dir.join("backend.log"),
+    )
 }
 
 fn backend_log(dir: &TempDir) -> String {
     std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default()
 }
 
-/// Arguments of a VM (QEMU or accel) with one vhost-user virtio-net device.
-fn vm_args(
+/// A VM (QEMU or accel) with one vhost-user virtio-net device.
+fn vm(
     smp: &str,
     sock: &Path,
     netdev_opts: &str,
     device_opts: &str,
     mac: &str,
     gcmd: &str,
-) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-machine",
-        "pc",
-        "-m",
-        "128",
-        "-smp",
-        smp,
-        "-display",
-        "none",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-object",
-        "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push("-chardev".into());
-    a.push(format!("socket,id=c1,path={}", sock.display()));
-    a.push("-netdev".into());
-    a.push(format!("vhost-user,id=n0,chardev=c1{netdev_opts}"));
-    a.push("-device".into());
-    a.push(format!(
-        "virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on{device_opts}"
-    ));
-    a.push("-kernel".into());
-    a.push(guest_file("vmlinux").display().to_string());
-    a.push("-initrd".into());
-    a.push(guest_file("initramfs.cpio").display().to_string());
-    a.push("-append".into());
-    a.push(guest_append(gcmd));
-    a
+) -> VmCommand {
+    VmCommand::new()
+        .smp(smp)
+        .chardev("c1", sock)
+        .arg(
+            "-netdev",
+            &format!("vhost-user,id=n0,chardev=c1{netdev_opts}"),
+        )
+        .device(&format!(
+            "virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on{device_opts}"
+        ))
+        .initrd(&guest_file("initramfs.cpio"))
+        .gcmd(gcmd)
 }
 
-fn run_qemu_tcg(args: &[String]) -> RunOutput {
-    let out = run_with_timeout(
-        Command::new(qemu()).args(["-accel", "tcg"]).args(args),
-        QEMU_TIMEOUT,
-    );
-    assert!(out.status.is_some(), "QEMU timed out\n{}", out.both());
-    out
+fn run_qemu_tcg(vm: &VmCommand) -> RunOutput {
+    vm.clone().accel("tcg").run_qemu(QEMU_TIMEOUT)
 }
 
 /// Three single pings (busybox's ping interval needs POSIX timers the test kernel lacks).
@@ -205,7 +164,7 @@ fn tap_ping_and_bulk(queues: u16) {
     let tap = Tap::create(queues as u8, 200 + queues as u8);
     let dir = TempDir::new("net-qemu-tap");
     let q = queues.to_string();
-    let (_backend, sock) = start_backend(
+    let backend = start_backend(
         &dir,
         &[
             "--tap",
@@ -232,9 +191,9 @@ fn tap_ping_and_bulk(queues: u16) {
     } else {
         (String::new(), ",vectors=0".to_string())
     };
-    let out = run_qemu_tcg(&vm_args(
+    let out = run_qemu_tcg(&vm(
         smp,
-        &sock,
+        backend.socket(),
         &netdev,
         &device,
         "52:54:00:12:34:56",
@@ -272,11 +231,11 @@ fn qemu_tcg_tap_two_queue_pairs() {
 fn qemu_tcg_peer_mode_two_guests_ping() {
     let dir = TempDir::new("net-qemu-peer");
     let sock_b = dir.join("b.sock");
-    let (_backend, sock_a) = start_backend(&dir, &["--peer", sock_b.to_str().unwrap()]);
+    let backend = start_backend(&dir, &["--peer", sock_b.to_str().unwrap()]);
     assert!(wait_for_path(&sock_b, Duration::from_secs(10)));
     let a = Ipv4Addr::new(10, 199, 0, 1);
     let b = Ipv4Addr::new(10, 199, 0, 2);
-    let args_b = vm_args(
+    let vm_b = vm(
         "1",
         &sock_b,
         "",
@@ -284,10 +243,10 @@ fn qemu_tcg_peer_mode_two_guests_ping() {
         "52:54:00:00:00:02",
         &format!("ip addr add {b}/24 dev eth0 && ip link set eth0 up && sleep 12"),
     );
-    let vm_b = std::thread::spawn(move || run_qemu_tcg(&args_b));
-    let out_a = run_qemu_tcg(&vm_args(
+    let vm_b = std::thread::spawn(move || run_qemu_tcg(&vm_b));
+    let out_a = run_qemu_tcg(&vm(
         "1",
-        &sock_a,
+        backend.socket(),
         "",
         ",vectors=0",
         "52:54:00:00:00:01",
@@ -316,7 +275,7 @@ fn qemu_tcg_peer_mode_two_guests_ping() {
 fn accel_kvm_tap_ping_and_transfer() {
     let tap = Tap::create(9, 209);
     let dir = TempDir::new("net-accel-tap");
-    let (_backend, sock) = start_backend(&dir, &["--tap", &tap.name]);
+    let backend = start_backend(&dir, &["--tap", &tap.name]);
     let (port, sink) = byte_sink(tap.host, KVM_BOOT_TIMEOUT * 4);
     let gcmd = format!(
         "ip addr add {}/24 dev eth0 && ip link set eth0 up && {} && \
@@ -325,13 +284,10 @@ fn accel_kvm_tap_ping_and_transfer() {
         pings(tap.host),
         tap.host
     );
-    let args = vm_args("1", &sock, "", "", "52:54:00:12:34:59", &gcmd);
-    let out = run_with_timeout(
-        Command::new(bin("accel"))
-            .args(["-accel", "kvm"])
-            .args(&args),
-        KVM_BOOT_TIMEOUT * 4,
-    );
+    let args = vm("1", backend.socket(), "", "", "52:54:00:12:34:59", &gcmd)
+        .accel("kvm")
+        .args();
+    let out = run_with_timeout(Command::new(bin("accel")).args(&args), KVM_BOOT_TIMEOUT * 4);
     let log = backend_log(&dir);
     assert!(
         out.status.is_some(),

@@ -5,15 +5,15 @@
 //!
 //! Each KVM boot takes 15 s to minutes on this emulating host, so the tests keep boots few.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TempDir, bin, guest_append, guest_file, qemu,
-    run_with_timeout, wait_for_path,
+    Backend, KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TempDir, VmCommand, bin, md5_hex, qemu,
+    run_with_timeout, xorshift_bytes,
 };
 
 /// Small enough that the guest hashes it quickly, large enough for many requests.
@@ -24,106 +24,26 @@ const SMP2: &str = "2,sockets=2";
 const DIRECT_READS: usize = IMAGE_SIZE / 512;
 
 fn make_image(path: &Path, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut data = Vec::with_capacity(IMAGE_SIZE);
-    while data.len() < IMAGE_SIZE {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
+    let data = xorshift_bytes(seed | 1, IMAGE_SIZE);
     std::fs::write(path, &data).expect("write image");
     data
 }
 
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn start_backend(sock: &Path, image: &Path, log: &Path) -> KillOnDrop {
-    let _ = std::fs::remove_file(sock);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("backend log");
-    let child = Command::new(bin("vhost-user-blk"))
-        .arg("--socket-path")
-        .arg(sock)
-        .arg("--image")
-        .arg(image)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn vhost-user-blk");
-    assert!(
-        wait_for_path(sock, Duration::from_secs(10)),
-        "backend socket {} did not appear",
-        sock.display()
-    );
-    KillOnDrop(child)
+fn start_backend(sock: &Path, image: &Path, log: &Path) -> Backend {
+    let image = image.to_str().unwrap();
+    Backend::spawn_logged("vhost-user-blk", sock, &["--image", image], log)
 }
 
 /// The command line both VMMs get (only the accelerator differs).
-fn vm_args(
-    sock: &Path,
-    chardev_extra: &str,
-    smp: &str,
-    no_reboot: bool,
-    gcmd: &str,
-) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-machine",
-        "pc",
-        "-m",
-        "128",
-        "-smp",
-        smp,
-        "-display",
-        "none",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-object",
-        "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if no_reboot {
-        a.push("-no-reboot".into());
-    }
-    a.push("-chardev".into());
-    a.push(format!(
-        "socket,id=c0,path={}{chardev_extra}",
-        sock.display()
-    ));
-    a.push("-device".into());
-    a.push("vhost-user-blk-pci,chardev=c0,num-queues=2,queue-size=128,bootindex=1".into());
-    a.push("-kernel".into());
-    a.push(guest_file("vmlinux").display().to_string());
-    a.push("-initrd".into());
-    a.push(guest_file("lean.cpio").display().to_string());
-    a.push("-append".into());
-    a.push(guest_append(gcmd));
-    a
+fn vm(sock: &Path, chardev_extra: &str, smp: &str, no_reboot: bool, gcmd: &str) -> VmCommand {
+    VmCommand::new()
+        .smp(smp)
+        .no_reboot(no_reboot)
+        .chardev_opts("c0", sock, chardev_extra)
+        .device("vhost-user-blk-pci,chardev=c0,num-queues=2,queue-size=128,bootindex=1")
+        .gcmd(gcmd)
 }
 
-/// The value printed on the line after `marker` (the guest echoes markers before results).
 fn value_after(out: &str, marker: &str) -> Option<String> {
     let mut lines = out.lines().map(str::trim);
     lines.find(|l| *l == marker)?;
@@ -204,14 +124,9 @@ fn same_command_line_under_qemu_tcg_and_accel() {
     let mut before = make_image(&image, 0x5eed_1234);
     let _backend = start_backend(&sock, &image, &dir.join("backend.log"));
 
-    let mut qemu_args = vec!["-accel".to_string(), "tcg".to_string()];
-    qemu_args.extend(vm_args(
-        &sock,
-        "",
-        SMP2,
-        true,
-        &guest_rw("written-by-qemu", 1000),
-    ));
+    let qemu_args = vm(&sock, "", SMP2, true, &guest_rw("written-by-qemu", 1000))
+        .accel("tcg")
+        .args();
     let out = run_with_timeout(
         Command::new(qemu()).args(&qemu_args),
         Duration::from_secs(300),
@@ -219,18 +134,10 @@ fn same_command_line_under_qemu_tcg_and_accel() {
     check_rw_run("qemu", &out, &image, &before, "written-by-qemu", 1000);
 
     before = std::fs::read(&image).unwrap();
-    let mut accel_args = vec![
-        "-accel".to_string(),
-        "kvm".to_string(),
-        "--timing".to_string(),
-    ];
-    accel_args.extend(vm_args(
-        &sock,
-        "",
-        SMP2,
-        true,
-        &guest_rw("written-by-accel", 1001),
-    ));
+    let accel_args = vm(&sock, "", SMP2, true, &guest_rw("written-by-accel", 1001))
+        .accel("kvm")
+        .vmm_arg("--timing")
+        .args();
     let out = run_with_timeout(
         Command::new(bin("accel")).args(&accel_args),
         KVM_BOOT_TIMEOUT * 4,
@@ -348,8 +255,9 @@ fn backend_restart_and_guest_reboot_in_one_accel_run() {
     let gcmd = "echo MD5; md5sum /dev/vda; echo RESTART-BACKEND-NOW; sleep 10; \
                 echo 3 > /proc/sys/vm/drop_caches; echo HEAD; \
                 dd if=/dev/vda bs=4096 count=16 iflag=direct 2>/dev/null | md5sum";
-    let mut args = vec!["-accel".to_string(), "kvm".to_string()];
-    args.extend(vm_args(&sock, ",reconnect=1", "1", false, gcmd));
+    let args = vm(&sock, ",reconnect=1", "1", false, gcmd)
+        .accel("kvm")
+        .args();
     let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
 
     let boot = KVM_BOOT_TIMEOUT * 3;
@@ -399,8 +307,7 @@ fn backend_restart_and_guest_reboot_in_one_accel_run() {
 fn missing_backend_is_an_error_naming_the_socket() {
     let dir = TempDir::new("vu-accel-missing");
     let sock: PathBuf = dir.join("nobody-listens.sock");
-    let mut args = vec!["-accel".to_string(), "kvm".to_string()];
-    args.extend(vm_args(&sock, "", "1", true, ""));
+    let args = vm(&sock, "", "1", true, "").accel("kvm").args();
     let out = run_with_timeout(
         Command::new(bin("accel")).args(&args),
         Duration::from_secs(30),
@@ -426,8 +333,7 @@ fn backend_death_marks_device_needs_reset() {
     let backend = start_backend(&sock, &image, &dir.join("backend.log"));
     let gcmd = "echo KILL-BACKEND-NOW; sleep 6; echo STATUS; \
                 cat /sys/bus/virtio/devices/virtio0/status";
-    let mut args = vec!["-accel".to_string(), "kvm".to_string()];
-    args.extend(vm_args(&sock, "", "1", true, gcmd));
+    let args = vm(&sock, "", "1", true, gcmd).accel("kvm").args();
     let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
     vm.expect("KILL-BACKEND-NOW", KVM_BOOT_TIMEOUT * 3);
     drop(backend);
@@ -451,25 +357,6 @@ fn backend_death_marks_device_needs_reset() {
     assert!(out.contains(&sock.display().to_string()), "{out}");
 }
 
-fn start_daemon(name: &str, sock: &Path, extra: &[&str], log: &Path) -> KillOnDrop {
-    let _ = std::fs::remove_file(sock);
-    let log = std::fs::File::create(log).expect("backend log");
-    let child = Command::new(bin(name))
-        .arg("--socket-path")
-        .arg(sock)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    assert!(
-        wait_for_path(sock, Duration::from_secs(10)),
-        "{name} socket"
-    );
-    KillOnDrop(child)
-}
-
 /// blk, rng, console and vsock backends behind one accel guest: each gets its virtio id, the
 /// guest reads entropy from the rng backend and its hvc0 output reaches the console backend.
 #[test]
@@ -486,20 +373,25 @@ fn rng_console_vsock_kinds() {
     let hvc_s = hvc_out.display().to_string();
     let uds = dir.join("vsock.uds").display().to_string();
     let _daemons = [
-        start_daemon(
+        Backend::spawn_logged(
             "vhost-user-blk",
             &socks[0],
             &["--image", &image_s],
             &dir.join("b.log"),
         ),
-        start_daemon("vhost-user-rng", &socks[1], &[], &dir.join("r.log")),
-        start_daemon(
+        Backend::spawn_logged(
+            "vhost-user-rng",
+            &socks[1],
+            &[] as &[&str],
+            &dir.join("r.log"),
+        ),
+        Backend::spawn_logged(
             "vhost-user-console",
             &socks[2],
             &["--output", &hvc_s],
             &dir.join("c.log"),
         ),
-        start_daemon(
+        Backend::spawn_logged(
             "vhost-user-vsock",
             &socks[3],
             &["--guest-cid", "5", "--uds-path", &uds],
@@ -510,48 +402,22 @@ fn rng_console_vsock_kinds() {
                 /sys/bus/virtio/devices/virtio1/device /sys/bus/virtio/devices/virtio2/device \
                 /sys/bus/virtio/devices/virtio3/device; echo RNG; \
                 head -c 64 /dev/hwrng | wc -c; echo hello-from-hvc0 > /dev/hvc0";
-    let mut args: Vec<String> = [
-        "-accel",
-        "kvm",
-        "-m",
-        "128",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-object",
-        "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     let kinds = [
         "vhost-user-blk-pci",
         "vhost-user-rng-pci",
         "vhost-user-console-pci",
         "vhost-user-vsock-pci",
     ];
+    let mut vm = VmCommand::new().accel("kvm").gcmd(gcmd);
     for (i, (sock, kind)) in socks.iter().zip(kinds).enumerate() {
-        args.push("-chardev".into());
-        args.push(format!("socket,id=c{i},path={}", sock.display()));
-        args.push("-device".into());
-        args.push(format!("{kind},chardev=c{i}"));
+        vm = vm
+            .chardev(&format!("c{i}"), sock)
+            .device(&format!("{kind},chardev=c{i}"));
     }
-    for a in [
-        "-kernel".to_string(),
-        guest_file("vmlinux").display().to_string(),
-        "-initrd".to_string(),
-        guest_file("lean.cpio").display().to_string(),
-        "-append".to_string(),
-        guest_append(gcmd),
-    ] {
-        args.push(a);
-    }
-    let out = run_with_timeout(Command::new(bin("accel")).args(&args), KVM_BOOT_TIMEOUT * 3);
+    let out = run_with_timeout(
+        Command::new(bin("accel")).args(vm.args()),
+        KVM_BOOT_TIMEOUT * 3,
+    );
     assert_eq!(out.guest_rc(), Some(0), "{}", out.both());
     let ids: Vec<&str> = out
         .stdout

@@ -11,13 +11,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TempDir, bin, guest_append, guest_file, qemu,
-    run_with_timeout, wait_for_path, workspace_root,
+    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, guest_file, workspace_root,
 };
 
 const GUEST_CID: u32 = 3;
@@ -36,28 +35,17 @@ fn build_initrd(dir: &TempDir) -> PathBuf {
     out.join("initrd.cpio")
 }
 
-fn start_backend(dir: &TempDir) -> (KillOnDrop, PathBuf, PathBuf) {
-    let sock = dir.join("vu.sock");
+/// The backend and its host-side socket (`--uds-path`).
+fn start_backend(dir: &TempDir) -> (Backend, PathBuf) {
     let uds = dir.join("v.sock");
-    let log = std::fs::File::create(dir.join("backend.log")).unwrap();
-    let child = Command::new(bin("vhost-user-vsock"))
-        .arg("--socket-path")
-        .arg(&sock)
-        .arg("--guest-cid")
-        .arg(GUEST_CID.to_string())
-        .arg("--uds-path")
-        .arg(&uds)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn vhost-user-vsock");
-    let backend = KillOnDrop(child);
-    assert!(
-        wait_for_path(&sock, Duration::from_secs(10)),
-        "backend socket did not appear"
+    let cid = GUEST_CID.to_string();
+    let backend = Backend::spawn_logged(
+        "vhost-user-vsock",
+        &dir.join("vu.sock"),
+        &["--guest-cid", &cid, "--uds-path", uds.to_str().unwrap()],
+        &dir.join("backend.log"),
     );
-    (backend, sock, uds)
+    (backend, uds)
 }
 
 /// What the host side saw.
@@ -118,42 +106,16 @@ fn host_side(uds: &Path, deadline: Duration) -> JoinHandle<HostSide> {
 
 /// `smp`: accel runs the guest on one vCPU (with two, a guest process's TLS access can fault
 /// under this machine's kvm_pvm, see tests/tests/vhost_user_accel.rs).
-fn vm_args(sock: &Path, initrd: &Path, smp: &str) -> Vec<String> {
+fn vm(sock: &Path, initrd: &Path, smp: &str) -> VmCommand {
     let gcmd = format!(
         "vsock-tool listen {GUEST_PORT} & vsock-tool connect 2 {HOST_PORT} hello-from-guest; wait"
     );
-    let mut a: Vec<String> = [
-        "-machine",
-        "pc",
-        "-m",
-        "128",
-        "-smp",
-        smp,
-        "-display",
-        "none",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-object",
-        "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push("-chardev".into());
-    a.push(format!("socket,id=c0,path={}", sock.display()));
-    a.push("-device".into());
-    a.push("vhost-user-vsock-pci,chardev=c0".into());
-    a.push("-kernel".into());
-    a.push(guest_file("vmlinux").display().to_string());
-    a.push("-initrd".into());
-    a.push(initrd.display().to_string());
-    a.push("-append".into());
-    a.push(guest_append(&gcmd));
-    a
+    VmCommand::new()
+        .smp(smp)
+        .chardev("c0", sock)
+        .device("vhost-user-vsock-pci,chardev=c0")
+        .initrd(initrd)
+        .gcmd(&gcmd)
 }
 
 fn check(who: &str, out: &RunOutput, host: &HostSide, dir: &TempDir) {
@@ -183,12 +145,11 @@ fn check(who: &str, out: &RunOutput, host: &HostSide, dir: &TempDir) {
 fn guest_round_trips_under_qemu_tcg() {
     let dir = TempDir::new("vsock-qemu");
     let initrd = build_initrd(&dir);
-    let (_backend, sock, uds) = start_backend(&dir);
+    let (backend, uds) = start_backend(&dir);
     let host = host_side(&uds, Duration::from_secs(60));
-    let mut args = vec!["-accel".to_string(), "tcg".to_string()];
-    args.extend(vm_args(&sock, &initrd, "2,sockets=2"));
-    let out = run_with_timeout(Command::new(qemu()).args(&args), Duration::from_secs(90));
-    assert!(out.status.is_some(), "QEMU timed out\n{}", out.both());
+    let out = vm(backend.socket(), &initrd, "2,sockets=2")
+        .accel("tcg")
+        .run_qemu(Duration::from_secs(90));
     let host = host.join().unwrap();
     check("qemu", &out, &host, &dir);
 }
@@ -197,12 +158,11 @@ fn guest_round_trips_under_qemu_tcg() {
 fn guest_round_trips_under_accel_kvm() {
     let dir = TempDir::new("vsock-accel");
     let initrd = build_initrd(&dir);
-    let (_backend, sock, uds) = start_backend(&dir);
+    let (backend, uds) = start_backend(&dir);
     let host = host_side(&uds, KVM_BOOT_TIMEOUT * 2);
-    let mut args = vec!["-accel".to_string(), "kvm".to_string()];
-    args.extend(vm_args(&sock, &initrd, "1"));
-    let out = run_with_timeout(Command::new(bin("accel")).args(&args), KVM_BOOT_TIMEOUT * 2);
-    assert!(out.status.is_some(), "accel timed out\n{}", out.both());
+    let out = vm(backend.socket(), &initrd, "1")
+        .accel("kvm")
+        .run_accel(KVM_BOOT_TIMEOUT * 2);
     let host = host.join().unwrap();
     check("accel", &out, &host, &dir);
     assert_eq!(out.code(), Some(0), "{}", out.both());
