@@ -139,6 +139,22 @@ pub fn notify_used(state: &mut VringState<BackendMemory>, mem: &GuestMemoryMmap<
     }
 }
 
+/// Re-enables driver notifications (the end of an EVENT_IDX processing round); true if more
+/// entries arrived meanwhile and the queue must be processed again. An error is logged and
+/// ends the round.
+pub fn reenable_notifications(
+    state: &mut VringState<BackendMemory>,
+    mem: &GuestMemoryMmap<()>,
+) -> bool {
+    match state.get_queue_mut().enable_notification(mem) {
+        Ok(more) => more,
+        Err(e) => {
+            log::warn!("cannot enable notifications: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use protocol::daemon::backend_util::{
     self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    read_config,
+    read_config, reenable_notifications,
 };
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::blk::{
@@ -189,13 +189,8 @@ impl BlkBackend {
                     continue;
                 }
             }
-            match state.get_queue_mut().enable_notification(&*mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("cannot enable notifications: {e}");
-                    break;
-                }
+            if !reenable_notifications(&mut state, &mem) {
+                break;
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    protocol_features, read_config,
+    protocol_features, read_config, reenable_notifications,
 };
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::console::{
@@ -98,13 +98,8 @@ impl ConsoleBackend {
             if !event_idx {
                 break;
             }
-            match state.get_queue_mut().enable_notification(&*mem) {
-                Ok(true) if wanted() => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    log::warn!("cannot enable notifications: {e}");
-                    break;
-                }
+            if !(reenable_notifications(&mut state, &mem) && wanted()) {
+                break;
             }
         }
         if completed {

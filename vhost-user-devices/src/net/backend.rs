@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    read_config,
+    read_config, reenable_notifications,
 };
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::net::{
@@ -220,13 +220,8 @@ impl NetBackend {
             if !event_idx {
                 break;
             }
-            match state.enable_notification() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("cannot enable notifications: {e}");
-                    break;
-                }
+            if !reenable_notifications(&mut state, &mem) {
+                break;
             }
         }
     }
@@ -297,14 +292,10 @@ impl NetBackend {
                 }
                 Delivery::NoBuffers => {
                     // Ask for a kick when buffers arrive; retry if some came meanwhile.
-                    match state.enable_notification() {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(e) => {
-                            log::warn!("cannot enable notifications: {e}");
-                            break;
-                        }
+                    if reenable_notifications(&mut state, &mem) {
+                        continue;
                     }
+                    break;
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
+    reenable_notifications,
 };
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::rng::RNG_NUM_QUEUES;
@@ -135,13 +136,8 @@ impl RngBackend {
                 break;
             }
             // Re-enable notifications; a request that arrived meanwhile is served now.
-            match state.get_queue_mut().enable_notification(&*mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("cannot enable notifications: {e}");
-                    break;
-                }
+            if !reenable_notifications(&mut state, &mem) {
+                break;
             }
         }
         if completed {
