@@ -174,39 +174,27 @@ fn odd_chains_get_the_error_path() {
     let ro = d.driver().alloc(16, 8).unwrap();
     d.driver().write(ro.addr, &[0x55; 16]).unwrap();
     // receiveq: a device-readable-only chain gets nothing and is not written.
-    d.driver()
-        .submit_raw(
+    let c = d
+        .driver()
+        .submit_raw_and_wait(
             CONSOLE_RX_QUEUE,
-            &[RawDesc {
-                addr: ro.addr.0,
-                len: 16,
-                flags: 0,
-                next: RawNext::Zero,
-            }],
-            false,
+            &[RawDesc::new(ro.addr.0, 16, 0, RawNext::Zero)],
             1,
+            TIMEOUT,
         )
         .unwrap();
-    d.driver().kick(CONSOLE_RX_QUEUE).unwrap();
-    let c = d.driver().wait(CONSOLE_RX_QUEUE, TIMEOUT).unwrap();
     assert_eq!((c.token, c.len), (1, 0));
     assert_eq!(d.driver().read(ro.addr, 16).unwrap(), [0x55; 16]);
     // receiveq: a writable buffer outside guest memory.
-    d.driver()
-        .submit_raw(
+    let c = d
+        .driver()
+        .submit_raw_and_wait(
             CONSOLE_RX_QUEUE,
-            &[RawDesc {
-                addr: 1 << 50,
-                len: 16,
-                flags: W,
-                next: RawNext::Zero,
-            }],
-            false,
+            &[RawDesc::new(1 << 50, 16, W, RawNext::Zero)],
             2,
+            TIMEOUT,
         )
         .unwrap();
-    d.driver().kick(CONSOLE_RX_QUEUE).unwrap();
-    let c = d.driver().wait(CONSOLE_RX_QUEUE, TIMEOUT).unwrap();
     assert_eq!((c.token, c.len), (2, 0));
     // transmitq: a writable descriptor is ignored, the readable part is sent; a looping
     // chain and one outside memory send nothing.
@@ -216,52 +204,23 @@ fn odd_chains_get_the_error_path() {
         (
             3u64,
             vec![
-                RawDesc {
-                    addr: ro.addr.0,
-                    len: 6,
-                    flags: N,
-                    next: RawNext::Rel(1),
-                },
-                RawDesc {
-                    addr: wr.addr.0,
-                    len: 8,
-                    flags: W,
-                    next: RawNext::Zero,
-                },
+                RawDesc::new(ro.addr.0, 6, N, RawNext::Rel(1)),
+                RawDesc::new(wr.addr.0, 8, W, RawNext::Zero),
             ],
         ),
         (
             4,
             vec![
-                RawDesc {
-                    addr: ro.addr.0,
-                    len: 6,
-                    flags: N,
-                    next: RawNext::Rel(1),
-                },
-                RawDesc {
-                    addr: ro.addr.0,
-                    len: 6,
-                    flags: N,
-                    next: RawNext::Rel(0),
-                },
+                RawDesc::new(ro.addr.0, 6, N, RawNext::Rel(1)),
+                RawDesc::new(ro.addr.0, 6, N, RawNext::Rel(0)),
             ],
         ),
-        (
-            5,
-            vec![RawDesc {
-                addr: 1 << 50,
-                len: 6,
-                flags: 0,
-                next: RawNext::Zero,
-            }],
-        ),
+        (5, vec![RawDesc::new(1 << 50, 6, 0, RawNext::Zero)]),
     ] {
-        d.driver()
-            .submit_raw(CONSOLE_TX_QUEUE, &descs, false, token)
+        let c = d
+            .driver()
+            .submit_raw_and_wait(CONSOLE_TX_QUEUE, &descs, token, TIMEOUT)
             .unwrap();
-        d.driver().kick(CONSOLE_TX_QUEUE).unwrap();
-        let c = d.driver().wait(CONSOLE_TX_QUEUE, TIMEOUT).unwrap();
         assert_eq!((c.token, c.len), (token, 0));
     }
     d.send(b"end\n", TIMEOUT).unwrap();

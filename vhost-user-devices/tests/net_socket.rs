@@ -198,12 +198,7 @@ fn malformed_transmit_chains_are_dropped_and_counted() {
     let tx = usize::from(tx_queue(0));
     let drv = a.driver();
     let buf = drv.alloc(4096, 16).unwrap();
-    let d = |addr: u64, len: u32, flags: u16, next: RawNext| RawDesc {
-        addr,
-        len,
-        flags,
-        next,
-    };
+    let d = RawDesc::new;
     let forged = [
         // Header only: no Ethernet frame.
         vec![d(buf.addr.0, 12, 0, RawNext::Zero)],
@@ -242,10 +237,8 @@ fn malformed_transmit_chains_are_dropped_and_counted() {
         )],
     ];
     for (i, chain) in forged.iter().enumerate() {
-        drv.submit_raw(tx, chain, false, 1000 + i as u64).unwrap();
-        drv.kick(tx).unwrap();
         let done = drv
-            .wait(tx, TIMEOUT)
+            .submit_raw_and_wait(tx, chain, 1000 + i as u64, TIMEOUT)
             .expect("a malformed chain is still completed");
         assert_eq!((done.token, done.len), (1000 + i as u64, 0));
     }
@@ -283,12 +276,12 @@ fn a_malformed_receive_chain_is_completed_empty_and_the_frame_dropped() {
         // A writable descriptor looping onto itself.
         let drv = b.driver();
         let buf = drv.alloc(64, 16).unwrap();
-        let looped = [RawDesc {
-            addr: buf.addr.0,
-            len: 64,
-            flags: (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            next: RawNext::Rel(0),
-        }];
+        let looped = [RawDesc::new(
+            buf.addr.0,
+            64,
+            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+            RawNext::Rel(0),
+        )];
         drv.submit_raw(rx, &looped, false, 78).unwrap();
         drv.kick(rx).unwrap();
     }

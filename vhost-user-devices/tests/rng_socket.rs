@@ -119,9 +119,10 @@ fn misused_descriptors_get_the_error_path() {
     let mut d = connect(&s.sock);
     let p = pattern(1 << 20);
     let run = |d: &mut RngDriver, descs: &[RawDesc]| -> u32 {
-        d.driver().submit_raw(0, descs, false, 1).unwrap();
-        d.driver().kick(0).unwrap();
-        d.driver().wait(0, TIMEOUT).expect("no completion").len
+        d.driver()
+            .submit_raw_and_wait(0, descs, 1, TIMEOUT)
+            .expect("no completion")
+            .len
     };
     let ro = d.driver().alloc(16, 8).unwrap();
     d.driver().write(ro.addr, &[0xaa; 16]).unwrap();
@@ -130,63 +131,27 @@ fn misused_descriptors_get_the_error_path() {
     let used = run(
         &mut d,
         &[
-            RawDesc {
-                addr: ro.addr.0,
-                len: 16,
-                flags: N,
-                next: RawNext::Rel(1),
-            },
-            RawDesc {
-                addr: wr.addr.0,
-                len: 32,
-                flags: W,
-                next: RawNext::Zero,
-            },
+            RawDesc::new(ro.addr.0, 16, N, RawNext::Rel(1)),
+            RawDesc::new(wr.addr.0, 32, W, RawNext::Zero),
         ],
     );
     assert_eq!(used, 32);
     assert_eq!(d.driver().read(ro.addr, 16).unwrap(), [0xaa; 16]);
     assert_eq!(d.driver().read(wr.addr, 32).unwrap(), p[..32]);
     // Only a device-readable buffer: nothing to fill.
-    let used = run(
-        &mut d,
-        &[RawDesc {
-            addr: ro.addr.0,
-            len: 16,
-            flags: 0,
-            next: RawNext::Zero,
-        }],
-    );
+    let used = run(&mut d, &[RawDesc::new(ro.addr.0, 16, 0, RawNext::Zero)]);
     assert_eq!(used, 0);
     assert_eq!(d.driver().read(ro.addr, 16).unwrap(), [0xaa; 16]);
     // A writable buffer outside guest memory.
-    let used = run(
-        &mut d,
-        &[RawDesc {
-            addr: 1 << 50,
-            len: 64,
-            flags: W,
-            next: RawNext::Zero,
-        }],
-    );
+    let used = run(&mut d, &[RawDesc::new(1 << 50, 64, W, RawNext::Zero)]);
     assert_eq!(used, 0);
     // A loop.
     d.driver()
         .submit_raw(
             0,
             &[
-                RawDesc {
-                    addr: wr.addr.0,
-                    len: 8,
-                    flags: W | N,
-                    next: RawNext::Rel(1),
-                },
-                RawDesc {
-                    addr: wr.addr.0,
-                    len: 8,
-                    flags: W | N,
-                    next: RawNext::Rel(0),
-                },
+                RawDesc::new(wr.addr.0, 8, W | N, RawNext::Rel(1)),
+                RawDesc::new(wr.addr.0, 8, W | N, RawNext::Rel(0)),
             ],
             false,
             2,

@@ -203,17 +203,13 @@ fn malformed_requests_get_the_right_status_and_the_queue_keeps_working() {
         d.driver().write(status, &[STATUS_UNWRITTEN]).unwrap();
     };
     let run = |d: &mut BlkDriver, descs: &[RawDesc]| -> (u32, u8) {
-        d.driver().submit_raw(0, descs, false, 1).unwrap();
-        d.driver().kick(0).unwrap();
-        let c = d.driver().wait(0, TIMEOUT).expect("no completion");
+        let c = d
+            .driver()
+            .submit_raw_and_wait(0, descs, 1, TIMEOUT)
+            .expect("no completion");
         (c.len, d.driver().read(status, 1).unwrap()[0])
     };
-    let desc = |addr: u64, len: u32, flags: u16, next: RawNext| RawDesc {
-        addr,
-        len,
-        flags,
-        next,
-    };
+    let desc = RawDesc::new;
     let chain3 = |data_addr: u64, data_len: u32, data_flags: u16| {
         [
             desc(hdr.0, 16, r | n, RawNext::Rel(1)),

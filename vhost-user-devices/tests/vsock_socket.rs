@@ -437,12 +437,7 @@ fn descriptor_abuse_on_tx() {
     d.driver().write(buf.addr, hdr.to_le().as_slice()).unwrap();
     d.driver().write(buf.at(64), b"evil").unwrap();
     let (h, data) = (buf.addr.0, buf.at(64).0);
-    let desc = |addr: u64, len: u32, flags: u16, next: RawNext| RawDesc {
-        addr,
-        len,
-        flags,
-        next,
-    };
+    let desc = RawDesc::new;
     let chains: Vec<Vec<RawDesc>> = vec![
         // Header the device would have to write.
         vec![desc(h, 44, VRING_DESC_F_WRITE as u16, RawNext::Zero)],
@@ -467,11 +462,9 @@ fn descriptor_abuse_on_tx() {
         vec![desc(h, 44, VRING_DESC_F_NEXT as u16, RawNext::Abs(60000))],
     ];
     for (i, c) in chains.iter().enumerate() {
-        d.driver().submit_raw(TX_QUEUE, c, false, i as u64).unwrap();
-        d.driver().kick(TX_QUEUE).unwrap();
         let done = d
             .driver()
-            .wait(TX_QUEUE, TIMEOUT)
+            .submit_raw_and_wait(TX_QUEUE, c, i as u64, TIMEOUT)
             .expect("forged chain not completed");
         assert_eq!((done.token, done.len), (i as u64, 0));
     }

@@ -216,6 +216,20 @@ impl Driver {
         queue.add_chain(mem, alloc, segs, indirect, token)
     }
 
+    /// Makes a forged chain available on queue `q` (not indirect), kicks the queue and waits
+    /// up to `timeout` for the next completion.
+    pub fn submit_raw_and_wait(
+        &mut self,
+        q: usize,
+        descs: &[RawDesc],
+        token: u64,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        self.submit_raw(q, descs, false, token)?;
+        self.kick(q)?;
+        self.wait(q, timeout)
+    }
+
     /// Makes a forged chain available on queue `q` (see [`RawDesc`]), without kicking.
     pub fn submit_raw(
         &mut self,

@@ -74,6 +74,17 @@ pub struct RawDesc {
     pub next: RawNext,
 }
 
+impl RawDesc {
+    pub const fn new(addr: u64, len: u32, flags: u16, next: RawNext) -> Self {
+        RawDesc {
+            addr,
+            len,
+            flags,
+            next,
+        }
+    }
+}
+
 /// A used-ring entry matched with the request it completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
