@@ -25,6 +25,14 @@ pub const RING_FEATURES: u64 = (1u64 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// Largest virtqueue size (virtio split ring limit).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Whether `--queue-size` is acceptable: a power of two from 2 to [`MAX_QUEUE_SIZE`].
+pub fn valid_queue_size(n: u16) -> bool {
+    (2..=MAX_QUEUE_SIZE).contains(&n) && n.is_power_of_two()
+}
+
 /// The vhost-user protocol features vhost-user-backend really handles: MQ, REPLY_ACK,
 /// CONFIGURE_MEM_SLOTS, and CONFIG when the device has a config space (`with_config`).
 pub fn protocol_features(with_config: bool) -> VhostUserProtocolFeatures {
@@ -187,6 +195,16 @@ mod tests {
         e.set(true);
         assert!(e.get());
         assert!(new_exit_event().is_some());
+    }
+
+    #[test]
+    fn queue_sizes() {
+        for ok in [2, 4, 256, MAX_QUEUE_SIZE] {
+            assert!(valid_queue_size(ok), "{ok}");
+        }
+        for bad in [0, 1, 3, 100, u16::MAX] {
+            assert!(!valid_queue_size(bad), "{bad}");
+        }
     }
 
     #[test]

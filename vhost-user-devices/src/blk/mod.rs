@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use protocol::daemon::backend_util::valid_queue_size;
 use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
 
 use backend::{BlkBackend, DeviceSettings};
@@ -30,8 +31,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queues a frontend may use (one worker thread each; `queues_per_thread` is a u64 mask).
 pub const MAX_QUEUES: u16 = 64;
-/// Largest virtqueue size (virtio split ring limit).
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// Longest `--poll-us`.
 pub const MAX_POLL_US: u32 = 1000;
@@ -109,7 +109,7 @@ impl TryFrom<&BlkArgs> for Config {
         if a.num_queues == 0 || a.num_queues > MAX_QUEUES {
             return Err(ConfigError::NumQueues(a.num_queues));
         }
-        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+        if !valid_queue_size(a.queue_size) {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
         if a.poll_us > MAX_POLL_US {

@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use protocol::daemon::backend_util::valid_queue_size;
 use protocol::daemon::{
     Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
     install_exit_handler_for, serve_connection,
@@ -59,8 +60,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queue pairs (one worker thread each; queue masks are u64).
 pub const MAX_QUEUE_PAIRS: u16 = 32;
-/// Largest virtqueue size (virtio split ring limit).
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-net` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -146,7 +146,7 @@ impl TryFrom<&NetArgs> for Config {
         if a.queues == 0 || a.queues > MAX_QUEUE_PAIRS {
             return Err(ConfigError::Queues(a.queues));
         }
-        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+        if !valid_queue_size(a.queue_size) {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
         let mac = match &a.mac {

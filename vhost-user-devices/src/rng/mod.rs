@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::daemon::backend_util::valid_queue_size;
 use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
@@ -28,8 +29,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     features: &[],
 };
 
-/// Largest virtqueue size (virtio split ring limit).
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-rng` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -95,7 +95,7 @@ impl TryFrom<&RngArgs> for Config {
                 Some((n, Duration::from_millis(ms)))
             }
         };
-        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+        if !valid_queue_size(a.queue_size) {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
         Ok(Config {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use protocol::daemon::backend_util::valid_queue_size;
 use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use protocol::devices::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 use vhost_user_backend::VringEpollHandler;
@@ -33,8 +34,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     features: &[],
 };
 
-/// Largest virtqueue size.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
 /// Receive buffer each connection advertises to the guest (`buf_alloc`).
 pub const DEFAULT_BUF_ALLOC: u32 = 256 * 1024;
 
@@ -92,7 +92,7 @@ impl TryFrom<&VsockArgs> for Config {
         if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&a.guest_cid) {
             return Err(ConfigError::GuestCid(a.guest_cid));
         }
-        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+        if !valid_queue_size(a.queue_size) {
             return Err(ConfigError::QueueSize(a.queue_size));
         }
         Ok(Config {
