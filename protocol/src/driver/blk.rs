@@ -17,7 +17,6 @@ use crate::devices::blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use crate::frontend::FrontendSession;
 
 /// Status byte value before the device writes it.
 pub const STATUS_UNWRITTEN: u8 = 0xff;
@@ -95,8 +94,7 @@ impl BlkDriver {
         timeout: Duration,
         opts: DriverOptions,
     ) -> Result<Self> {
-        let session = FrontendSession::connect(path, timeout)?;
-        Self::new(Driver::new(session, opts)?)
+        Self::new(Driver::connect(path, timeout, opts)?)
     }
 
     /// Wraps a running driver and reads the config space.

@@ -11,7 +11,6 @@ use super::{Buffer, Driver, DriverOptions, Error, Result, Segment};
 use crate::devices::console::{
     CONSOLE_CONFIG_SIZE, CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
 };
-use crate::frontend::FrontendSession;
 
 /// A single-port virtio-console driver.
 pub struct ConsoleDriver {
@@ -29,12 +28,11 @@ impl ConsoleDriver {
         timeout: Duration,
         opts: DriverOptions,
     ) -> Result<Self> {
-        let session = FrontendSession::connect(path, timeout)?;
         let opts = DriverOptions {
             num_queues: CONSOLE_NUM_QUEUES,
             ..opts
         };
-        Ok(Self::new(Driver::new(session, opts)?))
+        Ok(Self::new(Driver::connect(path, timeout, opts)?))
     }
 
     /// Wraps a running driver with both queues set up.

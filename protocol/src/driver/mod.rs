@@ -93,6 +93,16 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// Connects to the backend at `path` (retrying up to `timeout` while it starts) and sets
+    /// the driver up as [`new`](Self::new) does.
+    pub fn connect(
+        path: impl AsRef<std::path::Path>,
+        timeout: Duration,
+        opts: DriverOptions,
+    ) -> Result<Self> {
+        Self::new(FrontendSession::connect(path, timeout)?, opts)
+    }
+
     /// Negotiates features, creates the shared memory, sets up and enables the queues.
     pub fn new(mut session: FrontendSession, opts: DriverOptions) -> Result<Self> {
         let offered = session.device_features();

@@ -13,7 +13,6 @@ use super::{Buffer, Completion, Driver, DriverOptions, Error, Result, Segment};
 use crate::devices::net::{
     NET_CONFIG_SIZE, NET_HDR_SIZE, NetConfig, NetHeader, header_size, rx_queue, tx_queue,
 };
-use crate::frontend::FrontendSession;
 
 /// Size of the receive buffers [`NetDriver::post_rx`] uses by default (as Linux without
 /// GSO: header + 1514-byte frame).
@@ -51,8 +50,7 @@ impl NetDriver {
         if opts.num_queues == 1 {
             opts.num_queues = 2;
         }
-        let session = FrontendSession::connect(path, timeout)?;
-        Ok(Self::new(Driver::new(session, opts)?))
+        Ok(Self::new(Driver::connect(path, timeout, opts)?))
     }
 
     /// Wraps a running driver.

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use super::{Driver, DriverOptions, Error, Result, Segment};
 use crate::devices::rng::RNG_QUEUE;
-use crate::frontend::FrontendSession;
 
 /// How long [`RngDriver::request`] waits by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,12 +21,11 @@ impl RngDriver {
         timeout: Duration,
         opts: DriverOptions,
     ) -> Result<Self> {
-        let session = FrontendSession::connect(path, timeout)?;
         let opts = DriverOptions {
             num_queues: 1,
             ..opts
         };
-        Ok(Self::new(Driver::new(session, opts)?))
+        Ok(Self::new(Driver::connect(path, timeout, opts)?))
     }
 
     /// Wraps a running driver.

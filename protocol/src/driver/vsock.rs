@@ -15,7 +15,6 @@ use crate::devices::vsock::{
     EVENT_QUEUE, PACKET_HEADER_SIZE, PacketHeader, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE,
     VSOCK_HOST_CID, VSOCK_TYPE_STREAM, VsockConfig,
 };
-use crate::frontend::FrontendSession;
 
 /// Data bytes per rx buffer (Linux uses 4 KiB).
 pub const RX_DATA_SIZE: u32 = 4096;
@@ -38,12 +37,11 @@ impl VsockDriver {
     /// Connects to a vhost-user-vsock backend, sets up rx, tx and event queues, reads the CID
     /// and fills the rx queue.
     pub fn connect(path: impl AsRef<std::path::Path>, timeout: Duration) -> Result<Self> {
-        let session = FrontendSession::connect(path, timeout)?;
         let opts = DriverOptions {
             num_queues: EVENT_QUEUE + 1,
             ..DriverOptions::default()
         };
-        Self::new(Driver::new(session, opts)?)
+        Self::new(Driver::connect(path, timeout, opts)?)
     }
 
     /// Wraps a running driver (at least rx and tx queues): reads the config and posts rx
