@@ -225,3 +225,79 @@ pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
     }
     false
 }
+
+/// A process whose stdout is being collected in the background (see [`spawn_until`]).
+pub struct Running {
+    child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Spawns `cmd` (stdin closed, output captured) and returns once a line of its stdout contains
+/// `marker`. On timeout or early exit the process is killed and its output returned as `Err`.
+/// For a VM that must be up before another starts (e.g. two guests on one link).
+pub fn spawn_until(
+    cmd: &mut Command,
+    marker: &str,
+    timeout: Duration,
+) -> Result<Running, RunOutput> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (acc, marker) = (stdout.clone(), marker.to_string());
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(&marker) {
+                let _ = seen_tx.send(());
+            }
+            let mut acc = acc.lock().unwrap();
+            acc.push_str(&line);
+            acc.push('\n');
+        }
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let running = Running {
+        child,
+        stdout,
+        reader,
+        stderr,
+    };
+    match seen_rx.recv_timeout(timeout) {
+        Ok(()) => Ok(running),
+        Err(_) => Err(running.finish()),
+    }
+}
+
+impl Running {
+    /// Kills the process (if still running) and returns everything it printed.
+    pub fn finish(mut self) -> RunOutput {
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => Some(s),
+            _ => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                None
+            }
+        };
+        let _ = self.reader.join();
+        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
+        RunOutput {
+            status,
+            stdout,
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
+}
