@@ -10,9 +10,11 @@
 # Cases: 4K randread QD1, 4K randread QD32, 4K randwrite QD32, 1 MiB sequential read QD8.
 # Prints IOPS, MiB/s, mean and p99 latency per backend, and the ratio ours/qsd (IOPS).
 # Each backend runs each case BENCH_REPS times (default 2), interleaved; the best run counts.
+# Guest mode (accel vs QEMU on KVM, dd inside the test guest): scripts/bench-blk.sh --guest
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+[ "${1:-}" = --guest ] && { shift; exec "$root/scripts/bench/blk-guest.sh" "$@"; }
 secs=${BENCH_SECONDS:-5}
 size_mib=${BENCH_SIZE_MIB:-256}
 
