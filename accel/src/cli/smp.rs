@@ -6,8 +6,9 @@ use super::CliError;
 use super::props::Props;
 use crate::config::SmpConfig;
 
-/// accel's vCPU limit (the x86 PC machine's limit in QEMU without x2APIC IDs > 255).
-pub(super) const MAX_VCPUS: u64 = 255;
+/// accel's vCPU limit: what its MP table can list (xAPIC ids 0..=253; 255 is the broadcast
+/// id and the IOAPIC takes the id after the last CPU).
+pub(super) const MAX_VCPUS: u64 = crate::arch::mptable::MAX_CPUS as u64;
 
 pub(super) const SMP_PROPS: &[&str] = &[
     "cpus",

@@ -33,6 +33,14 @@ pub enum MemoryError {
     Dup(std::io::Error),
     #[error("mapping guest RAM: {0}")]
     Map(String),
+    /// What QEMU says when the host cannot map that much RAM.
+    #[error("cannot set up guest memory 'pc.ram': Cannot allocate memory ({size} bytes requested)")]
+    TooLarge { size: u64 },
+    #[error(
+        "guest RAM ends at {end:#x}, beyond the {bits}-bit guest physical address space this \
+         host's KVM supports: use a smaller -m"
+    )]
+    PhysBits { end: u64, bits: u8 },
     #[error("registering guest RAM slot {slot} with KVM: {source}")]
     KvmSlot {
         slot: u32,
@@ -87,6 +95,8 @@ impl GuestRam {
             });
         }
         let sizes: Vec<u64> = backends.iter().map(|b| b.size).collect();
+        let total = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+        probe_address_space(total)?;
         let ranges = ram_ranges(&sizes);
         let mut regions = Vec::new();
         for r in &ranges {
@@ -111,6 +121,24 @@ impl GuestRam {
         })
     }
 
+    /// Fails if guest RAM reaches beyond `phys_bits` of guest-physical address space (the
+    /// width the vCPUs' CPUID leaf 0x8000_0008 reports).
+    pub fn check_phys_bits(&self, phys_bits: u8) -> Result<(), MemoryError> {
+        let end = self
+            .ranges
+            .iter()
+            .map(|r| r.gpa + r.size)
+            .max()
+            .unwrap_or(0);
+        if phys_bits < 64 && end > 1u64 << phys_bits {
+            return Err(MemoryError::PhysBits {
+                end,
+                bits: phys_bits,
+            });
+        }
+        Ok(())
+    }
+
     /// Registers every region as a KVM memory slot (slots 0..n).
     pub fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
         let mem = self.memory.memory();
@@ -132,5 +160,49 @@ impl GuestRam {
                 .map_err(|source| MemoryError::KvmSlot { slot, source })?;
         }
         Ok(())
+    }
+}
+
+/// Refuses a RAM size the host cannot map before anything sized by it is allocated (vm-memory's
+/// dirty bitmap alone is 1/32768 of it, and an allocation failure there aborts the process):
+/// reserves that much address space without backing and gives it back.
+fn probe_address_space(size: u64) -> Result<(), MemoryError> {
+    let too_large = || MemoryError::TooLarge { size };
+    let len = usize::try_from(size)
+        .ok()
+        .and_then(std::num::NonZeroUsize::new)
+        .ok_or_else(too_large)?;
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    // SAFETY: a fresh PROT_NONE reservation at an address the kernel picks: it aliases nothing
+    // and is unmapped right below without ever being accessed.
+    let addr = unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_NONE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+        )
+    }
+    .map_err(|_| too_large())?;
+    // SAFETY: `addr`/`len` is exactly the reservation made above, used by nothing else.
+    if let Err(e) = unsafe { munmap(addr, len.get()) } {
+        log::warn!("releasing the guest RAM address-space probe: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_space_probe_refuses_what_cannot_be_mapped() {
+        assert!(probe_address_space(1 << 20).is_ok());
+        // 16 PiB: more than any x86-64 user address space (128 TiB, or 64 PiB with LA57).
+        let huge = 16u64 << 50;
+        let err = probe_address_space(huge).unwrap_err();
+        assert!(matches!(err, MemoryError::TooLarge { size } if size == huge));
+        assert!(err.to_string().starts_with("cannot set up guest memory"));
+        assert!(probe_address_space(u64::MAX).is_err());
     }
 }

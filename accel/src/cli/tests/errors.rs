@@ -103,8 +103,8 @@ fn smp_errors() {
         &["-smp", "maxcpus must be equal to or greater than smp"],
     );
     fail_with("-smp 2,maxcpus=4", &["-smp", "maxcpus=4", "hotplug"]);
-    fail_with("-smp 256", &["-smp", "255"]);
-    fail_with("-smp 99999999999", &["-smp", "255"]);
+    fail_with("-smp 255", &["-smp", "254"]);
+    fail_with("-smp 99999999999", &["-smp", "254"]);
     fail_with("-smp 4,dies=2", &["-smp", "dies=2"]);
     fail_with("-smp 4,clusters=2", &["-smp", "clusters not supported"]);
     fail_with("-smp 4,books=2", &["-smp", "'books'", "sockets"]);
