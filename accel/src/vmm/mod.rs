@@ -5,14 +5,15 @@
 //! Threads: one per vCPU (each owns its `VcpuFd` while running and hands it back when it
 //! stops), and the main thread, which waits in `poll` on the [`control::VmControl`] eventfds and
 //! a signalfd for SIGINT/SIGTERM. To stop the vCPUs the main thread sets the stop flag and kicks
-//! each thread with SIGRTMIN until it has left its run loop (a kick that lands between the flag
-//! check and KVM_RUN is lost, hence the repetition).
+//! each thread once with SIGRTMIN, whose handler sets the vCPU's `immediate_exit`: KVM_RUN
+//! returns at once whether the thread was inside it or about to enter it.
 //!
 //! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
 //! ("terminating on signal N" on stderr).
 
 pub mod control;
 pub mod dump;
+pub mod host;
 mod legacy;
 pub mod memory;
 mod teardown;
@@ -23,7 +24,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -77,22 +78,10 @@ pub fn mark_process_start() {
     let _ = PROCESS_START.set(Instant::now());
 }
 
-/// Warns once if this host's KVM is `kvm_pvm` (guest CPL0 emulated, guests need extra options).
-fn warn_kvm_pvm() {
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        log::warn!(
-            "this host's KVM is kvm_pvm (no hardware virtualization): guests need \
-             'noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm reboot=k' on their command line"
-        );
-    }
-}
-
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
 /// Builds the VM from `config` and runs it to the end.
 pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
     let start = *PROCESS_START.get_or_init(Instant::now);
-    warn_kvm_pvm();
+    host::notice();
 
     // SIGINT/SIGTERM are blocked in every thread (threads inherit the mask, so block before
     // creating any) and read from a signalfd by the main thread.
@@ -102,7 +91,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
     mask.thread_block()
         .map_err(|e| VmmError::Signal(e.to_string()))?;
     let sigfd = SignalFd::new(&mask).map_err(|e| VmmError::Signal(e.to_string()))?;
-    register_signal_handler(SIGRTMIN(), kick_handler)
+    register_signal_handler(SIGRTMIN(), vcpu::kick_signal_handler)
         .map_err(|e| VmmError::Signal(e.to_string()))?;
 
     let timing = config.timing;
@@ -169,16 +158,17 @@ impl Drop for PanicReporter<'_> {
     }
 }
 
-/// Kicks every vCPU thread out of KVM_RUN until it has stopped, and takes the vCPUs back.
+/// Kicks every vCPU thread out of KVM_RUN (the stop flag is already set) and takes the vCPUs
+/// back once their threads have ended.
 fn stop_vcpus(vm: &mut Vm, handles: Vec<JoinHandle<Vcpu>>) {
-    for h in handles {
-        while !h.is_finished() {
-            if let Err(e) = h.kill(SIGRTMIN()) {
-                log::warn!("kicking vCPU thread: {e}");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+    for h in &handles {
+        if !h.is_finished()
+            && let Err(e) = h.kill(SIGRTMIN())
+        {
+            log::warn!("kicking vCPU thread: {e}");
         }
+    }
+    for h in handles {
         match h.join() {
             Ok(vcpu) => vm.vcpus.push(vcpu),
             Err(_) => log::error!("a vCPU thread panicked"),

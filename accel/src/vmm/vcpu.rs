@@ -1,5 +1,6 @@
 //! One vCPU: its KVM fd, initial state for (re)boot, and the run loop its thread executes.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -39,6 +40,47 @@ pub enum VcpuError {
     },
     #[error("vCPU {index}: building MSR list: {msg}")]
     Msrs { index: u8, msg: String },
+}
+
+thread_local! {
+    /// The `kvm_run` area of the vCPU this thread runs (null outside [`Vcpu::run`]): where
+    /// [`kick_signal_handler`] sets `immediate_exit`. Const-initialised and without a
+    /// destructor, so reading it from a signal handler touches no lazy TLS machinery.
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Handler of the vCPU kick signal (SIGRTMIN): makes the thread's current or next KVM_RUN
+/// return EINTR at once. Setting `immediate_exit` closes the race a bare signal has (one that
+/// lands between the stop-flag check and KVM_RUN would be lost and the vCPU would run on).
+pub extern "C" fn kick_signal_handler(
+    _: libc::c_int,
+    _: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: a non-null pointer is this thread's vCPU `kvm_run` mapping, published by
+        // `Vcpu::run` for exactly as long as the `VcpuFd` (which owns the mapping) is running
+        // on this thread. A volatile byte store is async-signal-safe; KVM reads the flag at
+        // the next KVM_RUN entry.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Publishes the thread's `kvm_run` to [`kick_signal_handler`] while alive.
+struct KickTarget;
+
+impl KickTarget {
+    fn publish(run: *mut kvm_bindings::kvm_run) -> Self {
+        KVM_RUN.with(|c| c.set(run));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
 }
 
 /// Everything the run loops share.
@@ -188,6 +230,7 @@ impl Vcpu {
             );
             log::debug!("process start to first KVM_RUN: {t:?}");
         }
+        let _kick = KickTarget::publish(self.fd.get_kvm_run());
         loop {
             if control.should_stop() {
                 return;
@@ -246,6 +289,9 @@ impl Vcpu {
                     other => Some(format!("unexpected exit {other:?}")),
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick (see `kick_signal_handler`): re-arm KVM_RUN, then the stop flag
+                    // is checked at the top of the loop. The stopper sets the flag before it
+                    // signals, so a kick after this store still finds it set.
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }
