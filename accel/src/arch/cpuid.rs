@@ -206,11 +206,13 @@ fn find_mut(
 }
 
 /// Applies the `-cpu` model and its `+feat`/`-feat` edits (VM-wide, before per-vCPU fix-ups).
-/// Sets the hypervisor bit and clears invariant TSC (unless `+invtsc`). A flag whose leaf KVM
-/// does not report is skipped with a warning.
+/// Sets the hypervisor bit and clears invariant TSC (unless `+invtsc`) and the features named
+/// in `host_off` (ones this host's KVM reports but cannot deliver; `+feat` still turns them
+/// on). A flag whose leaf KVM does not report is skipped with a warning.
 pub fn apply_cpu_config(
     entries: &mut [kvm_cpuid_entry2],
     cpu: &CpuConfig,
+    host_off: &[&str],
 ) -> Result<(), CpuidError> {
     let model = cpu.model.trim();
     if !(model.is_empty()
@@ -235,6 +237,12 @@ pub fn apply_cpu_config(
     // TSCs stay in step (not on this machine's kvm_pvm), while kvmclock corrects for that.
     if let Some(e) = find_mut(entries, INVTSC.leaf, INVTSC.subleaf) {
         *reg_mut(e, INVTSC.reg) &= !(1 << INVTSC.bit);
+    }
+    for name in host_off {
+        let bit = feature_bit(name).ok_or_else(|| CpuidError::UnknownFeature(name.to_string()))?;
+        if let Some(e) = find_mut(entries, bit.leaf, bit.subleaf) {
+            *reg_mut(e, bit.reg) &= !(1 << bit.bit);
+        }
     }
     for (name, bit, on) in edits {
         match find_mut(entries, bit.leaf, bit.subleaf) {
@@ -345,7 +353,12 @@ mod tests {
         let mut e = vec![entry(1, 0), entry(7, 0), entry(7, 1)];
         e[0].ecx = 1 << 13; // cx16
         e[1].ebx = 1 << 20; // smap
-        apply_cpu_config(&mut e, &cfg(&["x2apic", "fsgsbase"], &["cx16", "smap"])).unwrap();
+        apply_cpu_config(
+            &mut e,
+            &cfg(&["x2apic", "fsgsbase"], &["cx16", "smap"]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(e[0].ecx, (1 << 21) | (1 << 31));
         assert_eq!(e[1].ebx, 1 << 0);
         assert_eq!(e[2].ebx, 0, "subleaf 1 untouched");
@@ -355,24 +368,36 @@ mod tests {
     fn invariant_tsc_is_off_unless_enabled() {
         let mut e = vec![entry(1, 0), entry(0x8000_0007, 0)];
         e[1].edx = (1 << 8) | (1 << 9);
-        apply_cpu_config(&mut e, &cfg(&[], &[])).unwrap();
+        apply_cpu_config(&mut e, &cfg(&[], &[]), &[]).unwrap();
         assert_eq!(e[1].edx, 1 << 9, "invtsc cleared, other bits kept");
-        apply_cpu_config(&mut e, &cfg(&["invtsc"], &[])).unwrap();
+        apply_cpu_config(&mut e, &cfg(&["invtsc"], &[]), &[]).unwrap();
         assert_eq!(e[1].edx, (1 << 8) | (1 << 9));
+    }
+
+    #[test]
+    fn host_defaults_off_unless_asked_for() {
+        let unhalt = 1 << 7;
+        let ipi = 1 << 11;
+        let mut e = vec![entry(1, 0), entry(0x4000_0001, 0)];
+        e[1].eax = unhalt | ipi;
+        apply_cpu_config(&mut e, &cfg(&[], &[]), &["kvm-pv-unhalt"]).unwrap();
+        assert_eq!(e[1].eax, ipi, "kvm-pv-unhalt hidden, the rest kept");
+        apply_cpu_config(&mut e, &cfg(&["kvm-pv-unhalt"], &[]), &["kvm-pv-unhalt"]).unwrap();
+        assert_eq!(e[1].eax, unhalt | ipi, "+kvm-pv-unhalt wins");
     }
 
     #[test]
     fn unknown_flag_and_model_are_errors_and_change_nothing() {
         let mut e = vec![entry(1, 0)];
         assert_eq!(
-            apply_cpu_config(&mut e, &cfg(&["x2apic", "bogus"], &[])),
+            apply_cpu_config(&mut e, &cfg(&["x2apic", "bogus"], &[]), &[]),
             Err(CpuidError::UnknownFeature("bogus".into()))
         );
         assert_eq!(e[0].ecx, 0);
         let mut c = cfg(&[], &[]);
         c.model = "Skylake-Server".into();
         assert_eq!(
-            apply_cpu_config(&mut e, &c),
+            apply_cpu_config(&mut e, &c, &[]),
             Err(CpuidError::UnsupportedModel("Skylake-Server".into()))
         );
     }

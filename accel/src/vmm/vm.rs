@@ -146,7 +146,14 @@ impl Vm {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        apply_cpu_config(base.as_mut_slice(), &self.config.cpu)?;
+        apply_cpu_config(
+            base.as_mut_slice(),
+            &self.config.cpu,
+            super::host::features_off_by_default(),
+        )?;
+        if let Some(e) = base.as_slice().iter().find(|e| e.function == 0x8000_0008) {
+            self.ram.check_phys_bits((e.eax & 0xff) as u8)?;
+        }
         let n = self.config.smp.cpus.max(1);
         for index in 0..n {
             let mut cpuid = base.clone();
