@@ -25,4 +25,5 @@ echo "test.sh: test guest from $ACCEL_GUEST_DIR"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins -q
-cargo test --workspace -q "$@"
+# --no-fail-fast: every test binary runs even when one fails, so one log shows every failure.
+cargo test --workspace -q --no-fail-fast "$@"
