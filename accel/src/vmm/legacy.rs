@@ -26,39 +26,42 @@ impl BusDevice for Sink {
     }
 }
 
-fn dev_err(what: &str) -> impl Fn(String) -> VmmError + '_ {
-    move |e| VmmError::Device(format!("{what}: {e}"))
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+fn bus_err(what: &'static str) -> impl Fn(crate::devices::bus::BusError) -> VmmError {
+    move |source| VmmError::Bus { what, source }
 }
 
 impl Vm {
     pub(super) fn setup_legacy_devices(&mut self) -> Result<(), VmmError> {
         let irq =
-            EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("serial irq eventfd")(e.to_string()))?;
+            EventFd::new(EFD_NONBLOCK).map_err(io_err("serial irq eventfd"))?;
         self.vm_fd
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
-        let serial = SerialDevice::new(&self.config.serial, irq)
-            .map_err(|e| dev_err("serial")(e.to_string()))?;
+        let serial = SerialDevice::new(&self.config.serial, irq)?;
         self.pio_bus
             .insert(
                 Arc::new(Mutex::new(serial)),
                 SERIAL_PORT_BASE,
                 SERIAL_PORT_LEN,
             )
-            .map_err(|e| dev_err("serial")(e.to_string()))?;
+            .map_err(bus_err("serial"))?;
 
         let reset = self
             .control
             .reset_evt
             .try_clone()
-            .map_err(|e| dev_err("i8042 reset eventfd")(e.to_string()))?;
+            .map_err(io_err("i8042 reset eventfd"))?;
         self.pio_bus
             .insert(
                 Arc::new(Mutex::new(I8042::new(reset))),
                 I8042_PORT_BASE,
                 I8042_PORT_LEN,
             )
-            .map_err(|e| dev_err("i8042")(e.to_string()))?;
+            .map_err(bus_err("i8042"))?;
 
         let (below, above) = ram_split(self.ram.size);
         self.pio_bus
@@ -67,13 +70,13 @@ impl Vm {
                 CMOS_PORT_BASE,
                 CMOS_PORT_LEN,
             )
-            .map_err(|e| dev_err("cmos")(e.to_string()))?;
+            .map_err(bus_err("cmos"))?;
 
         // POST codes (0x80, also the kernel's io_delay port) and the alternative delay port.
         for (port, name) in [(0x80u64, "POST"), (0xed, "io-delay")] {
             self.pio_bus
                 .insert(Arc::new(Mutex::new(Sink(name))), port, 1)
-                .map_err(|e| dev_err(name)(e.to_string()))?;
+                .map_err(bus_err(name))?;
         }
         Ok(())
     }

@@ -61,14 +61,34 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("MP table: {0}")]
     Mptable(#[from] crate::arch::mptable::MptableError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serial(#[from] crate::devices::serial::SerialError),
+    #[error("placing {what} on its bus: {source}")]
+    Bus {
+        what: &'static str,
+        #[source]
+        source: crate::devices::bus::BusError,
+    },
     #[error("device setup: {0}")]
-    Device(String),
-    #[error("signal handling: {0}")]
-    Signal(String),
+    Pci(#[from] crate::virtio::SetupError),
+    #[error("GSI allocator: {0}")]
+    Gsi(vm_allocator::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("signal handling ({what}): {source}")]
+    Signal {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
     #[error("guest stopped: {0}")]
     GuestFault(String),
-    #[error("{0}")]
-    Other(String),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -88,11 +108,15 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
-    mask.thread_block()
-        .map_err(|e| VmmError::Signal(e.to_string()))?;
-    let sigfd = SignalFd::new(&mask).map_err(|e| VmmError::Signal(e.to_string()))?;
-    register_signal_handler(SIGRTMIN(), vcpu::kick_signal_handler)
-        .map_err(|e| VmmError::Signal(e.to_string()))?;
+    let signal = |what| move |source| VmmError::Signal { what, source };
+    mask.thread_block().map_err(signal("blocking SIGINT/SIGTERM"))?;
+    let sigfd = SignalFd::new(&mask).map_err(signal("signalfd"))?;
+    register_signal_handler(SIGRTMIN(), vcpu::kick_signal_handler).map_err(|e| {
+        VmmError::Signal {
+            what: "vCPU kick handler",
+            source: nix::Error::from_raw(e.errno()),
+        }
+    })?;
 
     let timing = config.timing;
     let mut vm = Vm::new(config)?;
@@ -140,7 +164,10 @@ fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<V
                 vcpu.run(&shared);
                 vcpu
             })
-            .map_err(|e| VmmError::Other(format!("spawning vCPU thread: {e}")))?;
+            .map_err(|source| VmmError::Io {
+                what: "spawning a vCPU thread",
+                source,
+            })?;
         handles.push(h);
     }
     Ok(handles)
@@ -195,7 +222,12 @@ fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(VmmError::Other(format!("poll: {e}"))),
+            Err(source) => {
+                return Err(VmmError::Signal {
+                    what: "waiting for requests and signals",
+                    source,
+                });
+            }
         }
         let ready = |i: usize| {
             fds[i]

@@ -88,9 +88,9 @@ impl Vm {
             mmio_bus: Arc::new(Bus::new()),
             gsi_allocator: Arc::new(Mutex::new(
                 IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1)
-                    .map_err(|e| VmmError::Other(format!("GSI allocator: {e}")))?,
+                    .map_err(VmmError::Gsi)?,
             )),
-            control: Arc::new(VmControl::new().map_err(|e| VmmError::Other(e.to_string()))?),
+            control: Arc::new(VmControl::new()?),
             reset_hooks: Vec::new(),
             snapshot: PlatformSnapshot {
                 irqchips: Vec::new(),
@@ -129,8 +129,7 @@ impl Vm {
             &self.pio_bus,
             &self.mmio_bus,
             self.gsi_allocator.clone(),
-        )
-        .map_err(|e| VmmError::Device(e.to_string()))?;
+        )?;
         // Owned by the hook: lives (monitor threads, backend connections) as long as the VM.
         self.add_reset_hook(Box::new(move || pci.reset()));
         Ok(())
