@@ -22,11 +22,8 @@ pub enum VmRequest {
 
 pub struct VmControl {
     stop: AtomicBool,
-    /// Readable when a request is pending (for devices that only take an EventFd, e.g. i8042's
-    /// reset line, give them `reset_evt`).
+    /// Readable when a request is pending.
     pub request_evt: EventFd,
-    /// Written by the i8042 on a CPU reset (0xFE to port 0x64).
-    pub reset_evt: EventFd,
     pending: Mutex<Option<VmRequest>>,
 }
 
@@ -39,7 +36,6 @@ impl VmControl {
         Ok(VmControl {
             stop: AtomicBool::new(false),
             request_evt: EventFd::new(EFD_NONBLOCK)?,
-            reset_evt: EventFd::new(EFD_NONBLOCK)?,
             pending: Mutex::new(None),
         })
     }
@@ -82,16 +78,17 @@ impl VmControl {
             .unwrap_or_else(|e| e.into_inner())
             .take()
     }
+}
 
-    /// Marks a reset seen through `reset_evt` (main thread) and drains it.
-    pub fn note_reset_evt(&self) -> bool {
-        match self.reset_evt.read() {
-            Ok(_) => {
-                self.request(VmRequest::Reset);
-                true
-            }
-            Err(_) => false,
-        }
+/// The reset line a device pulls (the i8042's CPU reset): posts [`VmRequest::Reset`].
+pub struct ResetLine(pub std::sync::Arc<VmControl>);
+
+impl vm_superio::Trigger for ResetLine {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request(VmRequest::Reset);
+        Ok(())
     }
 }
 
@@ -113,9 +110,14 @@ mod tests {
         assert_eq!(c.take(), Some(VmRequest::Fatal("x".into())));
         c.clear_stop();
         assert!(!c.should_stop());
-        c.reset_evt.write(1).unwrap();
-        assert!(c.note_reset_evt());
+    }
+
+    #[test]
+    fn reset_line_requests_a_reset_and_stops_the_vcpus() {
+        use vm_superio::Trigger;
+        let c = std::sync::Arc::new(VmControl::new().unwrap());
+        ResetLine(c.clone()).trigger().unwrap();
+        assert!(c.should_stop());
         assert_eq!(c.take(), Some(VmRequest::Reset));
-        assert!(!c.note_reset_evt());
     }
 }

@@ -36,8 +36,7 @@ fn bus_err(what: &'static str) -> impl Fn(crate::devices::bus::BusError) -> VmmE
 
 impl Vm {
     pub(super) fn setup_legacy_devices(&mut self) -> Result<(), VmmError> {
-        let irq =
-            EventFd::new(EFD_NONBLOCK).map_err(io_err("serial irq eventfd"))?;
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("serial irq eventfd"))?;
         self.vm_fd
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
@@ -50,11 +49,7 @@ impl Vm {
             )
             .map_err(bus_err("serial"))?;
 
-        let reset = self
-            .control
-            .reset_evt
-            .try_clone()
-            .map_err(io_err("i8042 reset eventfd"))?;
+        let reset = super::control::ResetLine(self.control.clone());
         self.pio_bus
             .insert(
                 Arc::new(Mutex::new(I8042::new(reset))),

@@ -109,7 +109,8 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
     let signal = |what| move |source| VmmError::Signal { what, source };
-    mask.thread_block().map_err(signal("blocking SIGINT/SIGTERM"))?;
+    mask.thread_block()
+        .map_err(signal("blocking SIGINT/SIGTERM"))?;
     let sigfd = SignalFd::new(&mask).map_err(signal("signalfd"))?;
     register_signal_handler(SIGRTMIN(), vcpu::kick_signal_handler).map_err(|e| {
         VmmError::Signal {
@@ -207,16 +208,10 @@ fn stop_vcpus(vm: &mut Vm, handles: Vec<JoinHandle<Vcpu>>) {
 fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
     let control = &vm.control;
     loop {
-        // SAFETY: both eventfds are owned by `control`, which outlives these borrows.
-        let (req_fd, reset_fd) = unsafe {
-            (
-                BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()),
-                BorrowedFd::borrow_raw(control.reset_evt.as_raw_fd()),
-            )
-        };
+        // SAFETY: the eventfd is owned by `control`, which outlives this borrow.
+        let req_fd = unsafe { BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()) };
         let mut fds = [
             PollFd::new(req_fd, PollFlags::POLLIN),
-            PollFd::new(reset_fd, PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -234,18 +229,13 @@ fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
                 .revents()
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN))
         };
-        let (req_ready, reset_ready, sig_ready) = (ready(0), ready(1), ready(2));
+        let (req_ready, sig_ready) = (ready(0), ready(1));
         if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
             let sig = info.ssi_signo as i32;
             log::info!("terminating on signal {sig}");
             return Ok(Outcome::Signal(sig));
         }
-        if reset_ready {
-            control.note_reset_evt();
-        }
-        if (req_ready || reset_ready)
-            && let Some(req) = control.take()
-        {
+        if req_ready && let Some(req) = control.take() {
             return Ok(Outcome::Request(req));
         }
     }

@@ -247,11 +247,6 @@ impl Vcpu {
                         if !shared.pio.write(u64::from(port), data) {
                             log::debug!("unhandled port write {port:#x} <- {data:x?}");
                         }
-                        // i8042 CPU reset: stop right here rather than let the guest run on
-                        // (it would try a triple fault next).
-                        if port == 0x64 {
-                            control.note_reset_evt();
-                        }
                         None
                     }
                     VcpuExit::MmioRead(addr, data) => {

@@ -87,8 +87,7 @@ impl Vm {
             pio_bus: Arc::new(Bus::new()),
             mmio_bus: Arc::new(Bus::new()),
             gsi_allocator: Arc::new(Mutex::new(
-                IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1)
-                    .map_err(VmmError::Gsi)?,
+                IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1).map_err(VmmError::Gsi)?,
             )),
             control: Arc::new(VmControl::new()?),
             reset_hooks: Vec::new(),
