@@ -196,6 +196,22 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> RunOutput {
 }
 
 /// The `-append` value for a test guest that runs `gcmd` (empty: just boot and reset).
+/// `base` (a guest cpio) followed by an archive with the static test tools of
+/// `scripts/guest-tools` (`/bin/vsock-tool`, `/bin/smp-stress`), built into `dir`.
+pub fn guest_tools_initrd(dir: &Path, base: &Path) -> PathBuf {
+    let out = dir.join("guest-tools");
+    let status = Command::new(workspace_root().join("scripts/guest-tools/build.sh"))
+        .arg(&out)
+        .arg(base)
+        .status()
+        .expect("run scripts/guest-tools/build.sh");
+    assert!(
+        status.success(),
+        "building the guest tools failed (needs gcc and glibc's static libraries)"
+    );
+    out.join("initrd.cpio")
+}
+
 pub fn guest_append(gcmd: &str) -> String {
     if gcmd.is_empty() {
         GUEST_CMDLINE.to_string()

@@ -11,12 +11,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, guest_file, workspace_root,
+    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, guest_file, guest_tools_initrd,
 };
 
 const GUEST_CID: u32 = 3;
@@ -25,14 +24,7 @@ const HOST_PORT: u32 = 6000;
 
 /// lean.cpio followed by an archive with /bin/vsock-tool.
 fn build_initrd(dir: &TempDir) -> PathBuf {
-    let out = dir.join("guest-tools");
-    let status = Command::new(workspace_root().join("scripts/guest-tools/build.sh"))
-        .arg(&out)
-        .arg(guest_file("lean.cpio"))
-        .status()
-        .expect("run scripts/guest-tools/build.sh");
-    assert!(status.success(), "building the guest tools failed");
-    out.join("initrd.cpio")
+    guest_tools_initrd(dir.path(), &guest_file("lean.cpio"))
 }
 
 /// The backend and its host-side socket (`--uds-path`).
