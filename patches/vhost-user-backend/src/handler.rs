@@ -42,6 +42,28 @@ use super::event_loop::{VringEpollError, VringEpollResult};
 use super::vring::VringT;
 use super::GM;
 
+// PATCH(SIGBUS): refuse a region that reaches past the end of its (regular) file, such as a
+// memfd smaller than the region: mapping it succeeds, but the first access to a page beyond
+// the end of the file raises SIGBUS and kills the whole backend. (A file truncated after it
+// was mapped can still do that; this only checks what the frontend describes.)
+fn check_region_in_file(region: &VhostUserMemoryRegion, file: &File) -> VhostUserResult<()> {
+    let meta = file.metadata().map_err(VhostUserError::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    let (offset, size) = (region.mmap_offset, region.memory_size);
+    match offset.checked_add(size) {
+        Some(end) if end <= meta.len() => Ok(()),
+        _ => Err(VhostUserError::ReqHandlerError(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "memory region (offset {offset:#x}, size {size:#x}) reaches past the end of its file ({:#x} bytes)",
+                meta.len()
+            ),
+        ))),
+    }
+}
+
 // vhost in the kernel usually supports 509 mem slots.
 // The 509 used to be the KVM limit, it supported 512, but 3 were used
 // for internal purposes (nowadays, it supports more than that).
@@ -388,6 +410,7 @@ where
         let mut mappings: Vec<AddrMapping> = Vec::new();
 
         for (region, file) in ctx.iter().zip(files) {
+            check_region_in_file(region, &file)?;
             let guest_region = GuestRegionMmap::new(
                 region.mmap_region(file)?,
                 GuestAddress(region.guest_phys_addr),
@@ -696,6 +719,7 @@ where
             return Err(VhostUserError::InvalidOperation("postcopy not enabled"));
         }
 
+        check_region_in_file(region, &file)?;
         let guest_region = Arc::new(
             GuestRegionMmap::new(
                 region.mmap_region(file)?,

@@ -218,6 +218,14 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// PATCH(start_stream): run the request thread on a connection the caller accepted
+    /// itself (for instance after checking that the frontend sends a first message at all,
+    /// so that a silent peer cannot hold the listener).
+    pub fn start_stream(&mut self, stream: std::os::unix::net::UnixStream) -> Result<()> {
+        let backend_handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        self.start_daemon(backend_handler)
+    }
+
     fn accept(
         &self,
         backend_listener: &mut BackendListener<Mutex<VhostUserHandler<T>>>,

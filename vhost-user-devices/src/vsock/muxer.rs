@@ -143,7 +143,10 @@ impl Muxer {
 
     fn push_control(&mut self, local_port: u32, peer_port: u32, op: u16, flags: u32) {
         if self.control.len() >= 2 * MAX_PENDING_CONTROL {
-            log::warn!("guest is not taking rx buffers: control packet {op} dropped");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "guest is not taking rx buffers: control packet {op} dropped"
+            );
             self.stats.dropped += 1;
             return;
         }
@@ -206,7 +209,11 @@ impl Muxer {
         };
         match result {
             Ok(()) => conn.registered = (!want.is_empty()).then_some(want),
-            Err(e) => log::error!("epoll interest for port {}: {e}", conn.local_port),
+            Err(e) => protocol::log_limited!(
+                log::Level::Error,
+                "epoll interest for port {}: {e}",
+                conn.local_port
+            ),
         }
     }
 
@@ -219,7 +226,8 @@ impl Muxer {
     /// One packet from the guest's tx queue.
     pub fn recv_pkt(&mut self, pkt: &VsockPacket<'_, ()>) {
         if pkt.src_cid() != self.guest_cid {
-            log::warn!(
+            protocol::log_limited!(
+                log::Level::Warn,
                 "packet from CID {} (the guest is {}): dropped",
                 pkt.src_cid(),
                 self.guest_cid
@@ -302,7 +310,11 @@ impl Muxer {
             return;
         }
         if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-            log::warn!("too many connections: REQUEST to port {} refused", key.0);
+            protocol::log_limited!(
+                log::Level::Warn,
+                "too many connections: REQUEST to port {} refused",
+                key.0
+            );
             self.push_rst(key.0, key.1);
             return;
         }
@@ -322,7 +334,10 @@ impl Muxer {
             }
         };
         if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("cannot make the host stream non-blocking: {e}");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "cannot make the host stream non-blocking: {e}"
+            );
             self.push_rst(key.0, key.1);
             return;
         }
@@ -344,7 +359,8 @@ impl Muxer {
             return;
         };
         if conn.peer_shut_send || !conn.fits(pkt.len()) {
-            log::warn!(
+            protocol::log_limited!(
+                log::Level::Warn,
                 "guest port {} sent {} bytes beyond its credit or after SHUTDOWN: RST",
                 key.1,
                 pkt.len()
@@ -401,7 +417,7 @@ impl Muxer {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::error!("host socket epoll: {e}");
+                    protocol::log_limited!(log::Level::Error, "host socket epoll: {e}");
                     return;
                 }
             };
@@ -431,16 +447,19 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("accepting a host client: {e}");
+                    protocol::log_limited!(log::Level::Warn, "accepting a host client: {e}");
                     return;
                 }
             };
             if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-                log::warn!("too many connections: host client refused");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "too many connections: host client refused"
+                );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                log::warn!("host client: {e}");
+                protocol::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -449,7 +468,7 @@ impl Muxer {
                 fd,
                 EpollEvent::new(EventSet::IN, fd as u64),
             ) {
-                log::warn!("host client: {e}");
+                protocol::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
             self.pending.insert(fd, PendingHost::new(stream));
@@ -480,7 +499,10 @@ impl Muxer {
             return;
         };
         let Some(local_port) = self.allocate_local_port(port) else {
-            log::warn!("no free host port for a connection to guest port {port}");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "no free host port for a connection to guest port {port}"
+            );
             return;
         };
         let key = (local_port, port);
