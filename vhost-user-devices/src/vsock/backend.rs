@@ -55,11 +55,18 @@ impl VsockBackend {
         listener: UnixListener,
         buf_alloc: u32,
         queue_size: u16,
+        half_open_timeout: std::time::Duration,
     ) -> io::Result<Self> {
         Ok(VsockBackend {
             guest_cid,
             queue_size,
-            muxer: Mutex::new(Muxer::new(guest_cid, uds_path, listener, buf_alloc)?),
+            muxer: Mutex::new(Muxer::new(
+                guest_cid,
+                uds_path,
+                listener,
+                buf_alloc,
+                half_open_timeout,
+            )?),
             mem: MemorySlot::new(),
         })
     }
