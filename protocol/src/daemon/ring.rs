@@ -48,7 +48,10 @@ where
         Err(e) => e.to_string(),
     };
     let idx = avail_idx.map_or("unreadable".to_string(), |i| i.0.to_string());
-    log::warn!(
+    // One line per break; rate-limited all the same, since a frontend can restart the queue
+    // (SET_VRING_KICK/CALL) and the guest break it again.
+    crate::log_limited!(
+        log::Level::Warn,
         "virtqueue (avail ring {avail_ring:#x}, size {size}): broken ring ({err}; avail index \
          {idx}, device at {next_avail}): queue stopped until the frontend sets it up again"
     );
