@@ -74,6 +74,11 @@ impl Backend {
         }
     }
 
+    /// The backend's process id (for /proc/PID/... measurements).
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     /// The vhost-user socket the backend listens on.
     pub fn socket(&self) -> &Path {
         &self.socket

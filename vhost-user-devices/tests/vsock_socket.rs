@@ -48,6 +48,7 @@ fn start(tag: &str, connections: usize) -> Setup {
         guest_cid: CID,
         uds_path: uds.clone(),
         queue_size: 256,
+        half_open_timeout: Duration::from_secs(1),
     })
     .unwrap();
     let mut listener = Listener::new(&sock, true).unwrap();

@@ -143,7 +143,7 @@ pub fn notify_used(state: &mut VringState<BackendMemory>, mem: &GuestMemoryMmap<
         .needs_notification(mem)
         .unwrap_or(true);
     if notify && let Err(e) = state.signal_used_queue() {
-        log::error!("cannot signal the used queue: {e}");
+        crate::log_limited!(log::Level::Error, "cannot signal the used queue: {e}");
     }
 }
 
@@ -154,10 +154,15 @@ pub fn reenable_notifications(
     state: &mut VringState<BackendMemory>,
     mem: &GuestMemoryMmap<()>,
 ) -> bool {
+    // A queue that is not running (or that `ring::pop_chain` stopped as broken) has nothing
+    // more to do, whatever its avail index says: looping on it would spin.
+    if !state.get_queue().ready() {
+        return false;
+    }
     match state.get_queue_mut().enable_notification(mem) {
         Ok(more) => more,
         Err(e) => {
-            log::warn!("cannot enable notifications: {e}");
+            crate::log_limited!(log::Level::Warn, "cannot enable notifications: {e}");
             false
         }
     }

@@ -19,13 +19,16 @@
 pub mod backend_util;
 mod capabilities;
 mod cli;
+pub mod ratelog;
+pub mod ring;
 mod serve;
 mod signals;
 
 pub use capabilities::Capabilities;
 pub use cli::{CommonArgs, ListenAddress};
 pub use serve::{
-    BackendMemory, BackendVring, ConnectionEnd, VhostUserDevice, serve, serve_connection,
+    BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
+    first_message_arrives, next_frontend, serve, serve_connection, serve_stream, while_busy,
 };
 pub use signals::{install_exit_handler, install_exit_handler_for};
 

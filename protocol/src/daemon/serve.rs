@@ -1,6 +1,23 @@
 //! The serve-again loop: a fresh backend and `VhostUserDaemon` per frontend connection.
+//!
+//! A backend serves one frontend at a time. Two rules keep a misbehaving peer from holding
+//! the listener:
+//! - a frontend must send its first complete vhost-user message within
+//!   [`FIRST_MESSAGE_TIMEOUT`] of connecting; a silent one (or one that stops halfway through
+//!   a header) is dropped and the next connection is served;
+//! - while a frontend is being served, a second connection is accepted and closed at once
+//!   (the newcomer's first read sees end-of-file, so it fails fast instead of hanging), unless
+//!   the served frontend has already hung up: then the newcomer (a frontend reconnecting) is
+//!   kept and served next.
 
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, recv};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{
@@ -45,6 +62,15 @@ pub trait VhostUserDevice {
     }
 }
 
+/// How long a new frontend has to send its first complete message (header and payload)
+/// before it is dropped and the next connection is served.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// vhost-user message header: request (u32), flags (u32), payload size (u32).
+const HEADER_SIZE: usize = 12;
+/// Largest payload [`first_message_arrives`] waits for (bigger ones: the header is enough).
+const MAX_PEEK_PAYLOAD: usize = 4096;
+
 /// How one frontend connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConnectionEnd {
@@ -54,12 +80,157 @@ pub enum ConnectionEnd {
     Dropped(String),
 }
 
-/// Accepts one frontend on `listener` and serves it until it disconnects or misbehaves; the
-/// backend's worker threads are stopped and joined before this returns.
-pub fn serve_connection<D>(
-    device: &D,
-    listener: &mut Listener,
-) -> Result<ConnectionEnd, DaemonError>
+/// Whether `stream` holds a complete first message within `timeout` (peeked, not consumed).
+/// False if the peer stays silent, stops halfway, or hangs up.
+pub fn first_message_arrives(stream: &UnixStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; HEADER_SIZE + MAX_PEEK_PAYLOAD];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        let n = match recv(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            &mut buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => 0,
+            Err(_) => return false,
+        };
+        if n >= HEADER_SIZE {
+            let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+            // An oversized payload is vhost-user-backend's to reject: the header is enough.
+            let payload = if size > MAX_PEEK_PAYLOAD { 0 } else { size };
+            if n >= HEADER_SIZE + payload {
+                return true;
+            }
+        }
+        // Part of a message: the socket stays readable, so wait a little before peeking again.
+        std::thread::sleep(Duration::from_millis(10).min(left));
+    }
+}
+
+/// The next frontend that talks: `pending` (a connection kept from the previous round) or a
+/// newly accepted one, each given [`FIRST_MESSAGE_TIMEOUT`] to send its first message; silent
+/// ones are closed (one rate-limited line each).
+pub fn next_frontend(
+    listener: &Listener,
+    pending: &mut Option<UnixStream>,
+) -> Result<UnixStream, DaemonError> {
+    loop {
+        let stream = match pending.take() {
+            Some(s) => s,
+            None => accept_blocking(listener)?,
+        };
+        if first_message_arrives(&stream, FIRST_MESSAGE_TIMEOUT) {
+            return Ok(stream);
+        }
+        crate::log_limited!(
+            log::Level::Warn,
+            "a frontend sent no complete message within {:?}: dropped",
+            FIRST_MESSAGE_TIMEOUT
+        );
+    }
+}
+
+/// Waits for and accepts one connection (the listener may be non-blocking).
+fn accept_blocking(listener: &Listener) -> Result<UnixStream, DaemonError> {
+    loop {
+        let mut fds = [PollFd::new(listener_fd(listener), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(DaemonError::Accept(e.to_string())),
+        }
+        match listener.accept() {
+            Ok(Some(s)) => {
+                // Accepted sockets do not inherit O_NONBLOCK on Linux, but be sure.
+                s.set_nonblocking(false)
+                    .map_err(|e| DaemonError::Accept(e.to_string()))?;
+                return Ok(s);
+            }
+            Ok(None) => continue,
+            Err(e) => return Err(DaemonError::Accept(e.to_string())),
+        }
+    }
+}
+
+fn listener_fd(listener: &Listener) -> std::os::fd::BorrowedFd<'_> {
+    borrowed(listener)
+}
+
+/// The fd of `owner` (a type without `AsFd`), borrowed for as long as `owner`.
+fn borrowed<T: std::os::fd::AsRawFd>(owner: &T) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `owner`, which outlives the returned borrow.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(owner.as_raw_fd()) }
+}
+
+/// Runs `serve` while turning away other connections on `listener` (see the module
+/// documentation); returns its result and the connection to serve next, if one came after
+/// `current` hung up.
+pub fn while_busy<R>(
+    listener: &Listener,
+    current: &UnixStream,
+    serve: impl FnOnce() -> R,
+) -> Result<(R, Option<UnixStream>), DaemonError> {
+    let stop = EventFd::new(EFD_NONBLOCK).map_err(DaemonError::NewBackend)?;
+    let current = current.try_clone().map_err(DaemonError::NewBackend)?;
+    std::thread::scope(|s| {
+        let guard = s.spawn(|| turn_away(listener, &current, &stop));
+        let r = serve();
+        let _ = stop.write(1);
+        let pending = guard.join().unwrap_or(None);
+        Ok((r, pending))
+    })
+}
+
+fn turn_away(listener: &Listener, current: &UnixStream, stop: &EventFd) -> Option<UnixStream> {
+    loop {
+        let stop_fd = borrowed(stop);
+        let mut fds = [
+            PollFd::new(listener_fd(listener), PollFlags::POLLIN),
+            PollFd::new(stop_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+        if fds[1].any().unwrap_or(true) {
+            return None;
+        }
+        let Ok(Some(newcomer)) = listener.accept() else {
+            continue;
+        };
+        let mut cur = [PollFd::new(
+            current.as_fd(),
+            PollFlags::from_bits_retain(libc::POLLRDHUP),
+        )];
+        let hung_up = matches!(poll(&mut cur, PollTimeout::ZERO), Ok(n) if n > 0);
+        if hung_up {
+            let _ = newcomer.set_nonblocking(false);
+            return Some(newcomer);
+        }
+        crate::log_limited!(
+            log::Level::Warn,
+            "a second frontend connected while one is served: closed"
+        );
+        drop(newcomer);
+    }
+}
+
+/// Serves the frontend on `stream` until it disconnects or misbehaves; the backend's worker
+/// threads are stopped and joined before this returns.
+pub fn serve_stream<D>(device: &D, stream: UnixStream) -> Result<ConnectionEnd, DaemonError>
 where
     D: VhostUserDevice,
 {
@@ -72,9 +243,9 @@ where
         .map_err(DaemonError::NewBackend)?;
     drop(backend);
     daemon
-        .start(listener)
+        .start_stream(stream)
         .map_err(|e| DaemonError::Accept(e.to_string()))?;
-    log::info!("{}: frontend connected", device.name());
+    crate::log_limited!(log::Level::Info, "{}: frontend connected", device.name());
     let end = match daemon.wait() {
         Ok(())
         | Err(DaemonLibError::HandleRequest(
@@ -86,15 +257,35 @@ where
     // the vring worker threads.
     drop(daemon);
     match &end {
-        ConnectionEnd::Disconnected => log::info!("{}: frontend disconnected", device.name()),
+        ConnectionEnd::Disconnected => {
+            crate::log_limited!(log::Level::Info, "{}: frontend disconnected", device.name())
+        }
         ConnectionEnd::Dropped(why) => {
-            log::warn!("{}: connection dropped: {why}", device.name())
+            crate::log_limited!(
+                log::Level::Warn,
+                "{}: connection dropped: {why}",
+                device.name()
+            )
         }
     }
     Ok(end)
 }
 
-/// Serves frontends one after another: `max_connections` of them, or forever with `None`.
+/// Accepts the next frontend that talks (see [`next_frontend`]) on `listener` and serves it
+/// until it disconnects or misbehaves.
+pub fn serve_connection<D>(
+    device: &D,
+    listener: &mut Listener,
+) -> Result<ConnectionEnd, DaemonError>
+where
+    D: VhostUserDevice,
+{
+    let stream = next_frontend(listener, &mut None)?;
+    serve_stream(device, stream)
+}
+
+/// Serves frontends one after another: `max_connections` of them (silent ones dropped by
+/// [`next_frontend`] do not count), or forever with `None`.
 pub fn serve<D>(
     device: &D,
     listener: &mut Listener,
@@ -104,8 +295,13 @@ where
     D: VhostUserDevice,
 {
     let mut served = 0usize;
+    let mut pending = None;
     while max_connections.is_none_or(|max| served < max) {
-        serve_connection(device, listener)?;
+        let stream = next_frontend(listener, &mut pending)?;
+        let current = stream.try_clone().map_err(DaemonError::NewBackend)?;
+        let (end, next) = while_busy(listener, &current, || serve_stream(device, stream))?;
+        end?;
+        pending = next;
         served += 1;
     }
     Ok(())

@@ -68,6 +68,10 @@ pub struct DriverOptions {
     pub mem_base: GuestAddress,
     /// Size of the driver memory in bytes.
     pub mem_size: u64,
+    /// Forging (a hostile frontend): shrink the memfd to this many bytes after mapping it and
+    /// before SET_MEM_TABLE, so the table describes a region larger than its file. Keep rings
+    /// and buffers the driver itself touches below this size.
+    pub forge_file_size: Option<u64>,
 }
 
 impl Default for DriverOptions {
@@ -79,6 +83,7 @@ impl Default for DriverOptions {
             num_queues: 1,
             mem_base: GuestAddress(0x4000_0000),
             mem_size: 64 << 20,
+            forge_file_size: None,
         }
     }
 }
@@ -116,6 +121,9 @@ impl Driver {
         session.set_features(features)?;
 
         let mem = memfd_memory(opts.mem_base, opts.mem_size)?;
+        if let Some(size) = opts.forge_file_size {
+            shrink_file(&mem, size)?;
+        }
         let mut alloc = Allocator::new(opts.mem_base, opts.mem_size);
         session.set_mem_table(&mem)?;
 
@@ -311,6 +319,31 @@ impl Driver {
         }
     }
 
+    /// Forging (a hostile guest): writes `idx` as queue `q`'s avail index, without kicking,
+    /// e.g. more than a queue size ahead of what the device has seen.
+    pub fn forge_avail_idx(&mut self, q: usize, idx: u16) -> Result<()> {
+        let avail = self.queue(q)?.geometry().avail;
+        self.mem.write_obj(idx.to_le(), GuestAddress(avail.0 + 2))?;
+        Ok(())
+    }
+
+    /// Forging (a hostile frontend): stops queue `q` (GET_VRING_BASE) and sets it up again
+    /// with its avail ring at `avail` (e.g. guest address 0, with `mem_base` 0), from base 0,
+    /// enabled. The driver's own bookkeeping of `q` is left as it was.
+    pub fn forge_avail_ring(&mut self, q: usize, avail: GuestAddress) -> Result<()> {
+        self.session.stop_vring(q)?;
+        let queue = self.queues.get(q).ok_or(Error::QueueIndex {
+            index: q,
+            num_queues: self.queues.len(),
+        })?;
+        let mut geometry = queue.geometry();
+        geometry.avail = avail;
+        self.session
+            .setup_vring(q, geometry, 0, queue.call_fd(), queue.kick_fd())?;
+        self.session.enable_vring(q, true)?;
+        Ok(())
+    }
+
     /// Reconnects the session after the backend died and came back (rings restart from the
     /// used index, see [`FrontendSession::reconnect`]), then kicks every queue with requests
     /// in flight.
@@ -323,6 +356,22 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// Truncates the memfd behind `mem`'s first region to `size` bytes (see
+/// [`DriverOptions::forge_file_size`]).
+fn shrink_file(mem: &GuestMemoryMmap, size: u64) -> Result<()> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let region = mem
+        .iter()
+        .next()
+        .ok_or_else(|| Error::Memory("no region".into()))?;
+    let file = region
+        .file_offset()
+        .ok_or_else(|| Error::Memory("region has no file".into()))?
+        .file();
+    file.set_len(size)
+        .map_err(|e| Error::Memory(format!("ftruncate memfd to {size:#x}: {e}")))
 }
 
 /// Sleeps until one of the queues' call fds fires (draining it) or `deadline` passes.

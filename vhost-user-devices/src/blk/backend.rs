@@ -9,6 +9,7 @@ use protocol::daemon::backend_util::{
     self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
 };
+use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::blk::{
     BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
@@ -153,7 +154,7 @@ impl BlkBackend {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
             let mut completed = false;
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+            while let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) {
                 let chain = if self.pool.wants(&chain) {
                     match self.pool.submit(chain, opts, vring) {
                         Ok(()) => continue,
@@ -165,7 +166,10 @@ impl BlkBackend {
                 let head = chain.head_index();
                 let used = request::handle_chain(chain, &mem, &self.disk, opts);
                 if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    log::error!("cannot complete request {head}: {e}");
+                    protocol::log_limited!(
+                        log::Level::Error,
+                        "cannot complete request {head}: {e}"
+                    );
                 }
                 completed = true;
             }

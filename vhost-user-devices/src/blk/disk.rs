@@ -78,7 +78,8 @@ impl Disk {
             return Err(DiskError::NotAFileOrBlockDevice(path.to_path_buf()));
         };
         if bytes % SECTOR_SIZE != 0 {
-            log::warn!(
+            protocol::log_limited!(
+                log::Level::Warn,
                 "image {}: size {bytes} is not a multiple of {SECTOR_SIZE}; the tail is not visible",
                 path.display()
             );

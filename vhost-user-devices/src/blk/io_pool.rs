@@ -59,7 +59,7 @@ pub struct IoPool {
 pub fn complete(vring: &BackendVring, mem: &Mem, head: u16, used: u32) {
     let mut state = vring.get_mut();
     if let Err(e) = state.get_queue_mut().add_used(mem, head, used) {
-        log::error!("cannot complete request {head}: {e}");
+        protocol::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
         return;
     }
     notify_used(&mut state, mem);
@@ -79,7 +79,10 @@ impl IoPool {
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => {
-                    log::warn!("cannot start an I/O thread ({e}); continuing with fewer");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "cannot start an I/O thread ({e}); continuing with fewer"
+                    );
                     break;
                 }
             }

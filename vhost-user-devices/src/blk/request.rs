@@ -96,11 +96,17 @@ pub fn handle_chain<M: std::ops::Deref<Target = Mem>>(
     let head = chain.head_index();
     let descs: Vec<Descriptor> = chain.collect();
     let Some(last) = descs.last() else {
-        log::warn!("request {head}: empty or unreadable descriptor chain");
+        protocol::log_limited!(
+            log::Level::Warn,
+            "request {head}: empty or unreadable descriptor chain"
+        );
         return 0;
     };
     if !last.is_write_only() || last.len() == 0 {
-        log::warn!("request {head}: no device-writable status descriptor; dropped without status");
+        protocol::log_limited!(
+            log::Level::Warn,
+            "request {head}: no device-writable status descriptor; dropped without status"
+        );
         return 0;
     }
     let status_addr = last.addr();
@@ -114,12 +120,13 @@ pub fn handle_chain<M: std::ops::Deref<Target = Mem>>(
     let (status, written) = match result {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(e) => {
-            log::warn!("request {head}: {e}");
+            protocol::log_limited!(log::Level::Warn, "request {head}: {e}");
             (e.status(), 0)
         }
     };
     if mem.write_obj(status, status_addr).is_err() {
-        log::warn!(
+        protocol::log_limited!(
+            log::Level::Warn,
             "request {head}: status byte at {:#x} is outside guest memory",
             status_addr.0
         );

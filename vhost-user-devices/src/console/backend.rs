@@ -9,6 +9,7 @@ use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     protocol_features, read_config, reenable_notifications,
 };
+use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::console::{
     CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
@@ -80,18 +81,21 @@ impl ConsoleBackend {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
             while wanted() {
-                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
                     break;
                 };
                 let head = chain.head_index();
                 let used = if crate::chain::is_complete(&chain) {
                     handle(chain, &mem)
                 } else {
-                    log::warn!("buffer {head}: descriptor chain loops or leaves its table");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "buffer {head}: descriptor chain loops or leaves its table"
+                    );
                     0
                 };
                 if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    log::error!("cannot complete buffer {head}: {e}");
+                    protocol::log_limited!(log::Level::Error, "cannot complete buffer {head}: {e}");
                 }
                 completed = true;
             }
@@ -116,14 +120,18 @@ impl ConsoleBackend {
                 let head = chain.head_index();
                 let writable = chain.clone().writable().count();
                 if writable > 0 {
-                    log::warn!(
+                    protocol::log_limited!(
+                        log::Level::Warn,
                         "transmit buffer {head}: {writable} device-writable descriptor(s) ignored"
                     );
                 }
                 let mut reader = match chain.reader(mem) {
                     Ok(r) => r,
                     Err(e) => {
-                        log::warn!("transmit buffer {head}: bad descriptor chain: {e}");
+                        protocol::log_limited!(
+                            log::Level::Warn,
+                            "transmit buffer {head}: bad descriptor chain: {e}"
+                        );
                         return 0;
                     }
                 };
@@ -133,7 +141,7 @@ impl ConsoleBackend {
                         Ok(0) => break,
                         Ok(n) => self.io.output(&buf[..n]),
                         Err(e) => {
-                            log::warn!("transmit buffer {head}: {e}");
+                            protocol::log_limited!(log::Level::Warn, "transmit buffer {head}: {e}");
                             break;
                         }
                     }
@@ -153,25 +161,35 @@ impl ConsoleBackend {
                 let head = chain.head_index();
                 let readable = chain.clone().readable().count();
                 if readable > 0 {
-                    log::warn!(
+                    protocol::log_limited!(
+                        log::Level::Warn,
                         "receive buffer {head}: {readable} device-readable descriptor(s) ignored"
                     );
                 }
                 let mut writer = match chain.writer(mem) {
                     Ok(w) => w,
                     Err(e) => {
-                        log::warn!("receive buffer {head}: bad descriptor chain: {e}");
+                        protocol::log_limited!(
+                            log::Level::Warn,
+                            "receive buffer {head}: bad descriptor chain: {e}"
+                        );
                         return 0;
                     }
                 };
                 let room = writer.available_bytes().min(CHUNK);
                 if room == 0 {
-                    log::warn!("receive buffer {head}: no device-writable space");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "receive buffer {head}: no device-writable space"
+                    );
                     return 0;
                 }
                 let data = input.take(room);
                 if let Err(e) = writer.write_all(&data) {
-                    log::warn!("receive buffer {head}: {e}; input lost");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "receive buffer {head}: {e}; input lost"
+                    );
                 }
                 u32::try_from(writer.bytes_written()).unwrap_or(u32::MAX)
             },
@@ -234,7 +252,7 @@ impl VhostUserBackend for ConsoleBackend {
     ) -> io::Result<()> {
         let (Some(rx), Some(tx)) = (vrings.get(CONSOLE_RX_QUEUE), vrings.get(CONSOLE_TX_QUEUE))
         else {
-            log::error!("console worker without both queues");
+            protocol::log_limited!(log::Level::Error, "console worker without both queues");
             return Ok(());
         };
         match device_event {

@@ -62,7 +62,7 @@ impl InputQueue {
         buf.extend(data);
         drop(buf);
         if let Err(e) = self.ready.write(1) {
-            log::error!("cannot signal console input: {e}");
+            protocol::log_limited!(log::Level::Error, "cannot signal console input: {e}");
         }
     }
 
@@ -99,7 +99,7 @@ impl SocketPeer {
             match c.write_all(data) {
                 Ok(()) => return,
                 Err(e) => {
-                    log::warn!("console client dropped: {e}");
+                    protocol::log_limited!(log::Level::Warn, "console client dropped: {e}");
                     let _ = c.shutdown(std::net::Shutdown::Both);
                     *client = None;
                 }
@@ -124,7 +124,10 @@ impl SocketPeer {
                 .and_then(|()| stream.write_all(b))
                 .is_err()
             {
-                log::warn!("console client went away before its first output");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "console client went away before its first output"
+                );
                 return;
             }
             p.clear();
@@ -236,13 +239,13 @@ impl ConsoleIo {
                 if let Ok(mut f) = f.lock()
                     && let Err(e) = f.write_all(data)
                 {
-                    log::warn!("console output file: {e}");
+                    protocol::log_limited!(log::Level::Warn, "console output file: {e}");
                 }
             }
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
                 if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
-                    log::warn!("console stdout: {e}");
+                    protocol::log_limited!(log::Level::Warn, "console stdout: {e}");
                 }
             }
             Sink::Socket(peer) => peer.write(data),
@@ -272,7 +275,7 @@ fn read_into(src: &mut impl Read, input: &InputQueue) {
             Ok(n) => input.push(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                log::warn!("console input: {e}");
+                protocol::log_limited!(log::Level::Warn, "console input: {e}");
                 return;
             }
         }
@@ -284,16 +287,16 @@ fn serve_clients(listener: &UnixListener, peer: &SocketPeer, input: &InputQueue)
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) => {
-                log::warn!("console socket accept: {e}");
+                protocol::log_limited!(log::Level::Warn, "console socket accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        log::info!("console client connected");
+        protocol::log_limited!(log::Level::Info, "console client connected");
         let writer = match stream.try_clone() {
             Ok(w) => w,
             Err(e) => {
-                log::warn!("console client: {e}");
+                protocol::log_limited!(log::Level::Warn, "console client: {e}");
                 continue;
             }
         };
@@ -301,6 +304,6 @@ fn serve_clients(listener: &UnixListener, peer: &SocketPeer, input: &InputQueue)
         peer.attach(writer);
         read_into(&mut &stream, input);
         peer.detach();
-        log::info!("console client disconnected");
+        protocol::log_limited!(log::Level::Info, "console client disconnected");
     }
 }

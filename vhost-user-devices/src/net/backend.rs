@@ -10,6 +10,7 @@ use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
 };
+use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::net::{
     NetConfig, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
@@ -187,7 +188,7 @@ impl NetBackend {
                 let _ = state.disable_notification();
             }
             let mut completed = false;
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) {
+            while let Some(chain) = pop_chain(state.get_queue_mut(), &*mem) {
                 let head = chain.head_index();
                 match gather_tx(chain, &mem, hdr_len, strip, &mut frame) {
                     Ok(()) => match send_frame(fd, &frame) {
@@ -198,7 +199,10 @@ impl NetBackend {
                         Ok(false) => bump(&stats.tx_dropped, 1),
                         Err(e) => {
                             bump(&stats.tx_dropped, 1);
-                            log::warn!("queue pair {pair}: link write failed: {e}");
+                            protocol::log_limited!(
+                                log::Level::Warn,
+                                "queue pair {pair}: link write failed: {e}"
+                            );
                         }
                     },
                     Err(e) => {
@@ -210,7 +214,10 @@ impl NetBackend {
                     }
                 }
                 if let Err(e) = state.add_used(head, 0) {
-                    log::error!("cannot complete transmit chain {head}: {e}");
+                    protocol::log_limited!(
+                        log::Level::Error,
+                        "cannot complete transmit chain {head}: {e}"
+                    );
                 }
                 completed = true;
             }
@@ -263,7 +270,10 @@ impl NetBackend {
                     Ok(Some(n)) => rx.pending = n,
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!("queue pair {pair}: link read failed: {e}");
+                        protocol::log_limited!(
+                            log::Level::Warn,
+                            "queue pair {pair}: link read failed: {e}"
+                        );
                         break;
                     }
                 }
@@ -324,7 +334,7 @@ impl VhostUserBackend for NetBackend {
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::Relaxed);
         if let Err(e) = self.shared.link.set_offload(features) {
-            log::warn!("cannot set tap offloads: {e}");
+            protocol::log_limited!(log::Level::Warn, "cannot set tap offloads: {e}");
         }
     }
 

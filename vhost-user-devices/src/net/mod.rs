@@ -41,7 +41,7 @@ use std::sync::Arc;
 use protocol::daemon::backend_util::valid_queue_size;
 use protocol::daemon::{
     Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
-    install_exit_handler_for, serve_connection,
+    install_exit_handler_for, next_frontend, serve_connection, while_busy,
 };
 use protocol::devices::net::{format_mac, parse_mac};
 use vhost::vhost_user::Listener;
@@ -321,31 +321,31 @@ pub fn serve_net(
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
     let mut served = 0usize;
+    let mut pending = None;
     while max_connections.is_none_or(|max| served < max) {
-        let front = match listener.accept() {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) => return Err(DaemonError::Accept(e.to_string())),
-        };
+        let front = next_frontend(listener, &mut pending)?;
         let (mut private, back) = private_pair().map_err(DaemonError::NewBackend)?;
-        let end = std::thread::scope(|s| {
-            s.spawn(|| {
-                if let Err(e) = early_enable::relay_requests(&front, &back) {
-                    log::debug!("{}: frontend relay: {e}", device.name);
-                }
+        let (end, next) = while_busy(listener, &front, || {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    if let Err(e) = early_enable::relay_requests(&front, &back) {
+                        log::debug!("{}: frontend relay: {e}", device.name);
+                    }
+                    let _ = back.shutdown(Shutdown::Both);
+                });
+                s.spawn(|| {
+                    if let Err(e) = early_enable::copy_replies(&back, &front) {
+                        log::debug!("{}: reply relay: {e}", device.name);
+                    }
+                    let _ = front.shutdown(Shutdown::Both);
+                });
+                let end = serve_connection(device, &mut private);
                 let _ = back.shutdown(Shutdown::Both);
-            });
-            s.spawn(|| {
-                if let Err(e) = early_enable::copy_replies(&back, &front) {
-                    log::debug!("{}: reply relay: {e}", device.name);
-                }
                 let _ = front.shutdown(Shutdown::Both);
-            });
-            let end = serve_connection(device, &mut private);
-            let _ = back.shutdown(Shutdown::Both);
-            let _ = front.shutdown(Shutdown::Both);
-            end
-        });
+                end
+            })
+        })?;
+        pending = next;
         log_stats(device);
         end?;
         served += 1;

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use protocol::daemon::ring::pop_chain;
 use protocol::devices::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -209,7 +210,7 @@ pub fn deliver_rx(
             scratch.clear();
             return Delivery::TooBig;
         }
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(chain) = pop_chain(queue, mem) else {
             rewind(queue, scratch.len());
             scratch.clear();
             return Delivery::NoBuffers;
@@ -285,7 +286,10 @@ pub fn deliver_rx(
     }
     for &(head, len) in scratch.iter() {
         if let Err(e) = queue.add_used(mem, head, len) {
-            log::warn!("cannot complete receive chain {head}: {e}");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "cannot complete receive chain {head}: {e}"
+            );
         }
     }
     Delivery::Delivered(chains)

@@ -12,6 +12,7 @@ use protocol::daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
     reenable_notifications,
 };
+use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::rng::RNG_NUM_QUEUES;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -114,7 +115,7 @@ impl RngBackend {
             && !t.is_armed().unwrap_or(false)
             && let Err(e) = t.reset(after.max(Duration::from_millis(1)), None)
         {
-            log::error!("cannot arm the rate-limit timer: {e}");
+            protocol::log_limited!(log::Level::Error, "cannot arm the rate-limit timer: {e}");
         }
     }
 
@@ -160,59 +161,81 @@ impl RngBackend {
                 self.arm_timer(wait);
                 return true;
             }
-            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+            let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
                 self.entropy.grant_back(budget);
                 return false;
             };
             let head = chain.head_index();
             if !crate::chain::is_complete(&chain) {
                 self.entropy.grant_back(budget);
-                log::warn!("request {head}: descriptor chain loops or leaves its table");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "request {head}: descriptor chain loops or leaves its table"
+                );
                 if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                    log::error!("cannot complete request {head}: {e}");
+                    protocol::log_limited!(
+                        log::Level::Error,
+                        "cannot complete request {head}: {e}"
+                    );
                 }
                 *completed = true;
                 continue;
             }
             let readable = chain.clone().readable().count();
             if readable > 0 {
-                log::warn!("request {head}: {readable} device-readable descriptor(s) ignored");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "request {head}: {readable} device-readable descriptor(s) ignored"
+                );
             }
             let written = match chain.writer(&**mem) {
                 Ok(mut w) => {
                     let want = w.available_bytes().min(budget);
                     if want == 0 {
-                        log::warn!("request {head}: no device-writable buffer");
+                        protocol::log_limited!(
+                            log::Level::Warn,
+                            "request {head}: no device-writable buffer"
+                        );
                     }
                     self.entropy.grant_back(budget - want);
                     match self.entropy.read(want) {
                         Ok(bytes) => {
                             if bytes.len() < want {
-                                log::warn!(
+                                protocol::log_limited!(
+                                    log::Level::Warn,
                                     "request {head}: entropy source gave {} of {want} bytes",
                                     bytes.len()
                                 );
                             }
                             if let Err(e) = w.write_all(&bytes) {
-                                log::warn!("request {head}: cannot write guest buffer: {e}");
+                                protocol::log_limited!(
+                                    log::Level::Warn,
+                                    "request {head}: cannot write guest buffer: {e}"
+                                );
                             }
                             w.bytes_written()
                         }
                         Err(e) => {
-                            log::error!("request {head}: entropy source: {e}");
+                            protocol::log_limited!(
+                                log::Level::Error,
+                                "request {head}: entropy source: {e}"
+                            );
                             0
                         }
                     }
                 }
                 Err(e) => {
                     self.entropy.grant_back(budget);
-                    log::warn!("request {head}: bad descriptor chain: {e}");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "request {head}: bad descriptor chain: {e}"
+                    );
                     0
                 }
             };
             let used = u32::try_from(written).unwrap_or(u32::MAX);
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, used) {
-                log::error!("cannot complete request {head}: {e}");
+                protocol::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
             }
             *completed = true;
         }

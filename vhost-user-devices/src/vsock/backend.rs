@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use protocol::daemon::backend_util::{
     self, MemorySlot, ignore_config_write, new_exit_event, read_config,
 };
+use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -54,11 +55,18 @@ impl VsockBackend {
         listener: UnixListener,
         buf_alloc: u32,
         queue_size: u16,
+        half_open_timeout: std::time::Duration,
     ) -> io::Result<Self> {
         Ok(VsockBackend {
             guest_cid,
             queue_size,
-            muxer: Mutex::new(Muxer::new(guest_cid, uds_path, listener, buf_alloc)?),
+            muxer: Mutex::new(Muxer::new(
+                guest_cid,
+                uds_path,
+                listener,
+                buf_alloc,
+                half_open_timeout,
+            )?),
             mem: MemorySlot::new(),
         })
     }
@@ -89,25 +97,31 @@ impl VsockBackend {
         }
         let mut used = false;
         while !muxer.throttled() {
-            let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+            let Some(mut chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
                 break;
             };
             let head = chain.head_index();
             if !is_complete(&chain) {
-                log::warn!("tx chain {head} loops or leaves the descriptor table: dropped");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "tx chain {head} loops or leaves the descriptor table: dropped"
+                );
             } else {
                 match VsockPacket::from_tx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
                     Ok(pkt) => muxer.recv_pkt(&pkt),
-                    Err(e) => log::warn!("malformed tx packet {head}: {e}: dropped"),
+                    Err(e) => protocol::log_limited!(
+                        log::Level::Warn,
+                        "malformed tx packet {head}: {e}: dropped"
+                    ),
                 }
             }
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                log::error!("cannot complete tx packet {head}: {e}");
+                protocol::log_limited!(log::Level::Error, "cannot complete tx packet {head}: {e}");
             }
             used = true;
         }
         if used && let Err(e) = state.signal_used_queue() {
-            log::error!("cannot signal the tx queue: {e}");
+            protocol::log_limited!(log::Level::Error, "cannot signal the tx queue: {e}");
         }
     }
 
@@ -124,14 +138,20 @@ impl VsockBackend {
             return sent;
         }
         while muxer.has_rx() {
-            let Some(mut chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+            let Some(mut chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
                 break;
             };
             let head = chain.head_index();
             if !is_complete(&chain) {
-                log::warn!("rx chain {head} loops or leaves the descriptor table: returned empty");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "rx chain {head} loops or leaves the descriptor table: returned empty"
+                );
                 if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                    log::error!("cannot complete rx buffer {head}: {e}");
+                    protocol::log_limited!(
+                        log::Level::Error,
+                        "cannot complete rx buffer {head}: {e}"
+                    );
                 }
                 sent += 1;
                 continue;
@@ -146,19 +166,22 @@ impl VsockBackend {
                     }
                 },
                 Err(e) => {
-                    log::warn!("malformed rx buffer {head}: {e}: returned empty");
+                    protocol::log_limited!(
+                        log::Level::Warn,
+                        "malformed rx buffer {head}: {e}: returned empty"
+                    );
                     0
                 }
             };
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, len) {
-                log::error!("cannot complete rx buffer {head}: {e}");
+                protocol::log_limited!(log::Level::Error, "cannot complete rx buffer {head}: {e}");
             }
             sent += 1;
         }
         if sent > 0
             && let Err(e) = state.signal_used_queue()
         {
-            log::error!("cannot signal the rx queue: {e}");
+            protocol::log_limited!(log::Level::Error, "cannot signal the rx queue: {e}");
         }
         sent
     }
@@ -172,7 +195,7 @@ impl VsockBackend {
             return;
         };
         let Ok(mut muxer) = self.muxer.lock() else {
-            log::error!("muxer lock poisoned");
+            protocol::log_limited!(log::Level::Error, "muxer lock poisoned");
             return;
         };
         if host_events {

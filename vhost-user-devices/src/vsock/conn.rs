@@ -64,6 +64,8 @@ pub struct Conn {
     pub rx_queued: bool,
     /// epoll interest currently registered for `stream` (None: not registered).
     pub registered: Option<vmm_sys_util::epoll::EventSet>,
+    /// When a half-open connection (connecting, closing) is given up (set by the muxer).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -93,6 +95,7 @@ impl Conn {
             credit_update_queued: false,
             rx_queued: false,
             registered: None,
+            deadline: None,
         }
     }
 
@@ -272,6 +275,8 @@ pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
 pub struct PendingHost {
     pub stream: UnixStream,
     line: Vec<u8>,
+    /// When the client is dropped if its `CONNECT` line is still incomplete (set by the muxer).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// What reading a pending host client produced.
@@ -290,6 +295,7 @@ impl PendingHost {
         PendingHost {
             stream,
             line: Vec::new(),
+            deadline: None,
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod conn;
+pub mod control;
 pub mod muxer;
 
 use std::os::fd::AsRawFd;
@@ -34,6 +35,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     features: &[],
 };
 
+pub use muxer::HALF_OPEN_TIMEOUT;
 pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
 /// Receive buffer each connection advertises to the guest (`buf_alloc`).
 pub const DEFAULT_BUF_ALLOC: u32 = 256 * 1024;
@@ -82,6 +84,8 @@ pub struct Config {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
     pub queue_size: u16,
+    /// See [`HALF_OPEN_TIMEOUT`] (the program always uses that value).
+    pub half_open_timeout: std::time::Duration,
 }
 
 impl TryFrom<&VsockArgs> for Config {
@@ -99,6 +103,7 @@ impl TryFrom<&VsockArgs> for Config {
             guest_cid: a.guest_cid,
             uds_path,
             queue_size: a.queue_size,
+            half_open_timeout: HALF_OPEN_TIMEOUT,
         })
     }
 }
@@ -164,6 +169,7 @@ impl VhostUserDevice for VsockDevice {
             self.listener.try_clone()?,
             DEFAULT_BUF_ALLOC,
             self.config.queue_size,
+            self.config.half_open_timeout,
         )?))
     }
 

@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use protocol::devices::vsock::{
     VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID, VSOCK_OP_CREDIT_REQUEST,
@@ -24,8 +25,10 @@ use protocol::devices::vsock::{
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Conn, ConnState, Handshake, PendingHost, Progress};
+use super::control::{ConnKey, Control, ControlQueue};
 
 /// Control packets waiting for rx buffers before the muxer stops taking tx packets.
 pub const MAX_PENDING_CONTROL: usize = 512;
@@ -35,24 +38,21 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// epoll data of the listener (stream fds use their fd number).
 const LISTENER_TOKEN: u64 = u64::MAX;
-
-/// (host-side port, guest-side port).
-type ConnKey = (u32, u32);
-
-/// A packet for the guest that carries no data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Control {
-    local_port: u32,
-    peer_port: u32,
-    op: u16,
-    flags: u32,
-}
+/// epoll data of the half-open sweep timer.
+const SWEEP_TOKEN: u64 = u64::MAX - 1;
+/// How long a connection may stay half-open: a host client that has not finished its
+/// `CONNECT <port>` line, a host-initiated connection the guest has not answered (no RESPONSE),
+/// a connection closing (both sides shut down) whose host end does not take the last bytes.
+/// Then it is closed (RST to the guest if it knows the connection).
+pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MuxerStats {
     pub rst_sent: u64,
     pub dropped: u64,
+    /// Half-open connections closed by [`HALF_OPEN_TIMEOUT`].
+    pub expired: u64,
     pub connections: usize,
 }
 
@@ -66,19 +66,23 @@ pub struct Muxer {
     pending: HashMap<RawFd, PendingHost>,
     conns: HashMap<ConnKey, Conn>,
     by_fd: HashMap<RawFd, ConnKey>,
-    control: VecDeque<Control>,
+    control: ControlQueue,
+    half_open_timeout: Duration,
+    sweep: TimerFd,
     rx_ready: VecDeque<ConnKey>,
     next_local_port: u32,
     stats: MuxerStats,
 }
 
 impl Muxer {
-    /// A muxer serving `guest_cid` whose host side is `listener` (bound at `uds_path`).
+    /// A muxer serving `guest_cid` whose host side is `listener` (bound at `uds_path`);
+    /// half-open connections are closed after `half_open_timeout` (see [`HALF_OPEN_TIMEOUT`]).
     pub fn new(
         guest_cid: u64,
         uds_path: &Path,
         listener: UnixListener,
         buf_alloc: u32,
+        half_open_timeout: Duration,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
@@ -86,6 +90,15 @@ impl Muxer {
             ControlOperation::Add,
             listener.as_raw_fd(),
             EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+        )?;
+        // Sweeps for expired half-open connections a few times per timeout.
+        let mut sweep = TimerFd::new()?;
+        let period = (half_open_timeout / 4).max(Duration::from_millis(50));
+        sweep.reset(period, Some(period))?;
+        epoll.ctl(
+            ControlOperation::Add,
+            sweep.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, SWEEP_TOKEN),
         )?;
         Ok(Muxer {
             guest_cid,
@@ -96,7 +109,9 @@ impl Muxer {
             pending: HashMap::new(),
             conns: HashMap::new(),
             by_fd: HashMap::new(),
-            control: VecDeque::new(),
+            control: ControlQueue::default(),
+            half_open_timeout,
+            sweep,
             rx_ready: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             stats: MuxerStats::default(),
@@ -141,13 +156,9 @@ impl Muxer {
         self.rx_ready.clear();
     }
 
+    /// Queues a control packet for the guest: never dropped (see [`ControlQueue`]).
     fn push_control(&mut self, local_port: u32, peer_port: u32, op: u16, flags: u32) {
-        if self.control.len() >= 2 * MAX_PENDING_CONTROL {
-            log::warn!("guest is not taking rx buffers: control packet {op} dropped");
-            self.stats.dropped += 1;
-            return;
-        }
-        self.control.push_back(Control {
+        self.control.push(Control {
             local_port,
             peer_port,
             op,
@@ -206,7 +217,11 @@ impl Muxer {
         };
         match result {
             Ok(()) => conn.registered = (!want.is_empty()).then_some(want),
-            Err(e) => log::error!("epoll interest for port {}: {e}", conn.local_port),
+            Err(e) => protocol::log_limited!(
+                log::Level::Error,
+                "epoll interest for port {}: {e}",
+                conn.local_port
+            ),
         }
     }
 
@@ -219,7 +234,8 @@ impl Muxer {
     /// One packet from the guest's tx queue.
     pub fn recv_pkt(&mut self, pkt: &VsockPacket<'_, ()>) {
         if pkt.src_cid() != self.guest_cid {
-            log::warn!(
+            protocol::log_limited!(
+                log::Level::Warn,
                 "packet from CID {} (the guest is {}): dropped",
                 pkt.src_cid(),
                 self.guest_cid
@@ -255,6 +271,7 @@ impl Muxer {
         match (op, conn.state) {
             (VSOCK_OP_RESPONSE, ConnState::Connecting) => {
                 conn.state = ConnState::Established;
+                conn.deadline = None;
                 let line = format!("OK {}\n", conn.local_port);
                 if let Err(e) = conn.send_host_bytes(line.as_bytes()) {
                     log::debug!("host client of port {} gone: {e}", key.0);
@@ -302,7 +319,11 @@ impl Muxer {
             return;
         }
         if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-            log::warn!("too many connections: REQUEST to port {} refused", key.0);
+            protocol::log_limited!(
+                log::Level::Warn,
+                "too many connections: REQUEST to port {} refused",
+                key.0
+            );
             self.push_rst(key.0, key.1);
             return;
         }
@@ -322,7 +343,10 @@ impl Muxer {
             }
         };
         if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("cannot make the host stream non-blocking: {e}");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "cannot make the host stream non-blocking: {e}"
+            );
             self.push_rst(key.0, key.1);
             return;
         }
@@ -344,7 +368,8 @@ impl Muxer {
             return;
         };
         if conn.peer_shut_send || !conn.fits(pkt.len()) {
-            log::warn!(
+            protocol::log_limited!(
+                log::Level::Warn,
                 "guest port {} sent {} bytes beyond its credit or after SHUTDOWN: RST",
                 key.1,
                 pkt.len()
@@ -389,6 +414,8 @@ impl Muxer {
         if flags & both == both || (conn.peer_shut_send && conn.host_eof) {
             // Full close: write out what the guest sent, then RST completes the close.
             conn.close_after_flush = true;
+            conn.deadline
+                .get_or_insert(Instant::now() + self.half_open_timeout);
         }
         self.after_forward(key);
     }
@@ -401,7 +428,7 @@ impl Muxer {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::error!("host socket epoll: {e}");
+                    protocol::log_limited!(log::Level::Error, "host socket epoll: {e}");
                     return;
                 }
             };
@@ -409,6 +436,11 @@ impl Muxer {
                 let token = ev.data();
                 if token == LISTENER_TOKEN {
                     self.accept_host_clients();
+                    continue;
+                }
+                if token == SWEEP_TOKEN {
+                    let _ = self.sweep.wait();
+                    self.expire_half_open(Instant::now());
                     continue;
                 }
                 let fd = token as RawFd;
@@ -431,16 +463,19 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("accepting a host client: {e}");
+                    protocol::log_limited!(log::Level::Warn, "accepting a host client: {e}");
                     return;
                 }
             };
             if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-                log::warn!("too many connections: host client refused");
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "too many connections: host client refused"
+                );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                log::warn!("host client: {e}");
+                protocol::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -449,10 +484,12 @@ impl Muxer {
                 fd,
                 EpollEvent::new(EventSet::IN, fd as u64),
             ) {
-                log::warn!("host client: {e}");
+                protocol::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
-            self.pending.insert(fd, PendingHost::new(stream));
+            let mut pending = PendingHost::new(stream);
+            pending.deadline = Some(Instant::now() + self.half_open_timeout);
+            self.pending.insert(fd, pending);
         }
     }
 
@@ -480,7 +517,10 @@ impl Muxer {
             return;
         };
         let Some(local_port) = self.allocate_local_port(port) else {
-            log::warn!("no free host port for a connection to guest port {port}");
+            protocol::log_limited!(
+                log::Level::Warn,
+                "no free host port for a connection to guest port {port}"
+            );
             return;
         };
         let key = (local_port, port);
@@ -492,10 +532,43 @@ impl Muxer {
             self.buf_alloc,
         );
         conn.set_rx_prefix(rest);
+        conn.deadline = Some(Instant::now() + self.half_open_timeout);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.push_control(local_port, port, VSOCK_OP_REQUEST, 0);
         log::debug!("host client connecting to guest port {port} from host port {local_port}");
+    }
+
+    /// Closes every connection that stayed half-open past its deadline (see
+    /// [`HALF_OPEN_TIMEOUT`]): handshaking host clients are just closed, connections the guest
+    /// knows get an RST.
+    pub fn expire_half_open(&mut self, now: Instant) {
+        let late = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        let stale: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| late(p.deadline))
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in stale {
+            log::debug!("host client sent no CONNECT line in time: closed");
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.pending.remove(&fd);
+            self.stats.expired += 1;
+        }
+        let stale: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| late(c.deadline))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            log::debug!("connection {key:?} half-open for too long: RST");
+            self.reset_conn(key);
+            self.stats.expired += 1;
+        }
     }
 
     fn allocate_local_port(&mut self, peer_port: u32) -> Option<u32> {
@@ -548,7 +621,7 @@ impl Muxer {
     /// Writes the next packet for the guest into `pkt` (an rx buffer); returns the used length,
     /// or None when there is nothing to send.
     pub fn fill_rx(&mut self, pkt: &mut VsockPacket<'_, ()>) -> Option<u32> {
-        if let Some(c) = self.control.pop_front() {
+        if let Some(c) = self.control.pop() {
             let (buf_alloc, fwd_cnt) = match self.conns.get_mut(&(c.local_port, c.peer_port)) {
                 Some(conn) => {
                     if c.op == VSOCK_OP_CREDIT_UPDATE {
@@ -606,6 +679,8 @@ impl Muxer {
                         // Both sides are done.
                         c.flags |= VSOCK_FLAGS_SHUTDOWN_RCV;
                         conn.close_after_flush = true;
+                        conn.deadline
+                            .get_or_insert(Instant::now() + self.half_open_timeout);
                     }
                     Self::rearm(&self.epoll, conn);
                     self.write_header(pkt, &c, 0, buf_alloc, fwd_cnt);

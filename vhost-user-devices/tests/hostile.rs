@@ -1,0 +1,403 @@
+//! Hostile guests and frontends against every backend program (as a process, log captured):
+//! a broken ring (avail index more than a queue ahead, a ring at guest address 0) stops that
+//! queue with bounded CPU and log while the worker stays responsive and the next frontend is
+//! served; a memory table larger than its memfd is refused instead of killing the backend
+//! with SIGBUS; connections leave no fd behind; a silent frontend does not block the next.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use protocol::daemon::FIRST_MESSAGE_TIMEOUT;
+use protocol::driver::blk::BlkDriver;
+use protocol::driver::console::ConsoleDriver;
+use protocol::driver::net::NetDriver;
+use protocol::driver::rng::RngDriver;
+use protocol::driver::vsock::VsockDriver;
+use protocol::driver::{Driver, DriverOptions, Segment};
+use protocol::frontend::FrontendSession;
+use vm_memory::GuestAddress;
+
+mod common;
+use common::{Scratch, wait_exit, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Rng,
+    Blk,
+    Console,
+    Net,
+    Vsock,
+}
+
+const ALL: [Kind; 5] = [Kind::Rng, Kind::Blk, Kind::Console, Kind::Net, Kind::Vsock];
+
+impl Kind {
+    fn exe(self) -> &'static str {
+        match self {
+            Kind::Rng => env!("CARGO_BIN_EXE_vhost-user-rng"),
+            Kind::Blk => env!("CARGO_BIN_EXE_vhost-user-blk"),
+            Kind::Console => env!("CARGO_BIN_EXE_vhost-user-console"),
+            Kind::Net => env!("CARGO_BIN_EXE_vhost-user-net"),
+            Kind::Vsock => env!("CARGO_BIN_EXE_vhost-user-vsock"),
+        }
+    }
+
+    /// The queue a hostile guest breaks: the one the device reads requests from.
+    fn victim_queue(self) -> usize {
+        match self {
+            Kind::Rng | Kind::Blk => 0,
+            Kind::Console | Kind::Net | Kind::Vsock => 1,
+        }
+    }
+}
+
+/// A backend process with its stderr (the log) in a file; killed on drop.
+struct Proc {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+    _dir: Scratch,
+}
+
+impl Proc {
+    fn spawn(kind: Kind, tag: &str) -> Proc {
+        let dir = Scratch::new("vuhostile", &format!("{kind:?}-{tag}"));
+        let sock = dir.path("s");
+        let log = dir.path("log");
+        let s = sock.to_str().unwrap().to_string();
+        let args: Vec<String> = match kind {
+            Kind::Rng => vec!["-s".into(), s],
+            Kind::Blk => {
+                let img = dir.path("img");
+                std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
+                let img = img.to_str().unwrap().to_string();
+                vec!["--socket-path".into(), s, "--image".into(), img]
+            }
+            Kind::Console => {
+                let out = dir.path("out").to_str().unwrap().to_string();
+                vec!["-s".into(), s, "--output".into(), out]
+            }
+            Kind::Net => {
+                let peer = dir.path("peer").to_str().unwrap().to_string();
+                vec!["-s".into(), s, "--peer".into(), peer]
+            }
+            Kind::Vsock => {
+                let uds = dir.path("uds").to_str().unwrap().to_string();
+                vec!["-s".into(), s, "--uds-path".into(), uds]
+            }
+        };
+        let child = Command::new(kind.exe())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for(&sock);
+        Proc {
+            child,
+            sock,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time so far, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
+    fn log_bytes(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    fn assert_alive(&mut self) {
+        let status = self.child.try_wait().unwrap();
+        assert!(
+            status.is_none(),
+            "backend exited ({status:?}); log:\n{}",
+            tail(&self.log_text())
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_exit(&mut self.child, TIMEOUT);
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Runs `f` on another thread; panics if it takes longer than `limit` (a wedged backend
+/// would otherwise hang the test instead of failing it).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
+}
+
+/// A driver with every queue of `kind` set up.
+fn raw_driver(sock: &Path, opts: DriverOptions) -> protocol::driver::Result<Driver> {
+    Driver::connect(
+        sock,
+        TIMEOUT,
+        DriverOptions {
+            num_queues: 0,
+            ..opts
+        },
+    )
+}
+
+/// A fresh frontend gets real service from `kind`'s backend.
+fn served(kind: Kind, sock: &Path) {
+    let sock = sock.to_path_buf();
+    within(
+        Duration::from_secs(30),
+        &format!("{kind:?}: next frontend"),
+        move || {
+            let opts = DriverOptions::default();
+            match kind {
+                Kind::Rng => {
+                    let mut d = RngDriver::connect(&sock, TIMEOUT, opts).expect("connect");
+                    assert_eq!(d.request(64, TIMEOUT).expect("entropy").len(), 64);
+                }
+                Kind::Blk => {
+                    let mut d = BlkDriver::connect(&sock, TIMEOUT, opts).expect("connect");
+                    assert_eq!(d.read(0, 0, 512).expect("read"), vec![0x5a; 512]);
+                }
+                Kind::Console => {
+                    let mut d = ConsoleDriver::connect(&sock, TIMEOUT, opts).expect("connect");
+                    d.send(b"hello", TIMEOUT).expect("send");
+                }
+                Kind::Net => {
+                    let mut d = NetDriver::connect(&sock, TIMEOUT, opts).expect("connect");
+                    d.read_config().expect("config");
+                }
+                Kind::Vsock => {
+                    VsockDriver::connect(&sock, TIMEOUT).expect("connect");
+                }
+            }
+        },
+    );
+}
+
+/// CPU ticks and log bytes the backend spends over `window` (the hostile state left as is).
+fn cost_over(p: &Proc, window: Duration) -> (u64, u64) {
+    let (c0, l0) = (p.cpu_ticks(), p.log_bytes());
+    std::thread::sleep(window);
+    (p.cpu_ticks() - c0, p.log_bytes() - l0)
+}
+
+/// Generous bounds: a wedged worker burns a whole core (~100 ticks a second) and logs
+/// hundreds of thousands of lines a second.
+const WINDOW: Duration = Duration::from_secs(3);
+const MAX_TICKS: u64 = 60;
+const MAX_LOG_BYTES: u64 = 16 * 1024;
+
+fn broken_ring(kind: Kind, forge: impl FnOnce(&mut Driver, usize) + Send + 'static, tag: &str) {
+    let mut p = Proc::spawn(kind, tag);
+    let sock = p.sock.clone();
+    let q = kind.victim_queue();
+    let log_before = p.log_bytes();
+    let mut drv = within(TIMEOUT * 2, "setup", move || {
+        let mut drv = raw_driver(
+            &sock,
+            DriverOptions {
+                mem_base: GuestAddress(0),
+                ..DriverOptions::default()
+            },
+        )
+        .expect("connect");
+        forge(&mut drv, q);
+        drv.kick(q).expect("kick");
+        // More kicks: each one must cost next to nothing.
+        for _ in 0..100 {
+            drv.kick(q).expect("kick");
+        }
+        drv
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (ticks, log) = cost_over(&p, WINDOW);
+    let total_log = p.log_bytes() - log_before;
+    eprintln!(
+        "{kind:?} {tag}: {ticks} CPU ticks and {log} log bytes over {WINDOW:?} after the \
+         break ({total_log} log bytes since connecting)"
+    );
+    assert!(ticks <= MAX_TICKS, "{kind:?}: {ticks} ticks in {WINDOW:?}");
+    assert!(
+        total_log <= MAX_LOG_BYTES,
+        "{kind:?}: {total_log} log bytes:\n{}",
+        tail(&p.log_text())
+    );
+    assert!(
+        p.log_text().contains("broken ring"),
+        "{kind:?}: no line about the broken ring:\n{}",
+        tail(&p.log_text())
+    );
+    // The worker still answers: GET_VRING_BASE, then a clean disconnect.
+    let base = within(TIMEOUT, "GET_VRING_BASE", move || {
+        let base = drv.session().stop_vring(q).expect("GET_VRING_BASE");
+        drop(drv);
+        base
+    });
+    eprintln!("{kind:?} {tag}: GET_VRING_BASE answered {base}");
+    p.assert_alive();
+    served(kind, &p.sock);
+    p.assert_alive();
+}
+
+#[test]
+fn avail_index_jump_stops_the_queue_not_the_backend() {
+    for kind in ALL {
+        broken_ring(
+            kind,
+            |drv, q| {
+                let size = drv.queue(q).unwrap().geometry().size;
+                drv.forge_avail_idx(q, size + 7).unwrap();
+            },
+            "jump",
+        );
+    }
+}
+
+#[test]
+fn ring_at_guest_address_zero_stops_the_queue_not_the_backend() {
+    for kind in ALL {
+        broken_ring(
+            kind,
+            |drv, q| {
+                drv.forge_avail_ring(q, GuestAddress(0)).unwrap();
+                // avail->idx (at GPA 2) says one request is there.
+                drv.write(GuestAddress(2), &1u16.to_le_bytes()).unwrap();
+            },
+            "gpa0",
+        );
+    }
+}
+
+#[test]
+fn memory_table_larger_than_its_file_is_refused() {
+    for kind in ALL {
+        let mut p = Proc::spawn(kind, "shortfd");
+        let sock = p.sock.clone();
+        // 64 MiB region, 1 MiB file: rings (at the start) lie inside the file.
+        let res = within(TIMEOUT * 2, "short memfd", move || {
+            let opts = DriverOptions {
+                forge_file_size: Some(1 << 20),
+                ..DriverOptions::default()
+            };
+            let mut drv = match raw_driver(&sock, opts) {
+                Ok(d) => d,
+                Err(e) => return Err(e.to_string()),
+            };
+            // Accepted: make the backend touch memory past the file's end.
+            let _pad = drv.alloc(32 << 20, 4096).unwrap();
+            let buf = drv.alloc(4096, 4096).unwrap();
+            let q = kind.victim_queue();
+            let _ = drv.submit(q, &[Segment::writable(buf.addr, 4096)], false, 1);
+            let _ = drv.submit(q, &[Segment::readable(buf.addr, 4096)], false, 2);
+            let _ = drv.kick(q);
+            let _ = drv.wait(q, Duration::from_secs(2));
+            Ok(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        p.assert_alive();
+        assert!(
+            res.is_err(),
+            "{kind:?}: the short memory table was accepted"
+        );
+        served(kind, &p.sock);
+        p.assert_alive();
+    }
+}
+
+#[test]
+fn connections_leave_no_fds_behind() {
+    for kind in ALL {
+        let p = Proc::spawn(kind, "fds");
+        let mut counts = Vec::new();
+        for i in 0..50 {
+            let sock = p.sock.clone();
+            let drv = within(TIMEOUT * 2, "connect", move || {
+                raw_driver(&sock, DriverOptions::default()).expect("connect")
+            });
+            // Connected and set up: every earlier connection has been torn down.
+            if i == 0 || i == 49 {
+                counts.push(p.open_fds());
+            }
+            drop(drv);
+        }
+        eprintln!("{kind:?}: open fds after 1 and 50 connections: {counts:?}");
+        assert_eq!(counts[0], counts[1], "{kind:?} leaks fds per connection");
+    }
+}
+
+#[test]
+fn silent_and_half_header_frontends_do_not_block_the_next() {
+    let mut p = Proc::spawn(Kind::Rng, "silent");
+    let silent = UnixStream::connect(&p.sock).unwrap();
+    let mut half = UnixStream::connect(&p.sock).unwrap();
+    half.write_all(&[1, 0, 0, 0, 1, 0]).unwrap();
+    let t0 = Instant::now();
+    served(Kind::Rng, &p.sock);
+    let took = t0.elapsed();
+    eprintln!("served after {took:?} behind a silent and a half-header frontend");
+    assert!(took < FIRST_MESSAGE_TIMEOUT * 2 + TIMEOUT);
+    drop((silent, half));
+    p.assert_alive();
+}
+
+#[test]
+fn second_frontend_is_turned_away_not_left_hanging() {
+    let mut p = Proc::spawn(Kind::Rng, "busy");
+    let first = RngDriver::connect(&p.sock, TIMEOUT, DriverOptions::default()).expect("first");
+    let sock = p.sock.clone();
+    let second = within(Duration::from_secs(20), "second frontend", move || {
+        FrontendSession::connect(&sock, TIMEOUT).map(|_| ())
+    });
+    assert!(
+        second.is_err(),
+        "a second frontend was served beside the first"
+    );
+    drop(first);
+    // Gone: the next one is served.
+    served(Kind::Rng, &p.sock);
+    p.assert_alive();
+}
