@@ -1,4 +1,8 @@
 //! What the virtio-pci transport needs from a device model, whatever process it lives in.
+//!
+//! The transport never calls these from a vCPU thread: a device model may be another process
+//! that stops answering, so every call goes through the device's control thread
+//! ([`super::control`]), and guest config reads are served from a cache.
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,12 +33,20 @@ pub struct BackendError {
 pub trait VirtioBackend: Send {
     /// Virtio feature bits the device offers (before the transport's mask).
     fn device_features(&self) -> u64;
-    /// Reads device-specific configuration space.
-    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BackendError>;
+    /// Reads the whole device-specific configuration space (`size` bytes; shorter answers
+    /// are padded with zeros by the caller).
+    fn fetch_config(&mut self, size: u32) -> Result<Vec<u8>, BackendError>;
     /// Writes device-specific configuration space.
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError>;
-    /// DRIVER_OK: start processing `queues` with the negotiated `features`.
-    fn activate(&mut self, features: u64, queues: &[ActiveQueue<'_>]) -> Result<(), BackendError>;
+    /// DRIVER_OK: start processing `queues` with the negotiated `features`. `resume`: this
+    /// activation is retried after the device model came back (it may have run part of it
+    /// before it went away): rings start where the used rings say, not at 0.
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[ActiveQueue<'_>],
+        resume: bool,
+    ) -> Result<(), BackendError>;
     /// Device reset: stop every queue, forget negotiated state.
     fn reset(&mut self) -> Result<(), BackendError>;
     /// The guest moved a running queue to another vector.

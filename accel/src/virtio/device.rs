@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::backend::{ActiveQueue, VirtioBackend};
+use super::backend::VirtioBackend;
 use super::common_cfg::{
     COMMON_CFG_SIZE, CommonCfgEvent, CommonConfig, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET, VIRTIO_MSI_NO_VECTOR,
 };
+use super::control::{BackendControl, Command, ControlHandle, OwnedQueue};
 use crate::pci::config::{BarInfo, BarKind, ClassCode, PCI_VENDOR_ID_REDHAT, PciConfig, PciHeader};
 use crate::pci::interrupts::{InterruptError, InterruptRouter};
 use crate::pci::msix::{Msix, MsixChange};
@@ -71,6 +72,8 @@ pub enum VirtioPciError {
     Interrupt(#[from] InterruptError),
     #[error("eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("starting the control thread: {0}")]
+    Control(#[source] std::io::Error),
 }
 
 /// Configuration-path counters of one device (the data path bypasses this process: a
@@ -133,7 +136,8 @@ pub struct VirtioPciDevice {
     /// Call fd for queues without a vector (interrupts go nowhere).
     no_vector: EventFd,
     router: Arc<dyn InterruptRouter>,
-    backend: Arc<Mutex<dyn VirtioBackend>>,
+    /// Every request for the device model goes through here, off the vCPU thread.
+    control: BackendControl,
     /// Where the notify ioeventfds are registered (BAR 0's last decoded address).
     bar0: Option<u64>,
     active: bool,
@@ -142,21 +146,27 @@ pub struct VirtioPciDevice {
 
 impl VirtioPciDevice {
     /// A function whose BAR 0 starts at `bar0_addr` (allocated by the caller from the PCI
-    /// MMIO window; [`BAR0_SIZE`] bytes, naturally aligned).
+    /// MMIO window; [`BAR0_SIZE`] bytes, naturally aligned). Reads the backend's features
+    /// and config space now (call before the VM runs) and starts the device's control
+    /// thread.
     pub fn new(
         name: String,
         params: VirtioPciParams,
         bar0_addr: u64,
         router: Arc<dyn InterruptRouter>,
         backend: Arc<Mutex<dyn VirtioBackend>>,
-    ) -> Result<Self, VirtioPciError> {
+    ) -> Result<Arc<Mutex<Self>>, VirtioPciError> {
         if params.num_queues == 0 || params.num_queues > MAX_QUEUES {
             return Err(VirtioPciError::QueueCount(params.num_queues));
         }
         if u64::from(params.config_size) > DEVICE_CFG_MAX {
             return Err(VirtioPciError::ConfigSize(params.config_size));
         }
-        let offered = backend.lock().unwrap().device_features() & TRANSPORT_FEATURES;
+        let offered = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .device_features()
+            & TRANSPORT_FEATURES;
         if offered & VIRTIO_F_VERSION_1 == 0 {
             return Err(VirtioPciError::NoVersion1);
         }
@@ -244,6 +254,8 @@ impl VirtioPciDevice {
             vectors.push(Vector { gsi, irqfd });
         }
         let sizes = vec![params.queue_size; usize::from(params.num_queues)];
+        let control = BackendControl::spawn(&name, backend, params.config_size)
+            .map_err(VirtioPciError::Control)?;
         let dev = VirtioPciDevice {
             name,
             config,
@@ -257,7 +269,7 @@ impl VirtioPciDevice {
             vectors,
             no_vector: eventfd()?,
             router,
-            backend,
+            control,
             bar0: Some(bar0_addr),
             active: false,
             stats: Arc::new(VirtioStats::default()),
@@ -267,7 +279,43 @@ impl VirtioPciDevice {
         // emulating host (kvm_pvm) a vCPU spinning in guest kernel code for the caller's vCPU
         // (an IPI) never does: registering from a vCPU thread can deadlock the guest.
         dev.register_ioevents(bar0_addr);
+        let dev = Arc::new(Mutex::new(dev));
+        dev.lock().unwrap().control.bind(Arc::downgrade(&dev));
         Ok(dev)
+    }
+
+    /// The control thread's handle (wait for queued backend requests).
+    pub fn control(&self) -> ControlHandle {
+        self.control.handle()
+    }
+
+    /// The monitor reconnected the backend: the control thread refreshes the config, replays
+    /// what the old connection could not take, then calls
+    /// [`rewire_after_reconnect`](Self::rewire_after_reconnect).
+    pub fn backend_reconnected(&self) {
+        self.control.push(Command::Reconnected);
+    }
+
+    /// After a reconnect: kick every queue (requests the guest queued while the backend was
+    /// away) and raise every active queue's vector once (a completion the old backend wrote
+    /// to the used ring just before it died may never have been signalled; an extra
+    /// interrupt is harmless). The call fds themselves need no re-wiring: the backend got
+    /// the same irqfd eventfds, whose KVM GSI and MSI route did not change.
+    pub fn rewire_after_reconnect(&mut self) {
+        self.kick_all();
+        if !self.active {
+            return;
+        }
+        let vectors: Vec<u16> = self
+            .common
+            .queues
+            .iter()
+            .filter(|q| q.enabled)
+            .map(|q| q.msix_vector)
+            .collect();
+        for v in vectors {
+            self.inject(v);
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -357,42 +405,44 @@ impl VirtioPciDevice {
         }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    /// DRIVER_OK: queues the activation for the control thread (the guest does not wait).
+    fn activate(&mut self) -> Result<(), std::io::Error> {
         let features = self.common.driver_features;
-        let queues: Vec<ActiveQueue<'_>> = self
+        let mut queues = Vec::new();
+        for (i, q) in self
             .common
             .queues
             .iter()
             .enumerate()
             .filter(|(_, q)| q.enabled)
-            .map(|(i, q)| ActiveQueue {
+        {
+            queues.push(OwnedQueue {
                 index: i as u16,
                 size: q.size,
                 desc: q.desc,
                 driver: q.driver,
                 device: q.device,
-                kick: &self.kicks[i],
-                call: self.call_fd(q.msix_vector),
-            })
-            .collect();
+                kick: self.kicks[i].try_clone()?,
+                call: self.call_fd(q.msix_vector).try_clone()?,
+            });
+        }
         log::debug!(
             "{}: DRIVER_OK, features {features:#x}, {} queue(s)",
             self.name,
             queues.len()
         );
-        self.backend
-            .lock()
-            .unwrap()
-            .activate(features, &queues)
-            .map_err(|e| e.to_string())
+        self.control.push(Command::Activate {
+            features,
+            queues,
+            resume: false,
+        });
+        Ok(())
     }
 
     /// Virtio reset (status 0): stop the backend's rings and forget the driver's setup.
     fn reset_virtio(&mut self) {
-        if (self.active || self.common.status != 0)
-            && let Err(e) = self.backend.lock().unwrap().reset()
-        {
-            log::warn!("{}: backend reset: {e}", self.name);
+        if self.active || self.common.status != 0 {
+            self.control.push(Command::Reset);
         }
         self.active = false;
         self.common.reset();
@@ -420,7 +470,11 @@ impl VirtioPciDevice {
         }
         let needs_reset = old & STATUS_NEEDS_RESET != 0;
         self.common.set_status(new | (old & STATUS_NEEDS_RESET));
-        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 && !needs_reset {
+        if new & STATUS_DRIVER_OK != 0
+            && old & STATUS_DRIVER_OK == 0
+            && !needs_reset
+            && !self.active
+        {
             match self.activate() {
                 Ok(()) => self.active = true,
                 Err(e) => {
@@ -459,9 +513,9 @@ impl VirtioPciDevice {
         if !q.enabled {
             return;
         }
-        let call = self.call_fd(q.msix_vector);
-        if let Err(e) = self.backend.lock().unwrap().set_queue_call(index, call) {
-            log::warn!("{}: queue {index} call fd: {e}", self.name);
+        match self.call_fd(q.msix_vector).try_clone() {
+            Ok(call) => self.control.push(Command::SetQueueCall { index, call }),
+            Err(e) => log::warn!("{}: queue {index} call fd: {e}", self.name),
         }
     }
 
@@ -480,11 +534,8 @@ impl VirtioPciDevice {
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
                 let off = o - DEVICE_CFG_OFFSET;
-                if off + data.len() as u64 <= u64::from(self.config_size)
-                    && let Err(e) = self.backend.lock().unwrap().read_config(off as u32, data)
-                {
-                    log::warn!("{}: config read at {off:#x}: {e}", self.name);
-                    data.fill(0);
+                if off + data.len() as u64 <= u64::from(self.config_size) {
+                    self.control.read_config(off as u32, data);
                 }
             }
             o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
@@ -518,10 +569,8 @@ impl VirtioPciDevice {
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
                 let off = o - DEVICE_CFG_OFFSET;
-                if off + data.len() as u64 <= u64::from(self.config_size)
-                    && let Err(e) = self.backend.lock().unwrap().write_config(off as u32, data)
-                {
-                    log::warn!("{}: config write at {off:#x}: {e}", self.name);
+                if off + data.len() as u64 <= u64::from(self.config_size) {
+                    self.control.write_config(off as u32, data);
                 }
             }
             o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {

@@ -4,11 +4,14 @@
 //! - [`device`]: the PCI function (capabilities, BAR 0 layout, MSI-X, ioeventfd/irqfd wiring).
 //! - [`backend`]: what the transport needs from a device model ([`backend::VirtioBackend`]).
 //! - [`vhost_user`]: that device model as a vhost-user backend process.
+//! - [`control`]: the per-device thread every backend round trip runs on (never a vCPU),
+//!   and the config cache guest config reads are served from.
 //! - [`monitor`]: backend hang-up handling (reconnect or NEEDS_RESET).
 //! - [`setup`]: building the bus and devices from a [`VmConfig`](crate::config::VmConfig).
 
 pub mod backend;
 pub mod common_cfg;
+pub mod control;
 pub mod device;
 pub mod monitor;
 pub mod setup;

@@ -1,9 +1,15 @@
 //! Watches a vhost-user backend's socket while the guest runs: when the backend hangs up,
 //! either reconnect (chardev `reconnect=N`) and restore its rings, or mark the device
 //! NEEDS_RESET. Sleeps in `poll` otherwise: no wakeups while the device works.
+//!
+//! The monitor takes the backend lock only to reconnect, never to watch: the device's
+//! control thread may hold it for as long as a stopped backend takes to answer. A backend
+//! that is killed while stopped hangs up; the control thread's request then fails (releasing
+//! the lock) and the monitor reconnects.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,16 +22,30 @@ use super::vhost_user::VhostUserBackend;
 
 /// One connect attempt's patience during reconnection (short: the backend lock is held).
 const RECONNECT_ATTEMPT: Duration = Duration::from_millis(200);
+/// How long dropping a monitor waits for its thread (it may be in a handshake with a backend
+/// that does not answer) before leaving it behind.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A running monitor thread; stops when dropped.
 pub struct BackendMonitor {
     stop: Arc<EventFd>,
+    /// Disconnects when the thread ends (a Mutex: the VM's setup must be Sync).
+    exited: Mutex<Receiver<()>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Drop for BackendMonitor {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
+        if let Err(RecvTimeoutError::Timeout) = self
+            .exited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv_timeout(STOP_WAIT)
+        {
+            log::debug!("backend monitor busy reconnecting; leaving it");
+            return;
+        }
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -69,7 +89,8 @@ fn wait(stop: &EventFd, sock: Option<i32>, timeout: PollTimeout) -> Wake {
 }
 
 /// Starts watching `backend` for `device`. `reconnect`: retry interval, `None` to mark the
-/// device NEEDS_RESET instead.
+/// device NEEDS_RESET instead. Call before the VM runs (reads the socket fd under the
+/// backend lock).
 pub fn spawn<M: SharedMemory + Clone + 'static>(
     name: String,
     backend: Arc<Mutex<VhostUserBackend<M>>>,
@@ -78,54 +99,94 @@ pub fn spawn<M: SharedMemory + Clone + 'static>(
 ) -> std::io::Result<BackendMonitor> {
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let stop2 = stop.clone();
+    let (fd, path) = {
+        let mut b = backend.lock().unwrap_or_else(PoisonError::into_inner);
+        (b.socket_fd(), b.socket_path().display().to_string())
+    };
+    let (exit_tx, exited) = channel::<()>();
     let handle = std::thread::Builder::new()
         .name(format!("mon-{name}"))
-        .spawn(move || run(&name, &backend, &device, reconnect, &stop2))?;
+        .spawn(move || {
+            let _exit = exit_tx;
+            let watch = Watch {
+                name: &name,
+                path: &path,
+                backend: &backend,
+                device: &device,
+                stop: &stop2,
+            };
+            watch.run(fd, reconnect);
+        })?;
     Ok(BackendMonitor {
         stop,
+        exited: Mutex::new(exited),
         handle: Some(handle),
     })
 }
 
-fn run<M: SharedMemory + Clone + 'static>(
-    name: &str,
-    backend: &Mutex<VhostUserBackend<M>>,
-    device: &Weak<Mutex<VirtioPciDevice>>,
-    reconnect: Option<Duration>,
-    stop: &EventFd,
-) {
-    loop {
-        let fd = backend.lock().unwrap().socket_fd();
-        match wait(stop, Some(fd), PollTimeout::NONE) {
-            Wake::Stop => return,
-            Wake::Timeout => continue,
-            Wake::HangUp => {}
+struct Watch<'a, M> {
+    name: &'a str,
+    path: &'a str,
+    backend: &'a Mutex<VhostUserBackend<M>>,
+    device: &'a Weak<Mutex<VirtioPciDevice>>,
+    stop: &'a EventFd,
+}
+
+impl<M: SharedMemory + Clone + 'static> Watch<'_, M> {
+    fn with_device(&self, f: impl FnOnce(&mut VirtioPciDevice)) {
+        if let Some(dev) = self.device.upgrade() {
+            f(&mut dev.lock().unwrap_or_else(PoisonError::into_inner));
         }
-        let path = backend.lock().unwrap().socket_path().display().to_string();
-        let Some(interval) = reconnect else {
-            log::error!("{name}: vhost-user backend {path} hung up; the device needs a reset");
-            if let Some(dev) = device.upgrade() {
-                dev.lock().unwrap().mark_needs_reset();
-            }
-            // Nothing more to watch on a dead connection.
-            let _ = wait(stop, None, PollTimeout::NONE);
-            return;
-        };
-        log::warn!("{name}: vhost-user backend {path} hung up; reconnecting every {interval:?}");
-        let timeout = PollTimeout::try_from(interval).unwrap_or(PollTimeout::MAX);
+    }
+
+    fn run(&self, mut fd: i32, reconnect: Option<Duration>) {
+        let (name, path) = (self.name, self.path);
         loop {
-            match backend.lock().unwrap().reconnect(RECONNECT_ATTEMPT) {
-                Ok(()) => break,
-                Err(e) => log::debug!("{name}: reconnect to {path}: {e}"),
+            match wait(self.stop, Some(fd), PollTimeout::NONE) {
+                Wake::Stop => return,
+                Wake::Timeout => continue,
+                Wake::HangUp => {}
             }
-            if let Wake::Stop = wait(stop, None, timeout) {
+            let Some(interval) = reconnect else {
+                log::error!("{name}: vhost-user backend {path} hung up; the device needs a reset");
+                self.with_device(VirtioPciDevice::mark_needs_reset);
+                // Nothing more to watch on a dead connection.
+                let _ = wait(self.stop, None, PollTimeout::NONE);
                 return;
+            };
+            log::warn!(
+                "{name}: vhost-user backend {path} hung up; reconnecting every {interval:?}"
+            );
+            let timeout = PollTimeout::try_from(interval).unwrap_or(PollTimeout::MAX);
+            let mut attempts = 0u64;
+            loop {
+                // Waits for the control thread's request on the dead connection to fail (it
+                // has hung up, so it does) and, with no reply timeout, for a new backend that
+                // accepted but does not answer: a kill of that one ends the attempt.
+                let mut b = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+                attempts += 1;
+                match b.reconnect(RECONNECT_ATTEMPT) {
+                    Ok(()) => {
+                        fd = b.socket_fd();
+                        break;
+                    }
+                    Err(e) => {
+                        drop(b);
+                        // One line per backend outage, then one a minute at most (attempts
+                        // come every `interval`).
+                        if attempts == 1 || attempts.is_multiple_of(60) {
+                            log::info!("{name}: reconnect to {path} (attempt {attempts}): {e}");
+                        }
+                    }
+                }
+                if let Wake::Stop = wait(self.stop, None, timeout) {
+                    return;
+                }
             }
-        }
-        log::warn!("{name}: reconnected to vhost-user backend {path}");
-        // Requests the guest queued while the backend was away: make the new backend look.
-        if let Some(dev) = device.upgrade() {
-            dev.lock().unwrap().kick_all();
+            log::warn!("{name}: reconnected to vhost-user backend {path}");
+            // The control thread refreshes the config, replays what failed, kicks the queues
+            // and raises their vectors.
+            self.with_device(|d| d.backend_reconnected());
         }
     }
 }

@@ -267,7 +267,6 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
         };
         let device = VirtioPciDevice::new(name.clone(), params, bar0, router.clone(), dyn_backend)
             .map_err(device_err)?;
-        let device = Arc::new(Mutex::new(device));
         let slot = root.add_device(dcfg.pci_slot, device.clone())?;
         log::info!(
             "{name}: virtio-pci 00:{slot:02x}.0, virtio id {virtio_id}, {num_queues} queue(s), backend {}",

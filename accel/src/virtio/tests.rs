@@ -51,33 +51,76 @@ impl InterruptRouter for FakeRouter {
 /// (index, size, desc, driver, device) of an activated queue.
 type QueueRecord = (u16, u16, u64, u64, u64);
 
+/// Holds the fake backend's requests while closed (a stopped backend process).
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+    fn pass(&self) {
+        let mut c = self.closed.lock().unwrap();
+        while *c {
+            c = self.opened.wait(c).unwrap();
+        }
+    }
+}
+
 #[derive(Default)]
 struct FakeBackend {
     config: Vec<u8>,
     activated: Vec<(u64, Vec<QueueRecord>)>,
+    resumed: usize,
     resets: usize,
+    calls: Vec<u16>,
     fail_activate: bool,
+    /// Requests fail as if the process had hung up.
+    gone: bool,
+    gate: Arc<Gate>,
+}
+
+impl FakeBackend {
+    fn request(&self) -> Result<(), BackendError> {
+        self.gate.pass();
+        if self.gone {
+            return Err(BackendError {
+                message: "hung up".into(),
+                gone: true,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl VirtioBackend for FakeBackend {
     fn device_features(&self) -> u64 {
         VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | (1 << 30) | (1 << 34) | 0x46
     }
-    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BackendError> {
-        let o = offset as usize;
-        data.copy_from_slice(&self.config[o..o + data.len()]);
-        Ok(())
+    fn fetch_config(&mut self, size: u32) -> Result<Vec<u8>, BackendError> {
+        Ok(self.config[..size as usize].to_vec())
     }
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError> {
+        self.request()?;
         let o = offset as usize;
         self.config[o..o + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn activate(&mut self, features: u64, queues: &[ActiveQueue<'_>]) -> Result<(), BackendError> {
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[ActiveQueue<'_>],
+        resume: bool,
+    ) -> Result<(), BackendError> {
+        self.request()?;
         if self.fail_activate {
             return Err(BackendError {
                 message: "no".into(),
-                gone: true,
+                gone: false,
             });
         }
         let q = queues
@@ -85,13 +128,17 @@ impl VirtioBackend for FakeBackend {
             .map(|q| (q.index, q.size, q.desc, q.driver, q.device))
             .collect();
         self.activated.push((features, q));
+        self.resumed += usize::from(resume);
         Ok(())
     }
     fn reset(&mut self) -> Result<(), BackendError> {
+        self.request()?;
         self.resets += 1;
         Ok(())
     }
-    fn set_queue_call(&mut self, _index: u16, _call: &EventFd) -> Result<(), BackendError> {
+    fn set_queue_call(&mut self, index: u16, _call: &EventFd) -> Result<(), BackendError> {
+        self.request()?;
+        self.calls.push(index);
         Ok(())
     }
 }
@@ -116,22 +163,20 @@ fn rig() -> Rig {
     }));
     let addr = root.allocate_mmio(BAR0_SIZE).unwrap();
     assert_eq!(addr, BAR);
-    let dev = Arc::new(Mutex::new(
-        VirtioPciDevice::new(
-            "blk0".into(),
-            VirtioPciParams {
-                virtio_id: 2,
-                class: class_for(2),
-                num_queues: 2,
-                queue_size: 128,
-                config_size: 16,
-            },
-            addr,
-            router.clone(),
-            backend.clone(),
-        )
-        .unwrap(),
-    ));
+    let dev = VirtioPciDevice::new(
+        "blk0".into(),
+        VirtioPciParams {
+            virtio_id: 2,
+            class: class_for(2),
+            num_queues: 2,
+            queue_size: 128,
+            config_size: 16,
+        },
+        addr,
+        router.clone(),
+        backend.clone(),
+    )
+    .unwrap();
     assert_eq!(root.add_device(Some(3), dev.clone()).unwrap(), 3);
     Rig {
         mmio,
@@ -162,6 +207,11 @@ impl Rig {
     }
     fn w(&self, off: u64, v: u64, len: usize) {
         assert!(self.mmio.write(BAR + off, &v.to_le_bytes()[..len]));
+    }
+    /// Waits for the control thread to run what the guest's accesses queued.
+    fn flush(&self) {
+        let ctl = self.dev.lock().unwrap().control();
+        assert!(ctl.flush(std::time::Duration::from_secs(10)));
     }
 }
 
@@ -223,6 +273,8 @@ fn driver_bring_up_reset_and_msix_routes() {
     // Device config goes to the backend.
     assert_eq!(r.r(0x2004, 4), 0x0706_0504);
     r.w(0x2000, 0xaa, 1);
+    assert_eq!(r.r(0x2000, 1), 0xaa, "a config write reads back at once");
+    r.flush();
     assert_eq!(r.backend.lock().unwrap().config[0], 0xaa);
     assert_eq!(r.r(0x2010, 4), 0, "past config_size");
     // MSI-X: enable, program vector 1, unmask: a route appears.
@@ -261,6 +313,7 @@ fn driver_bring_up_reset_and_msix_routes() {
     r.w(0x1c, 1, 2);
     r.w(0x14, 0x0f, 1);
     assert_eq!(r.r(0x14, 1), 0x0f);
+    r.flush();
     assert_eq!(
         r.backend.lock().unwrap().activated,
         vec![(
@@ -285,6 +338,7 @@ fn driver_bring_up_reset_and_msix_routes() {
     // Reset.
     r.w(0x14, 0, 1);
     assert_eq!(r.r(0x14, 1), 0);
+    r.flush();
     assert_eq!(r.backend.lock().unwrap().resets, 1);
     r.w(0x16, 1, 2);
     assert_eq!(r.r(0x1c, 2), 0);
@@ -301,6 +355,7 @@ fn failed_activation_sets_needs_reset_and_interrupts() {
     r.w(0x0c, 1, 4);
     r.w(0x14, 0x0b, 1);
     r.w(0x14, 0x0f, 1);
+    r.flush();
     assert_eq!(r.r(0x14, 1), 0x0f | 0x40);
     assert_eq!(r.r(0x1000, 1), 2, "ISR config bit");
     assert_eq!(r.r(0x1000, 1), 0, "cleared on read");
@@ -362,4 +417,152 @@ fn pci_cfg_capability_reaches_bar0_without_decoding() {
     // Misaligned or odd lengths do nothing.
     r.cfg_write(cap / 4 + 3, 0, &3u32.to_le_bytes());
     assert_eq!(r.cfg_read(cap / 4 + 4), 0);
+}
+
+/// BAR 0 accesses as a vCPU makes them.
+#[derive(Clone)]
+struct Bar0(Arc<Bus>);
+
+impl Bar0 {
+    fn r(&self, off: u64, len: usize) -> u64 {
+        let mut d = [0u8; 8];
+        assert!(self.0.read(BAR + off, &mut d[..len]));
+        u64::from_le_bytes(d)
+    }
+    fn w(&self, off: u64, v: u64, len: usize) {
+        assert!(self.0.write(BAR + off, &v.to_le_bytes()[..len]));
+    }
+    /// A driver's bring-up of queue 0 (vector 0, VERSION_1 only) up to DRIVER_OK.
+    fn bring_up(&self) {
+        self.w(0x14, 0x03, 1);
+        self.w(0x08, 1, 4);
+        self.w(0x0c, 1, 4);
+        self.w(0x14, 0x0b, 1);
+        self.w(0x16, 0, 2);
+        self.w(0x1a, 0, 2);
+        self.w(0x20, 0x10_0000, 8);
+        self.w(0x28, 0x10_1000, 8);
+        self.w(0x30, 0x10_2000, 8);
+        self.w(0x1c, 1, 2);
+        self.w(0x14, 0x0f, 1);
+    }
+}
+
+/// Runs `f` on another thread; fails if it does not finish in time (it blocked on the
+/// backend, as a vCPU would).
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("guest accesses blocked on a backend that does not answer")
+}
+
+/// A backend that stops answering (its requests block) never blocks the guest's accesses:
+/// config reads come from the cache, DRIVER_OK / reset / vector moves / config writes are
+/// queued, the queue stays bounded however much the guest does, and everything runs once
+/// the backend answers again.
+#[test]
+fn stuck_backend_blocks_no_guest_access_and_catches_up() {
+    let mut r = rig();
+    r.cfg_write(1, 0, &[0x06, 0x00]);
+    let gate = r.backend.lock().unwrap().gate.clone();
+    gate.set(true);
+    let bar = Bar0(r.mmio.clone());
+    let ctl = r.dev.lock().unwrap().control();
+    let max_queued = within(move || {
+        bar.bring_up();
+        let mut max_queued = 0;
+        for i in 0..1000u64 {
+            // Config reads from the cache, config writes, vector moves, resets and
+            // re-activations: none may wait for the backend.
+            assert_eq!(bar.r(0x2004, 4), 0x0706_0504);
+            bar.w(0x2008, i & 0xff, 1);
+            assert_eq!(bar.r(0x2008, 1), i & 0xff);
+            bar.w(0x16, 0, 2);
+            bar.w(0x1a, i % 2, 2);
+            if i % 10 == 9 {
+                bar.w(0x14, 0, 1);
+                assert_eq!(bar.r(0x14, 1), 0, "a reset reads back as done at once");
+                bar.bring_up();
+            }
+            max_queued = max_queued.max(ctl.queued());
+        }
+        assert_eq!(bar.r(0x14, 1), 0x0f);
+        bar.w(0x16, 0, 2);
+        bar.w(0x1a, 1, 2);
+        max_queued
+    });
+    // Config writes, reset, activation, one call fd, config writes.
+    assert!(max_queued <= 5, "queue grew to {max_queued}");
+    gate.set(false);
+    r.flush();
+    let b = r.backend.lock().unwrap();
+    assert_eq!(
+        b.config[8],
+        (999 & 0xff) as u8,
+        "the last config write landed"
+    );
+    assert!(b.resets >= 1);
+    assert!(!b.activated.is_empty());
+    assert_eq!(
+        b.activated.last().unwrap().1,
+        vec![(0, 128, 0x10_0000, 0x10_1000, 0x10_2000)]
+    );
+    assert_eq!(b.calls.last(), Some(&0));
+    drop(b);
+    assert_eq!(r.r(0x14, 1), 0x0f, "no NEEDS_RESET for a slow backend");
+}
+
+/// Requests that find the backend gone wait for the reconnect and run then (the activation
+/// resumed from the used rings), without NEEDS_RESET; a guest reset while the reconnect is
+/// pending drops what the old device life queued.
+#[test]
+fn requests_for_a_gone_backend_replay_after_reconnect() {
+    let mut r = rig();
+    r.cfg_write(1, 0, &[0x06, 0x00]);
+    r.backend.lock().unwrap().gone = true;
+    Bar0(r.mmio.clone()).bring_up();
+    r.flush();
+    assert_eq!(
+        r.r(0x14, 1),
+        0x0f,
+        "gone with reconnect pending: no NEEDS_RESET"
+    );
+    // A reset and a new bring-up while the backend is away.
+    r.w(0x14, 0, 1);
+    Bar0(r.mmio.clone()).bring_up();
+    r.w(0x16, 0, 2);
+    r.w(0x1a, 1, 2);
+    r.flush();
+    assert!(r.backend.lock().unwrap().activated.is_empty());
+    let injected = r
+        .dev
+        .lock()
+        .unwrap()
+        .stats()
+        .injected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    r.backend.lock().unwrap().gone = false;
+    r.dev.lock().unwrap().backend_reconnected();
+    r.flush();
+    let b = r.backend.lock().unwrap();
+    assert_eq!(
+        b.activated.len(),
+        1,
+        "one activation: the one after the reset"
+    );
+    assert_eq!(b.resumed, 1);
+    assert_eq!(b.calls, vec![0], "the vector move made while away");
+    drop(b);
+    let after = r
+        .dev
+        .lock()
+        .unwrap()
+        .stats()
+        .injected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after > injected, "queue vectors raised after the reconnect");
+    assert_eq!(r.r(0x14, 1), 0x0f);
 }

@@ -12,9 +12,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ActiveQueue, BackendError, VirtioBackend};
 
-/// How long one request may wait for the backend's reply before it is declared gone (a vCPU
-/// waits that long at most on a hung backend).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the handshake at VM start may wait for the backend's replies. Once the VM runs
+/// there is no reply timeout: requests run on the device's control thread, which waits for a
+/// stopped backend instead of declaring it dead (a backend that really dies hangs up, and the
+/// monitor sees that).
+pub const CONNECT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn err(e: FrontendError) -> BackendError {
     BackendError {
@@ -48,10 +50,11 @@ impl<M: SharedMemory + Clone + 'static> VhostUserBackend<M> {
     ) -> Result<Self, FrontendError> {
         let opts = FrontendOptions {
             max_queues,
-            reply_timeout: Some(REPLY_TIMEOUT),
+            reply_timeout: Some(CONNECT_REPLY_TIMEOUT),
             ..FrontendOptions::default()
         };
-        let session = FrontendSession::connect_with(socket, connect_timeout, opts)?;
+        let mut session = FrontendSession::connect_with(socket, connect_timeout, opts)?;
+        session.set_reply_timeout(None);
         Ok(VhostUserBackend {
             session,
             memory,
@@ -112,32 +115,22 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
         (self.session.device_features() & self.feature_mask) | self.feature_add
     }
 
-    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BackendError> {
-        let start = offset as usize;
-        if let Some(local) = &self.local_config {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = local.get(start + i).copied().unwrap_or(0);
-            }
-            return Ok(());
-        }
-        let bytes = self
-            .session
-            .get_config(offset, data.len() as u32)
-            .map_err(err)?;
-        let n = bytes.len().min(data.len());
-        data[..n].copy_from_slice(&bytes[..n]);
-        data[n..].fill(0);
-        for (poff, pbytes) in &self.config_patches {
-            for (j, &b) in pbytes.iter().enumerate() {
-                let pos = *poff as usize + j;
-                if let Some(i) = pos.checked_sub(start)
-                    && let Some(d) = data.get_mut(i)
-                {
-                    *d = b;
+    fn fetch_config(&mut self, size: u32) -> Result<Vec<u8>, BackendError> {
+        let mut data = match &self.local_config {
+            Some(local) => local.clone(),
+            None => self.session.get_config(0, size).map_err(err)?,
+        };
+        data.resize(size as usize, 0);
+        if self.local_config.is_none() {
+            for (poff, pbytes) in &self.config_patches {
+                for (j, &b) in pbytes.iter().enumerate() {
+                    if let Some(d) = data.get_mut(*poff as usize + j) {
+                        *d = b;
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(data)
     }
 
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError> {
@@ -147,7 +140,12 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
         self.session.set_config(offset, data).map_err(err)
     }
 
-    fn activate(&mut self, features: u64, queues: &[ActiveQueue<'_>]) -> Result<(), BackendError> {
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[ActiveQueue<'_>],
+        resume: bool,
+    ) -> Result<(), BackendError> {
         // Features the frontend implements itself are not the backend's business.
         let for_backend = features & (self.session.device_features() | !self.feature_add);
         self.session.set_features(for_backend).map_err(err)?;
@@ -160,8 +158,17 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
                 used: GuestAddress(q.device),
             };
             let i = usize::from(q.index);
+            // A resumed activation may follow a backend that processed part of the ring:
+            // start where the used ring says (0 for a ring nobody served yet).
+            let base = if resume {
+                self.memory
+                    .load_u16(GuestAddress(q.device + 2))
+                    .unwrap_or_default()
+            } else {
+                0
+            };
             self.session
-                .setup_vring(i, geometry, 0, q.call, q.kick)
+                .setup_vring(i, geometry, base, q.call, q.kick)
                 .map_err(err)?;
             self.session.enable_vring(i, true).map_err(err)?;
         }

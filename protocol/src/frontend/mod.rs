@@ -209,6 +209,15 @@ impl FrontendSession {
         &self.path
     }
 
+    /// Changes the reply timeout of later requests and handshakes (`None`: wait for the
+    /// backend as long as it takes; only a hang-up ends a request). A VMM can bound the
+    /// handshake at start-up, then let requests on a control thread wait for a backend that
+    /// was stopped rather than declare it dead.
+    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) {
+        self.opts.reply_timeout = timeout;
+        self.watchdog = timeout.and_then(Watchdog::new);
+    }
+
     /// False once a request found the backend gone (until [`reconnect`](Self::reconnect)).
     pub fn is_connected(&self) -> bool {
         !self.gone
