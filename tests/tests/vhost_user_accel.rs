@@ -5,14 +5,12 @@
 //!
 //! Each KVM boot takes 15 s to minutes on this emulating host, so the tests keep boots few.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TempDir, VmCommand, bin, md5_hex, qemu,
+    Backend, KVM_BOOT_TIMEOUT, RunOutput, Streaming, TempDir, VmCommand, bin, md5_hex, qemu,
     run_with_timeout, xorshift_bytes,
 };
 
@@ -178,63 +176,6 @@ fn same_command_line_under_qemu_tcg_and_accel() {
     );
 }
 
-/// A running accel process with its stdout streamed line by line.
-struct Streaming {
-    child: KillOnDrop,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Streaming {
-    fn spawn(cmd: &mut Command) -> Self {
-        let mut child: Child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn accel");
-        let (tx, rx) = channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(format!("stderr: {l}"));
-            }
-        });
-        Streaming {
-            child: KillOnDrop(child),
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `pat`; returns it.
-    fn expect(&mut self, pat: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(pat) {
-                        return l;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "no line with {pat:?} within {timeout:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-}
-
 /// One accel run (with reboots allowed, `reconnect=1`, one vCPU to keep this long test's
 /// boots as short as possible): boot 1 reads the disk, the test kills
 /// the backend and starts a new one, the guest's next I/O completes with the right bytes;
@@ -348,9 +289,7 @@ fn backend_death_marks_device_needs_reset() {
     );
     vm.expect("GUEST CMD RC: 0", Duration::from_secs(60));
     let status = vm.child.0.wait().unwrap();
-    while let Ok(l) = vm.lines.recv_timeout(Duration::from_secs(2)) {
-        vm.seen.push(l);
-    }
+    vm.drain(Duration::from_secs(2));
     let out = vm.seen.join("\n");
     assert!(status.success(), "accel exit: {status:?}\n{out}");
     assert!(out.contains("needs reset"), "{out}");

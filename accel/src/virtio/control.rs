@@ -13,7 +13,9 @@
 //!   it grow without limit. When the backend answers again the queue drains.
 //! - A request that finds the backend gone (it hung up) is kept, coalesced the same way, and
 //!   replayed after the monitor ([`super::monitor`]) reconnected; an activation is then
-//!   resumed from the used rings' indices. A reset forgets them.
+//!   resumed from the used rings' indices. A reset forgets them. Every byte the guest ever
+//!   wrote to config space is sent again to each new backend (before the config is fetched
+//!   again), so a restarted backend keeps e.g. the guest's cache mode.
 //!
 //! Locks: the vCPU thread holds the device lock and takes only the queue lock (never held
 //! across a request). This thread holds the backend lock during one request and takes the
@@ -242,6 +244,7 @@ impl BackendControl {
             backend,
             config_size,
             parked: VecDeque::new(),
+            written: vec![None; config_size as usize],
             log: LogLimit::default(),
         };
         let thread = std::thread::Builder::new()
@@ -369,6 +372,8 @@ struct Worker {
     config_size: u32,
     /// Commands that found the backend gone, coalesced; replayed after a reconnect.
     parked: VecDeque<Command>,
+    /// Every config byte the guest wrote: sent again to a reconnected backend.
+    written: Vec<Option<u8>>,
     log: LogLimit,
 }
 
@@ -400,6 +405,11 @@ impl Worker {
                 Command::Reset => {
                     forget_device_life(&mut self.parked);
                     self.execute(Command::Reset);
+                }
+                Command::WriteConfig(bytes) => {
+                    merge_writes(&mut self.written, bytes.clone());
+                    // Gone: the reconnect sends `written` anyway.
+                    let _ = self.execute(Command::WriteConfig(bytes));
                 }
                 cmd => {
                     if let Outcome::Park(c) = self.execute(cmd) {
@@ -474,9 +484,16 @@ impl Worker {
         }
     }
 
-    /// After a reconnect: fresh config (a change interrupts the guest), then the commands
-    /// the old connection could not take, then kicks and interrupts so nothing waits.
+    /// After a reconnect: the guest's config writes, fresh config (a change interrupts the
+    /// guest), then the commands the old connection could not take, then kicks and
+    /// interrupts so nothing waits.
     fn reconnected(&mut self) {
+        if self.written.iter().any(Option::is_some) {
+            let r = write_runs(&mut *lock(&self.backend), &self.written);
+            if let Err(e) = r {
+                self.warn(format_args!("config writes after reconnect: {e}"));
+            }
+        }
         let fetched = fetch(&mut *lock(&self.backend), self.config_size);
         match fetched {
             Ok(bytes) => {
@@ -494,7 +511,10 @@ impl Worker {
             Err(e) => self.warn(format_args!("config after reconnect: {e}")),
         }
         let parked = std::mem::take(&mut self.parked);
-        for mut cmd in parked {
+        for mut cmd in parked
+            .into_iter()
+            .filter(|c| !matches!(c, Command::WriteConfig(_)))
+        {
             if let Command::Activate { resume, .. } = &mut cmd {
                 *resume = true;
             }

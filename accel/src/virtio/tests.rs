@@ -535,8 +535,13 @@ fn requests_for_a_gone_backend_replay_after_reconnect() {
     Bar0(r.mmio.clone()).bring_up();
     r.w(0x16, 0, 2);
     r.w(0x1a, 1, 2);
+    r.w(0x2003, 0x5a, 1);
     r.flush();
     assert!(r.backend.lock().unwrap().activated.is_empty());
+    assert_eq!(r.r(0x2003, 1), 0x5a, "config writes read back while away");
+    // The new backend's config differs (a resized disk): the guest gets a config change.
+    r.backend.lock().unwrap().config[12] = 0xee;
+    let generation = r.r(0x15, 1);
     let injected = r
         .dev
         .lock()
@@ -555,7 +560,11 @@ fn requests_for_a_gone_backend_replay_after_reconnect() {
     );
     assert_eq!(b.resumed, 1);
     assert_eq!(b.calls, vec![0], "the vector move made while away");
+    assert_eq!(b.config[3], 0x5a, "the config write made while away");
     drop(b);
+    assert_eq!(r.r(0x200c, 1), 0xee, "config fetched again");
+    assert_eq!(r.r(0x2003, 1), 0x5a);
+    assert_ne!(r.r(0x15, 1), generation, "config generation moved");
     let after = r
         .dev
         .lock()
