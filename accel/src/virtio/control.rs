@@ -5,8 +5,11 @@
 //!   before the VM runs and again after each reconnect; guest config writes update the cache
 //!   at once and are forwarded in the background.
 //! - DRIVER_OK, reset and queue vector moves are queued as [`Command`]s; the guest sees them
-//!   done at once (a reset reads back as 0 immediately, the activation that follows queues
-//!   behind it).
+//!   done at once, except a reset: device_status reads back non-zero until the backend has
+//!   stopped the rings (virtio 1.2 §4.1.4.3.2: the driver waits for 0 before reinitializing;
+//!   Linux polls with msleep, so no vCPU waits), because until then the backend may still
+//!   write to memory the guest is about to reuse. Each activation is followed by a kick of
+//!   its queues (a guest kick that came before the backend had the ring is not lost).
 //! - A backend that stops answering (SIGSTOP, deadlock) is not declared dead by a timer: this
 //!   thread waits in its request and the queue grows, bounded by coalescing (a reset drops
 //!   what was queued before it; vector moves and config writes merge), so a guest cannot make
@@ -22,6 +25,7 @@
 //! device lock only after releasing it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -167,6 +171,9 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Resets asked for (counted under the queue lock) and carried out.
+    resets_requested: AtomicU64,
+    resets_done: AtomicU64,
     ready: Condvar,
     /// The device-specific config space as the guest reads it.
     cache: Mutex<Vec<u8>>,
@@ -180,7 +187,12 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn push(&self, cmd: Command) {
-        push_coalesced(&mut lock(&self.queue).commands, cmd);
+        let mut q = lock(&self.queue);
+        if matches!(cmd, Command::Reset) {
+            self.resets_requested.fetch_add(1, Ordering::SeqCst);
+        }
+        push_coalesced(&mut q.commands, cmd);
+        drop(q);
         self.ready.notify_one();
     }
 
@@ -233,6 +245,8 @@ impl BackendControl {
         });
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
+            resets_requested: AtomicU64::new(0),
+            resets_done: AtomicU64::new(0),
             ready: Condvar::new(),
             cache: Mutex::new(cache),
             device: OnceLock::new(),
@@ -272,6 +286,12 @@ impl BackendControl {
 
     pub(super) fn push(&self, cmd: Command) {
         self.shared.push(cmd);
+    }
+
+    /// A reset was asked for and the backend has not carried it out yet.
+    pub fn reset_pending(&self) -> bool {
+        self.shared.resets_requested.load(Ordering::SeqCst)
+            != self.shared.resets_done.load(Ordering::SeqCst)
     }
 
     /// A guest config read: from the cache, never from the backend.
@@ -378,14 +398,17 @@ struct Worker {
 }
 
 impl Worker {
-    fn next(&self) -> Option<Command> {
+    /// The next command and, for a reset, how many resets it carries out (the queue holds
+    /// at most one: the latest).
+    fn next(&self) -> Option<(Command, u64)> {
         let mut q = lock(&self.shared.queue);
         loop {
             if q.stop {
                 return None;
             }
             if let Some(c) = q.commands.pop_front() {
-                return Some(c);
+                let resets = self.shared.resets_requested.load(Ordering::SeqCst);
+                return Some((c, resets));
             }
             q = self
                 .shared
@@ -396,7 +419,7 @@ impl Worker {
     }
 
     fn run(mut self) {
-        while let Some(cmd) = self.next() {
+        while let Some((cmd, resets)) = self.next() {
             match cmd {
                 Command::Flush(done) => {
                     let _ = done.send(());
@@ -405,6 +428,7 @@ impl Worker {
                 Command::Reset => {
                     forget_device_life(&mut self.parked);
                     self.execute(Command::Reset);
+                    self.shared.resets_done.store(resets, Ordering::SeqCst);
                 }
                 Command::WriteConfig(bytes) => {
                     merge_writes(&mut self.written, bytes.clone());
@@ -464,7 +488,14 @@ impl Worker {
             Command::Reconnected | Command::Flush(_) => "",
         };
         match result {
-            Ok(()) => Outcome::Done,
+            Ok(()) => {
+                if let Command::Activate { queues, .. } = &cmd {
+                    for q in queues {
+                        let _ = q.kick.write(1);
+                    }
+                }
+                Outcome::Done
+            }
             // Reset when the backend is gone: nothing left to stop; the reconnect starts
             // from a reset device.
             Err(e) if e.gone && matches!(cmd, Command::Reset) => Outcome::Done,

@@ -13,8 +13,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::VirtioBackend;
 use super::common_cfg::{
-    COMMON_CFG_SIZE, CommonCfgEvent, CommonConfig, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
-    STATUS_NEEDS_RESET, VIRTIO_MSI_NO_VECTOR,
+    COMMON_CFG_SIZE, CommonCfgEvent, CommonConfig, STATUS_ACKNOWLEDGE, STATUS_DRIVER_OK,
+    STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_MSI_NO_VECTOR,
 };
 use super::control::{BackendControl, Command, ControlHandle, OwnedQueue};
 use crate::pci::config::{BarInfo, BarKind, ClassCode, PCI_VENDOR_ID_REDHAT, PciConfig, PciHeader};
@@ -55,6 +55,8 @@ pub const TRANSPORT_FEATURES: u64 = 0x00ff_ffff
     | VIRTIO_F_RING_EVENT_IDX
     | VIRTIO_F_VERSION_1;
 
+/// Offset of device_status in the common configuration.
+const DEVICE_STATUS: u64 = 0x14;
 /// ISR bit: the configuration changed.
 const ISR_CONFIG: u8 = 2;
 
@@ -130,6 +132,8 @@ pub struct VirtioPciDevice {
     /// The VIRTIO_PCI_CAP_PCI_CFG capability: a window into BAR 0 through config space.
     pci_cfg_cap: usize,
     isr: u8,
+    /// What device_status reads while a reset is being carried out (non-zero).
+    resetting_status: u8,
     config_size: u32,
     kicks: Vec<EventFd>,
     vectors: Vec<Vector>,
@@ -264,6 +268,7 @@ impl VirtioPciDevice {
             msix_cap,
             pci_cfg_cap,
             isr: 0,
+            resetting_status: STATUS_ACKNOWLEDGE,
             config_size: params.config_size,
             kicks,
             vectors,
@@ -442,6 +447,7 @@ impl VirtioPciDevice {
     /// Virtio reset (status 0): stop the backend's rings and forget the driver's setup.
     fn reset_virtio(&mut self) {
         if self.active || self.common.status != 0 {
+            self.resetting_status = self.common.status.max(STATUS_ACKNOWLEDGE);
             self.control.push(Command::Reset);
         }
         self.active = false;
@@ -522,7 +528,19 @@ impl VirtioPciDevice {
     fn read_bar0(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         match offset {
-            o if o < COMMON_OFFSET + COMMON_CFG_SIZE => self.common.read(o, data),
+            o if o < COMMON_OFFSET + COMMON_CFG_SIZE => {
+                self.common.read(o, data);
+                // Until the backend has stopped the rings the reset is not done: the driver
+                // waits for device_status to read 0 (only while it has not written anything
+                // since, so a driver that does not wait is not confused).
+                if o == COMMON_OFFSET + DEVICE_STATUS
+                    && self.common.status == 0
+                    && self.control.reset_pending()
+                    && let Some(b) = data.first_mut()
+                {
+                    *b = self.resetting_status;
+                }
+            }
             o if (ISR_OFFSET..ISR_OFFSET + 4).contains(&o) => {
                 // Reading the ISR clears it.
                 if let Some(b) = data.first_mut() {
