@@ -347,7 +347,7 @@ fn fetch(backend: &mut dyn VirtioBackend, size: u32) -> Result<Vec<u8>, BackendE
     Ok(bytes)
 }
 
-/// A token bucket for log lines.
+/// At most [`LOG_BURST`] log lines per [`LOG_WINDOW`], then a count of the dropped ones.
 #[derive(Default)]
 struct LogLimit {
     window: Option<Instant>,
@@ -505,7 +505,9 @@ impl Worker {
             }
             Err(e) => {
                 if matches!(cmd, Command::Activate { .. }) {
-                    log::error!("{}: {what} failed: {e}", self.name);
+                    if self.log.allow() {
+                        log::error!("{}: {what} failed: {e}", self.name);
+                    }
                     self.shared.with_device(VirtioPciDevice::mark_needs_reset);
                 } else {
                     self.warn(format_args!("{what}: {e}"));
