@@ -59,8 +59,9 @@ fn word_after(line: &str, marker: &str) -> String {
 
 /// A SIGSTOPped blk backend while the guest keeps printing on the serial console, reads its
 /// disk size (sysfs) and its cache type (a device config read, forwarded to the backend as
-/// GET_CONFIG before this fix) every second, and starts an O_DIRECT read of the disk. The
-/// console keeps going, the size stays 2048 sectors, the device never reports NEEDS_RESET
+/// GET_CONFIG before this fix) every second, starts an O_DIRECT read of the disk, and reads
+/// entropy from a second device (rng). The console keeps going, the rng device answers, the
+/// size stays 2048 sectors, the device never reports NEEDS_RESET
 /// (no `reconnect=`: before the fix the 5 s reply timeout made it NEEDS_RESET for good and
 /// the disk 0 sectors), and after SIGCONT the pending read completes with the right bytes.
 #[test]
@@ -69,6 +70,8 @@ fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
     let (image, md5) = image(&dir, 0x5709);
     let sock = dir.join("blk.sock");
     let backend = blk(&sock, &image, &dir.join("backend.log"));
+    let rsock = dir.join("rng.sock");
+    let _rng = rng(&rsock, &dir.join("rng.log"));
     let sectors = (IMAGE_SIZE / 512).to_string();
     let gcmd = format!(
         "echo SIZE $(cat /sys/block/vda/size) $(cat /sys/block/vda/cache_type); \
@@ -77,6 +80,7 @@ fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
          i=0; while [ $i -lt 10 ]; do \
          echo TICK $i $(cat /sys/block/vda/size) $(cat /sys/block/vda/cache_type); \
          sleep 1; i=$((i+1)); done; \
+         echo RNG $(head -c 32 /dev/hwrng | md5sum); \
          echo CONT-BACKEND-NOW; wait; \
          echo STATUS $(cat /sys/bus/virtio/devices/virtio0/status)"
     );
@@ -85,6 +89,8 @@ fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
         .smp("1")
         .chardev("c0", &sock)
         .device("vhost-user-blk-pci,chardev=c0,num-queues=1")
+        .chardev("c1", &rsock)
+        .device("vhost-user-rng-pci,chardev=c1")
         .gcmd(&gcmd)
         .args();
     let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
@@ -111,6 +117,13 @@ fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
             vm.output()
         );
     }
+    let line = vm.expect_start("RNG ", Duration::from_secs(60));
+    let entropy = word_after(&line, "RNG ");
+    assert!(
+        entropy.len() == 32 && entropy != EMPTY_MD5,
+        "the other device while blk is stopped: {line}\n{}",
+        vm.output()
+    );
     vm.expect_start("CONT-BACKEND-NOW", Duration::from_secs(60));
     assert!(
         !vm.seen
