@@ -2,6 +2,15 @@
 //! either reconnect (chardev `reconnect=N`) and restore its rings, or mark the device
 //! NEEDS_RESET. Sleeps in `poll` otherwise: no wakeups while the device works.
 //!
+//! Interrupts after a reconnect need no re-routing: each MSI-X vector owns an eventfd that
+//! is a KVM irqfd on the vector's own GSI (registered once, at device creation), and the
+//! GSI's MSI route follows the guest's MSI-X table writes whatever the backend does. A
+//! queue's call fd is a dup of its vector's eventfd; the session resends it (SET_VRING_CALL,
+//! before SET_VRING_KICK) when it restores the ring on the new connection, so the new
+//! backend's first completion raises the same vector. A vector move made while the backend
+//! was away is replayed by the control thread, which then raises every active queue's vector
+//! once (a completion the old backend wrote but never signalled) and kicks every queue.
+//!
 //! The monitor takes the backend lock only to reconnect, never to watch: the device's
 //! control thread may hold it for as long as a stopped backend takes to answer. A backend
 //! that is killed while stopped hangs up; the control thread's request then fails (releasing
