@@ -48,11 +48,11 @@ fn cpio_with(name: &str, data: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(name.as_bytes());
         out.push(0);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -78,7 +78,7 @@ fn hostile_initrd(dir: &TempDir) -> std::path::PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut initrd = std::fs::read(guest_file("lean.cpio")).unwrap();
-    while initrd.len() % 4 != 0 {
+    while !initrd.len().is_multiple_of(4) {
         initrd.push(0);
     }
     initrd.extend(cpio_with("hostile_ring", &std::fs::read(&exe).unwrap()));
