@@ -74,7 +74,8 @@ impl Streaming {
         self.try_expect_by(|l| l.contains(pat), timeout)
     }
 
-    fn try_expect_by(
+    /// Waits for a line `matches` accepts; returns it (`None` on timeout or end of output).
+    pub fn try_expect_by(
         &mut self,
         matches: impl Fn(&str) -> bool,
         timeout: Duration,

@@ -10,15 +10,13 @@
 //! (default 2; `scripts/stress-smp.sh` runs 10). A boot takes about a minute on an otherwise
 //! idle 2-core kvm_pvm host with the load threads running, several minutes on a busy one.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, TempDir, bin, guest_append, guest_file, guest_tools_initrd,
+    KVM_BOOT_TIMEOUT, Streaming, TempDir, bin, guest_append, guest_file, guest_tools_initrd,
 };
 
 /// Lines that mean the guest or one of its programs broke.
@@ -84,84 +82,55 @@ fn smp2_guests_survive_userspace_stress_under_host_load() {
     // Both vCPUs: four checker threads and a fork/exec loop of busybox applets.
     let gcmd = "(i=0; while [ $i -lt 10 ]; do ls / >/dev/null; grep -c a /proc/cpuinfo >/dev/null; \
                 i=$((i+1)); done; echo fork-loop-done) & smp-stress 4 150; wait";
-    let mut child = Command::new(bin("accel"))
-        .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "2"])
-        .args(["-display", "none", "-nodefaults", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(guest_file("vmlinux"))
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", &guest_append(gcmd)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn accel");
+    let mut vm = Streaming::spawn(
+        Command::new(bin("accel"))
+            .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "2"])
+            .args(["-display", "none", "-nodefaults", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(guest_file("vmlinux"))
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", &guest_append(gcmd)]),
+    );
     let load = HostLoad::start();
-
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = String::new();
-    let (mut ok, mut done, mut bad) = (0, 0, None);
     let started = Instant::now();
     let deadline = started + (2 * KVM_BOOT_TIMEOUT) * want as u32;
+    let (mut done, mut bad) = (0, None);
     while done < want && bad.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
+        let Some(line) = vm.try_expect_by(
+            |l| l.contains("GUEST DONE") || BAD.iter().any(|b| l.contains(b)),
+            left,
+        ) else {
             break;
         };
-        if line.contains("SMP-STRESS OK") {
-            ok += 1;
-        }
-        // A boot counts once its command has finished (status 0) and /init is about to reboot.
-        if line.contains("GUEST DONE") {
+        eprintln!(
+            "smp_stress: +{:.0}s {line}",
+            started.elapsed().as_secs_f64()
+        );
+        if BAD.iter().any(|b| line.contains(b)) {
+            bad = Some(line);
+        } else {
+            // A boot counts once its command has finished and /init is about to reboot.
             done += 1;
         }
-        if BAD.iter().any(|b| line.contains(b)) {
-            bad = Some(line.clone());
-        }
-        if ["GUEST UP", "SMP-STRESS", "GUEST DONE"]
-            .iter()
-            .any(|m| line.contains(m))
-        {
-            eprintln!(
-                "smp_stress: +{:.0}s {line}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        log.push_str(&line);
-        log.push('\n');
     }
     drop(load);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let wait_until = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < wait_until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut stderr = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-    let _ = reader.join();
+    let status = vm.terminate();
+    vm.drain(Duration::from_secs(1));
+    let log = vm.output();
 
-    assert!(bad.is_none(), "guest broke: {bad:?}\n{log}\n{stderr}");
+    assert!(bad.is_none(), "guest broke: {bad:?}\n{log}");
     assert_eq!(
         done, want,
-        "only {done} of {want} boots finished before the deadline\n{log}\n{stderr}"
+        "only {done} of {want} boots finished before the deadline\n{log}"
     );
+    assert_eq!(status.code(), Some(0), "accel after SIGTERM\n{log}");
+    let count = |pat: &str| log.lines().filter(|l| l.contains(pat)).count();
     assert!(
-        ok >= want,
-        "{ok} SMP-STRESS OK lines for {want} boots\n{log}\n{stderr}"
+        count("SMP-STRESS OK") >= want,
+        "{} SMP-STRESS OK lines for {want} boots\n{log}",
+        count("SMP-STRESS OK")
     );
     let rcs: Vec<&str> = log
         .lines()
