@@ -17,6 +17,7 @@
 //! ```
 
 pub mod backend_util;
+pub mod inflight;
 mod capabilities;
 mod cli;
 mod serve;
