@@ -6,9 +6,11 @@
 //! next to the checkout, or the cache `scripts/guest.sh` builds into.
 
 mod backend;
+mod stream;
 mod vm;
 
 pub use backend::{BACKEND_SOCKET_TIMEOUT, Backend, md5_hex, xorshift_bytes};
+pub use stream::Streaming;
 pub use vm::VmCommand;
 
 use std::io::Read;

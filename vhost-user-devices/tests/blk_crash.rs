@@ -147,7 +147,10 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
         // the I/O threads.
         let deadline = Instant::now() + TIMEOUT;
         while done == 0 {
-            assert!(Instant::now() < deadline, "round {round}: nothing completed");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing completed"
+            );
             blk.driver().wait_any(TIMEOUT).expect("wait");
             collect(&mut blk, &mut reqs, &mut done);
         }
@@ -161,7 +164,9 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
             kill9(&mut backend);
             kills += 1;
             backend = spawn(&sock, &image, &log);
-            blk.driver().reconnect(TIMEOUT).expect("reconnect after a kill during recovery");
+            blk.driver()
+                .reconnect(TIMEOUT)
+                .expect("reconnect after a kill during recovery");
         }
         let deadline = Instant::now() + TIMEOUT;
         while done < PER_ROUND {
@@ -204,7 +209,8 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
             let len = if i % 2 == 0 { BIG } else { SMALL };
             let mut got = vec![0u8; len as usize];
             img.read_exact_at(&mut got, offset).expect("read image");
-            let bad = (0..u64::from(len)).find(|&b| got[b as usize] != byte_at(round, i, offset + b));
+            let bad =
+                (0..u64::from(len)).find(|&b| got[b as usize] != byte_at(round, i, offset + b));
             assert_eq!(bad, None, "round {round} write {i}: image differs");
             offset += u64::from(len);
         }

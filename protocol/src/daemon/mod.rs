@@ -17,9 +17,9 @@
 //! ```
 
 pub mod backend_util;
-pub mod inflight;
 mod capabilities;
 mod cli;
+pub mod inflight;
 mod serve;
 mod signals;
 

@@ -354,8 +354,13 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
-        let tracker = Tracker::map(msg, file, self.settings.num_queues, self.settings.queue_size)
-            .inspect_err(|e| log::warn!("SET_INFLIGHT_FD refused: {e}"))?;
+        let tracker = Tracker::map(
+            msg,
+            file,
+            self.settings.num_queues,
+            self.settings.queue_size,
+        )
+        .inspect_err(|e| log::warn!("SET_INFLIGHT_FD refused: {e}"))?;
         // Drain first: nothing may complete into the previous buffer once it is replaced.
         self.pool.drain();
         let mut slot = self
@@ -414,7 +419,10 @@ impl VhostUserBackend for BlkBackend {
             log::debug!("unexpected event set {evset:?} for event {device_event}");
         }
         // One queue per thread: the thread's only vring is index 0, queue `thread_id`.
-        match (vrings.get(usize::from(device_event)), u16::try_from(thread_id)) {
+        match (
+            vrings.get(usize::from(device_event)),
+            u16::try_from(thread_id),
+        ) {
             (Some(vring), Ok(queue)) => self.process_queue(vring, queue),
             _ => log::debug!("event {device_event} is not a queue of this thread"),
         }

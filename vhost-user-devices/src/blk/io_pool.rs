@@ -99,7 +99,14 @@ impl Completion {
     /// Adds a used entry and signals the driver if it wants to hear about it.
     pub fn complete(&self, mem: &Mem, head: u16, used: u32) {
         let mut state = self.vring.get_mut();
-        if add_used(&mut state, mem, head, used, self.queue, self.tracker.as_deref()) {
+        if add_used(
+            &mut state,
+            mem,
+            head,
+            used,
+            self.queue,
+            self.tracker.as_deref(),
+        ) {
             notify_used(&mut state, mem);
         }
     }

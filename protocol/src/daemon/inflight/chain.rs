@@ -82,7 +82,12 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].addr(), GuestAddress(0x2000));
 
-        put(&m, 0, 1, Descriptor::new(0x4000, 32, VRING_DESC_F_INDIRECT as u16, 0));
+        put(
+            &m,
+            0,
+            1,
+            Descriptor::new(0x4000, 32, VRING_DESC_F_INDIRECT as u16, 0),
+        );
         put(&m, 0x4000, 0, Descriptor::new(0x1000, 16, next, 1));
         put(&m, 0x4000, 1, Descriptor::new(0x3000, 1, 0, 0));
         let c = read_chain(&m, GuestAddress(0), 8, 1);
@@ -101,7 +106,12 @@ mod tests {
         // Head beyond the queue, table outside memory, bad indirect length.
         assert!(read_chain(&m, GuestAddress(0), 4, 4).is_empty());
         assert!(read_chain(&m, GuestAddress(0xffff_ffff_0000), 4, 0).is_empty());
-        put(&m, 0, 2, Descriptor::new(0x4000, 17, VRING_DESC_F_INDIRECT as u16, 0));
+        put(
+            &m,
+            0,
+            2,
+            Descriptor::new(0x4000, 17, VRING_DESC_F_INDIRECT as u16, 0),
+        );
         assert!(read_chain(&m, GuestAddress(0), 4, 2).is_empty());
     }
 }

@@ -181,7 +181,11 @@ impl Tracker {
             });
         }
         let len = file.metadata().map_err(InflightError::Create)?.len();
-        if msg.mmap_offset.checked_add(want).is_none_or(|end| end > len) {
+        if msg
+            .mmap_offset
+            .checked_add(want)
+            .is_none_or(|end| end > len)
+        {
             return Err(InflightError::FileTooSmall(len));
         }
         let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).unwrap_or(0);
@@ -196,7 +200,9 @@ impl Tracker {
             num_queues: msg.num_queues,
             queue_size: msg.queue_size,
             counters: (0..msg.num_queues).map(|_| AtomicU64::new(0)).collect(),
-            active: (0..msg.num_queues).map(|_| AtomicBool::new(false)).collect(),
+            active: (0..msg.num_queues)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         };
         for q in 0..msg.num_queues {
             tracker.store16(tracker.base(q) + OFF_DESC_NUM, msg.queue_size);
@@ -216,29 +222,49 @@ impl Tracker {
     // head < queue_size are checked by every caller), so the accesses cannot fail; a failure
     // would only lose tracking, never memory safety.
     fn load16(&self, off: usize) -> u16 {
-        let v: u16 = self.map.as_volatile_slice().load(off, Ordering::Acquire).unwrap_or(0);
+        let v: u16 = self
+            .map
+            .as_volatile_slice()
+            .load(off, Ordering::Acquire)
+            .unwrap_or(0);
         u16::from_le(v)
     }
 
     fn store16(&self, off: usize, v: u16) {
-        let _ = self.map.as_volatile_slice().store(v.to_le(), off, Ordering::Release);
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .store(v.to_le(), off, Ordering::Release);
     }
 
     fn load8(&self, off: usize) -> u8 {
-        self.map.as_volatile_slice().load(off, Ordering::Acquire).unwrap_or(0)
+        self.map
+            .as_volatile_slice()
+            .load(off, Ordering::Acquire)
+            .unwrap_or(0)
     }
 
     fn store8(&self, off: usize, v: u8) {
-        let _ = self.map.as_volatile_slice().store(v, off, Ordering::Release);
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .store(v, off, Ordering::Release);
     }
 
     fn load64(&self, off: usize) -> u64 {
-        let v: u64 = self.map.as_volatile_slice().load(off, Ordering::Acquire).unwrap_or(0);
+        let v: u64 = self
+            .map
+            .as_volatile_slice()
+            .load(off, Ordering::Acquire)
+            .unwrap_or(0);
         u64::from_le(v)
     }
 
     fn store64(&self, off: usize, v: u64) {
-        let _ = self.map.as_volatile_slice().store(v.to_le(), off, Ordering::Release);
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .store(v.to_le(), off, Ordering::Release);
     }
 
     fn tracking(&self, queue: u16, head: u16) -> bool {

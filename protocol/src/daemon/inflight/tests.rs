@@ -127,6 +127,9 @@ fn hostile_buffers_are_refused_or_contained() {
     assert_eq!(r.resubmit, vec![2]);
     assert_eq!(r.next_avail, 4);
     t.store16(t.base(0) + OFF_VERSION, 7);
-    assert!(matches!(t.start(0, 4, 3), Err(InflightError::Version { .. })));
+    assert!(matches!(
+        t.start(0, 4, 3),
+        Err(InflightError::Version { .. })
+    ));
     assert!(t.start(3, 4, 0).is_err());
 }
