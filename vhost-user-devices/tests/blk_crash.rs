@@ -230,3 +230,124 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
     );
     assert!(!log.contains("panicked"), "backend log:\n{log}");
 }
+
+/// A hostile frontend's in-flight buffers: wrong size, too many queues, an unsealed file are
+/// refused (vhost-user-backend then ends that connection); a well-formed buffer full of
+/// garbage (bogus version, heads, flags, counters) is read at the next ring start. The backend
+/// neither panics nor stops serving: the next frontend reads and writes normally.
+#[test]
+fn hostile_inflight_buffers_leave_the_backend_serving() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::vhost_user::message::VhostUserInflight;
+
+    let dir = Scratch::new("vub-crash", "hostile");
+    let (sock, image, log) = (dir.path("s"), dir.path("img"), dir.path("log"));
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let mut backend = spawn(&sock, &image, &log);
+    let opts = DriverOptions {
+        queue_size: 16,
+        ..Default::default()
+    };
+    let connect = || {
+        let mut blk = BlkDriver::connect(&sock, TIMEOUT, opts.clone()).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("connect: {e}\n{log}")
+        });
+        let good = blk
+            .driver()
+            .session()
+            .inflight_buffer()
+            .expect("in-flight buffer");
+        let got = blk
+            .driver()
+            .session()
+            .raw_frontend()
+            .get_inflight_fd(&good)
+            .expect("GET_INFLIGHT_FD");
+        (blk, got)
+    };
+
+    let (mut blk, (desc, _)) = connect();
+    let plain = tempfile_of(desc.mmap_size, &dir);
+    let too_big = VhostUserInflight {
+        mmap_size: desc.mmap_size + 4096,
+        ..desc
+    };
+    let many = VhostUserInflight {
+        num_queues: 9,
+        mmap_size: desc.mmap_size * 9,
+        ..desc
+    };
+    let bad = [(too_big, None), (many, None), (desc, Some(&plain))];
+    for (i, (bad, file)) in bad.into_iter().enumerate() {
+        let (_, sealed) = connect_file(&mut blk, &desc);
+        let fd = file.map_or(sealed.as_raw_fd(), |f| f.as_raw_fd());
+        let fe = blk.driver().session().raw_frontend();
+        assert!(
+            fe.set_inflight_fd(&bad, fd).is_err(),
+            "bad buffer {i} accepted"
+        );
+        drop(blk);
+        blk = connect().0;
+    }
+
+    // Garbage in a well-formed buffer, read by two ring restarts (unknown version, then
+    // version 1 with every flag, head and counter bogus).
+    let (d, file) = connect_file(&mut blk, &desc);
+    let mut garbage: Vec<u8> = (0..d.mmap_size).map(|i| (i * 7 + 1) as u8).collect();
+    file.write_all_at(&garbage, 0).expect("scribble");
+    let fe = blk.driver().session().raw_frontend();
+    fe.set_inflight_fd(&d, file.as_raw_fd())
+        .expect("a well-formed buffer is accepted");
+    for version in [0x0909u16, 1] {
+        garbage[8..10].copy_from_slice(&version.to_le_bytes());
+        file.write_all_at(&garbage, 0).expect("scribble");
+        let s = blk.driver().session();
+        if s.stop_vring(0).is_err() || s.resume_vring(0).is_err() {
+            break;
+        }
+        let _ = blk.driver().kick(0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(blk);
+
+    let mut blk = connect().0;
+    blk.write(0, 8, &[0xabu8; 4096]).expect("write");
+    assert_eq!(blk.read(0, 8, 4096).expect("read"), vec![0xabu8; 4096]);
+    assert!(
+        backend.try_wait().expect("try_wait").is_none(),
+        "backend died\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    kill9(&mut backend);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(log.matches("SET_INFLIGHT_FD refused").count(), 3, "{log}");
+}
+
+/// A fresh sealed buffer from the backend (GET_INFLIGHT_FD as `desc` describes).
+fn connect_file(
+    blk: &mut BlkDriver,
+    desc: &vhost::vhost_user::message::VhostUserInflight,
+) -> (vhost::vhost_user::message::VhostUserInflight, File) {
+    use vhost::vhost_user::VhostUserFrontend;
+    blk.driver()
+        .session()
+        .raw_frontend()
+        .get_inflight_fd(desc)
+        .expect("GET_INFLIGHT_FD")
+}
+
+/// An unsealed file of `len` bytes.
+fn tempfile_of(len: u64, dir: &Scratch) -> File {
+    let f = File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path("plain"))
+        .expect("plain file");
+    f.set_len(len).expect("size");
+    f
+}

@@ -176,14 +176,17 @@ impl BlkBackend {
         let q = done.queue;
         let queue = state.get_queue();
         let (size, table) = (queue.size(), GuestAddress(queue.desc_table()));
-        let ring_used = match queue.used_idx(&**mem, Ordering::Acquire) {
-            Ok(i) => i.0,
+        let indices = queue
+            .used_idx(&**mem, Ordering::Acquire)
+            .and_then(|u| Ok((u.0, queue.avail_idx(&**mem, Ordering::Acquire)?.0)));
+        let (ring_used, ring_avail) = match indices {
+            Ok(i) => i,
             Err(e) => {
-                log::warn!("queue {q}: cannot read the used index ({e}); not tracked");
+                log::warn!("queue {q}: cannot read the ring indices ({e}); not tracked");
                 return false;
             }
         };
-        let recovery = match tracker.start(q, size, ring_used) {
+        let recovery = match tracker.start(q, size, ring_used, ring_avail) {
             Ok(Some(r)) => r,
             Ok(None) => return false,
             Err(e) => {

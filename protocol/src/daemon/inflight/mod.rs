@@ -84,6 +84,12 @@ pub enum InflightError {
     NoQueue(u16),
     #[error("queue {queue}: unknown layout version {version}")]
     Version { queue: u16, version: u16 },
+    #[error("queue {queue}: {in_flight} requests in flight but only {outstanding} on the ring")]
+    Inconsistent {
+        queue: u16,
+        in_flight: usize,
+        outstanding: u16,
+    },
 }
 
 impl From<InflightError> for std::io::Error {
@@ -275,15 +281,16 @@ impl Tracker {
                 .is_some_and(|a| a.load(Ordering::Acquire))
     }
 
-    /// Ring start of `queue` (`ring_size` entries, used index `ring_used` as the ring shows
-    /// it): repairs the buffer after a crash and says what to resubmit. `Ok(None)` for a fresh
-    /// buffer (the ring continues where SET_VRING_BASE put it). After an error the queue runs
-    /// untracked.
+    /// Ring start of `queue` (`ring_size` entries, used and avail indices `ring_used` and
+    /// `ring_avail` as the ring shows them): repairs the buffer after a crash and says what to
+    /// resubmit. `Ok(None)` for a fresh buffer (the ring continues where SET_VRING_BASE put
+    /// it). After an error the queue runs untracked.
     pub fn start(
         &self,
         queue: u16,
         ring_size: u16,
         ring_used: u16,
+        ring_avail: u16,
     ) -> Result<Option<Recovery>, InflightError> {
         let active = self
             .active
@@ -309,7 +316,20 @@ impl Tracker {
                 self.counters[usize::from(queue)].store(0, Ordering::Relaxed);
                 None
             }
-            INFLIGHT_VERSION => Some(self.recover(queue, ring_size, ring_used)),
+            INFLIGHT_VERSION => {
+                let r = self.recover(queue, ring_size, ring_used);
+                // The driver has `avail - used` requests outstanding; more in flight means the
+                // buffer does not describe this ring (resuming from it would skip requests).
+                let outstanding = ring_avail.wrapping_sub(ring_used);
+                if r.resubmit.len() > usize::from(outstanding) {
+                    return Err(InflightError::Inconsistent {
+                        queue,
+                        in_flight: r.resubmit.len(),
+                        outstanding,
+                    });
+                }
+                Some(r)
+            }
             version => return Err(InflightError::Version { queue, version }),
         };
         active.store(true, Ordering::Release);

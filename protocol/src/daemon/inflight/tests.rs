@@ -28,7 +28,7 @@ fn region_size_matches_libvhost_user() {
 #[test]
 fn fresh_buffer_then_normal_completions() {
     let (t, _f) = tracker(2, 8);
-    assert_eq!(t.start(1, 8, 100).expect("start"), None);
+    assert_eq!(t.start(1, 8, 100, 108).expect("start"), None);
     for head in [3, 5, 6] {
         t.get(1, head);
     }
@@ -42,7 +42,7 @@ fn fresh_buffer_then_normal_completions() {
 #[test]
 fn restart_resubmits_in_counter_order() {
     let (t, f) = tracker(1, 8);
-    t.start(0, 8, 0).expect("start");
+    t.start(0, 8, 0, 8).expect("start");
     for head in [7, 2, 4, 0] {
         t.get(0, head);
     }
@@ -60,7 +60,7 @@ fn restart_resubmits_in_counter_order() {
         1024,
     )
     .expect("map again");
-    let r = t.start(0, 8, 1).expect("start").expect("recovery");
+    let r = t.start(0, 8, 1, 9).expect("start").expect("recovery");
     assert_eq!(r.resubmit, vec![7, 4, 0]);
     assert_eq!(r.next_avail, 4);
     // New heads get counters after the resubmitted ones.
@@ -71,12 +71,12 @@ fn restart_resubmits_in_counter_order() {
 #[test]
 fn death_between_used_index_and_clear() {
     let (t, _f) = tracker(1, 8);
-    t.start(0, 8, 10).expect("start");
+    t.start(0, 8, 10, 18).expect("start");
     t.get(0, 1);
     t.get(0, 2);
     // Used entry for 2 published (ring used index 11), in-flight flag not cleared yet.
     t.pre_put(0, 2);
-    let r = t.start(0, 8, 11).expect("start").expect("recovery");
+    let r = t.start(0, 8, 11, 19).expect("start").expect("recovery");
     assert_eq!(r.resubmit, vec![1]);
     assert_eq!(r.next_avail, 12);
 }
@@ -113,23 +113,35 @@ fn hostile_buffers_are_refused_or_contained() {
 
     let t = Tracker::map(&d, f, 8, 1024).expect("map");
     // Ring larger than the buffer: untracked, no out-of-bounds access.
-    assert!(t.start(0, 16, 0).is_err());
+    assert!(t.start(0, 16, 0, 8).is_err());
     t.get(0, 12);
     assert_eq!(t.in_flight(0), 0);
     // Garbage: bogus flags, last_batch_head and version.
-    t.start(0, 4, 0).expect("start");
+    t.start(0, 4, 0, 8).expect("start");
     for head in 0..8 {
         t.store8(t.desc(0, head), 0xff);
     }
     t.store8(t.desc(0, 2), 1);
     t.store16(t.base(0) + OFF_LAST_BATCH_HEAD, 0xffff);
-    let r = t.start(0, 4, 3).expect("start").expect("recovery");
+    let r = t.start(0, 4, 3, 11).expect("start").expect("recovery");
     assert_eq!(r.resubmit, vec![2]);
     assert_eq!(r.next_avail, 4);
     t.store16(t.base(0) + OFF_VERSION, 7);
     assert!(matches!(
-        t.start(0, 4, 3),
+        t.start(0, 4, 3, 11),
         Err(InflightError::Version { .. })
     ));
-    assert!(t.start(3, 4, 0).is_err());
+    assert!(t.start(3, 4, 0, 8).is_err());
+    // More in flight (1, 2 and 3) than the ring has outstanding: refused, not resumed.
+    t.store16(t.base(0) + OFF_VERSION, INFLIGHT_VERSION);
+    t.store8(t.desc(0, 1), 1);
+    t.store8(t.desc(0, 3), 1);
+    assert!(matches!(
+        t.start(0, 4, 3, 4),
+        Err(InflightError::Inconsistent {
+            in_flight: 3,
+            outstanding: 1,
+            ..
+        })
+    ));
 }
