@@ -38,7 +38,16 @@ fn read_area_byte(off: u64) -> u8 {
     (off % 253) as u8 ^ (off >> 16) as u8
 }
 
-fn spawn(sock: &Path, image: &Path, log: &Path) -> Child {
+/// The backend process, SIGKILLed and reaped on drop (also when a test fails).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill9(&mut self.0);
+    }
+}
+
+fn spawn(sock: &Path, image: &Path, log: &Path) -> Proc {
     let _ = std::fs::remove_file(sock);
     let log = File::options()
         .create(true)
@@ -56,7 +65,7 @@ fn spawn(sock: &Path, image: &Path, log: &Path) -> Child {
         .spawn()
         .expect("spawn vhost-user-blk");
     wait_for(sock);
-    child
+    Proc(child)
 }
 
 fn kill9(child: &mut Child) {
@@ -154,14 +163,14 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
             blk.driver().wait_any(TIMEOUT).expect("wait");
             collect(&mut blk, &mut reqs, &mut done);
         }
-        kill9(&mut backend);
+        drop(backend);
         kills += 1;
         collect(&mut blk, &mut reqs, &mut done);
         backend = spawn(&sock, &image, &log);
         blk.driver().reconnect(TIMEOUT).expect("reconnect");
         if round % 3 == 2 {
             // Killed again while recovering (resubmitted requests running).
-            kill9(&mut backend);
+            drop(backend);
             kills += 1;
             backend = spawn(&sock, &image, &log);
             blk.driver()
@@ -215,7 +224,7 @@ fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
             offset += u64::from(len);
         }
     }
-    kill9(&mut backend);
+    drop(backend);
 
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let resubmitted: usize = log
@@ -316,11 +325,11 @@ fn hostile_inflight_buffers_leave_the_backend_serving() {
     blk.write(0, 8, &[0xabu8; 4096]).expect("write");
     assert_eq!(blk.read(0, 8, 4096).expect("read"), vec![0xabu8; 4096]);
     assert!(
-        backend.try_wait().expect("try_wait").is_none(),
+        backend.0.try_wait().expect("try_wait").is_none(),
         "backend died\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    kill9(&mut backend);
+    drop(backend);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(log.matches("SET_INFLIGHT_FD refused").count(), 3, "{log}");
