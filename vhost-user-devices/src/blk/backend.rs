@@ -198,6 +198,7 @@ impl BlkBackend {
         queue.set_next_avail(recovery.next_avail);
         queue.set_next_used(ring_used);
         if recovery.resubmit.is_empty() {
+            log::info!("queue {q}: resumed at used index {ring_used}, nothing in flight");
             return false;
         }
         log::info!(
