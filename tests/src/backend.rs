@@ -78,6 +78,11 @@ impl Backend {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
 }
 
 /// `len` deterministic, non-repeating bytes (xorshift64 from `seed`, which must not be 0), so
