@@ -721,6 +721,12 @@ impl FrontendSession {
             if enabled && self.protocol_features_acked() {
                 self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, true))?;
             }
+            // The dead backend may have published used entries without signalling them
+            // (killed between the used index and the call fd): one interrupt so the driver
+            // looks (a spurious one is harmless).
+            if let Err(e) = call.write(1) {
+                log::warn!("vhost-user reconnect: cannot signal vring {index}: {e}");
+            }
         }
         Ok(())
     }

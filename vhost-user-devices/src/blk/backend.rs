@@ -197,6 +197,12 @@ impl BlkBackend {
         let queue = state.get_queue_mut();
         queue.set_next_avail(recovery.next_avail);
         queue.set_next_used(ring_used);
+        // The dead backend may have published used entries without signalling them (killed
+        // between the used index and the call fd): the driver would wait for them forever.
+        // One spurious interrupt is harmless.
+        if let Err(e) = state.signal_used_queue() {
+            log::warn!("queue {q}: cannot signal the used queue after resuming: {e}");
+        }
         if recovery.resubmit.is_empty() {
             log::info!("queue {q}: resumed at used index {ring_used}, nothing in flight");
             return false;
