@@ -24,8 +24,8 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, RwLock};
 
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserInflight,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
 };
 use vhost::vhost_user::Backend;
 use vm_memory::bitmap::Bitmap;
@@ -116,6 +116,30 @@ pub trait VhostUserBackend: Send + Sync {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "backend does not support set_gpu_socket() / VHOST_USER_GPU_SET_SOCKET",
+        ))
+    }
+
+    /// PATCH(inflight): VHOST_USER_GET_INFLIGHT_FD. Allocate the shared buffer in which the
+    /// backend tracks in-flight descriptors (`inflight` holds the frontend's `num_queues` and
+    /// `queue_size`); return its description (`mmap_size`, `mmap_offset`) and the file.
+    ///
+    /// Only called when VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD was negotiated. The default
+    /// implementation reports it unsupported.
+    fn get_inflight_fd(&self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support VHOST_USER_GET_INFLIGHT_FD",
+        ))
+    }
+
+    /// PATCH(inflight): VHOST_USER_SET_INFLIGHT_FD. Map the in-flight buffer `file` that
+    /// `inflight` describes (sent before the rings start, again after every reconnection).
+    ///
+    /// The default implementation reports it unsupported.
+    fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support VHOST_USER_SET_INFLIGHT_FD",
         ))
     }
 
@@ -410,6 +434,16 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
 
     fn set_gpu_socket(&self, gpu_backend: GpuBackend) -> Result<()> {
         self.deref().set_gpu_socket(gpu_backend)
+    }
+
+    // PATCH(inflight)
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.deref().get_inflight_fd(inflight)
+    }
+
+    // PATCH(inflight)
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.deref().set_inflight_fd(inflight, file)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -353,6 +353,13 @@ where
         self.features_acked = false;
         self.acked_features = 0;
         self.backend.reset_device();
+        // PATCH(reset): once the backend is done with them, forget the rings' state (indices,
+        // addresses, eventfds) as a device reset must; upstream only disabled the rings.
+        for vring in self.vrings.iter() {
+            vring.get_mut().get_queue_mut().reset();
+            vring.set_kick(None);
+            vring.set_call(None);
+        }
         Ok(())
     }
 
@@ -686,22 +693,25 @@ where
         }
     }
 
+    // PATCH(inflight): forwarded to the backend (upstream answered "not supported").
     fn get_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
     ) -> VhostUserResult<(vhost::vhost_user::message::VhostUserInflight, File)> {
-        // Assume the backend hasn't negotiated the inflight feature; it
-        // wouldn't be correct for the backend to do so, as we don't (yet)
-        // provide a way for it to handle such requests.
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .get_inflight_fd(inflight)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
+    // PATCH(inflight): forwarded to the backend (upstream answered "not supported").
     fn set_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
-        _file: File,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
+        file: File,
     ) -> VhostUserResult<()> {
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .set_inflight_fd(inflight, file)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {

@@ -19,6 +19,7 @@
 pub mod backend_util;
 mod capabilities;
 mod cli;
+pub mod inflight;
 pub mod ratelog;
 pub mod ring;
 mod serve;

@@ -33,6 +33,7 @@
 
 mod connect;
 mod error;
+mod inflight;
 mod memory;
 mod vring;
 mod watchdog;
@@ -76,6 +77,7 @@ pub fn supported_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// How a session negotiates with its backend.
@@ -122,6 +124,8 @@ pub struct FrontendSession {
     table: Vec<SharedRegion>,
     vrings: Vec<VringState>,
     watchdog: Option<Watchdog>,
+    /// In-flight buffer (INFLIGHT_SHMFD), kept across reconnects until a device reset.
+    inflight: Option<inflight::InflightBuffer>,
 }
 
 impl std::fmt::Debug for FrontendSession {
@@ -201,6 +205,7 @@ impl FrontendSession {
             table: Vec::new(),
             vrings,
             watchdog,
+            inflight: None,
         }
     }
 
@@ -471,6 +476,7 @@ impl FrontendSession {
         }
         let call_dup = call.try_clone().map_err(Error::EventFd)?;
         let kick_dup = kick.try_clone().map_err(Error::EventFd)?;
+        self.ensure_inflight(geometry.size)?;
         self.send_vring(index, &geometry, base, call, kick)?;
         let starts_enabled = !self.protocol_features_acked();
         let v = &mut self.vrings[index];
@@ -606,6 +612,9 @@ impl FrontendSession {
             *v = VringState::default();
         }
         self.acked_features = None;
+        // Nothing is in flight after a reset; the next start gets a fresh buffer (QEMU frees
+        // its buffer on reset too).
+        self.inflight = None;
         r
     }
 
@@ -634,6 +643,9 @@ impl FrontendSession {
     /// A running ring restarts at the base reported by GET_VRING_BASE if the old backend
     /// answered it, otherwise at the used ring's `idx` read from guest memory: requests the
     /// dead backend had taken but not completed are processed again.
+    /// With in-flight tracking (INFLIGHT_SHMFD) the session first hands the new backend the
+    /// buffer the old one kept, and the backend resumes each ring from it instead: after the
+    /// requests already completed, running the unfinished ones again, oldest first.
     pub fn reconnect(&mut self, timeout: Duration) -> Result<()> {
         self.hang_up();
         let (fe, n) = open(&self.path, timeout, &self.opts, self.watchdog.as_ref())?;
@@ -687,6 +699,8 @@ impl FrontendSession {
             let table = self.table.clone();
             self.send_mem_table(&table, &[])?;
         }
+        // Before the rings: the new backend resumes them from the buffer.
+        self.send_inflight()?;
         for index in 0..self.vrings.len() {
             let v = &self.vrings[index];
             let (Some(g), true) = (v.geometry, v.running) else {
@@ -715,6 +729,12 @@ impl FrontendSession {
             self.send_vring(index, &g, base, &call, &kick)?;
             if enabled && self.protocol_features_acked() {
                 self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, true))?;
+            }
+            // The dead backend may have published used entries without signalling them
+            // (killed between the used index and the call fd): one interrupt so the driver
+            // looks (a spurious one is harmless).
+            if let Err(e) = call.write(1) {
+                log::warn!("vhost-user reconnect: cannot signal vring {index}: {e}");
             }
         }
         Ok(())

@@ -1,14 +1,16 @@
 //! The per-connection vhost-user backend: features, config space, one worker thread per queue.
 
+use std::fs::File;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use protocol::daemon::backend_util::{
     self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
 };
+use protocol::daemon::inflight::{self, Tracker, read_chain};
 use protocol::daemon::ring::pop_chain;
 use protocol::daemon::{BackendMemory, BackendVring};
 use protocol::devices::blk::{
@@ -16,18 +18,17 @@ use protocol::devices::blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost_user_backend::{VhostUserBackend, VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::disk::Disk;
-use super::io_pool::{self, IoPool};
-use super::request;
+use super::io_pool::{self, Completion, IoPool, Request, add_used};
 use super::request::{
-    MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, Mem, RequestOptions,
+    MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, Mem, RequestOptions, handle_descs,
 };
 
 /// I/O threads per connection for large requests. More than this machine's cores on purpose:
@@ -80,9 +81,12 @@ pub fn device_features(disk: &Disk) -> u64 {
     f
 }
 
-/// vhost-user protocol features: only what vhost-user-backend really handles.
+/// vhost-user protocol features: what vhost-user-backend handles, plus in-flight tracking
+/// (crash recovery) and RESET_DEVICE.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     backend_util::protocol_features(true)
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
 /// Serves one frontend connection.
@@ -96,6 +100,10 @@ pub struct BlkBackend {
     mem: MemorySlot,
     /// I/O threads for large requests (all data requests with O_DIRECT).
     pool: IoPool,
+    /// The in-flight buffer (SET_INFLIGHT_FD), if the frontend gave one.
+    inflight: RwLock<Option<Arc<Tracker>>>,
+    /// Per queue: the ring (re)started and the in-flight buffer has not been looked at since.
+    ring_started: Vec<AtomicBool>,
 }
 
 impl BlkBackend {
@@ -103,7 +111,6 @@ impl BlkBackend {
         let features = device_features(&disk);
         BlkBackend {
             disk: disk.clone(),
-            settings,
             features,
             event_idx: EventIdx::new(),
             writeback: AtomicBool::new(true),
@@ -117,7 +124,106 @@ impl BlkBackend {
                     io_pool::OFFLOAD_MIN_BYTES
                 },
             ),
+            inflight: RwLock::new(None),
+            ring_started: (0..settings.num_queues)
+                .map(|_| AtomicBool::new(true))
+                .collect(),
+            settings,
         }
+    }
+
+    fn tracker(&self) -> Option<Arc<Tracker>> {
+        self.inflight.read().ok().and_then(|t| t.clone())
+    }
+
+    /// Runs `req` inline (true: its used entry was added) or hands it to the I/O threads.
+    fn run(
+        &self,
+        req: Request,
+        opts: RequestOptions,
+        done: &Completion,
+        state: &mut VringState<BackendMemory>,
+    ) -> bool {
+        let req = if self.pool.wants(&req) {
+            match self.pool.submit(req, opts, done) {
+                Ok(()) => return false,
+                Err(req) => req,
+            }
+        } else {
+            req
+        };
+        let used = handle_descs(req.head, &req.descs, &req.mem, &self.disk, opts);
+        add_used(
+            state,
+            &req.mem,
+            req.head,
+            used,
+            done.queue,
+            done.tracker.as_deref(),
+        )
+    }
+
+    /// First look at a (re)started ring with an in-flight buffer: continue after the requests
+    /// taken before a crash and run the unfinished ones again, oldest first. True if any
+    /// completed inline.
+    fn resume(
+        &self,
+        tracker: &Tracker,
+        done: &Completion,
+        opts: RequestOptions,
+        mem: &Arc<Mem>,
+        state: &mut VringState<BackendMemory>,
+    ) -> bool {
+        let q = done.queue;
+        let queue = state.get_queue();
+        let (size, table) = (queue.size(), GuestAddress(queue.desc_table()));
+        let indices = queue
+            .used_idx(&**mem, Ordering::Acquire)
+            .and_then(|u| Ok((u.0, queue.avail_idx(&**mem, Ordering::Acquire)?.0)));
+        let (ring_used, ring_avail) = match indices {
+            Ok(i) => i,
+            Err(e) => {
+                log::warn!("queue {q}: cannot read the ring indices ({e}); not tracked");
+                return false;
+            }
+        };
+        let recovery = match tracker.start(q, size, ring_used, ring_avail) {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                log::warn!("queue {q}: in-flight tracking off: {e}");
+                return false;
+            }
+        };
+        let queue = state.get_queue_mut();
+        queue.set_next_avail(recovery.next_avail);
+        queue.set_next_used(ring_used);
+        // The dead backend may have published used entries without signalling them (killed
+        // between the used index and the call fd): the driver would wait for them forever.
+        // One spurious interrupt is harmless.
+        if let Err(e) = state.signal_used_queue() {
+            log::warn!("queue {q}: cannot signal the used queue after resuming: {e}");
+        }
+        if recovery.resubmit.is_empty() {
+            log::info!("queue {q}: resumed at used index {ring_used}, nothing in flight");
+            return false;
+        }
+        log::info!(
+            "queue {q}: resubmitting {} in-flight request(s) (heads {:?}), used index {ring_used}",
+            recovery.resubmit.len(),
+            recovery.resubmit
+        );
+        let mut completed = false;
+        for head in recovery.resubmit {
+            let descs = read_chain(&**mem, table, size, head);
+            let req = Request {
+                head,
+                descs,
+                mem: mem.clone(),
+            };
+            completed |= self.run(req, opts, done, state);
+        }
+        completed
     }
 
     /// The config space as the driver reads it now.
@@ -142,36 +248,41 @@ impl BlkBackend {
     /// Completes every available request of `vring`, then notifies the driver once (if it
     /// asked to be). With EVENT_IDX, loops until no request arrived while re-enabling
     /// notifications.
-    fn process_queue(&self, vring: &BackendVring) {
+    fn process_queue(&self, vring: &BackendVring, queue: u16) {
         let Some(mem) = self.mem.get() else { return };
         let event_idx = self.event_idx.get();
         let opts = RequestOptions {
             writethrough: !self.writeback.load(Ordering::Relaxed),
         };
+        let done = Completion {
+            vring: vring.clone(),
+            queue,
+            tracker: self.tracker(),
+        };
         let mut state = vring.get_mut();
+        let mut resumed = false;
+        if let (Some(t), Some(started)) = (&done.tracker, self.ring_started.get(usize::from(queue)))
+            && state.get_queue().ready()
+            && started.swap(false, Ordering::AcqRel)
+        {
+            resumed = self.resume(t, &done, opts, &mem, &mut state);
+        }
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
-            let mut completed = false;
+            let mut completed = std::mem::take(&mut resumed);
             while let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) {
-                let chain = if self.pool.wants(&chain) {
-                    match self.pool.submit(chain, opts, vring) {
-                        Ok(()) => continue,
-                        Err(chain) => chain,
-                    }
-                } else {
-                    chain
-                };
                 let head = chain.head_index();
-                let used = request::handle_chain(chain, &mem, &self.disk, opts);
-                if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    protocol::log_limited!(
-                        log::Level::Error,
-                        "cannot complete request {head}: {e}"
-                    );
+                if let Some(t) = &done.tracker {
+                    t.get(queue, head);
                 }
-                completed = true;
+                let req = Request {
+                    head,
+                    descs: chain.collect(),
+                    mem: mem.clone(),
+                };
+                completed |= self.run(req, opts, &done, &mut state);
             }
             if completed {
                 notify_used(&mut state, &mem);
@@ -220,15 +331,58 @@ impl VhostUserBackend for BlkBackend {
         protocol_features()
     }
 
-    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // Requests still running on the I/O threads complete before the ring state is handed
         // back to the frontend.
         self.pool.drain();
+        if let Some(started) = self.ring_started.get(queue_index as usize) {
+            started.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
     fn reset_device(&self) {
         self.pool.drain();
+        // The frontend gives a new buffer (or none) before the rings start again.
+        if let Ok(mut t) = self.inflight.write() {
+            *t = None;
+        }
+        for started in &self.ring_started {
+            started.store(true, Ordering::Release);
+        }
+    }
+
+    fn get_inflight_fd(&self, msg: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        let (reply, file) =
+            inflight::allocate(msg, self.settings.num_queues, self.settings.queue_size)?;
+        log::info!(
+            "in-flight buffer: {} queue(s) of {}, {} bytes",
+            reply.num_queues,
+            reply.queue_size,
+            reply.mmap_size
+        );
+        Ok((reply, file))
+    }
+
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
+        let tracker = Tracker::map(
+            msg,
+            file,
+            self.settings.num_queues,
+            self.settings.queue_size,
+        )
+        .inspect_err(|e| log::warn!("SET_INFLIGHT_FD refused: {e}"))?;
+        // Drain first: nothing may complete into the previous buffer once it is replaced.
+        self.pool.drain();
+        let mut slot = self
+            .inflight
+            .write()
+            .map_err(|_| io::Error::other("in-flight lock poisoned"))?;
+        *slot = Some(Arc::new(tracker));
+        for started in &self.ring_started {
+            started.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -270,15 +424,18 @@ impl VhostUserBackend for BlkBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[BackendVring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             log::debug!("unexpected event set {evset:?} for event {device_event}");
         }
-        // One queue per thread: the thread's only vring is index 0.
-        match vrings.get(usize::from(device_event)) {
-            Some(vring) => self.process_queue(vring),
-            None => log::debug!("event {device_event} is not a queue of this thread"),
+        // One queue per thread: the thread's only vring is index 0, queue `thread_id`.
+        match (
+            vrings.get(usize::from(device_event)),
+            u16::try_from(thread_id),
+        ) {
+            (Some(vring), Ok(queue)) => self.process_queue(vring, queue),
+            _ => log::debug!("event {device_event} is not a queue of this thread"),
         }
         Ok(())
     }

@@ -6,13 +6,15 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use protocol::daemon::BackendVring;
 use protocol::daemon::backend_util::notify_used;
-use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueT};
+use protocol::daemon::inflight::Tracker;
+use protocol::daemon::{BackendMemory, BackendVring};
+use vhost_user_backend::{VringState, VringT};
+use virtio_queue::QueueT;
+use virtio_queue::desc::split::Descriptor;
 
 use super::disk::Disk;
-use super::request::{Mem, RequestOptions, handle_chain};
+use super::request::{Mem, RequestOptions, handle_descs};
 
 /// Requests moving at least this many bytes go to the I/O threads (page-cache I/O: small
 /// requests are cheaper inline).
@@ -21,13 +23,28 @@ pub const OFFLOAD_MIN_BYTES: u64 = 64 << 10;
 /// threads, so that many are in flight at once.
 pub const OFFLOAD_MIN_BYTES_DIRECT: u64 = 1;
 
-/// A descriptor chain that owns its view of guest memory, so it can move between threads.
-pub type Chain = DescriptorChain<Arc<Mem>>;
+/// One request: its head, its descriptors (read once, from the avail ring or, when
+/// resubmitted after a reconnect, from the in-flight buffer's head) and the guest memory they
+/// point into, so it can move between threads.
+pub struct Request {
+    pub head: u16,
+    pub descs: Vec<Descriptor>,
+    pub mem: Arc<Mem>,
+}
+
+/// Where a request completes: its ring and, with in-flight tracking, the buffer to update.
+#[derive(Clone)]
+pub struct Completion {
+    pub vring: BackendVring,
+    /// The queue's index (its slot in the in-flight buffer).
+    pub queue: u16,
+    pub tracker: Option<Arc<Tracker>>,
+}
 
 struct Job {
-    chain: Chain,
+    req: Request,
     opts: RequestOptions,
-    vring: BackendVring,
+    done: Completion,
 }
 
 #[derive(Default)]
@@ -55,14 +72,44 @@ pub struct IoPool {
     min_bytes: u64,
 }
 
-/// Adds a used entry and signals the driver if it wants to hear about it.
-pub fn complete(vring: &BackendVring, mem: &Mem, head: u16, used: u32) {
-    let mut state = vring.get_mut();
+/// Adds the used entry of `head` (in-flight buffer updated around it, in the order that lets a
+/// restarted backend tell whether the entry was published); false (logged) if it could not.
+pub fn add_used(
+    state: &mut VringState<BackendMemory>,
+    mem: &Mem,
+    head: u16,
+    used: u32,
+    queue: u16,
+    tracker: Option<&Tracker>,
+) -> bool {
+    if let Some(t) = tracker {
+        t.pre_put(queue, head);
+    }
     if let Err(e) = state.get_queue_mut().add_used(mem, head, used) {
         protocol::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
-        return;
+        return false;
     }
-    notify_used(&mut state, mem);
+    if let Some(t) = tracker {
+        t.post_put(queue, head, state.get_queue().next_used());
+    }
+    true
+}
+
+impl Completion {
+    /// Adds a used entry and signals the driver if it wants to hear about it.
+    pub fn complete(&self, mem: &Mem, head: u16, used: u32) {
+        let mut state = self.vring.get_mut();
+        if add_used(
+            &mut state,
+            mem,
+            head,
+            used,
+            self.queue,
+            self.tracker.as_deref(),
+        ) {
+            notify_used(&mut state, mem);
+        }
+    }
 }
 
 impl IoPool {
@@ -94,14 +141,14 @@ impl IoPool {
         }
     }
 
-    /// Whether `chain` should run on the pool rather than inline.
-    pub fn wants(&self, chain: &Chain) -> bool {
+    /// Whether `req` should run on the pool rather than inline.
+    pub fn wants(&self, req: &Request) -> bool {
         if self.threads == 0 {
             return false;
         }
         // Header and status descriptors count too: at most 17 bytes of slack.
         let mut total = 0u64;
-        for d in chain.clone() {
+        for d in &req.descs {
             total += u64::from(d.len());
             if total >= self.min_bytes.saturating_add(17) {
                 return true;
@@ -110,24 +157,24 @@ impl IoPool {
         false
     }
 
-    /// Queues `chain`; an I/O thread executes it and completes it on `vring`. Gives the chain
-    /// back if the pool is unusable, for the caller to run inline.
+    /// Queues `req`; an I/O thread executes it and completes it through `done`. Gives the
+    /// request back if the pool is unusable, for the caller to run inline.
     pub fn submit(
         &self,
-        chain: Chain,
+        req: Request,
         opts: RequestOptions,
-        vring: &BackendVring,
-    ) -> Result<(), Chain> {
+        done: &Completion,
+    ) -> Result<(), Request> {
         match self.shared.state.lock() {
             Ok(mut s) if !s.shutdown => {
                 s.jobs.push_back(Job {
-                    chain,
+                    req,
                     opts,
-                    vring: vring.clone(),
+                    done: done.clone(),
                 });
                 s.in_flight += 1;
             }
-            _ => return Err(chain),
+            _ => return Err(req),
         }
         self.shared.work.notify_one();
         Ok(())
@@ -175,10 +222,9 @@ fn io_thread(shared: &Shared, disk: &Disk) {
                 };
             }
         };
-        let head = job.chain.head_index();
-        let mem = job.chain.memory().clone();
-        let used = handle_chain(job.chain, &mem, disk, job.opts);
-        complete(&job.vring, &mem, head, used);
+        let Request { head, descs, mem } = job.req;
+        let used = handle_descs(head, &descs, &mem, disk, job.opts);
+        job.done.complete(&mem, head, used);
         if let Ok(mut s) = shared.state.lock() {
             s.in_flight -= 1;
             if s.in_flight == 0 {

@@ -94,7 +94,17 @@ pub fn handle_chain<M: std::ops::Deref<Target = Mem>>(
     opts: RequestOptions,
 ) -> u32 {
     let head = chain.head_index();
-    let descs: Vec<Descriptor> = chain.collect();
+    handle_descs(head, &chain.collect::<Vec<_>>(), mem, disk, opts)
+}
+
+/// [`handle_chain`] for a chain already read (`descs`, starting at descriptor `head`).
+pub fn handle_descs(
+    head: u16,
+    descs: &[Descriptor],
+    mem: &Mem,
+    disk: &Disk,
+    opts: RequestOptions,
+) -> u32 {
     let Some(last) = descs.last() else {
         protocol::log_limited!(
             log::Level::Warn,
