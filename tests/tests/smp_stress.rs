@@ -80,8 +80,8 @@ fn smp2_guests_survive_userspace_stress_under_host_load() {
     let initrd = guest_tools_initrd(dir.path(), &guest_file("initramfs.cpio"));
     let want = boots();
     // Both vCPUs: four checker threads and a fork/exec loop of busybox applets.
-    let gcmd = "(i=0; while [ $i -lt 10 ]; do ls / >/dev/null; grep -c a /proc/cpuinfo >/dev/null; \
-                i=$((i+1)); done; echo fork-loop-done) & smp-stress 4 150; wait";
+    let gcmd = "(i=0; while [ $i -lt 5 ]; do ls / >/dev/null; grep -c a /proc/cpuinfo >/dev/null; \
+                i=$((i+1)); done; echo fork-loop-done) & smp-stress 4 60; wait";
     let mut vm = Streaming::spawn(
         Command::new(bin("accel"))
             .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "2"])
@@ -94,7 +94,7 @@ fn smp2_guests_survive_userspace_stress_under_host_load() {
     );
     let load = HostLoad::start();
     let started = Instant::now();
-    let deadline = started + (2 * KVM_BOOT_TIMEOUT) * want as u32;
+    let deadline = started + (3 * KVM_BOOT_TIMEOUT) * want as u32;
     let (mut done, mut bad) = (0, None);
     while done < want && bad.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
