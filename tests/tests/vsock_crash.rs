@@ -4,7 +4,11 @@
 //! a new one on the same sockets. The old connection's state lived in the backend, so it is
 //! gone on the host side (the host's end reads EOF / fails to write); a new guest → host
 //! connection through the new backend works and its bytes arrive, and the host's reply
-//! reaches the guest. What the guest sees on the old connection is printed and checked.
+//! reaches the guest. What the guest sees on the old connection is printed (not asserted):
+//! measured on 2026-11-30, the guest's `vsock-tool` stays blocked in `read` on it ("OLD-CONN
+//! still-open" 3 s after the new connection succeeded) — the guest sends nothing more on it,
+//! so the new backend never learns of it and never answers RST; the host's end of it fails
+//! with EPIPE once the backend is gone.
 //!
 //! Only under accel: QEMU 7.2's vhost-user-vsock-pci has no chardev reconnect handling
 //! (`reconnect=` is accepted by the chardev but the device never restarts its vhost_dev).
