@@ -10,8 +10,8 @@
 //! so the new backend never learns of it and never answers RST; the host's end of it fails
 //! with EPIPE once the backend is gone.
 //!
-//! Only under accel: QEMU 7.2's vhost-user-vsock-pci has no chardev reconnect handling
-//! (`reconnect=` is accepted by the chardev but the device never restarts its vhost_dev).
+//! Only under accel so far: not run under QEMU 7.2, whose vhost-user-vsock device may have no
+//! reconnect handling at all (unverified; vhost-user-blk and vhost-user-net do have it).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
