@@ -7,10 +7,12 @@
 
 mod backend;
 mod streaming;
+mod tap;
 mod vm;
 
 pub use backend::{BACKEND_SOCKET_TIMEOUT, Backend, md5_hex, xorshift_bytes};
 pub use streaming::Streaming;
+pub use tap::{Tap, byte_sink};
 pub use vm::VmCommand;
 
 use std::io::Read;
