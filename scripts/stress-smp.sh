@@ -3,7 +3,7 @@
 # guests under accel while every host core is kept busy, a TLS/stack/errno checker and
 # fork/exec loops on both vCPUs, a reboot between boots).
 #
-#   scripts/stress-smp.sh [BOOTS]      # default 10 (the suite runs 2)
+#   scripts/stress-smp.sh [BOOTS]      # default 10 (the suite runs 1)
 #
 # Needs what scripts/test.sh needs (/dev/kvm, the test guest). Prints the test's verdict.
 set -euo pipefail
