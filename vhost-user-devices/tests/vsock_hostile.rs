@@ -5,51 +5,20 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use protocol::daemon::serve;
 use protocol::devices::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_OP_RW};
 use protocol::driver::vsock::{RX_BUFFERS, VsockDriver};
-use vhost::vhost_user::Listener;
 use vhost_user_devices::vsock::muxer::MAX_PENDING_CONTROL;
-use vhost_user_devices::vsock::{Config, VsockDevice};
 
 mod common;
-use common::Scratch;
+use common::VsockSetup as Setup;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-const CID: u64 = 5;
-
-struct Setup {
-    _dir: Scratch,
-    sock: PathBuf,
-    uds: PathBuf,
-}
-
-fn start(tag: &str, half_open_timeout: Duration) -> Setup {
-    let dir = Scratch::new("vuv-hostile", tag);
-    let sock = dir.path("s");
-    let uds = dir.path("v");
-    let device = VsockDevice::open(&Config {
-        guest_cid: CID,
-        uds_path: uds.clone(),
-        queue_size: 256,
-        half_open_timeout,
-    })
-    .unwrap();
-    let mut listener = Listener::new(&sock, true).unwrap();
-    std::thread::spawn(move || serve(&device, &mut listener, Some(1)));
-    Setup {
-        _dir: dir,
-        sock,
-        uds,
-    }
-}
 
 #[test]
 fn control_packets_are_never_dropped() {
-    let s = start("nodrop", Duration::from_secs(600));
+    let s = Setup::start("nodrop", 1, Duration::from_secs(600));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     // The guest stops taking rx buffers. RW for connections that do not exist: each one is
     // answered with an RST (the first RX_BUFFERS land in the posted buffers, the rest wait).
@@ -90,7 +59,7 @@ fn control_packets_are_never_dropped() {
 
 #[test]
 fn host_client_without_connect_line_expires() {
-    let s = start("silent", Duration::from_secs(1));
+    let s = Setup::start("silent", 1, Duration::from_secs(1));
     let _d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let mut c = UnixStream::connect(&s.uds).unwrap();
     c.write_all(b"CONN").unwrap();
@@ -105,7 +74,7 @@ fn host_client_without_connect_line_expires() {
 
 #[test]
 fn host_connection_the_guest_never_answers_expires() {
-    let s = start("noanswer", Duration::from_secs(1));
+    let s = Setup::start("noanswer", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let mut c = UnixStream::connect(&s.uds).unwrap();
     c.write_all(b"CONNECT 80\n").unwrap();

@@ -5,60 +5,22 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use protocol::daemon::serve;
 use protocol::devices::vsock::{
     PacketHeader, VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID,
     VSOCK_OP_CREDIT_REQUEST, VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE,
     VSOCK_OP_RST, VSOCK_OP_RW, VSOCK_OP_SHUTDOWN, VSOCK_TYPE_SEQPACKET,
 };
 use protocol::driver::vsock::VsockDriver;
-use vhost::vhost_user::Listener;
-use vhost_user_devices::vsock::{Config, DEFAULT_BUF_ALLOC, VsockDevice};
+use vhost_user_devices::vsock::DEFAULT_BUF_ALLOC;
 use vm_memory::ByteValued;
 
 mod common;
-use common::Scratch;
+use common::{VSOCK_CID as CID, VsockSetup as Setup};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
-const CID: u64 = 5;
-
-struct Setup {
-    /// Removed with the setup.
-    _dir: Scratch,
-    sock: PathBuf,
-    uds: PathBuf,
-}
-
-impl Setup {
-    /// The host listener guest connections to `port` reach.
-    fn host_listener(&self, port: u32) -> UnixListener {
-        UnixListener::bind(format!("{}_{port}", self.uds.display())).unwrap()
-    }
-}
-
-fn start(tag: &str, connections: usize) -> Setup {
-    let dir = Scratch::new("vuv-sock", tag);
-    let sock = dir.path("s");
-    let uds = dir.path("v");
-    let device = VsockDevice::open(&Config {
-        guest_cid: CID,
-        uds_path: uds.clone(),
-        queue_size: 256,
-        half_open_timeout: Duration::from_secs(1),
-    })
-    .unwrap();
-    let mut listener = Listener::new(&sock, true).unwrap();
-    std::thread::spawn(move || serve(&device, &mut listener, Some(connections)));
-    Setup {
-        _dir: dir,
-        sock,
-        uds,
-    }
-}
 
 fn recv(d: &mut VsockDriver) -> (PacketHeader, Vec<u8>) {
     d.recv(TIMEOUT).expect("a packet from the device")
@@ -83,7 +45,7 @@ fn guest_connect(d: &mut VsockDriver, l: &UnixListener, src: u32, dst: u32) -> U
 
 #[test]
 fn config_and_guest_to_host_stream() {
-    let s = start("g2h", 2);
+    let s = Setup::start("g2h", 2, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     assert_eq!(d.guest_cid(), CID);
     let l = s.host_listener(1234);
@@ -145,7 +107,7 @@ fn config_and_guest_to_host_stream() {
 
 #[test]
 fn host_to_guest_stream_with_handshake() {
-    let s = start("h2g", 1);
+    let s = Setup::start("h2g", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let mut host = UnixStream::connect(&s.uds).unwrap();
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -231,7 +193,7 @@ fn host_to_guest_stream_with_handshake() {
 
 #[test]
 fn rst_for_unknown_ports_ops_and_types() {
-    let s = start("rst", 1);
+    let s = Setup::start("rst", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let expect_rst = |d: &mut VsockDriver, src: u32, dst: u32| {
         let (h, _) = recv(d);
@@ -285,7 +247,7 @@ fn rst_for_unknown_ports_ops_and_types() {
 
 #[test]
 fn malformed_packets_are_dropped() {
-    let s = start("bad", 1);
+    let s = Setup::start("bad", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let l = s.host_listener(8);
     // A header descriptor shorter than a header.
@@ -340,7 +302,7 @@ fn malformed_packets_are_dropped() {
 fn bulk_both_ways_with_credit() {
     const SIZE: usize = 2 << 20;
     let pattern = |i: usize| (i % 251) as u8 ^ (i >> 12) as u8;
-    let s = start("bulk", 1);
+    let s = Setup::start("bulk", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let l = s.host_listener(9);
     let host = guest_connect(&mut d, &l, 300, 9);
@@ -428,7 +390,7 @@ fn descriptor_abuse_on_tx() {
     use protocol::driver::{RawDesc, RawNext};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
-    let s = start("abuse", 1);
+    let s = Setup::start("abuse", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();
     let l = s.host_listener(10);
     let mut host = guest_connect(&mut d, &l, 400, 10);

@@ -113,3 +113,45 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// An in-process vhost-user-vsock device (guest CID [`VSOCK_CID`]) serving `connections`
+/// frontends, one after the other, on `sock`; host programs reach it through `uds`.
+pub struct VsockSetup {
+    /// Removed with the setup.
+    _dir: Scratch,
+    pub sock: PathBuf,
+    pub uds: PathBuf,
+}
+
+/// The guest CID of [`VsockSetup`]'s device.
+pub const VSOCK_CID: u64 = 5;
+
+impl VsockSetup {
+    pub fn start(tag: &str, connections: usize, half_open_timeout: Duration) -> Self {
+        use vhost_user_devices::vsock::{Config, VsockDevice};
+        let dir = Scratch::new("vuv-sock", tag);
+        let sock = dir.path("s");
+        let uds = dir.path("v");
+        let device = VsockDevice::open(&Config {
+            guest_cid: VSOCK_CID,
+            uds_path: uds.clone(),
+            queue_size: 256,
+            half_open_timeout,
+        })
+        .unwrap();
+        let mut listener = vhost::vhost_user::Listener::new(&sock, true).unwrap();
+        std::thread::spawn(move || {
+            protocol::daemon::serve(&device, &mut listener, Some(connections))
+        });
+        VsockSetup {
+            _dir: dir,
+            sock,
+            uds,
+        }
+    }
+
+    /// The host listener guest connections to `port` reach.
+    pub fn host_listener(&self, port: u32) -> std::os::unix::net::UnixListener {
+        std::os::unix::net::UnixListener::bind(format!("{}_{port}", self.uds.display())).unwrap()
+    }
+}
