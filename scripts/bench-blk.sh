@@ -22,7 +22,7 @@ command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon not fou
 
 echo "building release binaries..." >&2
 (cd "$root" && cargo build --release -q -p vhost-user-devices --bin vhost-user-blk \
-    && cargo build --release -q -p protocol --bin vu-blk-bench)
+    && cargo build --release -q -p vu-testkit --bin vu-blk-bench)
 target=${CARGO_TARGET_DIR:-$root/target}/release
 ours_bin=$target/vhost-user-blk
 bench_bin=$target/vu-blk-bench

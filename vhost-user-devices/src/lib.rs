@@ -1,5 +1,5 @@
 //! vhost-user backend devices: standalone processes serving one virtio device each to a
-//! vhost-user frontend (accel, QEMU). Shared plumbing lives in `protocol::daemon`.
+//! vhost-user frontend (accel, QEMU). Shared plumbing lives in `vu_daemon`.
 
 pub mod blk;
 pub mod chain;

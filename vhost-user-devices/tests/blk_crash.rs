@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::devices::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use protocol::driver::DriverOptions;
-use protocol::driver::blk::{BlkDriver, BlkSlot};
+use vu_spec::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use vu_testkit::driver::DriverOptions;
+use vu_testkit::driver::blk::{BlkDriver, BlkSlot};
 use vm_memory::Bytes;
 
 mod common;

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
-use protocol::driver::DriverOptions;
-use protocol::driver::console::ConsoleDriver;
-use protocol::driver::rng::RngDriver;
+use vu_testkit::driver::DriverOptions;
+use vu_testkit::driver::console::ConsoleDriver;
+use vu_testkit::driver::rng::RngDriver;
 
 mod common;
 use common::{Backend, Scratch, TIMEOUT, run, wait_for};

@@ -12,14 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use protocol::daemon::FIRST_MESSAGE_TIMEOUT;
-use protocol::driver::blk::BlkDriver;
-use protocol::driver::console::ConsoleDriver;
-use protocol::driver::net::NetDriver;
-use protocol::driver::rng::RngDriver;
-use protocol::driver::vsock::VsockDriver;
-use protocol::driver::{Driver, DriverOptions, Segment};
-use protocol::frontend::FrontendSession;
+use vu_daemon::FIRST_MESSAGE_TIMEOUT;
+use vu_testkit::driver::blk::BlkDriver;
+use vu_testkit::driver::console::ConsoleDriver;
+use vu_testkit::driver::net::NetDriver;
+use vu_testkit::driver::rng::RngDriver;
+use vu_testkit::driver::vsock::VsockDriver;
+use vu_testkit::driver::{Driver, DriverOptions, Segment};
+use vu_frontend::FrontendSession;
 use vm_memory::GuestAddress;
 
 mod common;
@@ -174,7 +174,7 @@ fn within<T: Send + 'static>(
 }
 
 /// A driver with every queue of `kind` set up.
-fn raw_driver(sock: &Path, opts: DriverOptions) -> protocol::driver::Result<Driver> {
+fn raw_driver(sock: &Path, opts: DriverOptions) -> vu_testkit::driver::Result<Driver> {
     Driver::connect(
         sock,
         TIMEOUT,

@@ -1,5 +1,5 @@
 //! vhost-user-net served in-process in peer mode on two real vhost-user sockets, driven by two
-//! userspace virtio-net drivers (`protocol::driver::net`): frames flow both ways, MRG_RXBUF
+//! userspace virtio-net drivers (`vu_testkit::driver::net`): frames flow both ways, MRG_RXBUF
 //! spreads big frames over chains, frames wait for buffers, and malformed chains are dropped
 //! and counted while the backend keeps serving.
 
@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::devices::net::{
+use vu_spec::net::{
     NET_HDR_SIZE, NetHeader, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, rx_queue, tx_queue,
 };
-use protocol::driver::net::{NetDriver, SMALL_RX_BUFFER};
-use protocol::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vu_testkit::driver::net::{NetDriver, SMALL_RX_BUFFER};
+use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
 use vhost::vhost_user::Listener;
 use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

@@ -228,7 +228,7 @@ fn blk_file_is_an_alias_of_image() {
     wait_for(&sock);
     let (features, _) = handshake(&sock);
     assert_ne!(
-        features & (1 << protocol::devices::blk::VIRTIO_BLK_F_RO),
+        features & (1 << vu_spec::blk::VIRTIO_BLK_F_RO),
         0,
         "--read-only not applied"
     );

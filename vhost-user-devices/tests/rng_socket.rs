@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use protocol::daemon::serve;
-use protocol::driver::rng::RngDriver;
-use protocol::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vu_daemon::serve;
+use vu_testkit::driver::rng::RngDriver;
+use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
 use vhost::vhost_user::Listener;
 use vhost_user_devices::rng::{Config, RngDevice};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -242,7 +242,7 @@ fn waiting_requests_do_not_hold_up_a_disconnect() {
         d.driver().kick(0).unwrap();
         assert!(matches!(
             d.driver().wait(0, Duration::from_millis(300)),
-            Err(protocol::driver::Error::Timeout { .. })
+            Err(vu_testkit::driver::Error::Timeout { .. })
         ));
     }
     // The worker was not blocked waiting for budget: the connection ends at once and the
@@ -257,6 +257,6 @@ fn waiting_requests_do_not_hold_up_a_disconnect() {
     d.driver().kick(0).unwrap();
     assert!(matches!(
         d.driver().wait(0, Duration::from_millis(300)),
-        Err(protocol::driver::Error::Timeout { .. })
+        Err(vu_testkit::driver::Error::Timeout { .. })
     ));
 }

@@ -1,18 +1,18 @@
 //! The backend served in-process on a real vhost-user socket, driven by the userspace virtio
-//! driver of `protocol::driver`: every request type, error paths, multi-queue, reconnects.
+//! driver of `vu_testkit::driver`: every request type, error paths, multi-queue, reconnects.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use protocol::daemon::serve;
-use protocol::devices::blk::{
+use vu_daemon::serve;
+use vu_spec::blk::{
     DiscardWriteZeroesSegment, RequestHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use protocol::driver::blk::{BlkDriver, BlkRequest, STATUS_UNWRITTEN};
-use protocol::driver::{DriverOptions, RawDesc, RawNext};
+use vu_testkit::driver::blk::{BlkDriver, BlkRequest, STATUS_UNWRITTEN};
+use vu_testkit::driver::{DriverOptions, RawDesc, RawNext};
 use vhost::vhost_user::Listener;
 use vhost_user_devices::blk::{BlkDevice, Config};
 use virtio_bindings::virtio_ring::{
@@ -307,8 +307,8 @@ fn read_only_backend_refuses_writes() {
     let mut d = connect(&s.sock, 1, u64::MAX);
     assert_ne!(d.driver().features() & (1 << VIRTIO_BLK_F_RO), 0);
     let before = std::fs::read(&s.image).unwrap();
-    let status = |r: protocol::driver::Result<()>| match r {
-        Err(protocol::driver::Error::DeviceStatus { status }) => status,
+    let status = |r: vu_testkit::driver::Result<()>| match r {
+        Err(vu_testkit::driver::Error::DeviceStatus { status }) => status,
         other => panic!("expected a device status, got {other:?}"),
     };
     assert_eq!(status(d.write(0, 0, &[9; 512])), IOERR);

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use protocol::devices::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_OP_RW};
-use protocol::driver::vsock::{RX_BUFFERS, VsockDriver};
+use vu_spec::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_OP_RW};
+use vu_testkit::driver::vsock::{RX_BUFFERS, VsockDriver};
 use vhost_user_devices::vsock::muxer::MAX_PENDING_CONTROL;
 
 mod common;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use protocol::driver::vsock::VsockDriver;
+use vu_testkit::driver::vsock::VsockDriver;
 
 mod common;
 use common::{Backend, Scratch, capabilities, wait_for};

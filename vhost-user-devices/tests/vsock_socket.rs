@@ -1,5 +1,5 @@
 //! vhost-user-vsock served in-process on a real vhost-user socket, driven by the userspace
-//! virtio driver (`protocol::driver::vsock`) playing the guest, with real unix sockets on the
+//! virtio driver (`vu_testkit::driver::vsock`) playing the guest, with real unix sockets on the
 //! host side: handshakes both ways, data both ways, credit, shutdown, RST and malformed input.
 
 use std::io::{Read, Write};
@@ -7,12 +7,12 @@ use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use protocol::devices::vsock::{
+use vu_spec::vsock::{
     PacketHeader, VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID,
     VSOCK_OP_CREDIT_REQUEST, VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE,
     VSOCK_OP_RST, VSOCK_OP_RW, VSOCK_OP_SHUTDOWN, VSOCK_TYPE_SEQPACKET,
 };
-use protocol::driver::vsock::VsockDriver;
+use vu_testkit::driver::vsock::VsockDriver;
 use vhost_user_devices::vsock::DEFAULT_BUF_ALLOC;
 use vm_memory::ByteValued;
 
@@ -386,8 +386,8 @@ fn bulk_both_ways_with_credit() {
 /// a write-only descriptor) are completed and dropped; the device keeps serving.
 #[test]
 fn descriptor_abuse_on_tx() {
-    use protocol::devices::vsock::TX_QUEUE;
-    use protocol::driver::{RawDesc, RawNext};
+    use vu_spec::vsock::TX_QUEUE;
+    use vu_testkit::driver::{RawDesc, RawNext};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
     let s = Setup::start("abuse", 1, Duration::from_secs(1));

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_ioctls::VmFd;
-use protocol::frontend::SharedMemory;
+use vu_frontend::SharedMemory;
 use vm_allocator::IdAllocator;
 
 use super::backend::VirtioBackend;
@@ -50,7 +50,7 @@ pub enum SetupError {
         device: String,
         path: String,
         #[source]
-        source: protocol::frontend::Error,
+        source: vu_frontend::Error,
     },
     #[error("-device {device}: {queues} queues requested, the backend supports {max}")]
     TooManyQueues {
@@ -124,7 +124,7 @@ fn shape(cfg: &VhostUserDeviceConfig, vcpus: u8) -> (u32, u16, u32) {
         VhostUserKind::Blk => (
             2,
             cfg.num_queues.unwrap_or(u16::from(vcpus.max(1))),
-            protocol::devices::blk::BLK_CONFIG_SIZE as u32,
+            vu_spec::blk::BLK_CONFIG_SIZE as u32,
         ),
         VhostUserKind::Net => (1, cfg.num_queues.unwrap_or(2), 10),
         VhostUserKind::Vsock => (19, 3, 8),

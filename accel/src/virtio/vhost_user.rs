@@ -1,12 +1,12 @@
 //! The device model of a virtio-pci function: a vhost-user backend process, driven through
-//! [`protocol::frontend::FrontendSession`].
+//! [`vu_frontend::FrontendSession`].
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use protocol::frontend::VringGeometry;
-use protocol::frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
+use vu_frontend::VringGeometry;
+use vu_frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use protocol::devices::blk::{SECTOR_SIZE, VIRTIO_BLK_ID_BYTES};
+use vu_spec::blk::{SECTOR_SIZE, VIRTIO_BLK_ID_BYTES};
 
 /// `_IO(0x12, 119)`: discard a byte range of a block device.
 const BLKDISCARD: libc::c_ulong = 0x1277;
@@ -78,7 +78,7 @@ impl Disk {
             return Err(DiskError::NotAFileOrBlockDevice(path.to_path_buf()));
         };
         if bytes % SECTOR_SIZE != 0 {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "image {}: size {bytes} is not a multiple of {SECTOR_SIZE}; the tail is not visible",
                 path.display()

@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use protocol::daemon::backend_util::notify_used;
-use protocol::daemon::inflight::Tracker;
-use protocol::daemon::{BackendMemory, BackendVring};
+use vu_daemon::backend_util::notify_used;
+use vu_daemon::inflight::Tracker;
+use vu_daemon::{BackendMemory, BackendVring};
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use virtio_queue::desc::split::Descriptor;
@@ -86,7 +86,7 @@ pub fn add_used(
         t.pre_put(queue, head);
     }
     if let Err(e) = state.get_queue_mut().add_used(mem, head, used) {
-        protocol::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
+        vu_daemon::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
         return false;
     }
     if let Some(t) = tracker {
@@ -126,7 +126,7 @@ impl IoPool {
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "cannot start an I/O thread ({e}); continuing with fewer"
                     );

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use protocol::daemon::backend_util::valid_queue_size;
-use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::backend_util::valid_queue_size;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 
 use backend::{BlkBackend, DeviceSettings};
 use disk::{Disk, DiskError};
@@ -31,7 +31,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queues a frontend may use (one worker thread each; `queues_per_thread` is a u64 mask).
 pub const MAX_QUEUES: u16 = 64;
-pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
+pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// Longest `--poll-us`.
 pub const MAX_POLL_US: u32 = 1000;
@@ -186,7 +186,7 @@ impl VhostUserDevice for BlkDevice {
 
 /// The whole program: `main` of `vhost-user-blk`.
 pub fn main_with_args(args: BlkArgs) -> ExitCode {
-    protocol::daemon::run(&args.common, &CAPABILITIES, || {
+    vu_daemon::run(&args.common, &CAPABILITIES, || {
         Config::try_from(&args).and_then(|c| BlkDevice::open(&c))
     })
 }

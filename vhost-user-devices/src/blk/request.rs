@@ -4,7 +4,7 @@
 
 use std::io;
 
-use protocol::devices::blk::{
+use vu_spec::blk::{
     RequestHeader, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
@@ -106,14 +106,14 @@ pub fn handle_descs(
     opts: RequestOptions,
 ) -> u32 {
     let Some(last) = descs.last() else {
-        protocol::log_limited!(
+        vu_daemon::log_limited!(
             log::Level::Warn,
             "request {head}: empty or unreadable descriptor chain"
         );
         return 0;
     };
     if !last.is_write_only() || last.len() == 0 {
-        protocol::log_limited!(
+        vu_daemon::log_limited!(
             log::Level::Warn,
             "request {head}: no device-writable status descriptor; dropped without status"
         );
@@ -130,12 +130,12 @@ pub fn handle_descs(
     let (status, written) = match result {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(e) => {
-            protocol::log_limited!(log::Level::Warn, "request {head}: {e}");
+            vu_daemon::log_limited!(log::Level::Warn, "request {head}: {e}");
             (e.status(), 0)
         }
     };
     if mem.write_obj(status, status_addr).is_err() {
-        protocol::log_limited!(
+        vu_daemon::log_limited!(
             log::Level::Warn,
             "request {head}: status byte at {:#x} is outside guest memory",
             status_addr.0

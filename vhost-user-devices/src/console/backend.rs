@@ -5,13 +5,13 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use protocol::daemon::backend_util::{
+use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     protocol_features, read_config, reenable_notifications,
 };
-use protocol::daemon::ring::pop_chain;
-use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::console::{
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::console::{
     CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
 };
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -88,14 +88,14 @@ impl ConsoleBackend {
                 let used = if crate::chain::is_complete(&chain) {
                     handle(chain, &mem)
                 } else {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "buffer {head}: descriptor chain loops or leaves its table"
                     );
                     0
                 };
                 if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    protocol::log_limited!(log::Level::Error, "cannot complete buffer {head}: {e}");
+                    vu_daemon::log_limited!(log::Level::Error, "cannot complete buffer {head}: {e}");
                 }
                 completed = true;
             }
@@ -120,7 +120,7 @@ impl ConsoleBackend {
                 let head = chain.head_index();
                 let writable = chain.clone().writable().count();
                 if writable > 0 {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "transmit buffer {head}: {writable} device-writable descriptor(s) ignored"
                     );
@@ -128,7 +128,7 @@ impl ConsoleBackend {
                 let mut reader = match chain.reader(mem) {
                     Ok(r) => r,
                     Err(e) => {
-                        protocol::log_limited!(
+                        vu_daemon::log_limited!(
                             log::Level::Warn,
                             "transmit buffer {head}: bad descriptor chain: {e}"
                         );
@@ -141,7 +141,7 @@ impl ConsoleBackend {
                         Ok(0) => break,
                         Ok(n) => self.io.output(&buf[..n]),
                         Err(e) => {
-                            protocol::log_limited!(log::Level::Warn, "transmit buffer {head}: {e}");
+                            vu_daemon::log_limited!(log::Level::Warn, "transmit buffer {head}: {e}");
                             break;
                         }
                     }
@@ -161,7 +161,7 @@ impl ConsoleBackend {
                 let head = chain.head_index();
                 let readable = chain.clone().readable().count();
                 if readable > 0 {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "receive buffer {head}: {readable} device-readable descriptor(s) ignored"
                     );
@@ -169,7 +169,7 @@ impl ConsoleBackend {
                 let mut writer = match chain.writer(mem) {
                     Ok(w) => w,
                     Err(e) => {
-                        protocol::log_limited!(
+                        vu_daemon::log_limited!(
                             log::Level::Warn,
                             "receive buffer {head}: bad descriptor chain: {e}"
                         );
@@ -178,7 +178,7 @@ impl ConsoleBackend {
                 };
                 let room = writer.available_bytes().min(CHUNK);
                 if room == 0 {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "receive buffer {head}: no device-writable space"
                     );
@@ -186,7 +186,7 @@ impl ConsoleBackend {
                 }
                 let data = input.take(room);
                 if let Err(e) = writer.write_all(&data) {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "receive buffer {head}: {e}; input lost"
                     );
@@ -252,7 +252,7 @@ impl VhostUserBackend for ConsoleBackend {
     ) -> io::Result<()> {
         let (Some(rx), Some(tx)) = (vrings.get(CONSOLE_RX_QUEUE), vrings.get(CONSOLE_TX_QUEUE))
         else {
-            protocol::log_limited!(log::Level::Error, "console worker without both queues");
+            vu_daemon::log_limited!(log::Level::Error, "console worker without both queues");
             return Ok(());
         };
         match device_event {

@@ -62,7 +62,7 @@ impl InputQueue {
         buf.extend(data);
         drop(buf);
         if let Err(e) = self.ready.write(1) {
-            protocol::log_limited!(log::Level::Error, "cannot signal console input: {e}");
+            vu_daemon::log_limited!(log::Level::Error, "cannot signal console input: {e}");
         }
     }
 
@@ -99,7 +99,7 @@ impl SocketPeer {
             match c.write_all(data) {
                 Ok(()) => return,
                 Err(e) => {
-                    protocol::log_limited!(log::Level::Warn, "console client dropped: {e}");
+                    vu_daemon::log_limited!(log::Level::Warn, "console client dropped: {e}");
                     let _ = c.shutdown(std::net::Shutdown::Both);
                     *client = None;
                 }
@@ -124,7 +124,7 @@ impl SocketPeer {
                 .and_then(|()| stream.write_all(b))
                 .is_err()
             {
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "console client went away before its first output"
                 );
@@ -239,13 +239,13 @@ impl ConsoleIo {
                 if let Ok(mut f) = f.lock()
                     && let Err(e) = f.write_all(data)
                 {
-                    protocol::log_limited!(log::Level::Warn, "console output file: {e}");
+                    vu_daemon::log_limited!(log::Level::Warn, "console output file: {e}");
                 }
             }
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
                 if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
-                    protocol::log_limited!(log::Level::Warn, "console stdout: {e}");
+                    vu_daemon::log_limited!(log::Level::Warn, "console stdout: {e}");
                 }
             }
             Sink::Socket(peer) => peer.write(data),
@@ -254,7 +254,7 @@ impl ConsoleIo {
 }
 
 /// Starts a thread with SIGTERM/SIGINT/SIGHUP blocked, so that the daemon's signal thread
-/// (installed later, see `protocol::daemon::run`) is the one that takes them.
+/// (installed later, see `vu_daemon::run`) is the one that takes them.
 fn spawn_without_exit_signals(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -275,7 +275,7 @@ fn read_into(src: &mut impl Read, input: &InputQueue) {
             Ok(n) => input.push(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                protocol::log_limited!(log::Level::Warn, "console input: {e}");
+                vu_daemon::log_limited!(log::Level::Warn, "console input: {e}");
                 return;
             }
         }
@@ -287,16 +287,16 @@ fn serve_clients(listener: &UnixListener, peer: &SocketPeer, input: &InputQueue)
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) => {
-                protocol::log_limited!(log::Level::Warn, "console socket accept: {e}");
+                vu_daemon::log_limited!(log::Level::Warn, "console socket accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        protocol::log_limited!(log::Level::Info, "console client connected");
+        vu_daemon::log_limited!(log::Level::Info, "console client connected");
         let writer = match stream.try_clone() {
             Ok(w) => w,
             Err(e) => {
-                protocol::log_limited!(log::Level::Warn, "console client: {e}");
+                vu_daemon::log_limited!(log::Level::Warn, "console client: {e}");
                 continue;
             }
         };
@@ -304,6 +304,6 @@ fn serve_clients(listener: &UnixListener, peer: &SocketPeer, input: &InputQueue)
         peer.attach(writer);
         read_into(&mut &stream, input);
         peer.detach();
-        protocol::log_limited!(log::Level::Info, "console client disconnected");
+        vu_daemon::log_limited!(log::Level::Info, "console client disconnected");
     }
 }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use protocol::daemon::backend_util::valid_queue_size;
-use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::backend_util::valid_queue_size;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
 
@@ -28,7 +28,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     features: &[],
 };
 
-pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
+pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-console` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -167,7 +167,7 @@ impl VhostUserDevice for ConsoleDevice {
 
 /// The whole program: `main` of `vhost-user-console`.
 pub fn main_with_args(args: ConsoleArgs) -> ExitCode {
-    protocol::daemon::run(&args.common, &CAPABILITIES, || {
+    vu_daemon::run(&args.common, &CAPABILITIES, || {
         Config::try_from(&args).and_then(|c| ConsoleDevice::open(&c))
     })
 }

@@ -6,13 +6,13 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use protocol::daemon::backend_util::{
+use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
 };
-use protocol::daemon::ring::pop_chain;
-use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::net::{
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::net::{
     NetConfig, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
     VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
@@ -199,7 +199,7 @@ impl NetBackend {
                         Ok(false) => bump(&stats.tx_dropped, 1),
                         Err(e) => {
                             bump(&stats.tx_dropped, 1);
-                            protocol::log_limited!(
+                            vu_daemon::log_limited!(
                                 log::Level::Warn,
                                 "queue pair {pair}: link write failed: {e}"
                             );
@@ -214,7 +214,7 @@ impl NetBackend {
                     }
                 }
                 if let Err(e) = state.add_used(head, 0) {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Error,
                         "cannot complete transmit chain {head}: {e}"
                     );
@@ -270,7 +270,7 @@ impl NetBackend {
                     Ok(Some(n)) => rx.pending = n,
                     Ok(None) => break,
                     Err(e) => {
-                        protocol::log_limited!(
+                        vu_daemon::log_limited!(
                             log::Level::Warn,
                             "queue pair {pair}: link read failed: {e}"
                         );
@@ -334,7 +334,7 @@ impl VhostUserBackend for NetBackend {
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::Relaxed);
         if let Err(e) = self.shared.link.set_offload(features) {
-            protocol::log_limited!(log::Level::Warn, "cannot set tap offloads: {e}");
+            vu_daemon::log_limited!(log::Level::Warn, "cannot set tap offloads: {e}");
         }
     }
 

@@ -38,12 +38,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use protocol::daemon::backend_util::valid_queue_size;
-use protocol::daemon::{
+use vu_daemon::backend_util::valid_queue_size;
+use vu_daemon::{
     Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
     install_exit_handler_for, next_frontend, serve_connection, while_busy,
 };
-use protocol::devices::net::{format_mac, parse_mac};
+use vu_spec::net::{format_mac, parse_mac};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
 
@@ -60,7 +60,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queue pairs (one worker thread each; queue masks are u64).
 pub const MAX_QUEUE_PAIRS: u16 = 32;
-pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
+pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-net` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -109,7 +109,7 @@ pub enum ConfigError {
     #[error("cannot create the peer link: {0}")]
     Peer(std::io::Error),
     #[error(transparent)]
-    Daemon(#[from] protocol::daemon::DaemonError),
+    Daemon(#[from] vu_daemon::DaemonError),
 }
 
 /// Where frames go.

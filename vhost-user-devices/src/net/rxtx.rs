@@ -8,8 +8,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use protocol::daemon::ring::pop_chain;
-use protocol::devices::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
+use vu_daemon::ring::pop_chain;
+use vu_spec::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -286,7 +286,7 @@ pub fn deliver_rx(
     }
     for &(head, len) in scratch.iter() {
         if let Err(e) = queue.add_used(mem, head, len) {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "cannot complete receive chain {head}: {e}"
             );

@@ -8,13 +8,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::daemon::backend_util::{
+use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
     reenable_notifications,
 };
-use protocol::daemon::ring::pop_chain;
-use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::rng::RNG_NUM_QUEUES;
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::rng::RNG_NUM_QUEUES;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringState, VringT};
 use virtio_queue::QueueT;
@@ -115,7 +115,7 @@ impl RngBackend {
             && !t.is_armed().unwrap_or(false)
             && let Err(e) = t.reset(after.max(Duration::from_millis(1)), None)
         {
-            protocol::log_limited!(log::Level::Error, "cannot arm the rate-limit timer: {e}");
+            vu_daemon::log_limited!(log::Level::Error, "cannot arm the rate-limit timer: {e}");
         }
     }
 
@@ -168,12 +168,12 @@ impl RngBackend {
             let head = chain.head_index();
             if !crate::chain::is_complete(&chain) {
                 self.entropy.grant_back(budget);
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "request {head}: descriptor chain loops or leaves its table"
                 );
                 if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Error,
                         "cannot complete request {head}: {e}"
                     );
@@ -183,7 +183,7 @@ impl RngBackend {
             }
             let readable = chain.clone().readable().count();
             if readable > 0 {
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "request {head}: {readable} device-readable descriptor(s) ignored"
                 );
@@ -192,7 +192,7 @@ impl RngBackend {
                 Ok(mut w) => {
                     let want = w.available_bytes().min(budget);
                     if want == 0 {
-                        protocol::log_limited!(
+                        vu_daemon::log_limited!(
                             log::Level::Warn,
                             "request {head}: no device-writable buffer"
                         );
@@ -201,14 +201,14 @@ impl RngBackend {
                     match self.entropy.read(want) {
                         Ok(bytes) => {
                             if bytes.len() < want {
-                                protocol::log_limited!(
+                                vu_daemon::log_limited!(
                                     log::Level::Warn,
                                     "request {head}: entropy source gave {} of {want} bytes",
                                     bytes.len()
                                 );
                             }
                             if let Err(e) = w.write_all(&bytes) {
-                                protocol::log_limited!(
+                                vu_daemon::log_limited!(
                                     log::Level::Warn,
                                     "request {head}: cannot write guest buffer: {e}"
                                 );
@@ -216,7 +216,7 @@ impl RngBackend {
                             w.bytes_written()
                         }
                         Err(e) => {
-                            protocol::log_limited!(
+                            vu_daemon::log_limited!(
                                 log::Level::Error,
                                 "request {head}: entropy source: {e}"
                             );
@@ -226,7 +226,7 @@ impl RngBackend {
                 }
                 Err(e) => {
                     self.entropy.grant_back(budget);
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "request {head}: bad descriptor chain: {e}"
                     );
@@ -235,7 +235,7 @@ impl RngBackend {
             };
             let used = u32::try_from(written).unwrap_or(u32::MAX);
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, used) {
-                protocol::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
+                vu_daemon::log_limited!(log::Level::Error, "cannot complete request {head}: {e}");
             }
             *completed = true;
         }

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::daemon::backend_util::valid_queue_size;
-use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::backend_util::valid_queue_size;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
 
@@ -29,7 +29,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     features: &[],
 };
 
-pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
+pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-rng` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -159,7 +159,7 @@ impl VhostUserDevice for RngDevice {
 
 /// The whole program: `main` of `vhost-user-rng`.
 pub fn main_with_args(args: RngArgs) -> ExitCode {
-    protocol::daemon::run(&args.common, &CAPABILITIES, || {
+    vu_daemon::run(&args.common, &CAPABILITIES, || {
         Config::try_from(&args).and_then(|c| RngDevice::open(&c))
     })
 }

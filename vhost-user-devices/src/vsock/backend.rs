@@ -6,12 +6,12 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Mutex;
 
-use protocol::daemon::backend_util::{
+use vu_daemon::backend_util::{
     self, MemorySlot, ignore_config_write, new_exit_event, read_config,
 };
-use protocol::daemon::ring::pop_chain;
-use protocol::daemon::{BackendMemory, BackendVring};
-use protocol::devices::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -102,26 +102,26 @@ impl VsockBackend {
             };
             let head = chain.head_index();
             if !is_complete(&chain) {
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "tx chain {head} loops or leaves the descriptor table: dropped"
                 );
             } else {
                 match VsockPacket::from_tx_virtq_chain(&**mem, &mut chain, MAX_PKT_DATA) {
                     Ok(pkt) => muxer.recv_pkt(&pkt),
-                    Err(e) => protocol::log_limited!(
+                    Err(e) => vu_daemon::log_limited!(
                         log::Level::Warn,
                         "malformed tx packet {head}: {e}: dropped"
                     ),
                 }
             }
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                protocol::log_limited!(log::Level::Error, "cannot complete tx packet {head}: {e}");
+                vu_daemon::log_limited!(log::Level::Error, "cannot complete tx packet {head}: {e}");
             }
             used = true;
         }
         if used && let Err(e) = state.signal_used_queue() {
-            protocol::log_limited!(log::Level::Error, "cannot signal the tx queue: {e}");
+            vu_daemon::log_limited!(log::Level::Error, "cannot signal the tx queue: {e}");
         }
     }
 
@@ -143,12 +143,12 @@ impl VsockBackend {
             };
             let head = chain.head_index();
             if !is_complete(&chain) {
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "rx chain {head} loops or leaves the descriptor table: returned empty"
                 );
                 if let Err(e) = state.get_queue_mut().add_used(&**mem, head, 0) {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Error,
                         "cannot complete rx buffer {head}: {e}"
                     );
@@ -166,7 +166,7 @@ impl VsockBackend {
                     }
                 },
                 Err(e) => {
-                    protocol::log_limited!(
+                    vu_daemon::log_limited!(
                         log::Level::Warn,
                         "malformed rx buffer {head}: {e}: returned empty"
                     );
@@ -174,14 +174,14 @@ impl VsockBackend {
                 }
             };
             if let Err(e) = state.get_queue_mut().add_used(&**mem, head, len) {
-                protocol::log_limited!(log::Level::Error, "cannot complete rx buffer {head}: {e}");
+                vu_daemon::log_limited!(log::Level::Error, "cannot complete rx buffer {head}: {e}");
             }
             sent += 1;
         }
         if sent > 0
             && let Err(e) = state.signal_used_queue()
         {
-            protocol::log_limited!(log::Level::Error, "cannot signal the rx queue: {e}");
+            vu_daemon::log_limited!(log::Level::Error, "cannot signal the rx queue: {e}");
         }
         sent
     }
@@ -195,7 +195,7 @@ impl VsockBackend {
             return;
         };
         let Ok(mut muxer) = self.muxer.lock() else {
-            protocol::log_limited!(log::Level::Error, "muxer lock poisoned");
+            vu_daemon::log_limited!(log::Level::Error, "muxer lock poisoned");
             return;
         };
         if host_events {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use protocol::devices::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST};
+use vu_spec::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST};
 
 /// (host-side port, guest-side port).
 pub type ConnKey = (u32, u32);
@@ -86,7 +86,7 @@ impl ControlQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::devices::vsock::{VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_RESPONSE};
+    use vu_spec::vsock::{VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_RESPONSE};
 
     fn c(port: u32, op: u16) -> Control {
         Control {

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use protocol::daemon::backend_util::valid_queue_size;
-use protocol::daemon::{Capabilities, CommonArgs, VhostUserDevice};
-use protocol::devices::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
+use vu_daemon::backend_util::valid_queue_size;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
 
@@ -36,7 +36,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 pub use muxer::HALF_OPEN_TIMEOUT;
-pub use protocol::daemon::backend_util::MAX_QUEUE_SIZE;
+pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 /// Receive buffer each connection advertises to the guest (`buf_alloc`).
 pub const DEFAULT_BUF_ALLOC: u32 = 256 * 1024;
 
@@ -193,7 +193,7 @@ impl VhostUserDevice for VsockDevice {
 
 /// The whole program: `main` of `vhost-user-vsock`.
 pub fn main_with_args(args: VsockArgs) -> ExitCode {
-    protocol::daemon::run(&args.common, &CAPABILITIES, || {
+    vu_daemon::run(&args.common, &CAPABILITIES, || {
         Config::try_from(&args).and_then(|c| VsockDevice::open(&c))
     })
 }

@@ -17,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use protocol::devices::vsock::{
+use vu_spec::vsock::{
     VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID, VSOCK_OP_CREDIT_REQUEST,
     VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE, VSOCK_OP_RST, VSOCK_OP_RW,
     VSOCK_OP_SHUTDOWN, VSOCK_TYPE_STREAM,
@@ -217,7 +217,7 @@ impl Muxer {
         };
         match result {
             Ok(()) => conn.registered = (!want.is_empty()).then_some(want),
-            Err(e) => protocol::log_limited!(
+            Err(e) => vu_daemon::log_limited!(
                 log::Level::Error,
                 "epoll interest for port {}: {e}",
                 conn.local_port
@@ -234,7 +234,7 @@ impl Muxer {
     /// One packet from the guest's tx queue.
     pub fn recv_pkt(&mut self, pkt: &VsockPacket<'_, ()>) {
         if pkt.src_cid() != self.guest_cid {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "packet from CID {} (the guest is {}): dropped",
                 pkt.src_cid(),
@@ -319,7 +319,7 @@ impl Muxer {
             return;
         }
         if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "too many connections: REQUEST to port {} refused",
                 key.0
@@ -343,7 +343,7 @@ impl Muxer {
             }
         };
         if let Err(e) = stream.set_nonblocking(true) {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "cannot make the host stream non-blocking: {e}"
             );
@@ -368,7 +368,7 @@ impl Muxer {
             return;
         };
         if conn.peer_shut_send || !conn.fits(pkt.len()) {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "guest port {} sent {} bytes beyond its credit or after SHUTDOWN: RST",
                 key.1,
@@ -428,7 +428,7 @@ impl Muxer {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    protocol::log_limited!(log::Level::Error, "host socket epoll: {e}");
+                    vu_daemon::log_limited!(log::Level::Error, "host socket epoll: {e}");
                     return;
                 }
             };
@@ -463,19 +463,19 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    protocol::log_limited!(log::Level::Warn, "accepting a host client: {e}");
+                    vu_daemon::log_limited!(log::Level::Warn, "accepting a host client: {e}");
                     return;
                 }
             };
             if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-                protocol::log_limited!(
+                vu_daemon::log_limited!(
                     log::Level::Warn,
                     "too many connections: host client refused"
                 );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                protocol::log_limited!(log::Level::Warn, "host client: {e}");
+                vu_daemon::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -484,7 +484,7 @@ impl Muxer {
                 fd,
                 EpollEvent::new(EventSet::IN, fd as u64),
             ) {
-                protocol::log_limited!(log::Level::Warn, "host client: {e}");
+                vu_daemon::log_limited!(log::Level::Warn, "host client: {e}");
                 continue;
             }
             let mut pending = PendingHost::new(stream);
@@ -517,7 +517,7 @@ impl Muxer {
             return;
         };
         let Some(local_port) = self.allocate_local_port(port) else {
-            protocol::log_limited!(
+            vu_daemon::log_limited!(
                 log::Level::Warn,
                 "no free host port for a connection to guest port {port}"
             );

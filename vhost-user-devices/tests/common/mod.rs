@@ -141,7 +141,7 @@ impl VsockSetup {
         .unwrap();
         let mut listener = vhost::vhost_user::Listener::new(&sock, true).unwrap();
         std::thread::spawn(move || {
-            protocol::daemon::serve(&device, &mut listener, Some(connections))
+            vu_daemon::serve(&device, &mut listener, Some(connections))
         });
         VsockSetup {
             _dir: dir,

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use protocol::devices::blk::{
+use vu_spec::blk::{
     DiscardWriteZeroesSegment, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,

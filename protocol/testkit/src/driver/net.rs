@@ -10,7 +10,7 @@ use std::time::Duration;
 use vm_memory::ByteValued;
 
 use super::{Buffer, Completion, Driver, DriverOptions, Error, Result, Segment};
-use crate::devices::net::{
+use vu_spec::net::{
     NET_CONFIG_SIZE, NET_HDR_SIZE, NetConfig, NetHeader, header_size, rx_queue, tx_queue,
 };
 

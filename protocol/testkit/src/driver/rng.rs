@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Driver, DriverOptions, Error, Result, Segment};
-use crate::devices::rng::RNG_QUEUE;
+use vu_spec::rng::RNG_QUEUE;
 
 /// How long [`RngDriver::request`] waits by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,7 +3,7 @@
 //! hundreds of megabytes.
 //!
 //! ```ignore
-//! protocol::log_limited!(log::Level::Warn, "request {head}: bad descriptor");
+//! vu_daemon::log_limited!(log::Level::Warn, "request {head}: bad descriptor");
 //! ```
 //!
 //! Each call site may log [`BURST`] lines at once, then one line per [`REFILL`]. Lines dropped
@@ -70,14 +70,14 @@ impl Default for LogLimiter {
     }
 }
 
-/// `log::log!` with a per-call-site rate limit ([`BURST`](crate::daemon::ratelog::BURST)
-/// lines, then one per [`REFILL`](crate::daemon::ratelog::REFILL)); see
-/// [`ratelog`](crate::daemon::ratelog).
+/// `log::log!` with a per-call-site rate limit ([`BURST`](crate::ratelog::BURST)
+/// lines, then one per [`REFILL`](crate::ratelog::REFILL)); see
+/// [`ratelog`](crate::ratelog).
 #[macro_export]
 macro_rules! log_limited {
     ($lvl:expr, $($arg:tt)+) => {{
-        static LIMITER: $crate::daemon::ratelog::LogLimiter =
-            $crate::daemon::ratelog::LogLimiter::new();
+        static LIMITER: $crate::ratelog::LogLimiter =
+            $crate::ratelog::LogLimiter::new();
         let lvl: ::log::Level = $lvl;
         if ::log::log_enabled!(lvl) {
             match LIMITER.admit() {

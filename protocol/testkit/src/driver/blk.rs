@@ -12,7 +12,7 @@ use std::time::Duration;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::{Buffer, Completion, Driver, DriverOptions, Error, Result, Segment};
-use crate::devices::blk::{
+use vu_spec::blk::{
     BLK_CONFIG_SIZE, BlkConfig, DiscardWriteZeroesSegment, RequestHeader, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -130,7 +130,7 @@ impl BlkDriver {
     /// Disk size in bytes, from the config's capacity.
     pub fn capacity_bytes(&self) -> u64 {
         let sectors = self.config.capacity;
-        sectors.saturating_mul(crate::devices::blk::SECTOR_SIZE)
+        sectors.saturating_mul(vu_spec::blk::SECTOR_SIZE)
     }
 
     /// Allocates buffers for one request with up to `data_cap` bytes of data.

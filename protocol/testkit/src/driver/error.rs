@@ -6,9 +6,9 @@ use std::time::Duration;
 /// What can go wrong while driving a device.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The vhost-user session failed (see [`crate::frontend::Error::is_backend_gone`]).
+    /// The vhost-user session failed (see [`vu_frontend::Error::is_backend_gone`]).
     #[error(transparent)]
-    Frontend(#[from] crate::frontend::Error),
+    Frontend(#[from] vu_frontend::Error),
     /// Creating or accessing the driver's memory failed.
     #[error("driver memory: {0}")]
     Memory(String),

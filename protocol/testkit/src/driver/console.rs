@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vm_memory::ByteValued;
 
 use super::{Buffer, Driver, DriverOptions, Error, Result, Segment};
-use crate::devices::console::{
+use vu_spec::console::{
     CONSOLE_CONFIG_SIZE, CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
 };
 

@@ -8,9 +8,9 @@
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use protocol::driver::{Driver, DriverOptions, Segment};
-//! # use protocol::frontend::FrontendSession;
-//! # fn demo() -> protocol::driver::Result<()> {
+//! # use vu_testkit::driver::{Driver, DriverOptions, Segment};
+//! # use vu_frontend::FrontendSession;
+//! # fn demo() -> vu_testkit::driver::Result<()> {
 //! let session = FrontendSession::connect("/tmp/dev.sock", Duration::from_secs(5))?;
 //! let mut drv = Driver::new(session, DriverOptions::default())?;
 //! let buf = drv.alloc(4096, 8)?;
@@ -38,7 +38,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::frontend::FrontendSession;
+use vu_frontend::FrontendSession;
 
 pub use error::{Error, Result};
 pub use memory::{Allocator, Buffer, memfd_memory};

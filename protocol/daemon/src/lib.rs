@@ -12,7 +12,7 @@
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
 //!     let args = MyArgs::parse();
-//!     protocol::daemon::run(&args.common, &MY_CAPABILITIES, || MyDevice::open(&args))
+//!     vu_daemon::run(&args.common, &MY_CAPABILITIES, || MyDevice::open(&args))
 //! }
 //! ```
 

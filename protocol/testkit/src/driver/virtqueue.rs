@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::error::{Error, Result};
 use super::memory::{Allocator, Buffer};
-use crate::frontend::VringGeometry;
+use vu_frontend::VringGeometry;
 
 /// One buffer of a descriptor chain built by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,14 +3,14 @@
 //! restarts.
 //!
 //! Used by the VMM (`accel`, whose virtio-pci transports forward the guest's choices here) and
-//! by the userspace [`driver`](crate::driver) (tests, benchmarks). Typical life cycle:
+//! by the userspace driver (in `vu-testkit`) (tests, benchmarks). Typical life cycle:
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use protocol::frontend::{FrontendSession, VringGeometry};
+//! # use vu_frontend::{FrontendSession, VringGeometry};
 //! # use vm_memory::GuestAddress;
 //! # fn demo(mem: &vm_memory::GuestMemoryMmap, call: &vmm_sys_util::eventfd::EventFd,
-//! #         kick: &vmm_sys_util::eventfd::EventFd) -> protocol::frontend::Result<()> {
+//! #         kick: &vmm_sys_util::eventfd::EventFd) -> vu_frontend::Result<()> {
 //! let mut s = FrontendSession::connect("/tmp/blk.sock", Duration::from_secs(5))?;
 //! let offered = s.device_features();          // show these to the guest
 //! s.set_features(offered)?;                    // what the guest acked

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use protocol::devices::blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use protocol::driver::DriverOptions;
-use protocol::driver::blk::{BlkDriver, BlkSlot};
+use vu_spec::blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use vu_testkit::driver::DriverOptions;
+use vu_testkit::driver::blk::{BlkDriver, BlkSlot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pattern {

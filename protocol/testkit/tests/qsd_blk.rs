@@ -6,13 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::{Qsd, pattern};
-use protocol::devices::blk::{
+use vu_spec::blk::{
     DiscardWriteZeroesSegment, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use protocol::driver::blk::{BlkDriver, BlkRequest};
-use protocol::driver::{DriverOptions, Segment};
-use protocol::frontend::{FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
+use vu_testkit::driver::blk::{BlkDriver, BlkRequest};
+use vu_testkit::driver::{DriverOptions, Segment};
+use vu_frontend::{FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
@@ -292,7 +292,7 @@ fn raw_segments_reach_the_device() {
     let q = Qsd::start(4 * MIB, 1);
     let mut b = blk(&q, 1);
     let slot = b.alloc_slot(1536).expect("slot");
-    let hdr = protocol::devices::blk::RequestHeader {
+    let hdr = vu_spec::blk::RequestHeader {
         request_type: VIRTIO_BLK_T_IN,
         reserved: 0,
         sector: 3,
@@ -322,7 +322,7 @@ fn connect_waits_for_a_backend_that_starts_late() {
     let t0 = std::time::Instant::now();
     let err = FrontendSession::connect(&sock, Duration::from_millis(200)).expect_err("nobody");
     assert!(
-        matches!(err, protocol::frontend::Error::Connect { .. }),
+        matches!(err, vu_frontend::Error::Connect { .. }),
         "{err}"
     );
     assert!(t0.elapsed() >= Duration::from_millis(200));
@@ -347,7 +347,7 @@ fn connect_waits_for_a_backend_that_starts_late() {
 fn forged_chain_with_split_header_is_served() {
     // The header split over two descriptors (legal: devices must not assume framing), built
     // with the raw API; proves forged chains reach the backend as written.
-    use protocol::driver::{RawDesc, RawNext};
+    use vu_testkit::driver::{RawDesc, RawNext};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     let q = Qsd::start(1 << 20, 1);
     let mut b = blk(&q, 1);
@@ -402,7 +402,7 @@ fn forged_chain_with_split_header_is_served() {
 
 #[test]
 fn silent_backends_time_out_as_gone() {
-    use protocol::frontend::FrontendOptions;
+    use vu_frontend::FrontendOptions;
     let opts = FrontendOptions {
         reply_timeout: Some(Duration::from_millis(300)),
         ..FrontendOptions::default()
@@ -423,7 +423,7 @@ fn silent_backends_time_out_as_gone() {
     let q = Qsd::start(1 << 20, 1);
     let session = FrontendSession::connect_with(&q.socket, T, opts).expect("connect");
     let mut b = BlkDriver::new(
-        protocol::driver::Driver::new(session, DriverOptions::default()).expect("driver"),
+        vu_testkit::driver::Driver::new(session, DriverOptions::default()).expect("driver"),
     )
     .expect("blk");
     q.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -477,8 +477,8 @@ fn works_without_event_idx_and_indirect() {
 
 #[test]
 fn sessions_over_caller_provided_streams() {
-    use protocol::driver::Driver;
-    use protocol::frontend::FrontendOptions;
+    use vu_testkit::driver::Driver;
+    use vu_frontend::FrontendOptions;
     let mut q = Qsd::start(1 << 20, 1);
     let stream = common::connect_retry(&q.socket);
     let s =

@@ -11,7 +11,7 @@ use std::time::Duration;
 use vm_memory::{ByteValued, GuestAddress};
 
 use super::{Buffer, Driver, DriverOptions, Error, Result, Segment};
-use crate::devices::vsock::{
+use vu_spec::vsock::{
     EVENT_QUEUE, PACKET_HEADER_SIZE, PacketHeader, RX_QUEUE, TX_QUEUE, VSOCK_CONFIG_SIZE,
     VSOCK_HOST_CID, VSOCK_TYPE_STREAM, VsockConfig,
 };

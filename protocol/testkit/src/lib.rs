@@ -1,0 +1,8 @@
+//! Dev-only tooling shared by the tests and benchmarks (never linked into accel or a backend).
+//!
+//! - [`driver`]: a userspace virtio driver (split virtqueues in a memfd) over a
+//!   [`vu_frontend::FrontendSession`]: it plays the guest against a backend, no VM needed.
+//! - `vu-blk-bench` (a binary of this crate): the block benchmark client `scripts/bench-blk.sh`
+//!   runs against our backend and qemu-storage-daemon.
+
+pub mod driver;
