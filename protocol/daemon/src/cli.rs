@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use nix::sys::socket::sockopt::{AcceptConn, SockType};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt};
 use vhost::vhost_user::Listener;
+use vu_spec::unix::{BindError, remove_stale_socket};
 
 use super::DaemonError;
 
@@ -57,22 +58,14 @@ impl ListenAddress {
     pub fn listen(&self) -> Result<Listener, DaemonError> {
         match self {
             ListenAddress::Path(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if !meta.file_type().is_socket() {
-                        return Err(DaemonError::Bind {
-                            path: path.clone(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::AlreadyExists,
-                                "exists and is not a socket",
-                            ),
-                        });
-                    }
-                }
-                Listener::new(path, true).map_err(|e| DaemonError::Bind {
+                let bind_err = |source| DaemonError::Bind {
                     path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
+                    source,
+                };
+                remove_stale_socket(path).map_err(bind_err)?;
+                // The Listener removes the socket file again when it drops.
+                Listener::new(path, false)
+                    .map_err(|e| bind_err(BindError::Bind(std::io::Error::other(e.to_string()))))
             }
             ListenAddress::Fd(fd) => listener_from_fd(*fd),
         }

@@ -46,7 +46,7 @@ pub enum DaemonError {
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        source: vu_spec::unix::BindError,
     },
     #[error("--fd {fd}: {reason}")]
     BadFd { fd: i32, reason: String },

@@ -16,7 +16,7 @@ pub mod muxer;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub enum ConfigError {
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: PathBuf,
-        source: std::io::Error,
+        source: vu_spec::unix::BindError,
     },
 }
 
@@ -114,28 +114,15 @@ pub struct VsockDevice {
     listener: UnixListener,
 }
 
-/// Binds `path`, replacing a stale socket file (never any other kind of file).
-fn bind_replacing_socket(path: &Path) -> std::io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    UnixListener::bind(path)
-}
-
 impl VsockDevice {
     /// Listens on the `--uds-path` socket.
     pub fn open(config: &Config) -> Result<Self, ConfigError> {
         let listener =
-            bind_replacing_socket(&config.uds_path).map_err(|source| ConfigError::Bind {
-                path: config.uds_path.clone(),
-                source,
+            vu_spec::unix::bind_replacing_socket(&config.uds_path).map_err(|source| {
+                ConfigError::Bind {
+                    path: config.uds_path.clone(),
+                    source,
+                }
             })?;
         log::info!(
             "guest CID {}, host sockets at {}",
