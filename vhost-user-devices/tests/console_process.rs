@@ -50,12 +50,22 @@ fn command_line_errors_fail_early() {
             vec!["-s", sock, "--max-bytes", "9", "--period", "0"],
             "--period",
         ),
-        (RNG, vec!["-s", sock, "--queue-size", "3"], "--queue-size"),
     ] {
         let out = run(exe, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    // --queue-size is a common option, checked by clap: a usage error (status 2).
+    for (exe, args) in [
+        (CONSOLE, vec!["-s", sock, "--stdio", "--queue-size", "3"]),
+        (RNG, vec!["-s", sock, "--queue-size", "3"]),
+    ] {
+        let out = run(exe, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{exe}: {err}");
+        assert!(err.contains("--queue-size"), "{exe}: {err}");
+        assert!(err.contains("power of two"), "{exe}: {err}");
     }
     // clap refuses two endpoints.
     let out = run(CONSOLE, &["-s", sock, "--stdio", "--output", "/tmp/x"]);

@@ -10,9 +10,10 @@ use vhost::vhost_user::Listener;
 use vu_spec::unix::{BindError, remove_stale_socket};
 
 use super::DaemonError;
+use crate::backend_util::{MAX_QUEUE_SIZE, valid_queue_size};
 
 /// Options every backend program accepts; `#[command(flatten)]` it into the program's Parser.
-#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct CommonArgs {
     /// Listen for the vhost-user frontend on this unix socket (created, removed on exit).
     #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
@@ -23,6 +24,34 @@ pub struct CommonArgs {
     /// Print the capabilities JSON (QEMU's vhost-user.json) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+    /// Largest queue size a frontend may configure (a power of two from 2 to 32768).
+    #[arg(long, default_value_t = DEFAULT_QUEUE_SIZE, value_name = "N", value_parser = parse_queue_size)]
+    pub queue_size: u16,
+}
+
+/// `--queue-size` when not given.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+
+impl Default for CommonArgs {
+    fn default() -> Self {
+        CommonArgs {
+            socket_path: None,
+            fd: None,
+            print_capabilities: false,
+            queue_size: DEFAULT_QUEUE_SIZE,
+        }
+    }
+}
+
+/// Parses `--queue-size`: a usage error (clap's, exit status 2) unless [`valid_queue_size`].
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    match u16::try_from(n) {
+        Ok(n) if valid_queue_size(n) => Ok(n),
+        _ => Err(format!(
+            "must be a power of two between 2 and {MAX_QUEUE_SIZE}"
+        )),
+    }
 }
 
 /// Where the backend listens.
@@ -131,6 +160,39 @@ mod tests {
         let p = Prog::try_parse_from(["x", "--print-capabilities"]).unwrap();
         assert!(p.common.print_capabilities);
         assert!(p.common.listen_address().is_err());
+        assert_eq!(
+            p.common,
+            CommonArgs {
+                print_capabilities: true,
+                ..CommonArgs::default()
+            }
+        );
+    }
+
+    #[test]
+    fn queue_size_is_a_power_of_two_from_2_to_32768() {
+        let q = |v: &str| Prog::try_parse_from(["x", "-s", "/s", "--queue-size", v]);
+        assert_eq!(
+            Prog::try_parse_from(["x", "-s", "/s"])
+                .unwrap()
+                .common
+                .queue_size,
+            1024
+        );
+        for ok in [2u16, 64, 32768] {
+            assert_eq!(q(&ok.to_string()).unwrap().common.queue_size, ok);
+        }
+        for bad in ["0", "1", "3", "100", "65536", "4.0", "x"] {
+            let err = q(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("--queue-size"), "{bad}: {err}");
+        }
+        assert!(
+            q("100")
+                .unwrap_err()
+                .to_string()
+                .contains("must be a power of two between 2 and 32768")
+        );
     }
 
     #[test]

@@ -38,14 +38,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VringEpollHandler;
 use vu_daemon::{
     Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
     install_exit_handler_for, next_frontend, serve_connection, while_busy,
 };
 use vu_spec::net::{format_mac, parse_mac};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VringEpollHandler;
 
 use backend::{NetBackend, Shared};
 use link::{Link, LinkKind};
@@ -60,7 +59,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queue pairs (one worker thread each; queue masks are u64).
 pub const MAX_QUEUE_PAIRS: u16 = 32;
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-net` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -86,9 +84,6 @@ pub struct NetArgs {
     /// the second socket's device gets the same address with the last byte + 1.
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values or an unusable link.
@@ -100,8 +95,6 @@ pub enum ConfigError {
     PeerSamePath,
     #[error("--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {0}")]
     Queues(u16),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("--mac '{0}' is not a MAC address like 52:54:00:12:34:56")]
     Mac(String),
     #[error(transparent)]
@@ -146,9 +139,6 @@ impl TryFrom<&NetArgs> for Config {
         if a.queues == 0 || a.queues > MAX_QUEUE_PAIRS {
             return Err(ConfigError::Queues(a.queues));
         }
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         let mac = match &a.mac {
             Some(m) => Some(parse_mac(m).ok_or_else(|| ConfigError::Mac(m.clone()))?),
             None => None,
@@ -157,7 +147,7 @@ impl TryFrom<&NetArgs> for Config {
             link,
             queue_pairs: a.queues,
             mac,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
         })
     }
 }
@@ -459,10 +449,6 @@ mod tests {
         assert!(matches!(
             parse(&["-s", "/a", "--tap", "t", "--queues", "0"]),
             Err(ConfigError::Queues(0))
-        ));
-        assert!(matches!(
-            parse(&["-s", "/a", "--tap", "t", "--queue-size", "100"]),
-            Err(ConfigError::QueueSize(100))
         ));
         assert!(matches!(
             parse(&["-s", "/a", "--tap", "t", "--mac", "nope"]),

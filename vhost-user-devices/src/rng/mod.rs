@@ -14,10 +14,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 
 use backend::{Entropy, RngBackend, TIMER_EVENT};
 use limiter::RateLimiter;
@@ -28,8 +27,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     device_type: "rng",
     features: &[],
 };
-
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-rng` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -50,9 +47,6 @@ pub struct RngArgs {
     /// Rate-limit period in milliseconds (with `--max-bytes`).
     #[arg(long, value_name = "MS", requires = "max_bytes")]
     pub period: Option<u64>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values or an unusable source.
@@ -62,8 +56,6 @@ pub enum ConfigError {
     MaxBytes,
     #[error("--period must be between 1 and 3600000 ms, not {0}")]
     Period(u64),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("cannot open the entropy source {path}: {source}")]
     Source {
         path: PathBuf,
@@ -95,13 +87,10 @@ impl TryFrom<&RngArgs> for Config {
                 Some((n, Duration::from_millis(ms)))
             }
         };
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         Ok(Config {
             source: a.source.clone(),
             rate_limit,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
         })
     }
 }
@@ -193,10 +182,6 @@ mod tests {
         assert!(matches!(
             parse(&["--max-bytes", "1", "--period", "0"]),
             Err(ConfigError::Period(0))
-        ));
-        assert!(matches!(
-            parse(&["--queue-size", "100"]),
-            Err(ConfigError::QueueSize(100))
         ));
         assert!(RngArgs::try_parse_from(["x", "-s", "/s", "--period", "5"]).is_err());
     }

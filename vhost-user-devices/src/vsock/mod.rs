@@ -20,11 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
-use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
+use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 
 use backend::{BACKEND_EVENT, VsockBackend};
 
@@ -36,7 +35,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 pub use muxer::HALF_OPEN_TIMEOUT;
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 /// Receive buffer each connection advertises to the guest (`buf_alloc`).
 pub const DEFAULT_BUF_ALLOC: u32 = 256 * 1024;
 
@@ -57,9 +55,6 @@ pub struct VsockArgs {
     /// host port X go to `PATH_X`.
     #[arg(long, value_name = "PATH")]
     pub uds_path: Option<PathBuf>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values.
@@ -69,8 +64,6 @@ pub enum ConfigError {
     NoUdsPath,
     #[error("--guest-cid must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}, not {0}")]
     GuestCid(u64),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -96,13 +89,10 @@ impl TryFrom<&VsockArgs> for Config {
         if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&a.guest_cid) {
             return Err(ConfigError::GuestCid(a.guest_cid));
         }
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         Ok(Config {
             guest_cid: a.guest_cid,
             uds_path,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
             half_open_timeout: HALF_OPEN_TIMEOUT,
         })
     }
