@@ -18,14 +18,14 @@ use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, s
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 mod common;
-use common::Scratch;
+use common::TestDir;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 0x10];
 
 struct Peers {
     /// Removed with the peers.
-    _dir: Scratch,
+    _dir: TestDir,
     a: PathBuf,
     b: PathBuf,
     dev_a: Arc<NetDevice>,
@@ -34,8 +34,8 @@ struct Peers {
 
 /// Two peer devices served in threads, `connections` frontends each.
 fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
-    let dir = Scratch::new("vun-sock", tag);
-    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
+    let dir = TestDir::new(&format!("vun-sock-{}", tag));
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
     let config = Config {
         link: LinkConfig::Peer(b.clone()),
         queue_pairs,

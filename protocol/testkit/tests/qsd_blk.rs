@@ -317,8 +317,8 @@ fn raw_segments_reach_the_device() {
 
 #[test]
 fn connect_waits_for_a_backend_that_starts_late() {
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-late-").expect("dir");
-    let sock = dir.as_path().join("late.sock");
+    let dir = vu_testkit::support::TestDir::new("late");
+    let sock = dir.join("late.sock");
     let t0 = std::time::Instant::now();
     let err = FrontendSession::connect(&sock, Duration::from_millis(200)).expect_err("nobody");
     assert!(
@@ -409,8 +409,8 @@ fn silent_backends_time_out_as_gone() {
     };
 
     // Accepts, never answers: the handshake is bounded.
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-mute-").expect("dir");
-    let path = dir.as_path().join("mute.sock");
+    let dir = vu_testkit::support::TestDir::new("mute");
+    let path = dir.join("mute.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
     let t0 = std::time::Instant::now();
