@@ -25,7 +25,6 @@ pub use vu_testkit::support::{
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Kernel command-line options every test guest gets: what this machine's `kvm_pvm` needs
@@ -43,70 +42,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo puts the workspace's binaries for this test's profile (`<target>/debug`, ...).
-fn bin_dir() -> PathBuf {
-    // The test executable lives in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
 /// The packages whose binaries the tests run.
 const BIN_PACKAGES: [&str; 2] = ["accel", "vhost-user-devices"];
 
-/// Path of a workspace binary (`accel`, `vhost-user-blk`, ...). The first call in a test process
-/// builds [`BIN_PACKAGES`] (`cargo build --bins`, same profile and target directory as this test;
-/// a no-op when they are up to date), so a test never runs a binary older than the source.
-/// Panics with cargo's output if the build fails.
+/// Path of a workspace binary (`accel`, `vhost-user-blk`, ...), built first: see
+/// [`vu_testkit::support::workspace_bin`] (the first call builds accel and the backends for
+/// this test's profile, so a test never runs a stale binary).
 pub fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(e) = BUILT.get_or_init(build_binaries) {
-        panic!("{e}");
-    }
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not found although `cargo build --bins -p {}` succeeded",
-        p.display(),
-        BIN_PACKAGES.join(" -p ")
-    );
-    p
-}
-
-/// `cargo build --quiet --bins -p accel -p vhost-user-devices` for the profile and target
-/// directory this test executable was built for.
-fn build_binaries() -> Result<(), String> {
-    let dir = bin_dir();
-    let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
-    let target_dir = dir.parent().expect("target directory");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "--bins", "--target-dir"])
-        .arg(target_dir);
-    for p in BIN_PACKAGES {
-        cmd.args(["-p", p]);
-    }
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", cargo.to_string_lossy()))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "building the binaries the tests run failed ({cmd:?}: {}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    vu_testkit::support::workspace_bin(&BIN_PACKAGES, name)
 }
 
 /// The test guest directory (vmlinux, bzImage, initramfs.cpio, lean.cpio).

@@ -1,13 +1,17 @@
 //! Process and file helpers every test suite shares (integration tests, backend process and
 //! socket tests, the test kit's own tests): scratch directories, children killed on drop,
-//! waiting for a socket path, a connection or an exit, and running a program with a deadline
-//! while collecting its output.
+//! waiting for a socket path, a connection or an exit, running a program with a deadline
+//! while collecting its output, and workspace binaries built before they run.
+//!
+//! Only std, nix and vmm-sys-util: accel's own tests include this file by path
+//! (`#[path = ...] mod support;`), since a dev-dependency on vu-testkit would put the bench
+//! client's clap and serde_json into `cargo tree -p accel`.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -268,78 +272,76 @@ impl Running {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_dir_is_fresh_and_removed_on_drop() {
-        let a = TestDir::new("support");
-        let b = TestDir::new("support");
-        assert_ne!(a.path(), b.path());
-        std::fs::write(a.join("f"), b"x").unwrap();
-        let p = a.path().to_path_buf();
-        drop(a);
-        assert!(!p.exists());
+/// Path of binary `name` of the workspace `packages`. The first call for a set of packages in a
+/// test process runs `cargo build --quiet --bins -p P...` with the profile and target directory
+/// of the running test executable (a no-op when they are up to date), so a test never runs a
+/// binary older than its source. Panics with cargo's output if the build fails. For a
+/// package's own binaries use `env!("CARGO_BIN_EXE_<name>")` instead.
+pub fn workspace_bin(packages: &[&str], name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, Result<(), String>)>> = Mutex::new(Vec::new());
+    let key = packages.join(" ");
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    let result = match built.iter().find(|(k, _)| *k == key) {
+        Some((_, r)) => r.clone(),
+        None => {
+            let r = build_bins(packages);
+            built.push((key, r.clone()));
+            r
+        }
+    };
+    drop(built);
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found although `cargo build --bins -p {}` succeeded",
+        p.display(),
+        packages.join(" -p ")
+    );
+    p
+}
 
-    #[test]
-    fn run_with_timeout_collects_output_and_kills_at_the_deadline() {
-        let out = run_with_timeout(
-            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
-            Duration::from_secs(30),
-        );
-        assert_eq!(out.code(), Some(3), "{}", out.both());
-        assert_eq!(
-            (out.stdout.as_str(), out.stderr.as_str()),
-            ("out\n", "err\n")
-        );
-        let start = Instant::now();
-        let out = run_with_timeout(
-            Command::new("sh").args(["-c", "echo started; exec sleep 60"]),
-            Duration::from_millis(300),
-        );
-        assert!(out.status.is_none());
-        assert_eq!(out.stdout, "started\n");
-        assert!(start.elapsed() < Duration::from_secs(30));
-    }
+/// Where cargo puts binaries for the running test's profile (`<target>/debug`, ...): the test
+/// executable lives in `<target>/<profile>/deps/`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
 
-    #[test]
-    fn spawn_until_waits_for_the_marker() {
-        let r = spawn_until(
-            Command::new("sh").args(["-c", "echo a; echo READY; exec sleep 60"]),
-            "READY",
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|o| panic!("no marker: {}", o.both()));
-        let out = r.finish();
-        assert!(out.status.is_none(), "killed");
-        assert_eq!(out.stdout, "a\nREADY\n");
-        let err = spawn_until(
-            Command::new("sh").args(["-c", "echo nope"]),
-            "READY",
-            Duration::from_secs(30),
-        )
-        .err()
-        .expect("exits without the marker");
-        assert_eq!(err.code(), Some(0));
+fn build_bins(packages: &[&str]) -> Result<(), String> {
+    let dir = bin_dir();
+    let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let target_dir = dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    // Any directory of the workspace will do.
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--bins", "--target-dir"])
+        .arg(target_dir);
+    for p in packages {
+        cmd.args(["-p", p]);
     }
-
-    #[test]
-    fn paths_connections_and_signals() {
-        let dir = TestDir::new("support");
-        let sock = dir.join("s");
-        assert!(!wait_for_path(&sock, Duration::from_millis(50)));
-        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        expect_path(&sock, Duration::from_secs(1));
-        let _c = connect_retry(&sock, Duration::from_secs(1));
-        assert!(l.accept().is_ok());
-        let mut child = KillOnDrop::spawn_quiet("sleep", &["60"]);
-        assert!(wait_exit(&mut child.0, Duration::from_millis(50)).is_none());
-        let st = child
-            .signal_and_wait(Signal::SIGTERM, Duration::from_secs(30))
-            .expect("exits on SIGTERM");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(st.signal(), Some(Signal::SIGTERM as i32));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
     }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cargo.to_string_lossy()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "building the binaries the tests run failed ({cmd:?}: {}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
