@@ -2,7 +2,7 @@
 //! (SIGSTOP), then killed while stopped and replaced, without booting a guest: the test makes
 //! the accesses a vCPU would (BAR 0 reads and writes under the device lock).
 //!
-//! Needs the workspace's binaries (`cargo build --workspace --bins`).
+//! Builds vhost-user-blk first if it is out of date (see `support::workspace_bin`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
