@@ -11,7 +11,7 @@ use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::rng::RngDriver;
 
 mod common;
-use common::{KillOnDrop, TestDir, TIMEOUT, run, wait_for};
+use common::{KillOnDrop, TIMEOUT, TestDir, run, wait_for};
 
 const CONSOLE: &str = env!("CARGO_BIN_EXE_vhost-user-console");
 const RNG: &str = env!("CARGO_BIN_EXE_vhost-user-rng");
