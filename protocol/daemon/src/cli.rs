@@ -206,15 +206,38 @@ mod tests {
         unsafe { libc::close(f) };
         assert!(listener_from_fd(-1).is_err());
         assert!(listener_from_fd(100_000).is_err());
-        let dir = std::env::temp_dir().join(format!("daemon-cli-{}", std::process::id()));
-        let _ = std::fs::create_dir(&dir);
-        let path = dir.join("s");
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/daemon-cli-").unwrap();
+        let path = dir.as_path().join("s");
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let fd = l.into_raw_fd();
         let listener = listener_from_fd(fd).unwrap();
         let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
         assert!(listener.accept().unwrap().is_some());
+    }
+
+    #[test]
+    fn socket_path_replaces_a_stale_socket_never_another_file() {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/daemon-cli-").unwrap();
+        let path = dir.as_path().join("s");
+        // A socket file left by an earlier process.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = ListenAddress::Path(path.clone()).listen().unwrap();
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(listener.accept().unwrap().is_some());
         drop(listener);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!path.exists(), "removed when the listener drops");
+        std::fs::write(&path, b"keep").unwrap();
+        let err = ListenAddress::Path(path.clone()).listen().err().unwrap();
+        assert!(
+            matches!(
+                err,
+                DaemonError::Bind {
+                    source: BindError::NotASocket,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
 }
