@@ -122,7 +122,7 @@ pub fn guest_tools_initrd(dir: &Path, base: &Path) -> PathBuf {
         .expect("run scripts/guest-tools/build.sh");
     assert!(
         status.success(),
-        "building the guest tools failed: needs gcc and static glibc (apt-get install gcc libc6-dev)"
+        "building the guest tools failed: needs gcc, static glibc and python3 (apt-get install gcc libc6-dev python3)"
     );
     out.join("initrd.cpio")
 }
