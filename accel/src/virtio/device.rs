@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vu_spec::transport::{
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit,
+};
 
 use super::backend::VirtioBackend;
 use super::common_cfg::{
@@ -43,17 +46,15 @@ const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
 const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 
-pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
-pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Masks of the device-independent feature bits this transport deals in.
+pub const F_RING_INDIRECT_DESC: u64 = bit(VIRTIO_RING_F_INDIRECT_DESC);
+pub const F_RING_EVENT_IDX: u64 = bit(VIRTIO_RING_F_EVENT_IDX);
+pub const F_VERSION_1: u64 = bit(VIRTIO_F_VERSION_1);
 /// Feature bits this transport can offer a guest: device-specific bits (0-23, 50-63),
 /// indirect descriptors, event index, VERSION_1. Not packed rings, not ACCESS_PLATFORM, not
 /// NOTIFICATION_DATA (the backend would need them and the notify path would change).
-pub const TRANSPORT_FEATURES: u64 = 0x00ff_ffff
-    | (0x3fff << 50)
-    | VIRTIO_F_RING_INDIRECT_DESC
-    | VIRTIO_F_RING_EVENT_IDX
-    | VIRTIO_F_VERSION_1;
+pub const TRANSPORT_FEATURES: u64 =
+    0x00ff_ffff | (0x3fff << 50) | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
 
 /// Offset of device_status in the common configuration.
 const DEVICE_STATUS: u64 = 0x14;
@@ -91,30 +92,13 @@ pub struct VirtioStats {
 }
 
 /// Identity and shape of a virtio-pci function.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioPciParams {
     pub virtio_id: u32,
     pub class: ClassCode,
     pub num_queues: u16,
     pub queue_size: u16,
     pub config_size: u32,
-}
-
-/// PCI class of each virtio device type (what QEMU uses).
-pub fn class_for(virtio_id: u32) -> ClassCode {
-    let (class, subclass) = match virtio_id {
-        1 => (0x02, 0x00),  // net: ethernet
-        2 => (0x01, 0x80),  // block: other mass storage
-        3 => (0x07, 0x80),  // console: other communication
-        19 => (0x07, 0x80), // vsock: other communication
-        9 => (0x01, 0x80),  // 9p/fs-like storage
-        _ => (0xff, 0x00),  // rng and others: unclassified
-    };
-    ClassCode {
-        class,
-        subclass,
-        prog_if: 0,
-    }
 }
 
 struct Vector {
@@ -171,7 +155,7 @@ impl VirtioPciDevice {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .device_features()
             & TRANSPORT_FEATURES;
-        if offered & VIRTIO_F_VERSION_1 == 0 {
+        if offered & F_VERSION_1 == 0 {
             return Err(VirtioPciError::NoVersion1);
         }
         let mut config = PciConfig::new(&PciHeader {
@@ -469,7 +453,7 @@ impl VirtioPciDevice {
         let mut new = value & !STATUS_NEEDS_RESET;
         if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
             let drv = self.common.driver_features;
-            if drv & !self.common.device_features != 0 || drv & VIRTIO_F_VERSION_1 == 0 {
+            if drv & !self.common.device_features != 0 || drv & F_VERSION_1 == 0 {
                 log::warn!("{}: driver features {drv:#x} refused", self.name);
                 new &= !STATUS_FEATURES_OK;
             }

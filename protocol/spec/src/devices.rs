@@ -17,12 +17,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SPEED_DUPLEX,
 };
 
+use crate::transport::bit;
 use crate::{blk, console, net, rng, vsock};
-
-/// The mask of feature bit `bit` (virtio-bindings numbers features, the transport masks them).
-pub const fn bit(bit: u32) -> u64 {
-    1 << bit
-}
 
 /// A PCI class code (base class, subclass; programming interface 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

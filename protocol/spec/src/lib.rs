@@ -6,4 +6,5 @@ pub mod console;
 pub mod devices;
 pub mod net;
 pub mod rng;
+pub mod transport;
 pub mod vsock;

@@ -4,7 +4,8 @@
 
 use vm_memory::ByteValued;
 
-use crate::devices::{FrontendConfig, FrontendInput, bit};
+use crate::devices::{FrontendConfig, FrontendInput};
+use crate::transport::bit;
 
 pub use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
