@@ -286,18 +286,29 @@ fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, CliError> {
     Ok(pci)
 }
 
-/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
-/// once, and PCI slots do not collide.
-pub(super) fn resolve(
+/// Queues of a device on `netdev`: two per pair, all pairs only with `mq=on` (QEMU).
+fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
+    match (netdev.queues, mq) {
+        (None, _) => None,
+        (Some(q), true) => Some(q * 2),
+        (Some(q), false) => {
+            if q > 1 {
+                log::warn!(
+                    "-netdev {} has queues={q} but virtio-net-pci has mq=off: \
+                     the guest gets one queue pair (add mq=on to use all)",
+                    netdev.id
+                );
+            }
+            Some(2)
+        }
+    }
+}
+
+/// Chardev and netdev ids are unique, and every netdev's chardev exists.
+fn check_chardevs_and_netdevs(
     chardevs: &[ChardevConfig],
-    netdevs: Vec<Netdev>,
-    devices: Vec<Device>,
-) -> Result<Vec<VhostUserDeviceConfig>, CliError> {
-    let mut used_netdevs: Vec<String> = Vec::new();
-    let mut used_chardevs: Vec<String> = Vec::new();
-    let mut ids: Vec<String> = Vec::new();
-    let mut slots: Vec<u8> = Vec::new();
-    let mut out = Vec::new();
+    netdevs: &[Netdev],
+) -> Result<(), CliError> {
     for (i, chardev) in chardevs.iter().enumerate() {
         if chardevs[..i].iter().any(|c| c.id == chardev.id) {
             return Err(CliError::Invalid {
@@ -323,6 +334,22 @@ pub(super) fn resolve(
             });
         }
     }
+    Ok(())
+}
+
+/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
+/// once, and PCI slots do not collide.
+pub(super) fn resolve(
+    chardevs: &[ChardevConfig],
+    netdevs: Vec<Netdev>,
+    devices: Vec<Device>,
+) -> Result<Vec<VhostUserDeviceConfig>, CliError> {
+    check_chardevs_and_netdevs(chardevs, &netdevs)?;
+    let mut used_netdevs: Vec<String> = Vec::new();
+    let mut used_chardevs: Vec<String> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut slots: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
     for dev in devices {
         let err = |message: String| CliError::Invalid {
             option: dev.option.into(),
@@ -341,19 +368,7 @@ pub(super) fn resolve(
             }
             used_netdevs.push(netdev_id.clone());
             config.chardev = netdev.chardev.clone();
-            config.num_queues = match (netdev.queues, mq) {
-                (None, _) => None,
-                (Some(q), true) => Some(q * 2),
-                (Some(q), false) => {
-                    if q > 1 {
-                        log::warn!(
-                            "-netdev {netdev_id} has queues={q} but virtio-net-pci has mq=off: \
-                             the guest gets one queue pair (add mq=on to use all)"
-                        );
-                    }
-                    Some(2)
-                }
-            };
+            config.num_queues = netdev_queues(netdev, *mq);
         }
         if !chardevs.iter().any(|c| c.id == config.chardev) {
             return Err(err(format!(

@@ -88,10 +88,10 @@ impl FakeBackend {
     fn request(&self) -> Result<(), BackendError> {
         self.gate.pass();
         if self.gone {
-            return Err(BackendError {
-                message: "hung up".into(),
-                gone: true,
-            });
+            return Err(BackendError::Gone(vu_frontend::Error::BackendGone {
+                op: "TEST",
+                detail: "hung up".into(),
+            }));
         }
         Ok(())
     }
@@ -118,10 +118,7 @@ impl VirtioBackend for FakeBackend {
     ) -> Result<(), BackendError> {
         self.request()?;
         if self.fail_activate {
-            return Err(BackendError {
-                message: "no".into(),
-                gone: false,
-            });
+            return Err(BackendError::Failed(vu_frontend::Error::State("no")));
         }
         let q = queues
             .iter()
