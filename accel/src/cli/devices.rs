@@ -135,7 +135,7 @@ fn queue_size(props: &mut Props, key: &str) -> Result<Option<u16>, CliError> {
 }
 
 /// The canonical `-device` driver of every device kind, for error messages and help.
-pub(super) fn drivers() -> Vec<&'static str> {
+fn drivers() -> Vec<&'static str> {
     DEVICES.iter().map(DeviceSpec::driver).collect()
 }
 
