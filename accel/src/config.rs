@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use vu_spec::devices::DeviceSpec;
+
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -121,29 +123,18 @@ pub struct ChardevConfig {
     pub reconnect_secs: u64,
 }
 
-/// The kind of vhost-user device behind a `-device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VhostUserKind {
-    Blk,
-    Net,
-    Vsock,
-    Rng,
-    Console,
-    /// `vhost-user-device-pci,virtio-id=N,num_vqs=N,config_size=N`.
-    Generic {
-        virtio_id: u32,
-        num_queues: u16,
-        config_size: u32,
-    },
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserDeviceConfig {
-    pub kind: VhostUserKind,
+    /// The kind of device: its row in the device table (`vu_spec::devices::DEVICES`).
+    pub spec: &'static DeviceSpec,
     /// `id=` (optional in QEMU).
     pub id: Option<String>,
     /// The `-chardev` id this device connects through (for net: via the `-netdev`).
     pub chardev: String,
+    /// The virtio id the guest sees (the row's, or `virtio-id=`).
+    pub virtio_id: u32,
+    /// Device config space size the guest sees (the row's, or `config_size=`).
+    pub config_size: u32,
     /// `num-queues=` (blk), `queues=` on the netdev ×2 (net), `num_vqs=` (generic);
     /// `None` = device default.
     pub num_queues: Option<u16>,

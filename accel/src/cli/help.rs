@@ -1,4 +1,7 @@
-//! The `--help` text: every supported option, and how accel differs from QEMU.
+//! The `--help` text: every supported option, and how accel differs from QEMU. The
+//! `-device` synopses come from the device table.
+
+use vu_spec::devices::{DEVICES, PropKind};
 
 const HELP: &str = "\
 usage: accel [options]
@@ -71,14 +74,7 @@ vhost-user devices (the backend is a separate process listening on a unix socket
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]
                                    the backend's socket; accel connects as a client
                                    (server=on and TCP sockets are refused)
-  -device vhost-user-blk-pci,chardev=ID[,num-queues=N][,queue-size=N][,bootindex=N]
-  -device vhost-user-vsock-pci,chardev=ID
-  -device vhost-user-rng-pci,chardev=ID
-  -device vhost-user-console-pci,chardev=ID      (accel extension)
-  -device vhost-user-device-pci,chardev=ID,virtio-id=N[,num_vqs=N][,vq_size=N][,config_size=N]
-                                   any virtio device type served by a vhost-user backend
-  -netdev vhost-user,id=ID,chardev=ID[,queues=N]
-  -device virtio-net-pci,netdev=ID[,mac=xx:xx:xx:xx:xx:xx][,mq=on|off][,bootindex=N]
+{devices}
                                    all -device drivers also take id=, addr=SLOT[.0] (hex,
                                    slot 1..1f, function 0 only), bus=pci.0|pcie.0,
                                    disable-legacy=on|auto (devices are modern-only, so off
@@ -98,7 +94,36 @@ Example (the test guest):
     -no-reboot -kernel vmlinux -initrd lean.cpio -append \"console=ttyS0 reboot=k panic=-1\"
 ";
 
+/// Where a note after a synopsis starts.
+const NOTE_COLUMN: usize = 35;
+
+/// One synopsis per device kind, from the device table (each -netdev-connected kind after
+/// the -netdev synopsis).
+fn device_lines() -> String {
+    let mut out = String::new();
+    for spec in DEVICES {
+        if spec.prop(PropKind::Netdev).is_some() {
+            out.push_str("  -netdev vhost-user,id=ID,chardev=ID[,queues=N]\n");
+        }
+        let mut line = format!("  -device {}", spec.driver());
+        for p in spec.props {
+            let item = format!(",{}={}", p.name, p.kind.placeholder());
+            if p.kind.required() {
+                line.push_str(&item);
+            } else {
+                line.push_str(&format!("[{item}]"));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+        if !spec.help.is_empty() {
+            out.push_str(&format!("{:NOTE_COLUMN$}{}\n", "", spec.help));
+        }
+    }
+    out
+}
+
 /// The full `--help` text.
 pub fn help_text() -> String {
-    HELP.to_string()
+    HELP.replace("{devices}\n", &device_lines())
 }

@@ -88,10 +88,10 @@ impl FakeBackend {
     fn request(&self) -> Result<(), BackendError> {
         self.gate.pass();
         if self.gone {
-            return Err(BackendError {
-                message: "hung up".into(),
-                gone: true,
-            });
+            return Err(BackendError::Gone(vu_frontend::Error::BackendGone {
+                op: "TEST",
+                detail: "hung up".into(),
+            }));
         }
         Ok(())
     }
@@ -99,7 +99,7 @@ impl FakeBackend {
 
 impl VirtioBackend for FakeBackend {
     fn device_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | (1 << 30) | (1 << 34) | 0x46
+        F_VERSION_1 | F_RING_EVENT_IDX | (1 << 30) | (1 << 34) | 0x46
     }
     fn fetch_config(&mut self, size: u32) -> Result<Vec<u8>, BackendError> {
         Ok(self.config[..size as usize].to_vec())
@@ -118,10 +118,7 @@ impl VirtioBackend for FakeBackend {
     ) -> Result<(), BackendError> {
         self.request()?;
         if self.fail_activate {
-            return Err(BackendError {
-                message: "no".into(),
-                gone: false,
-            });
+            return Err(BackendError::Failed(vu_frontend::Error::State("no")));
         }
         let q = queues
             .iter()
@@ -167,7 +164,11 @@ fn rig() -> Rig {
         "blk0".into(),
         VirtioPciParams {
             virtio_id: 2,
-            class: class_for(2),
+            class: crate::pci::config::ClassCode {
+                class: 1,
+                subclass: 0x80,
+                prog_if: 0,
+            },
             num_queues: 2,
             queue_size: 128,
             config_size: 16,
@@ -317,7 +318,7 @@ fn driver_bring_up_reset_and_msix_routes() {
     assert_eq!(
         r.backend.lock().unwrap().activated,
         vec![(
-            VIRTIO_F_VERSION_1 | 0x46,
+            F_VERSION_1 | 0x46,
             vec![(1, 64, 0x10_0000, 0x10_1000, 0x10_2000)]
         )]
     );

@@ -32,7 +32,11 @@ pub enum MemoryError {
     #[error("duplicating memfd: {0}")]
     Dup(std::io::Error),
     #[error("mapping guest RAM: {0}")]
-    Map(String),
+    Map(#[source] vm_memory::mmap::FromRangesError),
+    #[error("a guest RAM region of {0} bytes does not fit this host's address space")]
+    RegionSize(u64),
+    #[error("host address of guest RAM: {0}")]
+    HostAddress(#[source] vm_memory::GuestMemoryError),
     /// What QEMU says when the host cannot map that much RAM.
     #[error("cannot set up guest memory 'pc.ram': Cannot allocate memory ({size} bytes requested)")]
     TooLarge { size: u64 },
@@ -104,15 +108,14 @@ impl GuestRam {
                 .file
                 .try_clone()
                 .map_err(MemoryError::Dup)?;
-            let len = usize::try_from(r.size).map_err(|e| MemoryError::Map(e.to_string()))?;
+            let len = usize::try_from(r.size).map_err(|_| MemoryError::RegionSize(r.size))?;
             regions.push((
                 GuestAddress(r.gpa),
                 len,
                 Some(FileOffset::new(file, r.offset)),
             ));
         }
-        let mem = GuestMemMmap::from_ranges_with_files(&regions)
-            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        let mem = GuestMemMmap::from_ranges_with_files(&regions).map_err(MemoryError::Map)?;
         Ok(GuestRam {
             memory: GuestMemoryAtomic::new(mem),
             backends,
@@ -146,7 +149,7 @@ impl GuestRam {
             let slot = slot as u32;
             let host = mem
                 .get_host_address(region.start_addr())
-                .map_err(|e| MemoryError::Map(e.to_string()))?;
+                .map_err(MemoryError::HostAddress)?;
             let r = kvm_userspace_memory_region {
                 slot,
                 flags: 0,
