@@ -411,8 +411,15 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
         }
     }
 
+    // PATCH(early-enable): only SET_VRING_ENABLE checks a virtio feature, and
+    // VHOST_USER_F_PROTOCOL_FEATURES counts as negotiated once the backend has offered it in
+    // its GET_FEATURES reply (which is what makes the frontend negotiate protocol features, and
+    // what `update_reply_ack_flag` already goes by), not only once SET_FEATURES acks it. QEMU's
+    // virtio-net (7.2) enables its rings when the guest negotiates features, before it sends
+    // SET_FEATURES, and does not repeat it for a single queue pair; upstream rejected those
+    // requests, which ended the connection. libvhost-user accepts them and keeps the state.
     fn check_feature(&self, feat: VhostUserVirtioFeatures) -> Result<()> {
-        if self.acked_virtio_features & feat.bits() != 0 {
+        if (self.virtio_features | self.acked_virtio_features) & feat.bits() != 0 {
             Ok(())
         } else {
             Err(Error::InactiveFeature(feat))
