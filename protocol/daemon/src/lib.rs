@@ -29,11 +29,12 @@ pub use capabilities::Capabilities;
 pub use cli::{CommonArgs, ListenAddress};
 pub use serve::{
     BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
-    first_message_arrives, next_frontend, serve, serve_connection, serve_stream, while_busy,
+    first_message_arrives, serve, serve_stream,
 };
-pub use signals::{install_exit_handler, install_exit_handler_for};
+use signals::install_exit_handler_for;
 
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vhost::vhost_user::Listener;
@@ -66,9 +67,23 @@ pub enum DaemonError {
 /// are printed to stderr as one clear line.
 pub fn run<D, E, F>(common: &CommonArgs, capabilities: &Capabilities, open: F) -> ExitCode
 where
-    D: VhostUserDevice,
+    D: VhostUserDevice + Send + 'static,
     E: Display,
     F: FnOnce() -> Result<D, E>,
+{
+    run_devices(common, capabilities, || open().map(|d| (d, Vec::new())))
+}
+
+/// [`run`] for a program that serves more than one device (vhost-user-net's peer mode: two
+/// devices wired back to back): `open` returns the device for the common listen address and
+/// the others, each with the socket path it listens on. Every device is served on its own
+/// thread, one frontend at a time; the first error ends the program, and a signal removes every
+/// socket file.
+pub fn run_devices<D, E, F>(common: &CommonArgs, capabilities: &Capabilities, open: F) -> ExitCode
+where
+    D: VhostUserDevice + Send + 'static,
+    E: Display,
+    F: FnOnce() -> Result<(D, Vec<(D, PathBuf)>), E>,
 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .try_init();
@@ -85,27 +100,61 @@ where
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
-    let device = match open() {
+    let (device, others) = match open() {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
     // Block the exit signals before any thread exists so that only the handler thread sees them.
-    let socket_path = match &address {
-        ListenAddress::Path(p) => Some(p.clone()),
-        ListenAddress::Fd(_) => None,
+    let mut paths: Vec<PathBuf> = match &address {
+        ListenAddress::Path(p) => vec![p.clone()],
+        ListenAddress::Fd(_) => Vec::new(),
     };
-    let mut paths: Vec<std::path::PathBuf> = socket_path.into_iter().collect();
     paths.extend(device.owned_socket_paths());
+    for (other, path) in &others {
+        paths.push(path.clone());
+        paths.extend(other.owned_socket_paths());
+    }
     if let Err(e) = install_exit_handler_for(paths) {
         return fail(&e);
     }
-    let mut listener: Listener = match address.listen() {
-        Ok(l) => l,
-        Err(e) => return fail(&e),
-    };
-    log::info!("{program}: listening on {address}");
-    match serve(&device, &mut listener, None) {
+    let mut served = Vec::with_capacity(1 + others.len());
+    for (device, address) in std::iter::once((device, address))
+        .chain(others.into_iter().map(|(d, p)| (d, ListenAddress::Path(p))))
+    {
+        match address.listen() {
+            Ok(listener) => {
+                log::info!("{program}: listening on {address}");
+                served.push((device, listener));
+            }
+            Err(e) => return fail(&e),
+        }
+    }
+    match serve_all(served) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Serves every device on its listener until the first error (the only way [`serve`] without
+/// a connection limit returns); one device is served on the calling thread.
+fn serve_all<D>(mut served: Vec<(D, Listener)>) -> Result<(), DaemonError>
+where
+    D: VhostUserDevice + Send + 'static,
+{
+    if served.len() == 1 {
+        let (device, mut listener) = served.remove(0);
+        return serve(&device, &mut listener, None);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (device, mut listener) in served {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(device.name().to_string())
+            .spawn(move || {
+                let _ = tx.send(serve(&device, &mut listener, None));
+            })
+            .map_err(DaemonError::NewBackend)?;
+    }
+    drop(tx);
+    rx.recv().unwrap_or(Ok(()))
 }

@@ -8,14 +8,8 @@ use super::DaemonError;
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it spawns
 /// afterwards: call this before creating threads) and starts a thread that waits for them, then
-/// removes `socket_path` (if given) and exits the process with status 0.
-pub fn install_exit_handler(socket_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    install_exit_handler_for(socket_path.into_iter().collect())
-}
-
-/// [`install_exit_handler`] for a program listening on several sockets: removes every one of
-/// `socket_paths` before exiting.
-pub fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(), DaemonError> {
+/// removes every one of `socket_paths` and exits the process with status 0.
+pub(crate) fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(), DaemonError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
