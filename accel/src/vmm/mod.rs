@@ -14,27 +14,28 @@
 pub mod control;
 pub mod dump;
 pub mod host;
+mod info;
 mod legacy;
+mod lifecycle;
 pub mod memory;
 mod teardown;
 pub mod vcpu;
+mod vcpus;
 pub mod vm;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
-use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use crate::config::VmConfig;
-use control::VmRequest;
-use vcpu::{Vcpu, VcpuShared};
-pub use vm::{ResetHook, Vm};
+use crate::qmp::{MonitorServer, QmpShared, QmpStartError, RunState};
+use vcpu::VcpuShared;
+use vcpus::VcpuThreads;
+pub use vm::{PowerButton, ResetHook, Vm};
 
 /// How a VM run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,8 @@ pub enum VmmError {
     },
     #[error("guest stopped: {0}")]
     GuestFault(String),
+    #[error("QMP monitor: {0}")]
+    Qmp(#[from] QmpStartError),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -119,8 +122,22 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
         }
     })?;
 
+    let _pidfile = match &config.lifecycle.pidfile {
+        Some(path) => Some(info::PidFile::create(path).map_err(|source| VmmError::Io {
+            what: "writing the -pidfile",
+            source,
+        })?),
+        None => None,
+    };
     let timing = config.timing;
-    let mut vm = Vm::new(config)?;
+    let vm = Vm::new(config)?;
+    let initial = if vm.config.lifecycle.start_paused {
+        RunState::Prelaunch
+    } else {
+        RunState::Running
+    };
+    let qmp = Arc::new(QmpShared::new(info::vm_info(&vm), initial)?);
+    let server = MonitorServer::start(&vm.config.monitors, qmp.clone())?;
     let shared = Arc::new(VcpuShared {
         pio: vm.pio_bus.clone(),
         mmio: vm.mmio_bus.clone(),
@@ -129,114 +146,13 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
         timing_start: timing.then_some(start),
         first_run_seen: AtomicBool::new(false),
     });
-
-    loop {
-        let handles = start_vcpus(&mut vm, &shared)?;
-        let outcome = wait_for_request(&vm, &sigfd);
-        vm.control.set_stop();
-        stop_vcpus(&mut vm, handles);
-        match outcome? {
-            Outcome::Request(VmRequest::Reset) if !vm.config.no_reboot => {
-                log::info!("guest reset: rebooting");
-                vm.reboot()?;
-            }
-            Outcome::Request(VmRequest::Reset | VmRequest::Shutdown) => {
-                return Ok(ExitReason::Shutdown);
-            }
-            Outcome::Request(VmRequest::Fatal(msg)) => return Err(VmmError::GuestFault(msg)),
-            Outcome::Signal(sig) => return Ok(ExitReason::Signal(sig)),
-        }
+    let mut vm = vm;
+    let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
+    let result = lifecycle::run_loop(&mut vm, &threads, &qmp, &sigfd);
+    threads.exit(&vm.control);
+    // Replies and events already queued (quit's SHUTDOWN) reach the clients first.
+    if let Some(server) = server {
+        server.shutdown();
     }
-}
-
-enum Outcome {
-    Request(VmRequest),
-    Signal(i32),
-}
-
-fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<Vcpu>>, VmmError> {
-    let mut handles = Vec::new();
-    for mut vcpu in vm.vcpus.drain(..) {
-        let shared = shared.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index))
-            .spawn(move || {
-                let _guard = PanicReporter(&shared.control);
-                vcpu.run(&shared);
-                vcpu
-            })
-            .map_err(|source| VmmError::Io {
-                what: "spawning a vCPU thread",
-                source,
-            })?;
-        handles.push(h);
-    }
-    Ok(handles)
-}
-
-/// Turns a panicking vCPU thread into a fatal request, so the main thread does not wait forever.
-struct PanicReporter<'a>(&'a control::VmControl);
-
-impl Drop for PanicReporter<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0
-                .request(VmRequest::Fatal("a vCPU thread panicked".into()));
-        }
-    }
-}
-
-/// Kicks every vCPU thread out of KVM_RUN (the stop flag is already set) and takes the vCPUs
-/// back once their threads have ended.
-fn stop_vcpus(vm: &mut Vm, handles: Vec<JoinHandle<Vcpu>>) {
-    for h in &handles {
-        if !h.is_finished()
-            && let Err(e) = h.kill(SIGRTMIN())
-        {
-            log::warn!("kicking vCPU thread: {e}");
-        }
-    }
-    for h in handles {
-        match h.join() {
-            Ok(vcpu) => vm.vcpus.push(vcpu),
-            Err(_) => log::error!("a vCPU thread panicked"),
-        }
-    }
-    vm.vcpus.sort_by_key(|v| v.index);
-}
-
-fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
-    let control = &vm.control;
-    loop {
-        // SAFETY: the eventfd is owned by `control`, which outlives this borrow.
-        let req_fd = unsafe { BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()) };
-        let mut fds = [
-            PollFd::new(req_fd, PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(source) => {
-                return Err(VmmError::Signal {
-                    what: "waiting for requests and signals",
-                    source,
-                });
-            }
-        }
-        let ready = |i: usize| {
-            fds[i]
-                .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN))
-        };
-        let (req_ready, sig_ready) = (ready(0), ready(1));
-        if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
-            let sig = info.ssi_signo as i32;
-            log::info!("terminating on signal {sig}");
-            return Ok(Outcome::Signal(sig));
-        }
-        if req_ready && let Some(req) = control.take() {
-            return Ok(Outcome::Request(req));
-        }
-    }
+    result
 }

@@ -52,6 +52,8 @@ fn readme_microvm_line() {
         chardevs: vec![],
         devices: vec![],
         timing: false,
+        monitors: vec![],
+        lifecycle: Default::default(),
     };
     assert_eq!(run(&line), expected);
 }
