@@ -41,9 +41,10 @@ pub struct Session<'a> {
     pub negotiated: &'a mut bool,
 }
 
-/// The greeting a client gets on connect.
-pub fn greeting() -> Value {
-    json!({"QMP": {"version": version(), "capabilities": []}})
+/// The greeting a client gets on connect (no capabilities: accel has no out-of-band
+/// execution).
+pub fn greeting(pretty: bool) -> String {
+    super::wire::greeting(&version(), &json!([]), pretty)
 }
 
 fn version() -> Value {

@@ -215,10 +215,7 @@ fn connect(mon: &mut Monitor, fd: OwnedFd) {
         out: Vec::new(),
         negotiated: false,
     };
-    queue(
-        &mut client,
-        &wire::to_json(&commands::greeting(), mon.config.pretty),
-    );
+    queue(&mut client, &commands::greeting(mon.config.pretty));
     log::info!("QMP: client connected on {}", mon.config.label);
     mon.client = Some(client);
 }
@@ -254,6 +251,8 @@ fn serve(mut monitors: Vec<Monitor>, shared: &QmpShared) {
             let mut fds = vec![PollFd::new(wake, PollFlags::POLLIN)];
             for m in &monitors {
                 fds.push(match &m.client {
+                    // While exiting, nobody new is accepted.
+                    None if deadline.is_some() => PollFd::new(m.listener.fd(), PollFlags::empty()),
                     None => PollFd::new(m.listener.fd(), PollFlags::POLLIN),
                     Some(c) => {
                         let mut ev = PollFlags::empty();
@@ -324,7 +323,13 @@ fn service_client(
             let room = MAX_PENDING_INPUT
                 .saturating_sub(client.splitter.pending())
                 .min(buf.len());
-            match client.stream.read(&mut buf[..room]) {
+            // No room means POLLIN was not asked for, so this is HUP/ERR: the client is gone.
+            let result = if room == 0 {
+                Ok(0)
+            } else {
+                client.stream.read(&mut buf[..room])
+            };
+            match result {
                 Ok(0) => return false,
                 Ok(n) => client.splitter.feed(&buf[..n]),
                 Err(e)
@@ -333,7 +338,29 @@ fn service_client(
             }
         }
     }
-    while !stopping {
+    // While exiting, requests are no longer handled: only queued output goes out.
+    if !stopping && !handle_requests(monitors, i, shared, pretty) {
+        return false;
+    }
+    let Some(client) = monitors[i].client.as_mut() else {
+        return false;
+    };
+    if !client.out.is_empty() && revents.contains(PollFlags::POLLOUT) {
+        match client.stream.write(&client.out) {
+            Ok(n) => {
+                client.out.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Handles the complete requests the client of `monitors[i]` sent, while its output is below
+/// the high-water mark; false when the client is gone.
+fn handle_requests(monitors: &mut [Monitor], i: usize, shared: &QmpShared, pretty: bool) -> bool {
+    loop {
         let (piece, mut negotiated) = {
             let Some(client) = monitors[i].client.as_mut() else {
                 return false;
@@ -374,18 +401,6 @@ fn service_client(
         };
         client.negotiated = negotiated;
         queue(client, &line);
-    }
-    let Some(client) = monitors[i].client.as_mut() else {
-        return false;
-    };
-    if !client.out.is_empty() && revents.contains(PollFlags::POLLOUT) {
-        match client.stream.write(&client.out) {
-            Ok(n) => {
-                client.out.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
     }
     true
 }

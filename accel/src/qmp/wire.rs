@@ -375,6 +375,21 @@ fn envelope(members: &[(&str, &Value)], pretty: bool) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
+/// `{"QMP": {"version": V, "capabilities": [...]}}`.
+pub fn greeting(version: &Value, capabilities: &Value, pretty: bool) -> String {
+    if pretty {
+        return to_json(
+            &serde_json::json!({"QMP": {"version": version, "capabilities": capabilities}}),
+            true,
+        );
+    }
+    let inner = envelope(
+        &[("version", version), ("capabilities", capabilities)],
+        false,
+    );
+    format!("{{\"QMP\": {inner}}}")
+}
+
 /// `{"return": R, "id": ID}`.
 pub fn reply_ok(ret: &Value, id: Option<&Value>, pretty: bool) -> String {
     match id {

@@ -2,14 +2,16 @@
 //! direct Linux boot) and runs it until the guest shuts down, resets with `-no-reboot`, crashes,
 //! or accel gets SIGINT/SIGTERM.
 //!
-//! Threads: one per vCPU (each owns its `VcpuFd` while running and hands it back when it
-//! stops), and the main thread, which waits in `poll` on the [`control::VmControl`] eventfds and
-//! a signalfd for SIGINT/SIGTERM. To stop the vCPUs the main thread sets the stop flag and kicks
-//! each thread once with SIGRTMIN, whose handler sets the vCPU's `immediate_exit`: KVM_RUN
-//! returns at once whether the thread was inside it or about to enter it.
+//! Threads: one per vCPU, created once and parked while the VM is paused ([`vcpus`]: `-S`,
+//! QMP `stop`, resets), the QMP monitor thread ([`crate::qmp`]), and the main thread, which
+//! waits in `poll` on the [`control::VmControl`] eventfd (guest requests), the QMP command
+//! eventfd and a signalfd for SIGINT/SIGTERM ([`lifecycle`]). To pause the vCPUs the main
+//! thread sets the stop flag and kicks each thread once with SIGRTMIN, whose handler sets the
+//! vCPU's `immediate_exit`: KVM_RUN returns at once whether the thread was inside it or about
+//! to enter it.
 //!
 //! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
-//! ("terminating on signal N" on stderr).
+//! ("terminating on signal N" on stderr, `SHUTDOWN` event with reason `host-signal`).
 
 pub mod control;
 pub mod dump;
