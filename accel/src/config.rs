@@ -45,6 +45,8 @@ pub struct LifecycleConfig {
     pub no_shutdown: bool,
     /// `-pidfile PATH`: written at start, removed at exit.
     pub pidfile: Option<PathBuf>,
+    /// `-daemonize`: fork; the parent exits once the VM is built and its monitors listen.
+    pub daemonize: bool,
     /// `-uuid`: reported by `query-uuid` (canonical lower-case form).
     pub uuid: Option<String>,
     /// `-name ...,debug-threads=on`: name vCPU threads `CPU N/KVM` as QEMU does.

@@ -39,6 +39,7 @@ pub(super) enum Opt {
     NoShutdown,
     Pidfile,
     Uuid,
+    Daemonize,
     Help,
     Version,
 }
@@ -105,16 +106,13 @@ const SPECS: &[Spec] = &[
     spec("-no-shutdown", &["no-shutdown"], Opt::NoShutdown, false),
     spec("-pidfile", &["pidfile"], Opt::Pidfile, true),
     spec("-uuid", &["uuid"], Opt::Uuid, true),
+    spec("-daemonize", &["daemonize"], Opt::Daemonize, false),
     spec("-help", &["help", "h"], Opt::Help, false),
     spec("-version", &["version"], Opt::Version, false),
 ];
 
 /// QEMU options accel deliberately does not implement, with the reason given to the user.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "daemonize",
-        "accel always runs in the foreground (use your service manager or '&')",
-    ),
     (
         "drive",
         "accel has no built-in block devices: serve the image with a vhost-user-blk backend \

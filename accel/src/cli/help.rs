@@ -83,6 +83,9 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
   -no-shutdown                     a guest poweroff stops the VM (status 'shutdown') and
                                    accel waits for 'system_reset' or 'quit'
   -pidfile PATH                    write accel's pid to PATH (removed at exit)
+  -daemonize                       run in the background: the command returns (exit 0) once
+                                   the VM is built and its monitors listen, or exits 1 if
+                                   start-up failed; the serial port cannot be stdio
   -uuid UUID                       the VM's UUID (query-uuid)
 
 vhost-user devices (the backend is a separate process listening on a unix socket):
@@ -107,7 +110,7 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    share=on with -numa node,memdev= or -machine
                                    memory-backend=
 
-Not supported (an error says so): -daemonize, -drive/-blockdev/-hda (use vhost-user-blk),
+Not supported (an error says so): -drive/-blockdev/-hda (use vhost-user-blk),
 -nic/-net (use -netdev vhost-user), -bios, -s/-gdb, -monitor other than none (HMP),
 migration and snapshots, display options, USB, and any other QEMU option.
 

@@ -181,6 +181,7 @@ impl State {
             }
             Opt::StartPaused => self.lifecycle.start_paused = true,
             Opt::NoShutdown => self.lifecycle.no_shutdown = true,
+            Opt::Daemonize => self.lifecycle.daemonize = true,
             Opt::Pidfile => {
                 self.lifecycle.pidfile = Some(PathBuf::from(non_empty(option, value)?));
             }
@@ -250,6 +251,14 @@ impl State {
                 });
             }
         };
+        if self.lifecycle.daemonize && serial == SerialConfig::Stdio {
+            return Err(CliError::Invalid {
+                option: "-daemonize".into(),
+                message: "cannot use stdio with -daemonize: give -serial null|file:PATH|unix:... \
+                          or -nodefaults"
+                    .into(),
+            });
+        }
         Ok(VmConfig {
             name: self.name,
             machine: machine.kind,

@@ -8,6 +8,7 @@
 //! | guest poweroff                | `SHUTDOWN` guest-shutdown                        | exit 0 (`-no-shutdown`: `STOP`, state shutdown) |
 //! | `stop` / `cont`               | `STOP` / `RESUME`                                | |
 //! | `system_reset`                | `RESET` host-qmp-system-reset                    | reboot (paused: state prelaunch) |
+//! | `system_reset`, `-no-reboot`  | `SHUTDOWN` host-qmp-system-reset                 | as a guest poweroff |
 //! | `system_powerdown`            | `POWERDOWN`                                      | the power button hook |
 //! | `quit`                        | `SHUTDOWN` host-qmp-quit                         | exit 0 |
 //! | SIGINT / SIGTERM              | `SHUTDOWN` host-signal                           | exit 0 |
@@ -65,31 +66,19 @@ pub(super) fn run_loop(
                     return Ok(exit);
                 }
             }
-            Wake::Command(cmd) => {
-                let command = cmd.command;
-                let result = lc.command(command);
-                let quit = command == VmCommand::Quit && result.is_ok();
-                let fatal = match result {
-                    Ok(()) => {
-                        cmd.reply(Ok(()));
-                        None
+            Wake::Command(cmd) => match lc.command(cmd.command) {
+                Ok(exit) => {
+                    cmd.reply(Ok(()));
+                    if let Some(exit) = exit {
+                        return Ok(exit);
                     }
-                    Err(CommandFailure::Client(e)) => {
-                        cmd.reply(Err(e));
-                        None
-                    }
-                    Err(CommandFailure::Vmm(e)) => {
-                        cmd.reply(Err(QmpError::generic(e.to_string())));
-                        Some(e)
-                    }
-                };
-                if let Some(e) = fatal {
+                }
+                Err(CommandFailure::Client(e)) => cmd.reply(Err(e)),
+                Err(CommandFailure::Vmm(e)) => {
+                    cmd.reply(Err(QmpError::generic(e.to_string())));
                     return Err(e);
                 }
-                if quit {
-                    return Ok(ExitReason::Shutdown);
-                }
-            }
+            },
         }
     }
 }
@@ -127,8 +116,8 @@ impl Lifecycle<'_> {
                 }
                 Ok(None)
             }
-            VmRequest::Reset => Ok(self.guest_shutdown("guest-reset")),
-            VmRequest::Shutdown => Ok(self.guest_shutdown("guest-shutdown")),
+            VmRequest::Reset => Ok(self.shutdown(true, "guest-reset")),
+            VmRequest::Shutdown => Ok(self.shutdown(true, "guest-shutdown")),
             VmRequest::Fatal(msg) => {
                 self.set(RunState::InternalError);
                 Err(VmmError::GuestFault(msg))
@@ -136,8 +125,9 @@ impl Lifecycle<'_> {
         }
     }
 
-    fn guest_shutdown(&mut self, reason: &str) -> Option<ExitReason> {
-        self.qmp.emit_shutdown(true, reason);
+    /// A shutdown request: the process ends, or with `-no-shutdown` the VM stops.
+    fn shutdown(&mut self, guest: bool, reason: &str) -> Option<ExitReason> {
+        self.qmp.emit_shutdown(guest, reason);
         if !self.vm.config.lifecycle.no_shutdown {
             return Some(ExitReason::Shutdown);
         }
@@ -150,7 +140,8 @@ impl Lifecycle<'_> {
         None
     }
 
-    fn command(&mut self, command: VmCommand) -> Result<(), CommandFailure> {
+    /// Carries out a QMP command; `Some` ends the process (after the reply).
+    fn command(&mut self, command: VmCommand) -> Result<Option<ExitReason>, CommandFailure> {
         let control = &self.vm.control;
         match command {
             VmCommand::Stop => {
@@ -171,6 +162,11 @@ impl Lifecycle<'_> {
                     self.set(RunState::Running);
                     self.qmp.emit("RESUME", None);
                 }
+            }
+            VmCommand::SystemReset if self.vm.config.no_reboot => {
+                // QEMU: with -no-reboot every reset request, the monitor's too, is a shutdown.
+                self.threads.pause(control);
+                return Ok(self.shutdown(false, "host-qmp-system-reset"));
             }
             VmCommand::SystemReset => {
                 let was_running = self.state == RunState::Running;
@@ -195,9 +191,10 @@ impl Lifecycle<'_> {
             }
             VmCommand::Quit => {
                 self.qmp.emit_shutdown(false, "host-qmp-quit");
+                return Ok(Some(ExitReason::Shutdown));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

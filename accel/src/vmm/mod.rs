@@ -14,6 +14,7 @@
 //! ("terminating on signal N" on stderr, `SHUTDOWN` event with reason `host-signal`).
 
 pub mod control;
+pub mod daemon;
 pub mod dump;
 pub mod host;
 mod info;
@@ -104,7 +105,10 @@ pub fn mark_process_start() {
 }
 
 /// Builds the VM from `config` and runs it to the end.
-pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
+///
+/// With `ready` (`-daemonize`), the parent process is released once the VM is built and its
+/// monitors listen.
+pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitReason, VmmError> {
     let start = *PROCESS_START.get_or_init(Instant::now);
     host::notice();
 
@@ -150,6 +154,9 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
     });
     let mut vm = vm;
     let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
+    if let Some(ready) = ready {
+        ready.ready();
+    }
     let result = lifecycle::run_loop(&mut vm, &threads, &qmp, &sigfd);
     threads.exit(&vm.control);
     // Replies and events already queued (quit's SHUTDOWN) reach the clients first.

@@ -12,8 +12,8 @@ fn option_level_errors() {
     );
     let msg = e.to_string();
     assert!(msg.contains("-machine") && msg.contains("-device"), "{msg}");
-    fail_with("-daemonize", &["-daemonize", "not supported"]);
-    fail_with("--daemonize", &["-daemonize", "not supported"]);
+    fail_with("-daemonize", &["-daemonize", "stdio"]);
+    fail_with("--daemonize -serial stdio", &["-daemonize", "stdio"]);
     fail_with("-drive file=x.img", &["-drive", "vhost-user-blk-pci"]);
     fail_with("-hda x.img", &["-hda", "vhost-user-blk-pci"]);
     fail_with("-nic user", &["-nic", "vhost-user"]);
