@@ -263,3 +263,6 @@ impl QmpShared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
