@@ -15,7 +15,6 @@ use crate::config::{MonitorConfig, MonitorListen};
 
 struct Fixture {
     dir: PathBuf,
-    shared: Arc<QmpShared>,
     server: Option<MonitorServer>,
     main_stop: Arc<AtomicBool>,
     main: Option<std::thread::JoinHandle<()>>,
@@ -69,7 +68,6 @@ impl Fixture {
         });
         Fixture {
             dir,
-            shared,
             server,
             main_stop,
             main: Some(main),
