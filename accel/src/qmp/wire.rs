@@ -185,35 +185,44 @@ impl Splitter {
                 self.finish()
             }
             Mode::Nested | Mode::Discard => {
-                let storing = self.mode == Mode::Nested;
-                if storing && let Some(e) = self.push(b) {
-                    return Some(e);
-                }
+                // Track structure first, so a byte that hits a limit still counts.
+                let mut closed = false;
+                let mut too_deep = false;
                 if self.in_string {
                     self.string_byte(b);
-                    return None;
+                } else {
+                    match b {
+                        b'"' => self.in_string = true,
+                        b'{' | b'[' => {
+                            self.depth += 1;
+                            too_deep = self.depth > MAX_DEPTH;
+                        }
+                        b'}' | b']' => {
+                            self.depth -= 1;
+                            closed = self.depth == 0;
+                        }
+                        _ => {}
+                    }
                 }
-                match b {
-                    b'"' => self.in_string = true,
-                    b'{' | b'[' => {
-                        self.depth += 1;
-                        if self.depth > MAX_DEPTH && self.mode == Mode::Nested {
-                            self.cur = Vec::new();
-                            self.mode = Mode::Discard;
-                            return Some(Piece::Error("JSON nesting depth limit exceeded".into()));
-                        }
+                if self.mode == Mode::Nested {
+                    if too_deep {
+                        self.cur = Vec::new();
+                        self.mode = Mode::Discard;
+                        return Some(Piece::Error("JSON nesting depth limit exceeded".into()));
                     }
-                    b'}' | b']' => {
-                        self.depth -= 1;
-                        if self.depth == 0 {
-                            if self.mode == Mode::Discard {
-                                self.mode = Mode::Idle;
-                                return None;
-                            }
-                            return self.finish();
+                    if let Some(e) = self.push(b) {
+                        if closed {
+                            self.mode = Mode::Idle;
                         }
+                        return Some(e);
                     }
-                    _ => {}
+                }
+                if closed {
+                    if self.mode == Mode::Discard {
+                        self.mode = Mode::Idle;
+                        return None;
+                    }
+                    return self.finish();
                 }
                 None
             }
@@ -478,6 +487,32 @@ mod tests {
                 value("[2]")
             ]
         );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_buffers_stay_bounded() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let alphabet = b"{}[]\"\\ ax1,:\n";
+        let mut s = Splitter::default();
+        for _ in 0..2000 {
+            let chunk: Vec<u8> = (0..512)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            s.feed(&chunk);
+            while let Some(p) = s.next_piece() {
+                if let Piece::Value(v) = p {
+                    let _ = parse_request(&v);
+                }
+            }
+            assert_eq!(s.pending(), 0);
+            // Memory is the value being assembled; depth is only a counter.
+            assert!(s.cur.len() <= MAX_MESSAGE);
+        }
     }
 
     #[test]
