@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vm_memory::Bytes;
 use vu_spec::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vu_testkit::driver::DriverOptions;
 use vu_testkit::driver::blk::{BlkDriver, BlkSlot};
+use vm_memory::Bytes;
 
 mod common;
 use common::{Scratch, wait_for};

@@ -7,13 +7,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::Listener;
-use vhost_user_devices::console::{Config, ConsoleDevice, Endpoint};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vu_daemon::serve;
 use vu_spec::console::{CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE};
 use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vhost::vhost_user::Listener;
+use vhost_user_devices::console::{Config, ConsoleDevice, Endpoint};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 mod common;
 use common::Scratch;

@@ -12,15 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vm_memory::GuestAddress;
 use vu_daemon::FIRST_MESSAGE_TIMEOUT;
-use vu_frontend::FrontendSession;
 use vu_testkit::driver::blk::BlkDriver;
 use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::net::NetDriver;
 use vu_testkit::driver::rng::RngDriver;
 use vu_testkit::driver::vsock::VsockDriver;
 use vu_testkit::driver::{Driver, DriverOptions, Segment};
+use vu_frontend::FrontendSession;
+use vm_memory::GuestAddress;
 
 mod common;
 use common::{Scratch, wait_exit, wait_for};

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
-use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vu_spec::net::{
     NET_HDR_SIZE, NetHeader, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, rx_queue, tx_queue,
 };
 use vu_testkit::driver::net::{NetDriver, SMALL_RX_BUFFER};
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vhost::vhost_user::Listener;
+use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 mod common;
 use common::Scratch;

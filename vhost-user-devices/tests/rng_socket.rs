@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::Listener;
-use vhost_user_devices::rng::{Config, RngDevice};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vu_daemon::serve;
 use vu_testkit::driver::rng::RngDriver;
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
+use vhost::vhost_user::Listener;
+use vhost_user_devices::rng::{Config, RngDevice};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 mod common;
 use common::Scratch;

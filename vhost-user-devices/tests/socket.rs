@@ -4,12 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
-use vhost_user_devices::blk::{BlkDevice, Config};
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use vm_memory::ByteValued;
 use vu_daemon::serve;
 use vu_spec::blk::{
     DiscardWriteZeroesSegment, RequestHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
@@ -19,6 +13,12 @@ use vu_spec::blk::{
 };
 use vu_testkit::driver::blk::{BlkDriver, BlkRequest, STATUS_UNWRITTEN};
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext};
+use vhost::vhost_user::Listener;
+use vhost_user_devices::blk::{BlkDevice, Config};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use vm_memory::ByteValued;
 
 mod common;
 use common::Scratch;

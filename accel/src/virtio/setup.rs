@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_ioctls::VmFd;
-use vm_allocator::IdAllocator;
 use vu_frontend::SharedMemory;
+use vm_allocator::IdAllocator;
 
 use super::backend::VirtioBackend;
 use super::device::{

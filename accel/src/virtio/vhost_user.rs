@@ -5,10 +5,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use vm_memory::GuestAddress;
-use vmm_sys_util::eventfd::EventFd;
 use vu_frontend::VringGeometry;
 use vu_frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ActiveQueue, BackendError, VirtioBackend};
 

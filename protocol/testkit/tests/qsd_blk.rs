@@ -6,16 +6,16 @@ mod common;
 use std::time::Duration;
 
 use common::{Qsd, pattern};
-use vhost::vhost_user::VhostUserProtocolFeatures;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::Bytes;
-use vu_frontend::{FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
 use vu_spec::blk::{
     DiscardWriteZeroesSegment, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vu_testkit::driver::blk::{BlkDriver, BlkRequest};
 use vu_testkit::driver::{DriverOptions, Segment};
+use vu_frontend::{FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
+use vhost::vhost_user::VhostUserProtocolFeatures;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
 
 const MIB: u64 = 1 << 20;
 const T: Duration = Duration::from_secs(10);
@@ -321,7 +321,10 @@ fn connect_waits_for_a_backend_that_starts_late() {
     let sock = dir.as_path().join("late.sock");
     let t0 = std::time::Instant::now();
     let err = FrontendSession::connect(&sock, Duration::from_millis(200)).expect_err("nobody");
-    assert!(matches!(err, vu_frontend::Error::Connect { .. }), "{err}");
+    assert!(
+        matches!(err, vu_frontend::Error::Connect { .. }),
+        "{err}"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(200));
 
     // Start a daemon 300 ms from now on a path that does not exist yet.
@@ -344,8 +347,8 @@ fn connect_waits_for_a_backend_that_starts_late() {
 fn forged_chain_with_split_header_is_served() {
     // The header split over two descriptors (legal: devices must not assume framing), built
     // with the raw API; proves forged chains reach the backend as written.
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vu_testkit::driver::{RawDesc, RawNext};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     let q = Qsd::start(1 << 20, 1);
     let mut b = blk(&q, 1);
     let hdr = b.new_header(VIRTIO_BLK_T_IN, 5).expect("header");
@@ -474,8 +477,8 @@ fn works_without_event_idx_and_indirect() {
 
 #[test]
 fn sessions_over_caller_provided_streams() {
-    use vu_frontend::FrontendOptions;
     use vu_testkit::driver::Driver;
+    use vu_frontend::FrontendOptions;
     let mut q = Qsd::start(1 << 20, 1);
     let stream = common::connect_retry(&q.socket);
     let s =

@@ -6,12 +6,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use vhost_user_backend::{VringState, VringT};
-use virtio_queue::QueueT;
-use virtio_queue::desc::split::Descriptor;
 use vu_daemon::backend_util::notify_used;
 use vu_daemon::inflight::Tracker;
 use vu_daemon::{BackendMemory, BackendVring};
+use vhost_user_backend::{VringState, VringT};
+use virtio_queue::QueueT;
+use virtio_queue::desc::split::Descriptor;
 
 use super::disk::Disk;
 use super::request::{Mem, RequestOptions, handle_descs};

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vhost_user_backend::VringEpollHandler;
-use vmm_sys_util::epoll::EventSet;
 use vu_daemon::backend_util::valid_queue_size;
 use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vhost_user_backend::VringEpollHandler;
+use vmm_sys_util::epoll::EventSet;
 
 use backend::{ConsoleBackend, INPUT_EVENT};
 use io::{ConsoleIo, IoError};

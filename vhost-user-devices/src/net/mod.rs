@@ -38,14 +38,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VringEpollHandler;
 use vu_daemon::backend_util::valid_queue_size;
 use vu_daemon::{
     Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
     install_exit_handler_for, next_frontend, serve_connection, while_busy,
 };
 use vu_spec::net::{format_mac, parse_mac};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VringEpollHandler;
 
 use backend::{NetBackend, Shared};
 use link::{Link, LinkKind};

@@ -8,11 +8,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use vu_daemon::ring::pop_chain;
+use vu_spec::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vu_daemon::ring::pop_chain;
-use vu_spec::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 
 /// Guest memory as the data path sees it.
 pub type Mem = GuestMemoryMmap<()>;

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost_user_backend::VringEpollHandler;
-use vmm_sys_util::epoll::EventSet;
 use vu_daemon::backend_util::valid_queue_size;
 use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vhost_user_backend::VringEpollHandler;
+use vmm_sys_util::epoll::EventSet;
 
 use backend::{Entropy, RngBackend, TIMER_EVENT};
 use limiter::RateLimiter;

@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vhost_user_backend::VringEpollHandler;
-use vmm_sys_util::epoll::EventSet;
 use vu_daemon::backend_util::valid_queue_size;
 use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
+use vhost_user_backend::VringEpollHandler;
+use vmm_sys_util::epoll::EventSet;
 
 use backend::{BACKEND_EVENT, VsockBackend};
 

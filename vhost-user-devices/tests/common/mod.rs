@@ -140,7 +140,9 @@ impl VsockSetup {
         })
         .unwrap();
         let mut listener = vhost::vhost_user::Listener::new(&sock, true).unwrap();
-        std::thread::spawn(move || vu_daemon::serve(&device, &mut listener, Some(connections)));
+        std::thread::spawn(move || {
+            vu_daemon::serve(&device, &mut listener, Some(connections))
+        });
         VsockSetup {
             _dir: dir,
             sock,
