@@ -32,6 +32,50 @@ pub struct VmConfig {
     pub devices: Vec<VhostUserDeviceConfig>,
     /// `--timing` (accel extension): report start → first vCPU entry on stderr.
     pub timing: bool,
+    /// `-qmp`, `-mon chardev=ID,mode=control`: QMP monitors accel listens on.
+    pub monitors: Vec<MonitorConfig>,
+    /// `-S`, `-no-shutdown`, `-pidfile`, `-uuid`, `-name ...,debug-threads=on`.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Process and VM-lifecycle options (QEMU's spelling in the field docs).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LifecycleConfig {
+    /// `-S`: create the vCPUs but run them only after QMP `cont`.
+    pub start_paused: bool,
+    /// `-no-shutdown`: a guest poweroff stops the VM instead of ending the process.
+    pub no_shutdown: bool,
+    /// `-pidfile PATH`: written at start, removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// `-daemonize`: fork; the parent exits once the VM is built and its monitors listen.
+    pub daemonize: bool,
+    /// `-uuid`: reported by `query-uuid` (canonical lower-case form).
+    pub uuid: Option<String>,
+    /// `-name ...,debug-threads=on`: name vCPU threads `CPU N/KVM` as QEMU does.
+    pub debug_threads: bool,
+}
+
+/// One QMP monitor: where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// The chardev label `query-chardev` shows (`compat_monitorN` for `-qmp`, else the id).
+    pub label: String,
+    pub listen: MonitorListen,
+    /// `-mon ...,pretty=on`: multi-line JSON replies.
+    pub pretty: bool,
+    /// `wait=on` (QEMU's default): accel waits for the first client before the VM starts.
+    pub wait: bool,
+}
+
+/// A listening socket for a monitor (QEMU's socket chardev in server mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorListen {
+    /// `unix:PATH` / `path=PATH`: accel binds PATH (replacing a stale socket file).
+    Unix(PathBuf),
+    /// `tcp:HOST:PORT` / `host=,port=`.
+    Tcp { host: String, port: u16 },
+    /// `fd=N`: an already bound, listening socket inherited from the parent (libvirt).
+    Fd(i32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

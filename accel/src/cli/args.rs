@@ -33,6 +33,13 @@ pub(super) enum Opt {
     Device,
     Netdev,
     Timing,
+    StartPaused,
+    Qmp,
+    Mon,
+    NoShutdown,
+    Pidfile,
+    Uuid,
+    Daemonize,
     Help,
     Version,
 }
@@ -93,16 +100,19 @@ const SPECS: &[Spec] = &[
     spec("-device", &["device"], Opt::Device, true),
     spec("-netdev", &["netdev"], Opt::Netdev, true),
     spec("--timing", &["timing"], Opt::Timing, false),
+    spec("-S", &["S"], Opt::StartPaused, false),
+    spec("-qmp", &["qmp"], Opt::Qmp, true),
+    spec("-mon", &["mon"], Opt::Mon, true),
+    spec("-no-shutdown", &["no-shutdown"], Opt::NoShutdown, false),
+    spec("-pidfile", &["pidfile"], Opt::Pidfile, true),
+    spec("-uuid", &["uuid"], Opt::Uuid, true),
+    spec("-daemonize", &["daemonize"], Opt::Daemonize, false),
     spec("-help", &["help", "h"], Opt::Help, false),
     spec("-version", &["version"], Opt::Version, false),
 ];
 
 /// QEMU options accel deliberately does not implement, with the reason given to the user.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "daemonize",
-        "accel always runs in the foreground (use your service manager or '&')",
-    ),
     (
         "drive",
         "accel has no built-in block devices: serve the image with a vhost-user-blk backend \
@@ -130,11 +140,8 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "accel has no firmware; it boots Linux directly from -kernel",
     ),
     ("boot", "accel boots Linux directly from -kernel"),
-    ("S", "accel has no monitor to resume a stopped VM"),
     ("s", "accel has no gdb stub"),
     ("gdb", "accel has no gdb stub"),
-    ("qmp", "accel has no QMP monitor"),
-    ("mon", "accel has no monitor"),
     ("vnc", "accel has no display"),
     ("spice", "accel has no display"),
     ("sdl", "accel has no display"),
@@ -143,7 +150,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("usbdevice", "accel has no USB controller"),
     ("incoming", "accel does not support migration"),
     ("loadvm", "accel does not support snapshots"),
-    ("pidfile", "not implemented"),
     (
         "D",
         "accel logs to stderr; set RUST_LOG (e.g. RUST_LOG=debug)",
@@ -158,10 +164,8 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("mem-path", "use -object memory-backend-memfd"),
     ("mem-prealloc", "not implemented"),
     ("global", "not implemented"),
-    ("no-shutdown", "a guest shutdown always ends accel"),
     ("smbios", "accel provides no SMBIOS tables"),
     ("fw_cfg", "accel has no fw_cfg device"),
-    ("uuid", "not implemented"),
     ("runas", "not implemented"),
     ("chroot", "not implemented"),
     ("sandbox", "not implemented"),

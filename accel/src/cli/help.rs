@@ -43,7 +43,8 @@ Machine:
                                    0 in nodeid order; their sizes must add up to -m. The
                                    guest sees no NUMA topology (accel has no ACPI SRAT)
   -name [guest=]NAME[,debug-threads=on|off]
-                                   a name for log lines (debug-threads is ignored)
+                                   the VM's name (query-name); debug-threads=on names the
+                                   vCPU threads 'CPU N/KVM' as QEMU does
 
 Boot (accel has no firmware; it always boots Linux directly):
   -kernel PATH                     ELF vmlinux with a PVH note, or bzImage (required)
@@ -70,6 +71,26 @@ Console and host-side options:
   -h, -help, --help                this text
   -version, --version              print the version
 
+QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the commands):
+  -qmp unix:PATH,server=on[,wait=off]    also the old spelling unix:PATH,server,nowait
+  -qmp tcp:HOST:PORT,server=on[,wait=off]
+  -chardev socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on[,wait=off]
+  -mon [chardev=]ID,mode=control[,pretty=on]
+                                   a QMP monitor on a listening socket (fd=N: an inherited,
+                                   already listening socket, as libvirt passes). Several
+                                   monitors may be given; each serves one client at a time
+                                   and a client may reconnect. wait=on (QEMU's default)
+                                   waits for the first client before the VM starts.
+                                   server=on chardevs are for -mon only
+  -S                               create the vCPUs stopped; QMP 'cont' starts them
+  -no-shutdown                     a guest poweroff stops the VM (status 'shutdown') and
+                                   accel waits for 'system_reset' or 'quit'
+  -pidfile PATH                    write accel's pid to PATH (removed at exit)
+  -daemonize                       run in the background: the command returns (exit 0) once
+                                   the VM is built and its monitors listen, or exits 1 if
+                                   start-up failed; the serial port cannot be stdio
+  -uuid UUID                       the VM's UUID (query-uuid)
+
 vhost-user devices (the backend is a separate process listening on a unix socket):
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]
                                    the backend's socket; accel connects as a client
@@ -85,8 +106,8 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    share=on with -numa node,memdev= or -machine
                                    memory-backend=
 
-Not supported (an error says so): -daemonize, -drive/-blockdev/-hda (use vhost-user-blk),
--nic/-net (use -netdev vhost-user), -bios, -S, -s/-gdb, -qmp/-monitor other than none,
+Not supported (an error says so): -drive/-blockdev/-hda (use vhost-user-blk),
+-nic/-net (use -netdev vhost-user), -bios, -s/-gdb, -monitor other than none (HMP),
 migration and snapshots, display options, USB, and any other QEMU option.
 
 Example (the test guest):

@@ -14,6 +14,7 @@ mod devices;
 mod help;
 mod machine;
 mod memory;
+mod monitor;
 mod props;
 mod serial;
 mod smp;
@@ -24,7 +25,9 @@ mod tests;
 
 use std::path::PathBuf;
 
-use crate::config::{BootConfig, ChardevConfig, CpuConfig, SerialConfig, VmConfig};
+use crate::config::{
+    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, SerialConfig, VmConfig,
+};
 use args::Opt;
 use props::{Flags, Props};
 
@@ -101,6 +104,10 @@ pub fn parse(args: &[String]) -> Result<CliAction, CliError> {
 #[derive(Default)]
 struct State {
     name: Option<String>,
+    lifecycle: LifecycleConfig,
+    qmps: Vec<MonitorConfig>,
+    server_chardevs: Vec<monitor::ServerChardev>,
+    mons: Vec<monitor::Mon>,
     machine: Option<Props>,
     cpu: Option<CpuConfig>,
     smp: Option<Props>,
@@ -158,11 +165,35 @@ impl State {
             Opt::Nodefaults => self.nodefaults = true,
             Opt::NoReboot => self.no_reboot = true,
             Opt::Timing => self.timing = true,
-            Opt::Name => self.name = parse_name(kv(Some("guest"), Flags::Allowed)?)?,
-            Opt::Chardev => self.chardevs.push(devices::parse_chardev(kv(
-                Some("backend"),
-                Flags::Allowed,
-            )?)?),
+            Opt::Name => {
+                let (name, debug_threads) = parse_name(kv(Some("guest"), Flags::Allowed)?)?;
+                self.name = name;
+                self.lifecycle.debug_threads = debug_threads;
+            }
+            Opt::Chardev => {
+                let props = kv(Some("backend"), Flags::Allowed)?;
+                if monitor::is_server(&props)? {
+                    self.server_chardevs
+                        .push(monitor::parse_server_chardev(props)?);
+                } else {
+                    self.chardevs.push(devices::parse_chardev(props)?);
+                }
+            }
+            Opt::StartPaused => self.lifecycle.start_paused = true,
+            Opt::NoShutdown => self.lifecycle.no_shutdown = true,
+            Opt::Daemonize => self.lifecycle.daemonize = true,
+            Opt::Pidfile => {
+                self.lifecycle.pidfile = Some(PathBuf::from(non_empty(option, value)?));
+            }
+            Opt::Uuid => self.lifecycle.uuid = Some(monitor::parse_uuid(option, &value)?),
+            Opt::Qmp => {
+                // QEMU numbers the chardevs of -qmp/-monitor compat_monitor0, 1, ...
+                let label = format!("compat_monitor{}", self.qmps.len());
+                self.qmps.push(monitor::parse_qmp(option, &value, label)?);
+            }
+            Opt::Mon => self
+                .mons
+                .push(monitor::parse_mon(kv(Some("chardev"), Flags::Allowed)?)?),
             Opt::Netdev => self
                 .netdevs
                 .push(devices::parse_netdev(kv(Some("type"), Flags::Allowed)?)?),
@@ -191,6 +222,13 @@ impl State {
         }
         let memory = memory::resolve(ram_size, &self.objects, self.numa, machine.memory_backend)?;
         let devices = devices::resolve(&self.chardevs, self.netdevs, self.devices)?;
+        let client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        let mut monitors = self.qmps;
+        monitors.extend(monitor::resolve(
+            self.server_chardevs,
+            self.mons,
+            &client_ids,
+        )?);
         if !devices.is_empty() && memory.backends.iter().any(|b| !b.share) {
             return Err(CliError::Invalid {
                 option: "-device".into(),
@@ -213,6 +251,14 @@ impl State {
                 });
             }
         };
+        if self.lifecycle.daemonize && serial == SerialConfig::Stdio {
+            return Err(CliError::Invalid {
+                option: "-daemonize".into(),
+                message: "cannot use stdio with -daemonize: give -serial null|file:PATH|unix:... \
+                          or -nodefaults"
+                    .into(),
+            });
+        }
         Ok(VmConfig {
             name: self.name,
             machine: machine.kind,
@@ -229,6 +275,8 @@ impl State {
             chardevs: self.chardevs,
             devices,
             timing: self.timing,
+            monitors,
+            lifecycle: self.lifecycle,
         })
     }
 }
@@ -244,13 +292,12 @@ fn non_empty(option: &str, value: String) -> Result<String, CliError> {
 }
 
 /// `-name [guest=]NAME[,debug-threads=on|off]`.
-fn parse_name(mut props: Props) -> Result<Option<String>, CliError> {
+fn parse_name(mut props: Props) -> Result<(Option<String>, bool), CliError> {
     let name = props.take("guest");
-    // Thread naming is a host-side debugging aid: accepted for compatibility, ignored.
-    props.take_bool("debug-threads")?;
+    let debug_threads = props.take_bool("debug-threads")?.unwrap_or(false);
     if let Some(v) = props.take("process") {
         return Err(props.unsupported("process", &v, "accel does not rename its process"));
     }
-    props.finish(&["guest", "debug-threads (ignored)"])?;
-    Ok(name)
+    props.finish(&["guest", "debug-threads"])?;
+    Ok((name, debug_threads))
 }

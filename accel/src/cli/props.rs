@@ -98,6 +98,15 @@ impl Props {
         self.option
     }
 
+    /// The last value of `key`, left in place.
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Removes `key` and returns its last value.
     pub(super) fn take(&mut self, key: &str) -> Option<String> {
         let mut found = None;

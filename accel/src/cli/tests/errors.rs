@@ -12,13 +12,13 @@ fn option_level_errors() {
     );
     let msg = e.to_string();
     assert!(msg.contains("-machine") && msg.contains("-device"), "{msg}");
-    fail_with("-daemonize", &["-daemonize", "not supported"]);
-    fail_with("--daemonize", &["-daemonize", "not supported"]);
+    fail_with("-daemonize", &["-daemonize", "stdio"]);
+    fail_with("--daemonize -serial stdio", &["-daemonize", "stdio"]);
     fail_with("-drive file=x.img", &["-drive", "vhost-user-blk-pci"]);
     fail_with("-hda x.img", &["-hda", "vhost-user-blk-pci"]);
     fail_with("-nic user", &["-nic", "vhost-user"]);
     fail_with("-bios x.bin", &["-bios", "firmware"]);
-    fail_with("-S", &["-S", "not supported"]);
+    fail_with("-s", &["-s", "not supported"]);
     fail_with("disk.img", &["'disk.img'", "vhost-user-blk-pci"]);
     fail_with("-", &["'-'"]);
     assert_eq!(
@@ -249,11 +249,11 @@ fn device_option_errors() {
     );
     fail_with(
         "-chardev socket,id=c0,path=/s,server=on",
-        &["-chardev", "server=on", "client"],
+        &["-chardev", "'c0'", "-mon chardev=c0,mode=control"],
     );
     fail_with(
         "-chardev socket,id=c0,path=/s,server,nowait",
-        &["-chardev", "server=on"],
+        &["-chardev", "-mon"],
     );
     fail_with(
         "-chardev socket,id=c0,path=/s,wait=off",

@@ -52,6 +52,8 @@ fn readme_microvm_line() {
         chardevs: vec![],
         devices: vec![],
         timing: false,
+        monitors: vec![],
+        lifecycle: Default::default(),
     };
     assert_eq!(run(&line), expected);
 }
@@ -166,6 +168,12 @@ fn help_text_documents_every_option() {
         "-help",
         "-version",
         "-daemonize",
+        "-qmp",
+        "-mon",
+        "-S ",
+        "-no-shutdown",
+        "-pidfile",
+        "-uuid",
         "mon:stdio",
         "vhost-user-blk-pci",
         "vhost-user-device-pci",
