@@ -3,6 +3,7 @@
 //!
 //! - [`args`]: argv → options (single-dash long options, `--opt` accepted too).
 //! - [`props`]: QEMU's `key=value,...` suboptions (implied first key, `,,` escapes).
+//! - [`json`]: QEMU's JSON form of `-object`/`-device`/`-netdev`, as libvirt writes it.
 //! - [`values`]: sizes, integers, booleans, ids, MACs, PCI addresses.
 //! - [`machine`], [`smp`], [`memory`], [`serial`], [`devices`]: one concern each.
 //! - [`help`]: the `--help` text, which documents every difference from QEMU.
@@ -12,6 +13,7 @@
 mod args;
 mod devices;
 mod help;
+mod json;
 mod machine;
 mod memory;
 mod props;
@@ -110,6 +112,7 @@ struct State {
     append: Option<String>,
     objects: Vec<memory::Backend>,
     numa: Vec<memory::NumaNode>,
+    legacy_mem: memory::Legacy,
     serials: Vec<SerialConfig>,
     nodefaults: bool,
     no_reboot: bool,
@@ -133,6 +136,7 @@ impl State {
         let option = arg.name;
         let value = arg.value.unwrap_or_default();
         let kv = |implied, flags| Props::parse(option, &value, implied, flags);
+        let kv_or_json = |implied| Props::parse_or_json(option, &value, implied, Flags::Allowed);
         match arg.opt {
             Opt::Accel => machine::check_accel(kv(Some("accel"), Flags::Allowed)?)?,
             Opt::EnableKvm => {}
@@ -143,10 +147,16 @@ impl State {
             Opt::Kernel => self.kernel = Some(non_empty(option, value)?),
             Opt::Initrd => self.initrd = Some(non_empty(option, value)?),
             Opt::Append => self.append = Some(value),
-            Opt::Object => self.objects.push(memory::parse_object(kv(
-                Some("qom-type"),
-                Flags::Rejected,
-            )?)?),
+            Opt::Object => {
+                let props = if json::is_json(&value) {
+                    kv_or_json(None)?
+                } else {
+                    kv(Some("qom-type"), Flags::Rejected)?
+                };
+                self.apply_object(props)?;
+            }
+            Opt::MemPath => self.legacy_mem.mem_path = Some(non_empty(option, value)?),
+            Opt::MemPrealloc => self.legacy_mem.mem_prealloc = true,
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
@@ -165,12 +175,49 @@ impl State {
             )?)?),
             Opt::Netdev => self
                 .netdevs
-                .push(devices::parse_netdev(kv(Some("type"), Flags::Allowed)?)?),
+                .push(devices::parse_netdev(kv_or_json(Some("type"))?)?),
             Opt::Device => self
                 .devices
-                .push(devices::parse_device(kv(Some("driver"), Flags::Allowed)?)?),
+                .push(devices::parse_device(kv_or_json(Some("driver"))?)?),
             // Handled by `parse` before reaching here.
             Opt::Help | Opt::Version => {}
+        }
+        Ok(())
+    }
+
+    /// `-object`: memory backends are kept; `secret` (libvirt passes one on every line) is
+    /// accepted and unused, as accel has nothing that consumes secrets.
+    fn apply_object(&mut self, mut props: Props) -> Result<(), CliError> {
+        match props.peek("qom-type") {
+            Some("secret") => {
+                props.take("qom-type");
+                let id = props.take_id("id")?;
+                for key in ["data", "file", "format", "keyid", "iv"] {
+                    props.take(key);
+                }
+                props.finish(&[
+                    "qom-type (secret)",
+                    "id",
+                    "data",
+                    "file",
+                    "format",
+                    "keyid",
+                    "iv",
+                ])?;
+                log::info!(
+                    "-object secret,id={}: accepted, unused (no accel device takes a secret)",
+                    id.unwrap_or_default()
+                );
+            }
+            Some(t) if !memory::is_memory_backend(t) && t != "secret" => {
+                let t = t.to_string();
+                return Err(props.unsupported(
+                    "qom-type",
+                    &t,
+                    "accel supports memory-backend-memfd, memory-backend-file and secret",
+                ));
+            }
+            _ => self.objects.push(memory::parse_object(props)?),
         }
         Ok(())
     }
@@ -189,16 +236,16 @@ impl State {
                 });
             }
         }
-        let memory = memory::resolve(ram_size, &self.objects, self.numa, machine.memory_backend)?;
+        let memory = memory::resolve(
+            ram_size,
+            &self.objects,
+            self.numa,
+            machine.memory_backend,
+            &self.legacy_mem,
+        )?;
         let devices = devices::resolve(&self.chardevs, self.netdevs, self.devices)?;
-        if !devices.is_empty() && memory.backends.iter().any(|b| !b.share) {
-            return Err(CliError::Invalid {
-                option: "-device".into(),
-                message: "vhost-user devices need guest RAM shared with the backend process: \
-                          use -object memory-backend-memfd,id=mem,size=<RAM size>,share=on \
-                          with -numa node,memdev=mem or -machine memory-backend=mem"
-                    .into(),
-            });
+        if !devices.is_empty() {
+            memory::check_shared(&memory)?;
         }
         let serial = match self.serials.len() {
             0 if self.nodefaults => SerialConfig::Null,
