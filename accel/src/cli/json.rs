@@ -29,7 +29,7 @@ pub(super) fn parse(option: &str, input: &str) -> Result<Vec<(String, String)>, 
     };
     let mut items = Vec::new();
     for (key, value) in map {
-        flatten(&key, value, &mut items).map_err(|message| invalid(message))?;
+        flatten(&key, value, &mut items).map_err(&invalid)?;
     }
     Ok(items)
 }

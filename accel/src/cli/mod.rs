@@ -157,6 +157,8 @@ impl State {
             }
             Opt::MemPath => self.legacy_mem.mem_path = Some(non_empty(option, value)?),
             Opt::MemPrealloc => self.legacy_mem.mem_prealloc = true,
+            Opt::Audiodev => parse_audiodev(kv_or_json(Some("driver"))?)?,
+            Opt::Sandbox => parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?,
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
@@ -300,4 +302,53 @@ fn parse_name(mut props: Props) -> Result<Option<String>, CliError> {
     }
     props.finish(&["guest", "debug-threads (ignored)"])?;
     Ok(name)
+}
+
+/// `-audiodev [driver=]none,id=ID` (libvirt passes one on every line): accel has no sound
+/// device, so only the backend that plays nothing is accepted.
+fn parse_audiodev(mut props: Props) -> Result<(), CliError> {
+    let driver = props.take_required("driver")?;
+    if driver != "none" {
+        return Err(props.unsupported(
+            "driver",
+            &driver,
+            "accel has no sound devices: only -audiodev none is accepted",
+        ));
+    }
+    props.take_id("id")?;
+    // Per-direction tuning of a backend that plays nothing.
+    props.take("timer-period");
+    let tuning: Vec<String> = props
+        .keys()
+        .filter(|k| k.starts_with("in.") || k.starts_with("out."))
+        .map(str::to_string)
+        .collect();
+    for k in tuning {
+        props.take(&k);
+    }
+    props.finish(&["driver (none)", "id", "timer-period", "in.*", "out.*"])
+}
+
+/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: accepted
+/// so libvirt's lines run; accel's own confinement does not depend on it.
+fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
+    let on = props
+        .take_with("enable", values::parse_bool)?
+        .unwrap_or(false);
+    for key in ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"] {
+        if let Some(v) = props.take(key) {
+            if !matches!(v.as_str(), "allow" | "deny" | "children") {
+                return Err(props.invalid(key, &v, "allow, deny or children"));
+            }
+        }
+    }
+    props.finish(&[
+        "enable",
+        "obsolete",
+        "elevateprivileges",
+        "spawn",
+        "resourcecontrol",
+    ])?;
+    log::info!("-sandbox {}: accepted", if on { "on" } else { "off" });
+    Ok(())
 }

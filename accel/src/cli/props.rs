@@ -112,6 +112,11 @@ impl Props {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The keys still present.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Props with no items (an option that was not given).
     pub(super) fn empty(option: &'static str) -> Props {
         Props {

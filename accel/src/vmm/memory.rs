@@ -270,7 +270,7 @@ fn open_backend(index: usize, b: &MemoryBackendConfig) -> Result<RamBackend, Mem
         source,
     };
     let page_size = host_page_size(&file).map_err(io_err)?;
-    if b.size % page_size != 0 {
+    if !b.size.is_multiple_of(page_size) {
         return Err(MemoryError::HugePageAlign {
             name,
             what: "size",

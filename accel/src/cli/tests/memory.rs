@@ -276,3 +276,23 @@ fn json_errors_name_the_option_and_property() {
     let e = err(&["-object", r#"{"qom-type":"iothread","id":"io0"}"#]);
     assert!(e.contains("iothread"), "{e}");
 }
+
+#[test]
+fn libvirt_boilerplate_is_accepted() {
+    let c = parse_argv(&[
+        "-audiodev",
+        r#"{"id":"audio1","driver":"none"}"#,
+        "-audiodev",
+        "none,id=a2",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-machine",
+        "pc,usb=off,dump-guest-core=off",
+    ])
+    .unwrap();
+    assert_eq!(c.memory.backends.len(), 1);
+    fail_with("-audiodev pa,id=a", &["-audiodev", "driver=pa", "none"]);
+    fail_with("-audiodev none,id=a,bogus=1", &["-audiodev", "'bogus'"]);
+    fail_with("-sandbox on,spawn=maybe", &["-sandbox", "'spawn'", "deny"]);
+    fail_with("-sandbox maybe", &["-sandbox", "'enable'"]);
+}
