@@ -336,10 +336,10 @@ fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
         .take_with("enable", values::parse_bool)?
         .unwrap_or(false);
     for key in ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"] {
-        if let Some(v) = props.take(key) {
-            if !matches!(v.as_str(), "allow" | "deny" | "children") {
-                return Err(props.invalid(key, &v, "allow, deny or children"));
-            }
+        if let Some(v) = props.take(key)
+            && !matches!(v.as_str(), "allow" | "deny" | "children")
+        {
+            return Err(props.invalid(key, &v, "allow, deny or children"));
         }
     }
     props.finish(&[
