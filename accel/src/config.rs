@@ -131,11 +131,25 @@ pub struct MemoryBackendConfig {
     /// `-object memory-backend-memfd,id=`; `None` for the implicit backend made from `-m`.
     pub id: Option<String>,
     pub size: u64,
-    /// `share=on`: required by vhost-user devices (accel always maps memfd MAP_SHARED, but
+    /// `share=on`: required by vhost-user devices (accel always maps guest RAM MAP_SHARED, but
     /// QEMU's semantics are kept: without share=on, vhost-user devices are refused).
     pub share: bool,
-    /// `hugetlb=on` (accel: refused unless supported).
-    pub hugetlb: bool,
+    /// Where the pages come from.
+    pub source: RamSource,
+    /// `prealloc=on` / `-mem-prealloc`: every page is allocated before the guest starts.
+    pub prealloc: bool,
+}
+
+/// The memory behind one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RamSource {
+    /// `memory-backend-memfd` and plain `-m`: an anonymous memfd. `hugetlb` is the huge page
+    /// size in bytes when `hugetlb=on` (0: the host's default huge page size).
+    Memfd { hugetlb: Option<u64> },
+    /// `memory-backend-file,mem-path=PATH` / `-mem-path PATH`: a directory gets a fresh
+    /// unlinked file; a missing file is created (and kept, as QEMU does); an existing file is
+    /// mapped as it is (it must hold at least `size` bytes).
+    File { path: PathBuf, readonly: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -35,10 +35,23 @@ Machine:
                                    suffixes B K M G T. maxmem=/slots= are refused (no
                                    memory hotplug)
   -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,hugetlb=on|off]
+          [,hugetlbsize=SIZE][,prealloc=on|off]
                                    a RAM backend (size in bytes unless suffixed, a multiple
-                                   of 4 KiB; share defaults to on as in QEMU); seal=, merge=
-                                   and dump= are accepted and ignored. Other -object types
-                                   are refused
+                                   of 4 KiB; share defaults to on as in QEMU); seal=, merge=,
+                                   dump= and prealloc-threads= are accepted and ignored
+  -object memory-backend-file,id=ID,size=SIZE,mem-path=DIR|FILE[,share=on|off]
+          [,readonly=on|off][,prealloc=on|off]
+                                   a file-backed RAM backend: a directory gets a fresh
+                                   unlinked file, a missing FILE is created (and kept), an
+                                   existing FILE must hold SIZE bytes. share defaults to off
+                                   as in QEMU (vhost-user devices need share=on). On
+                                   hugetlbfs SIZE must be a multiple of the huge page size.
+                                   align= and discard-data= are accepted and ignored
+  -object secret,id=ID,...         accepted and unused. Other -object types are refused.
+                                   -object, -device and -netdev also take QEMU's JSON form
+                                   ('{\"qom-type\":...}', as libvirt writes them)
+  -mem-path DIR|FILE               plain -m RAM from a file (as memory-backend-file, share=off)
+  -mem-prealloc                    prealloc=on for every memory backend not setting prealloc
   -numa node,memdev=ID[,nodeid=N]  guest RAM is made of these backends, laid out from address
                                    0 in nodeid order; their sizes must add up to -m. The
                                    guest sees no NUMA topology (accel has no ACPI SRAT)

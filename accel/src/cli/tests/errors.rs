@@ -121,8 +121,8 @@ fn memory_errors() {
     fail_with("-m 128,slots=2", &["-m", "slots=2", "hotplug"]);
     fail_with("-m 128,foo=1", &["-m", "'foo'", "size"]);
     fail_with(
-        "-object memory-backend-file,id=m,size=1G,mem-path=/dev/shm",
-        &["-object", "memory-backend-file", "memfd"],
+        "-object memory-backend-ram,id=m,size=1G",
+        &["-object", "memory-backend-ram", "memory-backend-file"],
     );
     fail_with(
         "-object iothread,id=io0",
@@ -141,10 +141,6 @@ fn memory_errors() {
     fail_with(
         "-object memory-backend-memfd,id=m,size=1G,share=maybe",
         &["-object", "'share'", "on/off"],
-    );
-    fail_with(
-        "-object memory-backend-memfd,id=m,size=1G,prealloc=on",
-        &["-object", "prealloc=on"],
     );
     fail_with(
         "-object memory-backend-memfd,id=m,size=1G,bogus=1",

@@ -3,6 +3,7 @@
 mod devices;
 mod errors;
 mod lines;
+mod memory;
 mod monitor;
 mod values;
 
