@@ -29,13 +29,13 @@ mod signals;
 pub use capabilities::Capabilities;
 pub use cli::{CommonArgs, ListenAddress, SandboxMode};
 pub use confine::DeviceConfinement;
-/// The confinement mechanism, re-exported for devices' [`VhostUserDevice::confinement`].
-pub use vu_sandbox as sandbox;
 pub use serve::{
     BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
     first_message_arrives, serve, serve_stream,
 };
 use signals::{block_exit_signals, install_exit_handler_for};
+/// The confinement mechanism, re-exported for devices' [`VhostUserDevice::confinement`].
+pub use vu_sandbox as sandbox;
 
 use std::fmt::Display;
 use std::path::PathBuf;

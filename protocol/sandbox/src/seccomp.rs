@@ -64,7 +64,8 @@ const ARCH: TargetArch = TargetArch::aarch64;
 /// The BPF program: the calls of `allow` (and [`ALWAYS`]) pass, anything else traps (SIGSYS).
 pub(crate) fn compile(allow: &[Allow]) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
-    let number = |name: &'static str| syscall_number(name).ok_or(SandboxError::UnknownSyscall(name));
+    let number =
+        |name: &'static str| syscall_number(name).ok_or(SandboxError::UnknownSyscall(name));
     for name in ALWAYS {
         rules.insert(number(name)?, None);
     }
@@ -82,7 +83,10 @@ pub(crate) fn compile(allow: &[Allow]) -> Result<BpfProgram, SandboxError> {
                     u64::from(value),
                 )?;
                 let rule = SeccompRule::new(vec![cond])?;
-                match rules.entry(number(name)?).or_insert_with(|| Some(Vec::new())) {
+                match rules
+                    .entry(number(name)?)
+                    .or_insert_with(|| Some(Vec::new()))
+                {
                     Some(v) => v.push(rule),
                     None => {} // already allowed for any arguments
                 }
@@ -120,7 +124,12 @@ const SI_SYSCALL_OFFSET: usize = 24;
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler; for SIGSYS from
     // seccomp its union holds the call address and then the system call number (an int).
-    let nr = unsafe { (info as *const u8).add(SI_SYSCALL_OFFSET).cast::<i32>().read_unaligned() };
+    let nr = unsafe {
+        (info as *const u8)
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
     let mut line = Line::default();
     line.push(PROGRAM.get().copied().unwrap_or("sandbox").as_bytes());
     line.push(b": seccomp: system call ");
@@ -138,7 +147,12 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGSYS);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGSYS);
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGSYS,
+        );
         libc::_exit(128 + libc::SIGSYS);
     }
 }
