@@ -83,12 +83,12 @@ pub(crate) fn compile(allow: &[Allow]) -> Result<BpfProgram, SandboxError> {
                     u64::from(value),
                 )?;
                 let rule = SeccompRule::new(vec![cond])?;
-                match rules
+                // `None` (already allowed for any arguments) stays as it is.
+                if let Some(v) = rules
                     .entry(number(name)?)
                     .or_insert_with(|| Some(Vec::new()))
                 {
-                    Some(v) => v.push(rule),
-                    None => {} // already allowed for any arguments
+                    v.push(rule);
                 }
             }
         }
