@@ -29,6 +29,32 @@ fn status_fields(pid: u32) -> (String, String) {
     (field("Seccomp:"), field("NoNewPrivs:"))
 }
 
+/// `Seccomp_filters` of the thread of `pid` named `name`, once it exists (generous deadline).
+fn thread_filters(pid: u32, name: &str) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let n = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+                .and_then(|v| v.trim().parse().ok());
+            if n == Some(2) {
+                return n;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// Waits (generously) until the process is confined, or returns what it last showed.
 fn wait_confined(pid: u32) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -99,6 +125,14 @@ fn every_backend_runs_with_seccomp_and_no_new_privs() {
                 want,
                 "{exe} --sandbox {sandbox}: Seccomp/NoNewPrivs"
             );
+            if sandbox == "on" {
+                // The signal thread narrows itself to its own list: a second filter.
+                assert_eq!(
+                    thread_filters(child.pid(), "signals"),
+                    Some(2),
+                    "{exe}: the signal thread's Seccomp_filters"
+                );
+            }
             drop(child);
             let _ = std::fs::remove_file(dir.join("vsock"));
             let _ = std::fs::remove_file(dir.join("net-b"));

@@ -6,6 +6,29 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::DaemonError;
 
+/// The signal thread's kind of the allow-list (on top of the process's): wait, log, remove the
+/// socket files, exit.
+const SIGNAL_THREAD_SYSCALLS: &[vu_sandbox::Allow] = {
+    use vu_sandbox::Allow::Any;
+    &[
+        Any("rt_sigtimedwait"),
+        Any("unlink"),
+        Any("unlinkat"),
+        Any("futex"),
+        Any("mmap"),
+        Any("munmap"),
+        Any("mprotect"),
+        Any("madvise"),
+        Any("brk"),
+        Any("sigaltstack"),
+        Any("sched_getaffinity"),
+        Any("set_robust_list"),
+        Any("rseq"),
+        Any("close"),
+        Any("clock_gettime"),
+    ]
+};
+
 fn exit_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -30,6 +53,9 @@ pub(crate) fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(),
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = vu_sandbox::confine_thread(SIGNAL_THREAD_SYSCALLS) {
+                log::warn!("signal thread: not narrowed to its own allow-list: {e}");
+            }
             let signal = loop {
                 match set.wait() {
                     Ok(s) => break s,

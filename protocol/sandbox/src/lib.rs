@@ -110,6 +110,24 @@ pub struct Enforced {
 }
 
 static WARNED: AtomicBool = AtomicBool::new(false);
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`confine`] ran in this process.
+pub fn is_confined() -> bool {
+    CONFINED.load(Ordering::Relaxed)
+}
+
+/// Narrows the calling thread to `allow` (a thread kind's list, e.g. an I/O thread), on top
+/// of the process's filter; does nothing unless [`confine`] ran (`--sandbox off`). Call it
+/// first thing in a thread started after [`confine`].
+pub fn confine_thread(allow: &[Allow]) -> Result<(), SandboxError> {
+    if !is_confined() {
+        return Ok(());
+    }
+    let program = seccomp::compile(allow)?;
+    seccompiler::apply_filter(&program)?;
+    Ok(())
+}
 
 /// Confines the calling process to `policy` (see the crate documentation). Landlock missing or
 /// partial on this kernel is not an error: the process runs and one warning names what is not
@@ -133,6 +151,7 @@ pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
         );
     }
     seccompiler::apply_filter_all_threads(&program)?;
+    CONFINED.store(true, Ordering::Relaxed);
     Ok(Enforced {
         no_new_privs: true,
         landlock: landlock.is_ok(),

@@ -69,6 +69,17 @@ pub(crate) fn compile(allow: &[Allow]) -> Result<BpfProgram, SandboxError> {
     for name in ALWAYS {
         rules.insert(number(name)?, None);
     }
+    // A thread narrowing itself ([`super::confine_thread`]) sets no_new_privs again and adds a
+    // filter: both can only take rights away.
+    let allow: Vec<Allow> = allow
+        .iter()
+        .copied()
+        .chain([
+            Allow::ArgEq("prctl", 0, libc::PR_SET_NO_NEW_PRIVS as u32),
+            Allow::Any("seccomp"),
+        ])
+        .collect();
+    let allow = &allow[..];
     for a in allow {
         match *a {
             // `None`: allowed whatever the arguments.
