@@ -27,6 +27,17 @@ pub struct CommonArgs {
     /// Largest queue size a frontend may configure (a power of two from 2 to 32768).
     #[arg(long, default_value_t = DEFAULT_QUEUE_SIZE, value_name = "N", value_parser = parse_queue_size)]
     pub queue_size: u16,
+    /// Confine the process once set up (no_new_privs, landlock, seccomp); `off` for debugging.
+    #[arg(long, value_enum, default_value_t = SandboxMode::On, value_name = "on|off")]
+    pub sandbox: SandboxMode,
+}
+
+/// `--sandbox on|off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    #[default]
+    On,
+    Off,
 }
 
 /// `--queue-size` when not given.
@@ -39,6 +50,7 @@ impl Default for CommonArgs {
             fd: None,
             print_capabilities: false,
             queue_size: DEFAULT_QUEUE_SIZE,
+            sandbox: SandboxMode::On,
         }
     }
 }
@@ -167,6 +179,15 @@ mod tests {
                 ..CommonArgs::default()
             }
         );
+    }
+
+    #[test]
+    fn sandbox_is_on_unless_turned_off() {
+        let p = Prog::try_parse_from(["x", "-s", "/s"]).unwrap();
+        assert_eq!(p.common.sandbox, SandboxMode::On);
+        let p = Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "off"]).unwrap();
+        assert_eq!(p.common.sandbox, SandboxMode::Off);
+        assert!(Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "maybe"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod backend_util;
 mod capabilities;
 mod cli;
+pub mod confine;
 pub mod inflight;
 pub mod ratelog;
 pub mod ring;
@@ -26,12 +27,15 @@ mod serve;
 mod signals;
 
 pub use capabilities::Capabilities;
-pub use cli::{CommonArgs, ListenAddress};
+pub use cli::{CommonArgs, ListenAddress, SandboxMode};
+pub use confine::DeviceConfinement;
 pub use serve::{
     BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
     first_message_arrives, serve, serve_stream,
 };
-use signals::install_exit_handler_for;
+use signals::{block_exit_signals, install_exit_handler_for};
+/// The confinement mechanism, re-exported for devices' [`VhostUserDevice::confinement`].
+pub use vu_sandbox as sandbox;
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -59,6 +63,8 @@ pub enum DaemonError {
     Accept(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("cannot confine the process (--sandbox off runs without): {0}")]
+    Sandbox(#[from] vu_sandbox::SandboxError),
 }
 
 /// The whole life of a backend program after argument parsing: logging, `--print-capabilities`,
@@ -104,7 +110,11 @@ where
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
-    // Block the exit signals before any thread exists so that only the handler thread sees them.
+    // Block the exit signals before any thread exists so that only the handler thread sees
+    // them (one arriving before the handler starts stays pending).
+    if let Err(e) = block_exit_signals() {
+        return fail(&e);
+    }
     let mut paths: Vec<PathBuf> = match &address {
         ListenAddress::Path(p) => vec![p.clone()],
         ListenAddress::Fd(_) => Vec::new(),
@@ -113,9 +123,6 @@ where
     for (other, path) in &others {
         paths.push(path.clone());
         paths.extend(other.owned_socket_paths());
-    }
-    if let Err(e) = install_exit_handler_for(paths) {
-        return fail(&e);
     }
     let mut served = Vec::with_capacity(1 + others.len());
     for (device, address) in std::iter::once((device, address))
@@ -128,6 +135,22 @@ where
             }
             Err(e) => return fail(&e),
         }
+    }
+    // Setup is done: confine before any thread of ours exists (landlock binds the calling
+    // thread and its future children).
+    if common.sandbox == SandboxMode::On {
+        let devices: Vec<&D> = served.iter().map(|(d, _)| d).collect();
+        let policy = confine::policy(program, &devices, &paths);
+        match vu_sandbox::confine(&policy) {
+            Ok(e) => log::info!(
+                "{program}: confined (no_new_privs, seccomp, landlock {})",
+                if e.landlock { "on" } else { "NOT enforced" }
+            ),
+            Err(e) => return fail(&DaemonError::from(e)),
+        }
+    }
+    if let Err(e) = install_exit_handler_for(paths) {
+        return fail(&e);
     }
     match serve_all(served) {
         Ok(()) => ExitCode::SUCCESS,

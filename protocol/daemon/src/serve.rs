@@ -49,6 +49,12 @@ pub trait VhostUserDevice {
         Vec::new()
     }
 
+    /// What the device still needs once the process is confined (its image, its output
+    /// file, the system calls of its data path); see [`crate::confine`].
+    fn confinement(&self) -> crate::confine::DeviceConfinement {
+        crate::confine::DeviceConfinement::default()
+    }
+
     /// Called once per connection after its worker threads exist and before the frontend is
     /// accepted: register extra fds (timers, sockets, a tap) with the workers' epoll loops via
     /// [`VringEpollHandler::register_listener`] (ids above `num_queues`); their events reach

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::{Allow, FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{BlkBackend, DeviceSettings};
 use disk::{Disk, DiskError};
@@ -124,7 +125,25 @@ impl TryFrom<&BlkArgs> for Config {
 pub struct BlkDevice {
     disk: Arc<Disk>,
     settings: DeviceSettings,
+    /// The image path and `--read-only`: all the filesystem access left once confined.
+    image: PathBuf,
+    read_only: bool,
 }
+
+/// The data path's system calls beyond the daemon's: I/O on the open image (inline and in the
+/// I/O pool), flush, discard/write-zeroes (fallocate, or BLKDISCARD/BLKZEROOUT on a block
+/// device).
+const BLK_SYSCALLS: &[Allow] = &[
+    Allow::Any("preadv"),
+    Allow::Any("pwritev"),
+    Allow::Any("pread64"),
+    Allow::Any("pwrite64"),
+    Allow::Any("fdatasync"),
+    Allow::Any("fsync"),
+    Allow::Any("fallocate"),
+    Allow::ArgEq("ioctl", 1, disk::BLKDISCARD as u32),
+    Allow::ArgEq("ioctl", 1, disk::BLKZEROOUT as u32),
+];
 
 impl BlkDevice {
     /// Opens the image.
@@ -151,6 +170,8 @@ impl BlkDevice {
                 queue_size: config.queue_size,
                 poll: std::time::Duration::from_micros(u64::from(config.poll_us)),
             },
+            image: config.image.clone(),
+            read_only: config.read_only,
         })
     }
 
@@ -164,6 +185,22 @@ impl VhostUserDevice for BlkDevice {
 
     fn name(&self) -> &str {
         CAPABILITIES.program
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        let access = if self.read_only {
+            FsAccess::Read
+        } else {
+            FsAccess::ReadWrite
+        };
+        DeviceConfinement {
+            // glibc sizes the I/O pool from the online CPUs (read again per connection).
+            paths: vec![
+                PathRule::new(&self.image, access),
+                PathRule::new("/sys/devices/system/cpu/online", FsAccess::Read),
+            ],
+            syscalls: BLK_SYSCALLS,
+        }
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<BlkBackend>> {

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::{FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{ConsoleBackend, INPUT_EVENT};
 use io::{ConsoleIo, IoError};
@@ -97,6 +98,8 @@ pub struct ConsoleDevice {
     queue_size: u16,
     /// `--socket P`, removed on SIGTERM/SIGINT.
     socket: Option<PathBuf>,
+    /// `--output FILE`: the only file writable once confined.
+    output: Option<PathBuf>,
 }
 
 impl ConsoleDevice {
@@ -112,10 +115,15 @@ impl ConsoleDevice {
             Endpoint::Socket(p) => Some(p.clone()),
             _ => None,
         };
+        let output = match &config.endpoint {
+            Endpoint::File(p) => Some(p.clone()),
+            _ => None,
+        };
         Ok(ConsoleDevice {
             io: Arc::new(io),
             queue_size: config.queue_size,
             socket,
+            output,
         })
     }
 }
@@ -136,6 +144,18 @@ impl VhostUserDevice for ConsoleDevice {
 
     fn owned_socket_paths(&self) -> Vec<PathBuf> {
         self.socket.iter().cloned().collect()
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        // The socket's directory (removal on exit) comes from `owned_socket_paths`.
+        DeviceConfinement {
+            paths: self
+                .output
+                .iter()
+                .map(|p| PathRule::new(p, FsAccess::ReadWrite))
+                .collect(),
+            syscalls: &[],
+        }
     }
 
     fn attach_workers(

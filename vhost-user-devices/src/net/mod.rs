@@ -37,7 +37,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use vhost_user_backend::VringEpollHandler;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::Allow;
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 use vu_spec::net::{format_mac, parse_mac};
 
 use backend::{NetBackend, Shared};
@@ -223,6 +224,14 @@ impl VhostUserDevice for NetDevice {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// No path at all (the tap is open); the tap's offloads follow the guest's features.
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: Vec::new(),
+            syscalls: &[Allow::ArgEq("ioctl", 1, libc::TUNSETOFFLOAD as u32)],
+        }
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<NetBackend>> {

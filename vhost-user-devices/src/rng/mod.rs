@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::{FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{Entropy, RngBackend, TIMER_EVENT};
 use limiter::RateLimiter;
@@ -99,6 +100,8 @@ impl TryFrom<&RngArgs> for Config {
 /// frontend does not get a fresh budget).
 pub struct RngDevice {
     entropy: Arc<Entropy>,
+    /// `--source`: the only path readable once confined.
+    source: PathBuf,
 }
 
 impl RngDevice {
@@ -119,6 +122,7 @@ impl RngDevice {
         let limiter = config.rate_limit.map(|(n, p)| RateLimiter::new(n, p));
         Ok(RngDevice {
             entropy: Arc::new(Entropy::new(source, limiter, config.queue_size)),
+            source: config.source.clone(),
         })
     }
 }
@@ -128,6 +132,13 @@ impl VhostUserDevice for RngDevice {
 
     fn name(&self) -> &str {
         CAPABILITIES.program
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: vec![PathRule::new(&self.source, FsAccess::Read)],
+            syscalls: &[],
+        }
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<RngBackend>> {

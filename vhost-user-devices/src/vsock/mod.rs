@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::Allow;
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 
 use backend::{BACKEND_EVENT, VsockBackend};
@@ -152,6 +153,16 @@ impl VhostUserDevice for VsockDevice {
 
     fn owned_socket_paths(&self) -> Vec<PathBuf> {
         vec![self.config.uds_path.clone()]
+    }
+
+    /// Guest → host connections connect to unix sockets `P_X` (socket(AF_UNIX) is in the
+    /// daemon's list; landlock does not govern connecting to a path); `--uds-path`'s directory
+    /// keeps the right to remove entries via `owned_socket_paths`.
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: Vec::new(),
+            syscalls: &[Allow::Any("connect")],
+        }
     }
 
     fn attach_workers(
