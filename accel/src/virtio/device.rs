@@ -465,10 +465,11 @@ impl VirtioPciDevice {
         self.active = false;
         self.common.reset();
         self.isr = 0;
-        for k in &self.kicks {
-            // Drain stale notifications so the next activation starts clean.
-            let _ = k.read();
-        }
+        // The kick fds are not drained here: they are the backend's (its ring thread reads
+        // them), and a read on this side can take a kick the backend's epoll has already
+        // reported, so the backend's read fails with EAGAIN (vhost-user-backend ended the
+        // queue's worker thread on that). A stale kick is harmless: it makes the backend look
+        // at a ring with nothing new on it.
     }
 
     fn write_status(&mut self, value: u8) {
