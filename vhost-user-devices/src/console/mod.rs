@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
-use vu_daemon::sandbox::{FsAccess, PathRule};
+use vu_daemon::sandbox::{Allow, FsAccess, PathRule};
 use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{ConsoleBackend, INPUT_EVENT};
@@ -154,7 +154,9 @@ impl VhostUserDevice for ConsoleDevice {
                 .iter()
                 .map(|p| PathRule::new(p, FsAccess::ReadWrite))
                 .collect(),
-            syscalls: &[],
+            // io.rs bounds how long a stalled socket client can hold the output path
+            // (`set_write_timeout` on each accepted client: SO_SNDTIMEO).
+            syscalls: &[Allow::ArgEq("setsockopt", 2, libc::SO_SNDTIMEO as u32)],
         }
     }
 
