@@ -30,6 +30,10 @@ pub struct VmConfig {
     pub chardevs: Vec<ChardevConfig>,
     /// `-device vhost-user-*-pci` and `-netdev vhost-user` + `-device virtio-net-pci`.
     pub devices: Vec<VhostUserDeviceConfig>,
+    /// Backends accel starts itself for QEMU's built-in spellings (`-drive`, `-blockdev`,
+    /// `-netdev tap`, `virtio-rng-pci`, `vhost-vsock-pci`, `virtconsole`): each serves one
+    /// entry of `devices` through a chardev of `chardevs` whose path accel fills in at start.
+    pub spawned: Vec<SpawnedBackendConfig>,
     /// `--timing` (accel extension): report start → first vCPU entry on stderr.
     pub timing: bool,
     /// `-qmp`, `-mon chardev=ID,mode=control`: QMP monitors accel listens on.
@@ -204,4 +208,62 @@ pub struct VhostUserDeviceConfig {
     pub mac: Option<[u8; 6]>,
     /// `bootindex=`: accepted and ignored (accel boots the kernel directly).
     pub bootindex: Option<u32>,
+}
+
+/// One backend process accel starts (and restarts) for a built-in device spelling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnedBackendConfig {
+    /// What the command line said, for log lines (`-device virtio-blk-pci`, `-drive if=virtio`).
+    pub label: String,
+    /// The id of the chardev accel made for it (in [`VmConfig::chardevs`]; its path is a
+    /// socket accel creates at start).
+    pub chardev: String,
+    pub backend: BuiltinBackend,
+}
+
+/// What a spawned backend serves (its program is the device row's name, e.g. `vhost-user-blk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuiltinBackend {
+    /// `-drive`/`-blockdev` + `virtio-blk-pci`: a raw image.
+    Blk {
+        image: PathBuf,
+        read_only: bool,
+        /// `cache=none|directsync`, `cache.direct=on`: O_DIRECT.
+        direct_io: bool,
+        serial: Option<String>,
+        /// Most queues the backend accepts.
+        num_queues: u16,
+    },
+    /// `-netdev tap` + `virtio-net-pci`.
+    Net { tap: TapSource, queue_pairs: u16 },
+    /// `-object rng-random|rng-builtin` + `virtio-rng-pci`.
+    Rng {
+        source: PathBuf,
+        /// `max-bytes=` per `period=` milliseconds.
+        rate_limit: Option<(u64, u64)>,
+    },
+    /// `vhost-vsock-pci,guest-cid=N`: host side on unix sockets at `uds_path` (hybrid vsock).
+    Vsock { guest_cid: u64, uds_path: PathBuf },
+    /// `virtio-serial-pci` + `virtconsole,chardev=C`.
+    Console(ConsoleEndpoint),
+}
+
+/// Where a spawned net backend's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    /// `ifname=`: the backend opens (or creates) the tap.
+    Name(String),
+    /// `fd=N` / `fds=N:M`: tap queue fds accel inherited (libvirt opened them).
+    Fds(Vec<i32>),
+}
+
+/// The chardev behind a `virtconsole`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleEndpoint {
+    /// `-chardev stdio`.
+    Stdio,
+    /// `-chardev file,path=P`: output only.
+    File(PathBuf),
+    /// `-chardev socket,path=P,server=on,wait=off`: the backend listens on P.
+    Socket(PathBuf),
 }

@@ -3,9 +3,11 @@
 //!
 //! - [`cli`] turns a QEMU-style command line into a [`config::VmConfig`].
 //! - [`vmm`] builds the VM (memfd RAM, KVM irqchip/PIT, vCPUs, direct Linux boot) and runs it.
+//! - [`backends`] starts the vhost-user backends of QEMU's built-in device spellings.
 //! - [`devices`] holds the in-process platform devices (8250, i8042, CMOS) and the I/O bus.
 
 pub mod arch;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod devices;

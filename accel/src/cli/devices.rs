@@ -12,7 +12,7 @@ use crate::config::{ChardevConfig, VhostUserDeviceConfig};
 
 pub(super) const CHARDEV_PROPS: &[&str] = &["backend (socket)", "id", "path", "reconnect"];
 pub(super) const NETDEV_PROPS: &[&str] = &["type (vhost-user)", "id", "chardev", "queues"];
-const COMMON_PROPS: &[&str] = &[
+pub(super) const COMMON_PROPS: &[&str] = &[
     "id",
     "addr",
     "bus (pci.0/pcie.0)",
@@ -30,7 +30,7 @@ pub(super) fn parse_chardev(mut props: Props) -> Result<ChardevConfig, CliError>
         return Err(props.unsupported(
             "backend",
             &backend,
-            "accel's -chardev is only for vhost-user backends: use 'socket,id=ID,path=PATH'",
+            "accel's -chardev kinds: socket (vhost-user backends, -mon), and stdio or file for virtconsole",
         ));
     }
     let id = required_id(&mut props, "id")?;
@@ -107,6 +107,8 @@ pub(super) struct Device {
     /// virtio-net-pci: `netdev=` and `mq=`.
     pub netdev: Option<(String, bool)>,
     pub pci_func: u8,
+    /// A built-in spelling's needs (served by a backend accel starts).
+    pub builtin: Option<super::builtin::Use>,
 }
 
 fn required_id(props: &mut Props, key: &str) -> Result<String, CliError> {
@@ -118,13 +120,18 @@ fn required_id(props: &mut Props, key: &str) -> Result<String, CliError> {
         })
 }
 
-fn u16_in(props: &mut Props, key: &str, min: u64, max: u64) -> Result<Option<u16>, CliError> {
+pub(super) fn u16_in(
+    props: &mut Props,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u16>, CliError> {
     Ok(props
         .take_uint_in(key, min, max)?
         .and_then(|v| u16::try_from(v).ok()))
 }
 
-fn queue_size(props: &mut Props, key: &str) -> Result<Option<u16>, CliError> {
+pub(super) fn queue_size(props: &mut Props, key: &str) -> Result<Option<u16>, CliError> {
     let Some(raw) = props.take(key) else {
         return Ok(None);
     };
@@ -233,12 +240,13 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         config,
         netdev: v.netdev.map(|n| (n, v.mq)),
         pci_func: pci.map_or(0, |(_, f)| f),
+        builtin: None,
     })
 }
 
 /// The properties every `-device` takes: `addr=` (slot, function), `bus=`, and the
 /// transport switches accel only accepts at their modern-only values.
-fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, CliError> {
+pub(super) fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, CliError> {
     let pci = props.take_with("addr", values::parse_pci_addr)?;
     if let Some((0, _)) = pci {
         return Err(props.unsupported(

@@ -11,6 +11,8 @@
 //! Nothing here opens files or sockets: the VMM does, and names the file on failure.
 
 mod args;
+mod block;
+mod builtin;
 mod devices;
 mod help;
 mod json;
@@ -28,7 +30,8 @@ mod tests;
 use std::path::PathBuf;
 
 use crate::config::{
-    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, SerialConfig, VmConfig,
+    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, RamSource, SerialConfig,
+    VmConfig,
 };
 use args::Opt;
 use props::{Flags, Props};
@@ -127,6 +130,7 @@ struct State {
     chardevs: Vec<ChardevConfig>,
     netdevs: Vec<devices::Netdev>,
     devices: Vec<devices::Device>,
+    builtin: builtin::Builtins,
 }
 
 /// Merges a later occurrence into the props collected so far (QEMU merges -machine, -m and
@@ -184,7 +188,11 @@ impl State {
             }
             Opt::Chardev => {
                 let props = kv(Some("backend"), Flags::Allowed)?;
-                if monitor::is_server(&props)? {
+                if matches!(props.peek("backend"), Some("stdio" | "file")) {
+                    self.builtin
+                        .chardevs
+                        .push(builtin::parse_plain_chardev(props)?);
+                } else if monitor::is_server(&props)? {
                     self.server_chardevs
                         .push(monitor::parse_server_chardev(props)?);
                 } else {
@@ -206,12 +214,35 @@ impl State {
             Opt::Mon => self
                 .mons
                 .push(monitor::parse_mon(kv(Some("chardev"), Flags::Allowed)?)?),
-            Opt::Netdev => self
-                .netdevs
-                .push(devices::parse_netdev(kv_or_json(Some("type"))?)?),
-            Opt::Device => self
-                .devices
-                .push(devices::parse_device(kv_or_json(Some("driver"))?)?),
+            Opt::Netdev => {
+                let props = kv_or_json(Some("type"))?;
+                if props.peek("type") == Some("tap") {
+                    self.builtin.taps.push(builtin::parse_tap(props)?);
+                } else {
+                    self.netdevs.push(devices::parse_netdev(props)?);
+                }
+            }
+            Opt::Device => {
+                let props = kv_or_json(Some("driver"))?;
+                let driver = props.peek("driver").unwrap_or_default().to_string();
+                if builtin::is_serial_bus(&driver) {
+                    self.builtin
+                        .serial_buses
+                        .push(builtin::parse_serial_bus(props)?);
+                } else if let Some(row) = crate::backends::builtin_row(&driver) {
+                    self.devices.push(builtin::parse_device(props, row)?);
+                } else {
+                    self.devices.push(devices::parse_device(props)?);
+                }
+            }
+            Opt::Drive => self
+                .builtin
+                .drives
+                .push(block::parse_drive(kv(Some("file"), Flags::Allowed)?)?),
+            Opt::Blockdev => self
+                .builtin
+                .nodes
+                .push(block::parse_blockdev(kv_or_json(None)?)?),
             // Handled by `parse` before reaching here.
             Opt::Help | Opt::Version => {}
         }
@@ -241,6 +272,9 @@ impl State {
                     "-object secret,id={}: accepted, unused (no accel device takes a secret)",
                     id.unwrap_or_default()
                 );
+            }
+            Some(t) if builtin::is_rng_object(t) => {
+                self.builtin.rngs.push(builtin::parse_rng_object(props)?);
             }
             Some(t) if !memory::is_memory_backend(t) && t != "secret" => {
                 let t = t.to_string();
@@ -276,14 +310,38 @@ impl State {
             machine.memory_backend,
             &self.legacy_mem,
         )?;
-        let devices = devices::resolve(&self.chardevs, self.netdevs, self.devices)?;
+        let mut memory = memory;
+        let mut user_devices = self.devices;
+        for d in self.builtin.drives.iter().filter(|d| d.virtio) {
+            user_devices.push(builtin::drive_device(d));
+        }
+        let mut server_chardevs = self.server_chardevs;
+        let builtins = builtin::resolve(
+            self.builtin,
+            &mut user_devices,
+            &mut server_chardevs,
+            &self.chardevs,
+            smp.cpus,
+            (self.serials.is_empty() && !self.nodefaults)
+                || self.serials.contains(&SerialConfig::Stdio),
+        )?;
         let client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        let mut chardevs = self.chardevs;
+        chardevs.extend(builtins.chardevs);
+        let mut netdevs = self.netdevs;
+        netdevs.extend(builtins.netdevs);
+        let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
         let mut monitors = self.qmps;
-        monitors.extend(monitor::resolve(
-            self.server_chardevs,
-            self.mons,
-            &client_ids,
-        )?);
+        monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);
+        if !builtins.spawned.is_empty() {
+            // Plain -m RAM is a memfd accel maps shared anyway: the backends accel starts for
+            // built-in devices may map it (a QEMU line with built-in devices needs no share=on).
+            for b in &mut memory.backends {
+                if b.id.is_none() && matches!(b.source, RamSource::Memfd { .. }) {
+                    b.share = true;
+                }
+            }
+        }
         if !devices.is_empty() {
             memory::check_shared(&memory)?;
         }
@@ -321,8 +379,9 @@ impl State {
             },
             serial,
             no_reboot: self.no_reboot,
-            chardevs: self.chardevs,
+            chardevs,
             devices,
+            spawned: builtins.spawned,
             timing: self.timing,
             monitors,
             lifecycle: self.lifecycle,

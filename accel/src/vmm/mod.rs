@@ -95,6 +95,8 @@ pub enum VmmError {
     GuestFault(String),
     #[error("QMP monitor: {0}")]
     Qmp(#[from] QmpStartError),
+    #[error(transparent)]
+    Backends(#[from] crate::backends::BackendsError),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -108,7 +110,7 @@ pub fn mark_process_start() {
 ///
 /// With `ready` (`-daemonize`), the parent process is released once the VM is built and its
 /// monitors listen.
-pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitReason, VmmError> {
+pub fn run(mut config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitReason, VmmError> {
     let start = *PROCESS_START.get_or_init(Instant::now);
     host::notice();
 
@@ -136,6 +138,8 @@ pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitRea
         None => None,
     };
     let timing = config.timing;
+    // Before the devices connect; dropped (backends stopped) after the VM.
+    let _backends = crate::backends::Backends::start(&mut config)?;
     let vm = Vm::new(config)?;
     let initial = if vm.config.lifecycle.start_paused {
         RunState::Prelaunch

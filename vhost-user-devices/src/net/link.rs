@@ -41,6 +41,14 @@ impl Link {
         })
     }
 
+    /// Tap queue fds inherited from the parent (see [`tap::adopt_tap_fds`]).
+    pub fn tap_fds(fds: &[std::os::fd::RawFd]) -> Result<Self, tap::TapError> {
+        Ok(Link {
+            kind: LinkKind::Tap,
+            fds: tap::adopt_tap_fds(fds)?,
+        })
+    }
+
     /// Two links wired back to back: what one transmits on queue pair `i`, the other receives
     /// on queue pair `i`.
     pub fn peer_pair(queue_pairs: u16) -> io::Result<(Self, Self)> {

@@ -68,6 +68,10 @@ pub struct NetArgs {
     /// Tap interface to use (created if missing and permitted; IFF_MULTI_QUEUE with --queues > 1).
     #[arg(long, value_name = "IFNAME", conflicts_with = "peer")]
     pub tap: Option<String>,
+    /// An already open tap queue fd inherited from the parent (libvirt's `-netdev tap,fd=`);
+    /// once per queue pair (their number must equal --queues).
+    #[arg(long = "tap-fd", value_name = "N", conflicts_with_all = ["tap", "peer"])]
+    pub tap_fd: Vec<std::os::fd::RawFd>,
     /// Peer mode: also listen on this socket; frames sent by the VM on one socket are received
     /// by the VM on the other (the first socket may be --socket-path or --fd).
     #[arg(long, value_name = "PATH")]
@@ -84,8 +88,10 @@ pub struct NetArgs {
 /// Bad command-line values or an unusable link.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("give exactly one of --tap IFNAME and --peer PATH")]
+    #[error("give exactly one of --tap IFNAME, --tap-fd N and --peer PATH")]
     NoLink,
+    #[error("--tap-fd given {fds} time(s) but --queues is {queues}: one fd per queue pair")]
+    TapFds { fds: usize, queues: u16 },
     #[error("--peer must differ from --socket-path")]
     PeerSamePath,
     #[error("--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {0}")]
@@ -102,6 +108,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkConfig {
     Tap(String),
+    /// Inherited tap fds, one per queue pair.
+    TapFds(Vec<std::os::fd::RawFd>),
     /// The second socket of peer mode.
     Peer(PathBuf),
 }
@@ -120,6 +128,15 @@ impl TryFrom<&NetArgs> for Config {
 
     fn try_from(a: &NetArgs) -> Result<Self, ConfigError> {
         let link = match (&a.tap, &a.peer) {
+            (None, None) if !a.tap_fd.is_empty() => {
+                if a.tap_fd.len() != usize::from(a.queues) {
+                    return Err(ConfigError::TapFds {
+                        fds: a.tap_fd.len(),
+                        queues: a.queues,
+                    });
+                }
+                LinkConfig::TapFds(a.tap_fd.clone())
+            }
             (Some(t), None) => LinkConfig::Tap(t.clone()),
             (None, Some(p)) => {
                 if a.common.socket_path.as_ref() == Some(p) {
@@ -165,9 +182,12 @@ impl NetDevice {
         }
     }
 
-    /// A device on tap `name`.
+    /// A device on tap `name`, or on the inherited tap fds.
     pub fn tap(config: &Config, name: &str) -> Result<Self, ConfigError> {
-        let link = Link::tap(name, config.queue_pairs)?;
+        let link = match &config.link {
+            LinkConfig::TapFds(fds) => Link::tap_fds(fds)?,
+            _ => Link::tap(name, config.queue_pairs)?,
+        };
         log::info!(
             "tap {name}: {} queue pair(s){}",
             config.queue_pairs,
@@ -285,6 +305,10 @@ fn open(args: &NetArgs) -> Result<(NetDevice, Vec<(NetDevice, PathBuf)>), Config
     let config = Config::try_from(args)?;
     match &config.link {
         LinkConfig::Tap(name) => Ok((NetDevice::tap(&config, name)?, Vec::new())),
+        LinkConfig::TapFds(fds) => {
+            let name = format!("fd {fds:?}");
+            Ok((NetDevice::tap(&config, &name)?, Vec::new()))
+        }
         LinkConfig::Peer(peer) => {
             let (a, b) = NetDevice::peer_pair(&config)?;
             Ok((a, vec![(b, peer.clone())]))
@@ -327,6 +351,15 @@ mod tests {
         let c = parse(&["-s", "/a", "--peer", "/b"]).unwrap();
         assert_eq!(c.link, LinkConfig::Peer("/b".into()));
         assert!(matches!(parse(&["-s", "/a"]), Err(ConfigError::NoLink)));
+        let c = parse(&[
+            "-s", "/a", "--tap-fd", "5", "--tap-fd", "6", "--queues", "2",
+        ])
+        .unwrap();
+        assert_eq!(c.link, LinkConfig::TapFds(vec![5, 6]));
+        assert!(matches!(
+            parse(&["-s", "/a", "--tap-fd", "5", "--tap-fd", "6"]),
+            Err(ConfigError::TapFds { fds: 2, queues: 1 })
+        ));
         assert!(matches!(
             parse(&["-s", "/a", "--peer", "/a"]),
             Err(ConfigError::PeerSamePath)

@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vu_spec::net::{
@@ -36,6 +36,8 @@ pub enum TapError {
         mq: &'static str,
         source: io::Error,
     },
+    #[error("--tap-fd {fd}: {reason}")]
+    Fd { fd: RawFd, reason: String },
     #[error("tap '{name}': {what}: {source}")]
     Ioctl {
         name: String,
@@ -67,6 +69,61 @@ pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, TapError> {
     Ok(fds)
 }
 
+/// Takes over tap queue fds inherited from the parent (`--tap-fd`, as libvirt passes them to
+/// QEMU's `-netdev tap,fd=`): each must be an open tap with IFF_VNET_HDR; it is made
+/// non-blocking and close-on-exec, with 12-byte headers and no offloads yet.
+pub fn adopt_tap_fds(fds: &[RawFd]) -> Result<Vec<OwnedFd>, TapError> {
+    let mut out = Vec::new();
+    for (i, &fd) in fds.iter().enumerate() {
+        let bad = |reason: String| TapError::Fd { fd, reason };
+        if fd < 0 || fds[..i].contains(&fd) {
+            return Err(bad("not a distinct file descriptor".into()));
+        }
+        // SAFETY: F_GETFD reads the flags of an fd number, open or not.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(bad(format!("{}", io::Error::last_os_error())));
+        }
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a struct ifreq into `req`, which has its layout and lives
+        // across the call.
+        let rc = unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req as *mut IfReq) };
+        if rc < 0 {
+            return Err(bad(format!(
+                "not an attached tap (TUNGETIFF: {})",
+                io::Error::last_os_error()
+            )));
+        }
+        let flags = i32::from(req.flags);
+        if flags & libc::IFF_TAP == 0 || flags & libc::IFF_VNET_HDR == 0 {
+            return Err(bad(
+                "not a tap opened with IFF_TAP|IFF_VNET_HDR (vnet_hdr)".into()
+            ));
+        }
+        let name_len = req
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(req.name.len());
+        let name = String::from_utf8_lossy(&req.name[..name_len]).into_owned();
+        // SAFETY: the fd was inherited for this device and nothing else in this process owns
+        // it (checked distinct above); the OwnedFd closes it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fcntl flag updates on the fd just taken over.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        configure(&owned, &name)?;
+        out.push(owned);
+    }
+    Ok(out)
+}
+
 fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, TapError> {
     let file = OpenOptions::new()
         .read(true)
@@ -96,6 +153,12 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, TapError> {
             source: io::Error::last_os_error(),
         });
     }
+    configure(&fd, name)?;
+    Ok(fd)
+}
+
+/// 12-byte virtio-net headers, no offloads until the guest acks some.
+fn configure(fd: &OwnedFd, name: &str) -> Result<(), TapError> {
     let hdr = NET_HDR_SIZE as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which outlives the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr as *const _) };
@@ -106,12 +169,11 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, TapError> {
             source: io::Error::last_os_error(),
         });
     }
-    set_offload(&fd, 0).map_err(|source| TapError::Ioctl {
+    set_offload(fd, 0).map_err(|source| TapError::Ioctl {
         name: name.into(),
         what: "TUNSETOFFLOAD",
         source,
-    })?;
-    Ok(fd)
+    })
 }
 
 /// TUN_F_* flags for what the guest accepted to receive (its GUEST_* features).

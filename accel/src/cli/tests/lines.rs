@@ -52,6 +52,7 @@ fn readme_microvm_line() {
         no_reboot: true,
         chardevs: vec![],
         devices: vec![],
+        spawned: vec![],
         timing: false,
         monitors: vec![],
         lifecycle: Default::default(),

@@ -1,5 +1,6 @@
 //! Unit tests for the command-line parser.
 
+mod builtin;
 mod devices;
 mod errors;
 mod lines;

@@ -1,0 +1,360 @@
+//! The backends accel runs: their listening sockets, the supervisor thread that restarts one
+//! that dies, and their end when accel ends.
+//!
+//! Restarting needs fork/exec, so it happens on one dedicated thread (`accel-backends`),
+//! started at setup: a sandbox for the rest of accel must leave that thread (and the
+//! children it starts, which inherit its filter) unconfined. Its syscalls: poll/ppoll,
+//! waitid/wait4, kill, pidfd_open, clone/clone3 (fork), pipe2/read/close (std's exec-error
+//! pipe), openat(/dev/null), and in the child before exec prctl, getppid, rt_sigprocmask,
+//! close_range, fcntl, setpgid, dup2 and execve.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::argv;
+use super::spawn::{self, Ended, Program};
+use crate::config::VmConfig;
+
+/// A backend that lived at least this long before dying is restarted at once.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// First delay before restarting a backend that keeps dying soon after starting; doubled
+/// each time up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(50);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How long backends get to exit after SIGTERM when accel ends, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendsError {
+    #[error("creating the backends' socket directory {path}: {source}")]
+    RuntimeDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{label}: creating the backend socket {path}: {source}")]
+    Listen {
+        label: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{label}: backend program '{program}' not found next to accel or on PATH (looked at {tried})"
+    )]
+    NotFound {
+        label: String,
+        program: String,
+        tried: String,
+    },
+    #[error("{label}: fd {fd} is not open (passed with fd=/fds=)")]
+    BadFd { label: String, fd: RawFd },
+    #[error("{label}: starting {program}: {source}")]
+    Start {
+        label: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("starting the backend supervisor thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One backend.
+struct Managed {
+    label: String,
+    name: &'static str,
+    program: Program,
+    /// Kept open for restarts: connects made while the backend is down wait in its backlog.
+    _listener: UnixListener,
+    /// The running process, if any.
+    running: Option<spawn::Started>,
+    started: Instant,
+    quick_deaths: u32,
+    restart_at: Option<Instant>,
+}
+
+impl Managed {
+    fn start(&mut self) -> std::io::Result<()> {
+        let s = spawn::start(&self.program)?;
+        log::info!("{}: served by {} (pid {})", self.label, self.name, s.pid);
+        self.running = Some(s);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    /// Reaps the process if it ended, and schedules its restart.
+    fn check(&mut self) {
+        let Some(pid) = self.running.as_ref().map(|s| s.pid) else {
+            return;
+        };
+        let Some(ended) = spawn::reap(pid, false) else {
+            return;
+        };
+        self.running = None;
+        if self.started.elapsed() >= HEALTHY_RUN {
+            self.quick_deaths = 0;
+        } else {
+            self.quick_deaths = self.quick_deaths.saturating_add(1);
+        }
+        let delay = if self.quick_deaths == 0 {
+            Duration::ZERO
+        } else {
+            FIRST_RESTART_DELAY
+                .saturating_mul(1 << (self.quick_deaths - 1).min(10))
+                .min(MAX_RESTART_DELAY)
+        };
+        // A backend dying in a loop logs at most one line per 10 deaths (>= 5 s apart).
+        if self.quick_deaths < 5 || self.quick_deaths.is_multiple_of(10) {
+            log::warn!(
+                "{}: {} (pid {pid}) {ended}; restarting it in {delay:?}",
+                self.label,
+                self.name
+            );
+        }
+        self.restart_at = Some(Instant::now() + delay);
+    }
+
+    fn restart_if_due(&mut self, now: Instant) {
+        if self.restart_at.is_some_and(|t| t <= now)
+            && let Err(e) = self.start()
+        {
+            log::warn!("{}: restarting {}: {e}", self.label, self.name);
+            self.restart_at = Some(now + MAX_RESTART_DELAY);
+        }
+    }
+}
+
+/// The backends of one VM. Dropping it stops them (SIGTERM, then SIGKILL) and removes their
+/// sockets.
+pub struct Backends {
+    dir: Option<PathBuf>,
+    stop: Option<Arc<EventFd>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A directory only accel's user can enter, for the backends' sockets.
+fn runtime_dir() -> Result<PathBuf, BackendsError> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let pid = std::process::id();
+    let mut last = None;
+    for n in 0..100 {
+        let path = base.join(format!("accel-{pid}-{n}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(source) => return Err(BackendsError::RuntimeDir { path, source }),
+        }
+    }
+    Err(BackendsError::RuntimeDir {
+        path: base,
+        source: last.unwrap_or_else(|| std::io::Error::other("no free name")),
+    })
+}
+
+impl Backends {
+    /// Starts a backend for each of `config.spawned` and points its chardev at the backend's
+    /// socket. Call before the devices connect.
+    pub fn start(config: &mut VmConfig) -> Result<Backends, BackendsError> {
+        let mut backends = Backends {
+            dir: None,
+            stop: None,
+            thread: None,
+        };
+        if config.spawned.is_empty() {
+            return Ok(backends);
+        }
+        let dir = runtime_dir()?;
+        backends.dir = Some(dir.clone());
+        let mut managed = Vec::new();
+        if let Err(e) = start_all(config, &dir, &mut managed) {
+            stop_all(&mut managed);
+            return Err(e);
+        }
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(BackendsError::Thread)?);
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("accel-backends".into())
+            .spawn(move || supervise(managed, &stop2))
+            // The closure (and the processes' records) is gone: they end with accel
+            // (PR_SET_PDEATHSIG of the main thread that started them).
+            .map_err(BackendsError::Thread)?;
+        backends.stop = Some(stop);
+        backends.thread = Some(thread);
+        Ok(backends)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.write(1);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Starts every backend of `config.spawned` into `managed`.
+fn start_all(
+    config: &mut VmConfig,
+    dir: &std::path::Path,
+    managed: &mut Vec<Managed>,
+) -> Result<(), BackendsError> {
+    for (n, s) in config.spawned.iter().enumerate() {
+        let row = argv::row_for(&s.backend);
+        let path = spawn::find_program(row.name).map_err(|tried| BackendsError::NotFound {
+            label: s.label.clone(),
+            program: row.name.into(),
+            tried: tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let sock = dir.join(format!("{n}-{}.sock", row.name));
+        let listener = UnixListener::bind(&sock).map_err(|source| BackendsError::Listen {
+            label: s.label.clone(),
+            path: sock.clone(),
+            source,
+        })?;
+        let mut keep = vec![listener.as_raw_fd()];
+        for fd in argv::passed_fds(&s.backend) {
+            // SAFETY: F_GETFD only reads the fd's flags.
+            if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(BackendsError::BadFd {
+                    label: s.label.clone(),
+                    fd,
+                });
+            }
+            keep.push(fd);
+        }
+        if let Some(c) = config.chardevs.iter_mut().find(|c| c.id == s.chardev) {
+            c.path = sock.clone();
+        }
+        let mut m = Managed {
+            label: s.label.clone(),
+            name: row.name,
+            program: Program {
+                path,
+                args: argv::args(&s.backend, listener.as_raw_fd()),
+                keep_fds: keep,
+                stdin: argv::uses_stdin(&s.backend),
+            },
+            _listener: listener,
+            running: None,
+            started: Instant::now(),
+            quick_deaths: 0,
+            restart_at: None,
+        };
+        m.start().map_err(|source| BackendsError::Start {
+            label: s.label.clone(),
+            program: m.program.path.display().to_string(),
+            source,
+        })?;
+        managed.push(m);
+    }
+    Ok(())
+}
+
+/// The supervisor thread: restarts backends that die, until `stop`; then stops them all.
+fn supervise(mut managed: Vec<Managed>, stop: &EventFd) {
+    loop {
+        let now = Instant::now();
+        for m in managed.iter_mut() {
+            m.restart_if_due(now);
+        }
+        let next = managed.iter().filter_map(|m| m.restart_at).min();
+        let timeout = next.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::try_from(t.saturating_duration_since(now) + Duration::from_millis(1))
+                .unwrap_or(PollTimeout::MAX)
+        });
+        // SAFETY: `stop` outlives this borrow (it is borrowed by this function).
+        let stop_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+        let mut fds = vec![PollFd::new(stop_fd, PollFlags::POLLIN)];
+        fds.extend(
+            managed
+                .iter()
+                .filter_map(|m| m.running.as_ref())
+                .map(|s| PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                log::error!("backend supervisor: poll: {e}; no more restarts");
+                break;
+            }
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        drop(fds);
+        for m in managed.iter_mut() {
+            m.check();
+        }
+    }
+    stop_all(&mut managed);
+}
+
+/// SIGTERM to every backend, SIGKILL to those still there after [`STOP_GRACE`]; all reaped.
+fn stop_all(managed: &mut [Managed]) {
+    let signal = |m: &Managed, sig| {
+        if let Some(s) = &m.running {
+            // SAFETY: kill(2) of our own, not yet reaped child.
+            unsafe { libc::kill(s.pid, sig) };
+        }
+    };
+    for m in managed.iter() {
+        signal(m, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    loop {
+        for m in managed.iter_mut() {
+            if let Some(s) = &m.running
+                && spawn::reap(s.pid, false).is_some()
+            {
+                m.running = None;
+            }
+        }
+        let left: Vec<PollFd> = managed
+            .iter()
+            .filter_map(|m| m.running.as_ref())
+            .map(|s| PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        let mut left = left;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let _ = poll(
+            &mut left,
+            PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+        );
+    }
+    for m in managed.iter_mut() {
+        if let Some(s) = m.running.take() {
+            log::warn!(
+                "{}: {} (pid {}) ignored SIGTERM; killing it",
+                m.label,
+                m.name,
+                s.pid
+            );
+            // SAFETY: kill(2) of our own, not yet reaped child.
+            unsafe { libc::kill(s.pid, libc::SIGKILL) };
+            let _: Option<Ended> = spawn::reap(s.pid, true);
+        }
+    }
+}
