@@ -358,3 +358,77 @@ fn stop_all(managed: &mut [Managed]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pids(file: &std::path::Path) -> Vec<i32> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn gone(pid: i32) -> bool {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// A process that dies is restarted on the same listening socket, and stopping the
+    /// supervisor ends (and reaps) the current one.
+    #[test]
+    fn restarts_a_killed_backend_and_stops_it_at_the_end() {
+        let dir = runtime_dir().unwrap();
+        let file = dir.join("pids");
+        let listener = UnixListener::bind(dir.join("s")).unwrap();
+        let fd = listener.as_raw_fd();
+        let script = format!(
+            "[ -e /proc/self/fd/{fd} ] || exit 9; echo $$ >> {}; exec sleep 100",
+            file.display()
+        );
+        let mut m = Managed {
+            label: "-device test".into(),
+            name: "sh",
+            program: Program {
+                path: spawn::find_program("sh").unwrap(),
+                args: vec!["-c".into(), script.into()],
+                keep_fds: vec![fd],
+                stdin: false,
+            },
+            _listener: listener,
+            running: None,
+            started: Instant::now(),
+            quick_deaths: 0,
+            restart_at: None,
+        };
+        m.start().unwrap();
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let stop2 = stop.clone();
+        let t = std::thread::spawn(move || supervise(vec![m], &stop2));
+        assert!(wait_for(|| pids(&file).len() == 1));
+        let first = pids(&file)[0];
+        // SAFETY: kill(2) of the child started above.
+        unsafe { libc::kill(first, libc::SIGKILL) };
+        assert!(wait_for(|| pids(&file).len() == 2), "not restarted");
+        let second = pids(&file)[1];
+        assert_ne!(first, second);
+        assert!(wait_for(|| gone(first)), "the killed one was not reaped");
+        stop.write(1).unwrap();
+        t.join().unwrap();
+        assert!(gone(second), "still running after the supervisor stopped");
+        assert_eq!(pids(&file).len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -126,23 +126,29 @@ const SPECS: &[Spec] = &[
 /// QEMU options accel deliberately does not implement, with the reason given to the user.
 const UNSUPPORTED: &[(&str, &str)] = &[
     (
-        "drive",
-        "accel has no built-in block devices: serve the image with a vhost-user-blk backend \
-         (e.g. qemu-storage-daemon) and use -chardev socket + -device vhost-user-blk-pci",
+        "hda",
+        "use -drive file=IMG,if=virtio,format=raw (or -device vhost-user-blk-pci)",
     ),
-    ("blockdev", "see -drive: use -device vhost-user-blk-pci"),
-    ("hda", "see -drive: use -device vhost-user-blk-pci"),
-    ("hdb", "see -drive: use -device vhost-user-blk-pci"),
-    ("cdrom", "see -drive: use -device vhost-user-blk-pci"),
+    (
+        "hdb",
+        "use -drive file=IMG,if=virtio,format=raw (or -device vhost-user-blk-pci)",
+    ),
+    (
+        "cdrom",
+        "use -drive file=IMG,if=virtio,format=raw (or -device vhost-user-blk-pci)",
+    ),
     (
         "snapshot",
         "disk images are handled by the vhost-user-blk backend",
     ),
     (
         "nic",
-        "accel networking is vhost-user only: use -netdev vhost-user + -device virtio-net-pci",
+        "use -netdev tap|vhost-user,id=ID,... + -device virtio-net-pci,netdev=ID",
     ),
-    ("net", "use -netdev vhost-user + -device virtio-net-pci"),
+    (
+        "net",
+        "use -netdev tap|vhost-user,id=ID,... + -device virtio-net-pci,netdev=ID",
+    ),
     (
         "bios",
         "accel has no firmware; it boots Linux directly from -kernel",

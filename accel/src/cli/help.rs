@@ -119,8 +119,36 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    share=on with -numa node,memdev= or -machine
                                    memory-backend=
 
-Not supported (an error says so): -drive/-blockdev/-hda (use vhost-user-blk),
--nic/-net (use -netdev vhost-user), -bios, -s/-gdb, -monitor other than none (HMP),
+QEMU's built-in devices (accel starts one of its own backends per device, found next to the
+accel executable or on PATH, passes it a socket and restarts it if it dies; each is logged
+as '-device X: served by PROGRAM (pid N)' at RUST_LOG=info):
+  -drive file=IMG,if=virtio|none[,format=raw][,readonly=on][,cache=none|writeback|..][,id=ID]
+  -blockdev driver=file|host_device,filename=IMG,node-name=N[,read-only=on][,cache.direct=on]
+  -blockdev driver=raw,node-name=N,file=NODE | file.driver=file,file.filename=IMG
+  -device virtio-blk-pci,drive=ID[,num-queues=N][,queue-size=N][,serial=S]
+                                   vhost-user-blk; raw images only (format=qcow2 and other
+                                   formats are refused); cache=none|directsync is O_DIRECT
+  -netdev tap,id=ID,ifname=NAME|fd=N|fds=N:M[,queues=N][,script=no,downscript=no][,vhost=..]
+  -device virtio-net-pci,netdev=ID[,mac=..][,mq=on]
+                                   vhost-user-net on the tap (fd=/fds=: tap fds accel
+                                   inherited, as libvirt passes them); no ifup scripts run
+  -object rng-random,id=ID[,filename=PATH] | rng-builtin,id=ID
+  -device virtio-rng-pci[,rng=ID][,max-bytes=N,period=MS]
+                                   vhost-user-rng reading PATH (default /dev/urandom)
+  -device vhost-vsock-pci,guest-cid=N[,uds-path=PATH]
+                                   vhost-user-vsock; the host side is unix sockets (hybrid
+                                   vsock, as Firecracker): PATH (default
+                                   $TMPDIR/accel-vsock-N.sock) takes 'CONNECT <port>' and
+                                   guest connections to host port P go to PATH_P.
+                                   uds-path= is an accel extension
+  -device virtio-serial-pci[,id=ID] + -device virtconsole,chardev=ID[,bus=ID.0]
+  -chardev stdio|file,id=ID[,path=PATH] (or socket,path=P,server=on,wait=off)
+                                   vhost-user-console (the guest's hvc0): one virtconsole per
+                                   virtio-serial-pci; stdio only when -serial is not stdio
+                                   Plain -m RAM is shared with these backends automatically.
+
+Not supported (an error says so): -hda, non-raw image formats,
+-nic/-net (use -netdev vhost-user or tap), -bios, -s/-gdb, -monitor other than none (HMP),
 migration and snapshots, display options, USB, and any other QEMU option.
 
 Example (the test guest):

@@ -57,8 +57,8 @@ pub enum CliError {
     #[error("option '{option}' requires an argument")]
     MissingArgument { option: String },
     #[error(
-        "unexpected argument '{arg}': accel takes no disk image argument (serve disks with a \
-         vhost-user-blk backend and use -chardev socket + -device vhost-user-blk-pci)"
+        "unexpected argument '{arg}': accel takes no disk image argument: use -drive \
+         file=IMG,if=virtio,format=raw (or -chardev socket + -device vhost-user-blk-pci)"
     )]
     StrayArgument { arg: String },
     #[error("{option}: unknown property '{property}'; supported: {supported}")]

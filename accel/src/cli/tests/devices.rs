@@ -195,7 +195,7 @@ fn unknown_drivers_are_one_line_errors_listing_the_table() {
                 vhost-user-console-pci, vhost-user-device-pci, virtio-net-pci";
     for (driver, hint) in [
         ("vhost-user-gpu-pci", "accel emulates no other devices"),
-        ("virtio-blk-pci", "vhost-user backends in other processes"),
+        ("virtio-gpu-pci", "vhost-user backends in other processes"),
         ("vhost-user-console", "accel emulates no other devices"),
         ("help", "accel's -device drivers"),
     ] {

@@ -14,8 +14,8 @@ fn option_level_errors() {
     assert!(msg.contains("-machine") && msg.contains("-device"), "{msg}");
     fail_with("-daemonize", &["-daemonize", "stdio"]);
     fail_with("--daemonize -serial stdio", &["-daemonize", "stdio"]);
-    fail_with("-drive file=x.img", &["-drive", "vhost-user-blk-pci"]);
-    fail_with("-hda x.img", &["-hda", "vhost-user-blk-pci"]);
+    fail_with("-drive file=x.img", &["-drive", "if=virtio"]);
+    fail_with("-hda x.img", &["-hda", "-drive file=IMG,if=virtio"]);
     fail_with("-nic user", &["-nic", "vhost-user"]);
     fail_with("-bios x.bin", &["-bios", "firmware"]);
     fail_with("-s", &["-s", "not supported"]);
@@ -234,8 +234,8 @@ fn serial_and_display_errors() {
 fn device_option_errors() {
     let shared = "-object memory-backend-memfd,id=mem,size=128M -numa node,memdev=mem";
     fail_with(
-        "-chardev stdio,id=c0",
-        &["-chardev", "backend=stdio", "socket"],
+        "-chardev pty,id=c0",
+        &["-chardev", "backend=pty", "socket", "stdio or file"],
     );
     fail_with("-chardev socket,path=/s", &["-chardev", "'id'"]);
     fail_with("-chardev socket,id=c0", &["-chardev", "'path'"]);
@@ -282,8 +282,8 @@ fn device_option_errors() {
         &[
             "-device",
             "virtio-blk-pci",
-            "vhost-user",
-            "vhost-user-blk-pci",
+            "drive 'd0' not found",
+            "-blockdev",
         ],
     );
     fail_with(
