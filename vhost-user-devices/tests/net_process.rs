@@ -35,7 +35,18 @@ fn prints_capabilities() {
 #[test]
 fn bad_command_lines_fail_with_one_clear_line() {
     for (args, needle) in [
-        (&["-s", "/tmp/x.sock"][..], "--tap IFNAME and --peer PATH"),
+        (
+            &["-s", "/tmp/x.sock"][..],
+            "--tap IFNAME, --tap-fd N and --peer PATH",
+        ),
+        (
+            &["-s", "/tmp/x.sock", "--tap-fd", "0"][..],
+            "--tap-fd 0: not an attached tap",
+        ),
+        (
+            &["-s", "/tmp/x.sock", "--tap-fd", "5", "--queues", "2"][..],
+            "--tap-fd given 1 time(s) but --queues is 2",
+        ),
         (
             &["-s", "/tmp/x.sock", "--tap", "a-name-far-too-long"][..],
             "longer than 15",
