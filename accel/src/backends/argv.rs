@@ -62,6 +62,38 @@ pub fn uses_stdin(backend: &BuiltinBackend) -> bool {
     matches!(backend, BuiltinBackend::Console(ConsoleEndpoint::Stdio))
 }
 
+/// What accel checks itself before starting the backend, so that a file the backend cannot
+/// use is an error naming the option rather than a backend that dies at start: the image opens
+/// (read-write unless read-only) and is not a qcow2 image (QEMU would probe the format), the
+/// entropy source opens.
+pub fn precheck(backend: &BuiltinBackend) -> Result<(), String> {
+    use std::io::Read;
+    match backend {
+        BuiltinBackend::Blk {
+            image, read_only, ..
+        } => {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!read_only)
+                .open(image)
+                .map_err(|e| format!("cannot open {}: {e}", image.display()))?;
+            let mut magic = [0u8; 4];
+            if f.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb" {
+                return Err(format!(
+                    "{} is a qcow2 image: accel serves raw images only (convert it with \
+                     'qemu-img convert -O raw')",
+                    image.display()
+                ));
+            }
+            Ok(())
+        }
+        BuiltinBackend::Rng { source, .. } => std::fs::File::open(source)
+            .map(drop)
+            .map_err(|e| format!("cannot open {}: {e}", source.display())),
+        _ => Ok(()),
+    }
+}
+
 /// The program's arguments when it serves the listening socket `listen_fd`.
 pub fn args(backend: &BuiltinBackend, listen_fd: RawFd) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec!["--fd".into(), listen_fd.to_string().into()];
@@ -185,6 +217,34 @@ mod tests {
             uds_path: "/tmp/v".into(),
         };
         assert_eq!(s(args(&vsock, 3)), "--fd 3 --guest-cid 5 --uds-path /tmp/v");
+        let missing = BuiltinBackend::Blk {
+            image: "/nonexistent/x.img".into(),
+            read_only: true,
+            direct_io: false,
+            serial: None,
+            num_queues: 1,
+        };
+        assert!(
+            precheck(&missing)
+                .unwrap_err()
+                .contains("/nonexistent/x.img")
+        );
+        let dir = std::env::temp_dir().join(format!("accel-argv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let q = dir.join("q.img");
+        std::fs::write(&q, b"QFI\xfb\0\0\0\x03").unwrap();
+        let qcow = BuiltinBackend::Blk {
+            image: q.clone(),
+            read_only: false,
+            direct_io: false,
+            serial: None,
+            num_queues: 1,
+        };
+        assert!(precheck(&qcow).unwrap_err().contains("qcow2"));
+        std::fs::write(&q, [0u8; 512]).unwrap();
+        assert_eq!(precheck(&qcow), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(precheck(&rng), Ok(()));
         let con = BuiltinBackend::Console(ConsoleEndpoint::Stdio);
         assert!(uses_stdin(&con));
         assert_eq!(s(args(&con, 3)), "--fd 3 --stdio");

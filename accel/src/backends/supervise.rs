@@ -53,6 +53,8 @@ pub enum BackendsError {
         program: String,
         tried: String,
     },
+    #[error("{label}: {reason}")]
+    Input { label: String, reason: String },
     #[error("{label}: fd {fd} is not open (passed with fd=/fds=)")]
     BadFd { label: String, fd: RawFd },
     #[error("{label}: starting {program}: {source}")]
@@ -216,6 +218,10 @@ fn start_all(
 ) -> Result<(), BackendsError> {
     for (n, s) in config.spawned.iter().enumerate() {
         let row = argv::row_for(&s.backend);
+        argv::precheck(&s.backend).map_err(|reason| BackendsError::Input {
+            label: s.label.clone(),
+            reason,
+        })?;
         let path = spawn::find_program(row.name).map_err(|tried| BackendsError::NotFound {
             label: s.label.clone(),
             program: row.name.into(),

@@ -106,7 +106,7 @@ pub(super) fn parse_drive(mut props: Props) -> Result<Drive, CliError> {
     match props.take("format") {
         Some(f) => format_check(&props, "format", &f)?,
         None => log::warn!(
-            "-drive file={file}: no format given; accel serves it as raw (it does not probe)"
+            "-drive file={file}: no format given; served as raw (accel refuses a qcow2 image but probes no other format)"
         ),
     }
     if let Some(m) = props.take("media").filter(|m| m != "disk") {
