@@ -203,4 +203,21 @@ mod tests {
         assert_eq!(reap(s.pid, true), Some(Ended::Signaled(9)));
         assert_eq!(reap(s.pid, false), Some(Ended::Exited(-1)));
     }
+
+    /// PR_SET_PDEATHSIG: the child gets SIGTERM when the thread that started it ends (so a
+    /// crashed accel leaves no backend behind; and restarts must come from a thread that
+    /// lives as long as accel).
+    #[test]
+    fn a_child_ends_with_the_thread_that_started_it() {
+        let p = Program {
+            path: find_program("sh").unwrap(),
+            args: vec!["-c".into(), "exec sleep 100".into()],
+            keep_fds: Vec::new(),
+            stdin: false,
+        };
+        let pid = std::thread::spawn(move || start(&p).unwrap().pid)
+            .join()
+            .unwrap();
+        assert_eq!(reap(pid, true), Some(Ended::Signaled(libc::SIGTERM)));
+    }
 }
