@@ -1,15 +1,15 @@
 //! QEMU's built-in device spellings under accel, served by backends accel starts itself: one
 //! boot (plain `-m`, no shared-memory object) with
-//! - `-drive file=..,if=virtio,format=raw` (vda: the guest writes, the host checks the image),
-//! - `-blockdev driver=file` + `-device virtio-blk-pci,drive=` (vdb: the guest reads bytes the
-//!   host wrote),
+//! - `-drive file=..,if=virtio,format=raw` (the guest writes, the host checks the image),
+//! - `-blockdev driver=file` + `-device virtio-blk-pci,drive=` (the guest reads bytes the host
+//!   wrote),
 //! - `-object rng-random` + `virtio-rng-pci` (the guest reads /dev/hwrng),
 //! - `vhost-vsock-pci,guest-cid=` (the guest connects to a host unix socket),
 //! - `virtio-serial-pci` + `virtconsole` on `-chardev file` (the guest writes /dev/hvc0),
 //! - `-netdev tap,fd=N` with an fd the test opened, as libvirt passes it (guest frames
 //!   reach the host tap),
 //!
-//! then a SIGKILL of vda's backend: accel restarts it, the guest's writes and reads after that
+//! then a SIGKILL of the `-drive` disk's backend: accel restarts it, the guest's writes and reads after that
 //! complete, and every backend is gone once accel exits.
 
 use std::ffi::CString;
@@ -25,18 +25,20 @@ use integration_tests::{
 
 const GUEST_CID: u32 = 7;
 const HOST_PORT: u32 = 6000;
-const VDB_BYTES: &str = "HELLO-DISK-TWO";
+const BLOCKDEV_BYTES: &str = "HELLO-DISK-TWO";
 
-/// The guest (kernel command line: no double quotes).
-const GUEST: &str = "echo GUEST-WROTE-VDA | dd of=/dev/vda conv=notrunc 2>/dev/null; sync; \
-echo VDB=$(head -c 14 /dev/vdb); \
+/// The guest (kernel command line: no double quotes). As in QEMU, the `-device` disk comes
+/// first on the bus and the `-drive if=virtio` one after it: /dev/vda is the `-blockdev`
+/// image (read-only, BLOCKDEV_BYTES at its start), /dev/vdb the `-drive` image.
+const GUEST: &str = "echo GUEST-WROTE-DRIVE | dd of=/dev/vdb conv=notrunc 2>/dev/null; sync; \
+echo BLOCKDEV=$(head -c 14 /dev/vda); \
 echo RNG=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c); \
 echo HVC-HELLO-FROM-GUEST > /dev/hvc0; \
 vsock-tool connect 2 6000 hello-from-guest; \
 ip link set eth0 up; udhcpc -i eth0 -n -q -t 2 -T 1 >/dev/null 2>&1; \
 echo KILL-ME; sleep 4; \
-echo SECOND-WRITE-AFTER-RESTART | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null; sync; \
-echo READ=$(dd if=/dev/vda bs=4096 skip=100 count=1 iflag=direct 2>/dev/null | wc -c); \
+echo SECOND-WRITE-AFTER-RESTART | dd of=/dev/vdb bs=512 seek=8 conv=notrunc 2>/dev/null; sync; \
+echo READ=$(dd if=/dev/vdb bs=4096 skip=100 count=1 iflag=direct 2>/dev/null | wc -c); \
 echo END";
 
 /// Opens a queue of `tap` as libvirt does for `-netdev tap,fd=N`: IFF_VNET_HDR, inheritable.
@@ -107,12 +109,12 @@ fn serve_host_port(uds: &std::path::Path) -> std::thread::JoinHandle<String> {
 #[test]
 fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
     let dir = TestDir::new("builtin-devices");
-    let vda = dir.join("vda.img");
-    let vdb = dir.join("vdb.img");
-    std::fs::write(&vda, vec![0u8; 1 << 20]).unwrap();
-    let mut b = VDB_BYTES.as_bytes().to_vec();
+    let drive_img = dir.join("drive_img.img");
+    let blockdev_img = dir.join("blockdev_img.img");
+    std::fs::write(&drive_img, vec![0u8; 1 << 20]).unwrap();
+    let mut b = BLOCKDEV_BYTES.as_bytes().to_vec();
     b.resize(1 << 20, 0);
-    std::fs::write(&vdb, b).unwrap();
+    std::fs::write(&blockdev_img, b).unwrap();
     let console = dir.join("console.txt");
     let uds = dir.join("vsock");
     let host_port = serve_host_port(&uds);
@@ -138,12 +140,12 @@ fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
         "-drive",
         &format!(
             "file={},if=virtio,format=raw,cache=writeback",
-            vda.display()
+            drive_img.display()
         ),
         "-blockdev",
         &format!(
             "driver=file,filename={},node-name=disk2,read-only=on",
-            vdb.display()
+            blockdev_img.display()
         ),
         "-device",
         "virtio-blk-pci,drive=disk2",
@@ -182,10 +184,10 @@ fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
             .env("RUST_LOG", "warn,accel=info"),
     );
     drop(tap_fd);
-    let vda_label = format!("-drive file={}", vda.display());
+    let drive_label = format!("-drive file={}", drive_img.display());
 
     vm.expect_start("KILL-ME", KVM_BOOT_TIMEOUT);
-    let pids = served_pids(&vm.output(), &vda_label);
+    let pids = served_pids(&vm.output(), &drive_label);
     assert_eq!(pids.len(), 1, "{}", vm.output());
     let all_pids: Vec<u32> = served_pids(&vm.output(), ": ");
     assert_eq!(all_pids.len(), 6, "six backends\n{}", vm.output());
@@ -200,20 +202,20 @@ fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
     let out = vm.output();
 
     // The killed backend was restarted (a second pid) and I/O after it completed.
-    let pids = served_pids(&out, &vda_label);
+    let pids = served_pids(&out, &drive_label);
     assert_eq!(pids.len(), 2, "restarted once\n{out}");
     assert_ne!(pids[0], pids[1]);
     assert!(out.contains("killed by signal 9; restarting"), "{out}");
     assert!(out.contains("READ=4096"), "{out}");
     assert!(status.success(), "accel exit status {status:?}\n{out}");
-    let image = std::fs::read(&vda).unwrap();
-    assert!(image.starts_with(b"GUEST-WROTE-VDA\n"), "{out}");
+    let image = std::fs::read(&drive_img).unwrap();
+    assert!(image.starts_with(b"GUEST-WROTE-DRIVE\n"), "{out}");
     assert!(
         image[4096..].starts_with(b"SECOND-WRITE-AFTER-RESTART\n"),
         "{out}"
     );
     // The other devices.
-    assert!(out.contains(&format!("VDB={VDB_BYTES}")), "{out}");
+    assert!(out.contains(&format!("BLOCKDEV={BLOCKDEV_BYTES}")), "{out}");
     assert!(out.contains("RNG=64"), "{out}");
     assert!(out.contains("REPLY: hello-from-host"), "{out}");
     assert_eq!(host_port.join().unwrap(), "hello-from-guest");
