@@ -396,6 +396,24 @@ fn second_frontend_is_turned_away_not_left_hanging() {
 }
 
 impl Proc {
+    /// The open fd count once it stopped changing for a second (a connection that just ended
+    /// is still being torn down for a moment); at most 20 s.
+    fn settled_fds(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = self.open_fds();
+        let mut stable_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.open_fds();
+            if now != last {
+                (last, stable_since) = (now, Instant::now());
+            } else if stable_since.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        }
+        last
+    }
+
     /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -482,7 +500,9 @@ fn malformed_connections_leave_fds_and_memory_at_baseline() {
             (0..WARMUP).for_each(|i| malformed_connection(&s, i))
         });
         served(kind, &p.sock);
-        let (fds0, rss0, log0) = (p.open_fds(), p.rss_kib(), p.log_bytes());
+        // The served frontend's connection is torn down after it hangs up: let that finish.
+        let fds0 = p.settled_fds();
+        let (rss0, log0) = (p.rss_kib(), p.log_bytes());
         let t0 = Instant::now();
         let s = sock.clone();
         within(
@@ -494,7 +514,8 @@ fn malformed_connections_leave_fds_and_memory_at_baseline() {
         p.assert_alive();
         // The next well-behaved frontend is served, and every malformed one is torn down.
         served(kind, &p.sock);
-        let (fds1, rss1, log1) = (p.open_fds(), p.rss_kib(), p.log_bytes());
+        let fds1 = p.settled_fds();
+        let (rss1, log1) = (p.rss_kib(), p.log_bytes());
         eprintln!(
             "{kind:?}: {CONNECTIONS} malformed connections in {took:?}: fds {fds0} -> {fds1}, \
              VmRSS {rss0} -> {rss1} KiB, log +{} bytes",
