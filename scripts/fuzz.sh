@@ -71,4 +71,4 @@ else
   for t in "${TARGETS[@]}"; do run_one "$t" || failed+=("$t"); done
 fi
 [ ${#failed[@]} -eq 0 ] || fail "failed: ${failed[*]}"
-echo "fuzz.sh: all ${#TARGETS[@]} targets ran ${SECONDS_EACH}s each without a crash, hang or leak"
+echo "fuzz.sh: all ${#TARGETS[@]} targets ran ${SECONDS_EACH}s each without a crash, a hang or RSS over the limit"

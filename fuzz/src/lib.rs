@@ -60,3 +60,37 @@ impl<'a> Reader<'a> {
         self.bytes(self.data.len())
     }
 }
+
+/// With `FUZZ_HANG_DUMP=SECONDS` set, an input that runs longer than that gets every thread's
+/// stack printed (by gdb, attached to this process) before libFuzzer's own timeout kills it:
+/// libFuzzer without a sanitizer says only "timeout". Call at the start of each input.
+pub fn hang_watch() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: OnceLock<Option<(Instant, u64)>> = OnceLock::new();
+    let Some((epoch, _)) = *EPOCH.get_or_init(|| {
+        let limit: u64 = std::env::var("FUZZ_HANG_DUMP").ok()?.parse().ok()?;
+        let epoch = Instant::now();
+        std::thread::spawn(move || {
+            let mut dumped = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let started = STARTED.load(Ordering::Relaxed);
+                let now = epoch.elapsed().as_millis() as u64;
+                if started != dumped && now.saturating_sub(started) > limit * 1000 {
+                    dumped = started;
+                    let pid = std::process::id().to_string();
+                    let _ = std::process::Command::new("gdb")
+                        .args(["-p", &pid, "-batch", "-ex", "thread apply all bt 30"])
+                        .status();
+                }
+            }
+        });
+        Some((epoch, limit))
+    }) else {
+        return;
+    };
+    STARTED.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+}

@@ -36,6 +36,7 @@ enum Fd {
 /// Serves one connection whose frontend sends what `data` says; returns when the backend
 /// closed it (end-of-file or a protocol error).
 pub fn run<D: VhostUserDevice>(device: &D, data: &[u8]) {
+    crate::hang_watch();
     let mut r = Reader::new(data);
     let mem_len = usize::from(r.u16());
     let memory = r.bytes(mem_len.min(MEM_SIZE));
