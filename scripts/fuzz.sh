@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh [SECONDS]            # every target, SECONDS each (default 30)
 #   scripts/fuzz.sh SECONDS TARGET...    # only these targets
 #   FUZZ_JOBS=N                          # run N targets at once (default 1)
+#   FUZZ_HANG_DUMP=S                     # an input running over S s gets every thread's stack
+#                                        # printed to the log (gdb), before the 10 s timeout
 #
 # Crash inputs are left in fuzz/artifacts/TARGET/; reproduce one with
 #   fuzz/target/x86_64-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-...
@@ -54,7 +56,8 @@ run_one() {
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")
     echo "fuzz.sh: $t: ok, ${runs:-?} executions in ${SECONDS_EACH}s, peak RSS ${rss:-?} MB"
   else
-    echo "fuzz.sh: $t: FAILED (input in fuzz/artifacts/$t/); log tail:" >&2
+    cp "$log" "artifacts/$t/fuzz.log"
+    echo "fuzz.sh: $t: FAILED (input and whole log in fuzz/artifacts/$t/); log tail:" >&2
     tail -n 40 "$log" >&2
     return 1
   fi

@@ -26,10 +26,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let backend = NetBackend::new(shared.clone());
     let (pair, _) = accel_fuzz::ring::thread_queues(&backend, &input);
     let pair = u16::try_from(pair).unwrap_or(0);
-    if !input.host.is_empty() {
-        if let Some(fd) = peer.fd(pair) {
-            let _ = send_frame(fd, input.host);
-        }
+    if !input.host.is_empty()
+        && let Some(fd) = peer.fd(pair)
+    {
+        let _ = send_frame(fd, input.host);
     }
     accel_fuzz::ring::run(&backend, &input);
     // Frames either way must not carry over to the next input.

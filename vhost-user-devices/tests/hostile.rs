@@ -2,7 +2,8 @@
 //! a broken ring (avail index more than a queue ahead, a ring at guest address 0) stops that
 //! queue with bounded CPU and log while the worker stays responsive and the next frontend is
 //! served; a memory table larger than its memfd is refused instead of killing the backend
-//! with SIGBUS; connections leave no fd behind; a silent frontend does not block the next.
+//! with SIGBUS; connections leave no fd behind; a silent frontend does not block the next;
+//! 10,000 malformed connections leave fds, VmRSS and the log at their baseline.
 
 use std::fs::File;
 use std::io::Write;
