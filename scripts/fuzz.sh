@@ -39,7 +39,9 @@ TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN="target/$TRIPLE/release"
 bins=()
 for t in "${TARGETS[@]}"; do bins+=(--bin "$t"); done
-cargo build --release --locked -q --target "$TRIPLE" "${bins[@]}"
+# Not --locked: fuzz/Cargo.lock follows the main crates' dependencies (a dependency added to
+# accel or a backend would otherwise fail this build until the lock file is refreshed).
+cargo build --release -q --target "$TRIPLE" "${bins[@]}"
 
 SCRATCH=$(mktemp -d /tmp/fuzz.XXXXXX)
 trap 'rm -rf "$SCRATCH"' EXIT
