@@ -238,6 +238,16 @@ impl<M: GuestAddressSpace> VringState<M> {
 
     /// Set `EventFd` for kick.
     fn set_kick(&mut self, file: Option<File>) {
+        // PATCH(nonblocking-kick): the worker reads the kick fd also when nothing was kicked
+        // (an event raced with a frontend draining it, or the event a ring gets when it is
+        // enabled). A frontend may pass a blocking eventfd (QEMU and accel pass non-blocking
+        // ones): that read then blocked the worker thread forever, and with it the end of the
+        // connection (dropping the daemon joins its workers) and so every later frontend.
+        // Made non-blocking here, such a read fails with EAGAIN, which the worker takes as
+        // "no kick" (PATCH(spurious-kick)).
+        if let Some(f) = &file {
+            set_nonblocking(f);
+        }
         // SAFETY:
         // EventFd requires that it has sole ownership of its fd. So does File, so this is safe.
         // Ideally, we'd have a generic way to refer to a uniquely-owned fd, such as that proposed
@@ -502,10 +512,54 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for VringRwLock<M> {
     }
 }
 
+/// PATCH(nonblocking-kick): sets O_NONBLOCK on `file` (a frontend's kick eventfd).
+fn set_nonblocking(file: &File) {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd `file` owns; F_GETFL/F_SETFL touch no memory.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::bitmap::AtomicBitmap;
+
+    /// PATCH(nonblocking-kick) regression (found by fuzz target vhost_user_console): reading a
+    /// blocking kick eventfd with nothing kicked blocked the worker forever.
+    #[test]
+    fn read_kick_of_a_blocking_eventfd_with_nothing_kicked_does_not_block() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let vring = VringRwLock::new(mem, 256).unwrap();
+        // A blocking eventfd, as a frontend may send it.
+        // SAFETY: plain syscall; the fd is owned by the File below.
+        let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is a fresh eventfd nobody else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        vring.set_kick(Some(file));
+        vring.set_enabled(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let v = vring.clone();
+        std::thread::spawn(move || {
+            // The pending kick, then a read with nothing kicked.
+            let first = v.read_kick().map_err(|e| e.kind());
+            let second = v.read_kick().map_err(|e| e.kind());
+            let _ = tx.send((first, second));
+        });
+        let (first, second) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("read_kick blocked on an eventfd with nothing kicked");
+        assert_eq!(first, Ok(true));
+        assert_eq!(second, Err(io::ErrorKind::WouldBlock));
+    }
     use vmm_sys_util::event::{new_event_consumer_and_notifier, EventFlag};
 
     #[test]

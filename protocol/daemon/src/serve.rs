@@ -101,13 +101,15 @@ pub fn first_message_arrives(stream: &UnixStream, timeout: Duration) -> bool {
             return false;
         }
         let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
+        let revents = match poll_in(stream.as_fd(), i32::from(ms)) {
             Ok(0) => return false,
-            Ok(_) => {}
+            Ok(r) => r,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return false,
-        }
+        };
+        // Peeking leaves the bytes in the socket, so it stays readable after the peer hangs
+        // up: only RDHUP/HUP tell that the rest of a partial message will never come.
+        let hung_up = revents & (libc::POLLHUP | libc::POLLRDHUP) != 0;
         let n = match recv(
             std::os::fd::AsRawFd::as_raw_fd(stream),
             &mut buf,
@@ -126,9 +128,25 @@ pub fn first_message_arrives(stream: &UnixStream, timeout: Duration) -> bool {
                 return true;
             }
         }
+        if hung_up {
+            return false;
+        }
         // Part of a message: the socket stays readable, so wait a little before peeking again.
         std::thread::sleep(Duration::from_millis(10).min(left));
     }
+}
+
+/// poll(2) for input on one fd, also asking for POLLRDHUP: its raw `revents`, 0 on timeout
+/// (nix's `PollFd::revents` cannot carry POLLRDHUP: it returns `None` when that bit is set).
+fn poll_in(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> nix::Result<libc::c_short> {
+    let mut p = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; `fd` is borrowed, so open.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    nix::errno::Errno::result(n).map(|n| if n == 0 { 0 } else { p.revents })
 }
 
 /// The next frontend that talks: `pending` (a connection kept from the previous round) or a
@@ -303,4 +321,59 @@ where
         served += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Regression (found by the 10,000 malformed connections test): a frontend that sent part
+    /// of a header and hung up held the listener for the whole FIRST_MESSAGE_TIMEOUT, because
+    /// the peeked bytes keep the socket readable; every next frontend waited behind it.
+    #[test]
+    fn partial_header_then_hang_up_is_dropped_at_once() {
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        peer.write_all(&[1, 0, 0, 0, 1]).unwrap();
+        drop(peer);
+        let t0 = Instant::now();
+        assert!(!first_message_arrives(&ours, Duration::from_secs(60)));
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_secs(30),
+            "waited {took:?} for a peer that hung up"
+        );
+    }
+
+    #[test]
+    fn partial_payload_then_hang_up_is_dropped_at_once() {
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        // SET_OWNER-like header announcing 8 payload bytes, 4 sent.
+        peer.write_all(&[3, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 1, 2, 3, 4])
+            .unwrap();
+        drop(peer);
+        let t0 = Instant::now();
+        assert!(!first_message_arrives(&ours, Duration::from_secs(60)));
+        assert!(t0.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn complete_message_then_hang_up_still_arrives() {
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        peer.write_all(&[3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        drop(peer);
+        assert!(first_message_arrives(&ours, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn partial_header_of_a_live_peer_waits_for_the_timeout() {
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        peer.write_all(&[1, 0, 0]).unwrap();
+        let t0 = Instant::now();
+        assert!(!first_message_arrives(&ours, Duration::from_millis(300)));
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        drop(peer);
+    }
 }

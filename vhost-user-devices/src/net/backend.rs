@@ -30,6 +30,9 @@ use super::rxtx::{
     Delivery, LINK_BUF_SIZE, NetStats, RxParams, TxError, bump, deliver_rx, gather_tx,
 };
 
+#[cfg(test)]
+mod tests;
+
 /// Notify the guest at least every this many received frames within one burst.
 const RX_NOTIFY_BATCH: u32 = 32;
 
@@ -300,9 +303,18 @@ impl NetBackend {
                     rx.pending = 0;
                     unsignalled += 1;
                 }
-                Delivery::NoBuffers => {
-                    // Ask for a kick when buffers arrive; retry if some came meanwhile.
-                    if reenable_notifications(&mut state, &mem) {
+                Delivery::NoBuffers { avail_seen } => {
+                    // Ask for a kick when buffers arrive beyond those the frame did not fit
+                    // in, and retry if some came meanwhile. Measured from the queue's own
+                    // position, the too-few chains just given back would count as new ones
+                    // (a guest offering less room than one frame needs made this loop spin
+                    // forever, holding the vring lock), and with EVENT_IDX the guest would
+                    // not kick for the buffers that complete the frame.
+                    let start = state.get_queue().next_avail();
+                    state.get_queue_mut().set_next_avail(avail_seen);
+                    let more = reenable_notifications(&mut state, &mem);
+                    state.get_queue_mut().set_next_avail(start);
+                    if more {
                         continue;
                     }
                     break;

@@ -281,10 +281,12 @@ impl VhostUserDevice for NetDevice {
     }
 }
 
-/// Logs a device's counters (after every connection).
+/// Logs a device's counters (after every connection; rate-limited, since a peer can open and
+/// drop connections as fast as it likes).
 fn log_stats(device: &NetDevice) {
     let s = device.stats();
-    log::info!(
+    vu_daemon::log_limited!(
+        log::Level::Info,
         "{}: rx {} frames {} bytes, dropped {} (bad chains {}), link errors {}; tx {} frames {} bytes, dropped {}, malformed {}",
         device.name,
         s.rx_frames,

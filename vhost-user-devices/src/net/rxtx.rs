@@ -154,7 +154,9 @@ pub enum Delivery {
     /// Written into this many chains.
     Delivered(u16),
     /// Not enough buffers right now: nothing consumed, try again after the guest adds some.
-    NoBuffers,
+    /// `avail_seen`: the avail index the frame ran out at; the chains before it were too few,
+    /// so only an avail index past it is worth another try.
+    NoBuffers { avail_seen: u16 },
     /// Dropped: it can never fit the guest's buffers (no MRG_RXBUF and a chain too small).
     TooBig,
     /// Dropped: a receive chain was malformed; those chains were completed with length 0.
@@ -239,12 +241,13 @@ fn next_chain(
     let too_big = (!params.mergeable && !scratch.is_empty()) || scratch.len() >= max_chains;
     let chain = if too_big { None } else { pop_chain(queue, mem) };
     let Some(chain) = chain else {
+        let avail_seen = queue.next_avail();
         rewind(queue, scratch.len());
         scratch.clear();
         return Err(if too_big {
             Delivery::TooBig
         } else {
-            Delivery::NoBuffers
+            Delivery::NoBuffers { avail_seen }
         });
     };
     let head = chain.head_index();

@@ -1,0 +1,13 @@
+//! vhost-user messages (and fds) from a hostile frontend to vhost-user-net's real backend, on
+//! the per-connection path the program runs (see `session.rs`).
+#![no_main]
+
+use std::sync::OnceLock;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    static DEVICE: OnceLock<(
+        vhost_user_devices::net::NetDevice,
+        vhost_user_devices::net::NetDevice,
+    )> = OnceLock::new();
+    accel_fuzz::session::run(&DEVICE.get_or_init(accel_fuzz::devices::net).0, data);
+});
