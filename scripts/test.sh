@@ -43,8 +43,9 @@ cargo test --workspace -q --no-fail-fast --exclude integration-tests "$@" || sta
 cargo test -q --no-fail-fast -p integration-tests --lib "$@" || status=1
 
 # The VM test binaries (tests/tests/*.rs), split into lanes of about equal time. Seconds per
-# binary measured with one test at a time on an idle 2-core kvm_pvm host; a binary not listed
-# counts as 120 s.
+# binary with one test at a time on the idle 2-core kvm_pvm CI machine, estimated from its
+# last full run (about 60 s per one-vCPU accel boot); only the balance depends on them. A
+# binary not listed counts as 120 s.
 declare -A COST=(
   [backend_stall]=330 [blk_crash]=170 [blk_qemu]=10 [boot]=320 [console]=120
   [memory_file]=70 [net]=150 [net_crash]=140 [qmp]=210 [qsd_accel]=70 [rng]=70
