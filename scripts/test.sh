@@ -69,25 +69,28 @@ done
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/accel-test-lanes.XXXXXX")
 trap 'rm -rf "$LOGDIR"' EXIT
 # One test at a time in a lane (RUST_TEST_THREADS, not `-- --test-threads`, so that "$@" keeps
-# its meaning).
+# its meaning). `--workspace --test NAME`, not `-p integration-tests`: features resolve as in
+# the --no-run build above, so the lanes run the binaries built there (with -p, cargo resolves
+# the features of that package alone and would build every tests/ binary a second time).
+# (A name both packages use, blk_crash, also reruns vhost-user-devices' socket-level test: seconds.)
 pids=()
 for ((i = 1; i < LANES; i++)); do
   echo "test.sh: lane $i (output at its end):${LANE[i]}"
   # shellcheck disable=SC2086
-  RUST_TEST_THREADS=1 cargo test -q --no-fail-fast -p integration-tests ${LANE[i]} "$@" \
+  RUST_TEST_THREADS=1 cargo test --workspace -q --no-fail-fast ${LANE[i]} "$@" \
     >"$LOGDIR/lane-$i.log" 2>&1 &
   pids[i]=$!
 done
 echo "test.sh: lane 0:${LANE[0]}"
 # shellcheck disable=SC2086
-RUST_TEST_THREADS=1 cargo test -q --no-fail-fast -p integration-tests ${LANE[0]} "$@" || status=1
+RUST_TEST_THREADS=1 cargo test --workspace -q --no-fail-fast ${LANE[0]} "$@" || status=1
 for ((i = 1; i < LANES; i++)); do
   wait "${pids[i]}" || status=1
   echo "test.sh: --- lane $i:${LANE[i]}"
   cat "$LOGDIR/lane-$i.log"
 done
 echo "test.sh: $ALONE (alone: it loads every host core)"
-cargo test -q --no-fail-fast -p integration-tests --test "$ALONE" "$@" || status=1
+cargo test --workspace -q --no-fail-fast --test "$ALONE" "$@" || status=1
 
 [ "$status" = 0 ] || echo "test.sh: FAILED (see the failures above)" >&2
 exit "$status"
