@@ -18,6 +18,8 @@ use integration_tests::{
     GuestOutput, KVM_BOOT_TIMEOUT, KillOnDrop, RunOutput, TestDir, VmCommand, wait_for_path,
 };
 use nix::sys::signal::Signal;
+use vu_testkit::driver::DriverOptions;
+use vu_testkit::driver::net::{NetDriver, SMALL_RX_BUFFER};
 
 const TESTPMD: &str = "dpdk-testpmd";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 198, 0, 1);
@@ -161,6 +163,62 @@ fn pings_through_testpmd(name: &str, run: impl FnOnce(VmCommand) -> RunOutput) {
     let (rx, tx) = (packets(&log, "RX-packets:"), packets(&log, "TX-packets:"));
     assert!(rx > PINGS as u64, "testpmd received {rx} packets\n{ctx}");
     assert!(tx > PINGS as u64, "testpmd sent {tx} packets\n{ctx}");
+}
+
+/// An ARP request for `PEER_IP` from `mac` / `GUEST_IP` (padded to the 60-byte minimum).
+fn arp_request(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(mac);
+    f.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend(mac);
+    f.extend(GUEST_IP.octets());
+    f.extend([0; 6]);
+    f.extend(PEER_IP.octets());
+    f.resize(60, 0);
+    f
+}
+
+/// Without a VM: the frontend session accel uses (vu-frontend, through the test kit's
+/// userspace driver), with the feature set accel acks for net (no control-queue bits, no
+/// MQ), against testpmd: an ARP request goes out and testpmd's ARP reply comes back.
+#[test]
+fn frontend_session_gets_an_arp_reply_from_dpdk_testpmd() {
+    let Some(exe) = testpmd() else {
+        eprintln!("SKIPPED: {TESTPMD} not found (apt-get install dpdk-dev)");
+        return;
+    };
+    let dir = TestDir::new("dpdk-session");
+    let sock = dir.join("vhost.sock");
+    let pmd = Testpmd::start(&exe, &dir, &sock);
+    let t = Duration::from_secs(10);
+    let not_acked =
+        vu_spec::net::CONTROL_QUEUE_FEATURES | 1 << vu_spec::net::VIRTIO_NET_F_MQ | 1 << 21; // GUEST_ANNOUNCE
+    let opts = DriverOptions {
+        num_queues: 2,
+        features: !not_acked,
+        ..DriverOptions::default()
+    };
+    let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x61];
+    let reply = (|| {
+        let mut net = NetDriver::connect(&sock, t, opts)?;
+        net.post_rx(0, SMALL_RX_BUFFER, 8)?;
+        net.send(0, &arp_request(mac), t)?;
+        net.recv(0, t)
+    })();
+    let log = pmd.stop();
+    let reply = reply.unwrap_or_else(|e| panic!("{e}\ntestpmd:\n{log}"));
+    let f = &reply.frame;
+    assert!(f.len() >= 42, "{f:?}\n{log}");
+    assert_eq!(&f[..6], &mac, "to us\n{log}");
+    assert_eq!(&f[12..14], &[0x08, 0x06], "ARP\n{log}");
+    assert_eq!(&f[20..22], &[0, 2], "an ARP reply\n{log}");
+    assert_eq!(
+        &f[28..32],
+        &PEER_IP.octets(),
+        "for the address asked\n{log}"
+    );
+    assert_eq!(&f[38..42], &GUEST_IP.octets(), "to our address\n{log}");
+    assert!(packets(&log, "RX-packets:") >= 1, "{log}");
 }
 
 #[test]
