@@ -238,3 +238,81 @@ fn accel_kvm_tap_ping_and_transfer() {
         .expect("sink thread");
     assert_eq!(got, Ok(8 * 65536), "{}\n{log}", out.both());
 }
+
+/// The interrupt count of the guest's line naming `queue` (e.g. `virtio0-output.1`) in the
+/// `/proc/interrupts` lines it printed (summed over CPUs).
+fn interrupts(out: &RunOutput, queue: &str) -> Option<u64> {
+    out.stdout.lines().find(|l| l.contains(queue)).map(|l| {
+        l.split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse::<u64>().ok())
+            .sum()
+    })
+}
+
+/// accel with `queues=2` + `mq=on` and 2 vCPUs: the guest driver asks for 2 queue pairs on
+/// the control queue accel serves (VQ_PAIRS_SET at probe), accel enables pair 1 at the
+/// backend, and traffic flows on both pairs (pings sent from each vCPU: XPS maps vCPU i to
+/// transmit queue i; each transmit queue's interrupt count moves).
+#[test]
+fn accel_kvm_tap_two_queue_pairs_through_the_control_queue() {
+    let tap = Tap::create(8, 208);
+    let dir = TestDir::new("net-accel-mq");
+    let backend = start_backend(&dir, &["--tap", &tap.name, "--queues", "2"]);
+    let h = tap.host;
+    let gcmd = format!(
+        "echo queues $(ls /sys/class/net/eth0/queues | grep -c rx); \
+         ip addr add {}/24 dev eth0 && ip link set eth0 up && \
+         taskset 1 ping -c 1 {h} && taskset 2 ping -c 1 {h} && taskset 2 ping -c 1 {h} && \
+         grep virtio /proc/interrupts",
+        tap.guest
+    );
+    let args = vm(
+        "2",
+        backend.socket(),
+        ",queues=2",
+        ",mq=on",
+        "52:54:00:12:34:58",
+        &gcmd,
+    )
+    .accel("kvm")
+    .args();
+    let out = run_with_timeout(
+        Command::new(bin("accel"))
+            .args(&args)
+            .env("RUST_LOG", "warn,accel::virtio::control=info"),
+        KVM_BOOT_TIMEOUT * 4,
+    );
+    let log = backend_log(&dir);
+    assert!(
+        out.status.is_some(),
+        "accel timed out\n{}\n{log}",
+        out.both()
+    );
+    assert_eq!(out.guest_rc(), Some(0), "{}\n{log}", out.both());
+    assert!(
+        out.stdout.contains("queues 2"),
+        "the guest must use 2 queue pairs\n{}",
+        out.both()
+    );
+    assert!(
+        !out.both().contains("Fail to set num of queue pairs"),
+        "the guest's VQ_PAIRS_SET was refused\n{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains("the driver uses 2 queue pair(s)"),
+        "accel never saw VQ_PAIRS_SET 2\n{}",
+        out.both()
+    );
+    assert_eq!(replies(&out, h), 3, "{}\n{log}", out.both());
+    for q in ["output.0", "output.1", "input.0"] {
+        let n = interrupts(&out, q);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "no interrupts on {q}: {n:?}\n{}",
+            out.both()
+        );
+    }
+    assert_eq!(out.code(), Some(0), "{}", out.both());
+}

@@ -6,6 +6,8 @@
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::net_ctrl::Served;
+
 /// A queue the driver enabled, handed to the device model at DRIVER_OK.
 #[derive(Debug)]
 pub struct ActiveQueue<'a> {
@@ -31,6 +33,12 @@ pub enum BackendError {
     /// The device model refused or failed the request.
     #[error(transparent)]
     Failed(vu_frontend::Error),
+    /// A queue the frontend serves itself could not be started.
+    #[error(transparent)]
+    ControlQueue(#[from] super::net_ctrl::ControlQueueError),
+    /// The frontend-served queue's rings are unreadable.
+    #[error("control queue: {0}")]
+    Queue(#[from] virtio_queue::Error),
 }
 
 impl From<vu_frontend::Error> for BackendError {
@@ -65,4 +73,8 @@ pub trait VirtioBackend: Send {
     fn reset(&mut self) -> Result<(), BackendError>;
     /// The guest moved a running queue to another vector.
     fn set_queue_call(&mut self, index: u16, call: &EventFd) -> Result<(), BackendError>;
+    /// The guest notified the queue the frontend serves itself (net: the control queue).
+    fn serve_frontend_queue(&mut self) -> Result<Served, BackendError> {
+        Ok(Served::default())
+    }
 }

@@ -72,6 +72,8 @@ pub(super) enum Command {
     },
     /// Guest-written config bytes (`None`: not written), merged in order.
     WriteConfig(Vec<Option<u8>>),
+    /// The guest notified the queue the frontend serves itself (net's control queue).
+    ServeQueue,
     /// The monitor reconnected the backend: refresh the config cache, replay what failed.
     Reconnected,
     /// Answered when every earlier command is done (or parked for a reconnect).
@@ -88,7 +90,8 @@ fn merge_start(q: &VecDeque<Command>) -> usize {
 
 /// Appends `cmd`, coalescing so the queue stays bounded whatever the guest does: at most one
 /// reset, one activation (the device activates once per reset), one call fd per queue, two
-/// config write sets (before and after the reset), one reconnect notice, plus flush waiters.
+/// config write sets (before and after the reset), one reconnect notice, one request to serve
+/// the frontend's queue, plus flush waiters.
 pub(super) fn push_coalesced(q: &mut VecDeque<Command>, cmd: Command) {
     match cmd {
         Command::Reset => {
@@ -98,6 +101,16 @@ pub(super) fn push_coalesced(q: &mut VecDeque<Command>, cmd: Command) {
         Command::Reconnected => {
             if !q.iter().any(|c| matches!(c, Command::Reconnected)) {
                 q.push_back(Command::Reconnected);
+            }
+        }
+        Command::ServeQueue => {
+            let start = merge_start(q);
+            if !q
+                .iter()
+                .skip(start)
+                .any(|c| matches!(c, Command::ServeQueue))
+            {
+                q.push_back(Command::ServeQueue);
             }
         }
         Command::SetQueueCall { index, call } => {
@@ -146,7 +159,10 @@ fn forget_device_life(q: &mut VecDeque<Command>) {
                     kept.push_back(Command::WriteConfig(bytes));
                 }
             },
-            Command::Activate { .. } | Command::Reset | Command::SetQueueCall { .. } => {}
+            Command::Activate { .. }
+            | Command::Reset
+            | Command::SetQueueCall { .. }
+            | Command::ServeQueue => {}
         }
     }
     *q = kept;
@@ -214,6 +230,11 @@ impl ControlHandle {
         let (tx, rx) = sync_channel(1);
         self.0.push(Command::Flush(tx));
         rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// The guest notified the queue the frontend serves itself.
+    pub fn serve_queue(&self) {
+        self.0.push(Command::ServeQueue);
     }
 
     /// Commands waiting (not counting the one in progress).
@@ -425,6 +446,7 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Command::Reconnected => self.reconnected(),
+                Command::ServeQueue => self.serve_queue(),
                 Command::Reset => {
                     forget_device_life(&mut self.parked);
                     self.execute(Command::Reset);
@@ -441,6 +463,32 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Serves the frontend's own queue. Its commands are answered whatever the backend does
+    /// (the driver waits for them); a backend gone meanwhile gets the result (e.g. enabled
+    /// pairs) after the reconnect: the request is parked and served again then.
+    fn serve_queue(&mut self) {
+        let result = lock(&self.backend).serve_frontend_queue();
+        match result {
+            Ok(served) => {
+                if let Some(pairs) = served.pairs_changed
+                    && self.log.allow()
+                {
+                    log::info!("{}: the driver uses {pairs} queue pair(s)", self.name);
+                }
+                if served.more {
+                    self.shared.push(Command::ServeQueue);
+                }
+            }
+            Err(BackendError::Gone(e)) => {
+                self.warn(format_args!(
+                    "control queue: {e}; applied after a reconnect"
+                ));
+                push_coalesced(&mut self.parked, Command::ServeQueue);
+            }
+            Err(e) => self.warn(format_args!("control queue: {e}")),
         }
     }
 
@@ -477,7 +525,7 @@ impl Worker {
                 Command::Reset => backend.reset(),
                 Command::SetQueueCall { index, call } => backend.set_queue_call(*index, call),
                 Command::WriteConfig(bytes) => write_runs(&mut *backend, bytes),
-                Command::Reconnected | Command::Flush(_) => Ok(()),
+                Command::Reconnected | Command::Flush(_) | Command::ServeQueue => Ok(()),
             }
         };
         let what = match &cmd {
@@ -485,7 +533,7 @@ impl Worker {
             Command::Reset => "reset",
             Command::SetQueueCall { .. } => "setting a queue's call fd",
             Command::WriteConfig(_) => "config write",
-            Command::Reconnected | Command::Flush(_) => "",
+            Command::Reconnected | Command::Flush(_) | Command::ServeQueue => "",
         };
         match result {
             Ok(()) => {
@@ -550,6 +598,10 @@ impl Worker {
         {
             if let Command::Activate { resume, .. } = &mut cmd {
                 *resume = true;
+            }
+            if matches!(cmd, Command::ServeQueue) {
+                self.serve_queue();
+                continue;
             }
             if let Outcome::Park(c) = self.execute(cmd) {
                 push_coalesced(&mut self.parked, c);

@@ -20,6 +20,7 @@ use super::common_cfg::{
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_MSI_NO_VECTOR,
 };
 use super::control::{BackendControl, Command, ControlHandle, OwnedQueue};
+use super::frontend_queue::FrontendQueueWatch;
 use crate::pci::config::{BarInfo, BarKind, ClassCode, PCI_VENDOR_ID_REDHAT, PciConfig, PciHeader};
 use crate::pci::interrupts::{InterruptError, InterruptRouter};
 use crate::pci::msix::{Msix, MsixChange};
@@ -77,6 +78,8 @@ pub enum VirtioPciError {
     EventFd(#[source] std::io::Error),
     #[error("starting the control thread: {0}")]
     Control(#[source] std::io::Error),
+    #[error("starting the control queue's thread: {0}")]
+    FrontendQueue(#[source] std::io::Error),
 }
 
 /// Configuration-path counters of one device (the data path bypasses this process: a
@@ -99,6 +102,9 @@ pub struct VirtioPciParams {
     pub num_queues: u16,
     pub queue_size: u16,
     pub config_size: u32,
+    /// virtio-net's control queue, served by accel, on a device with this many queue pairs
+    /// (`None`: every queue is the backend's).
+    pub control_queue_pairs: Option<u16>,
 }
 
 /// A virtio capability (virtio 1.2 §4.1.4): vendor cap header, cfg_type, BAR 0, offset,
@@ -229,6 +235,8 @@ pub struct VirtioPciDevice {
     router: Arc<dyn InterruptRouter>,
     /// Every request for the device model goes through here, off the vCPU thread.
     control: BackendControl,
+    /// The queue accel serves itself (net's control queue): its pair count and watcher.
+    control_queue: Option<(u16, FrontendQueueWatch)>,
     /// Where the notify ioeventfds are registered (BAR 0's last decoded address).
     bar0: Option<u64>,
     active: bool,
@@ -272,6 +280,25 @@ impl VirtioPciDevice {
         let sizes = vec![params.queue_size; usize::from(params.num_queues)];
         let control = BackendControl::spawn(&name, backend, params.config_size)
             .map_err(VirtioPciError::Control)?;
+        let control_queue = match params.control_queue_pairs {
+            Some(pairs) => {
+                // Where the control queue can be: without MQ and with it.
+                let mut at = vec![
+                    vu_spec::net::control_queue_index(pairs, 0),
+                    vu_spec::net::control_queue_index(pairs, u64::MAX),
+                ];
+                at.dedup();
+                let kicks = at
+                    .into_iter()
+                    .filter_map(|i| kicks.get(usize::from(i)).map(|k| (i, k)))
+                    .map(|(i, k)| Ok((i, k.try_clone().map_err(VirtioPciError::EventFd)?)))
+                    .collect::<Result<Vec<_>, VirtioPciError>>()?;
+                let watch = FrontendQueueWatch::spawn(&name, kicks, control.handle())
+                    .map_err(VirtioPciError::FrontendQueue)?;
+                Some((pairs, watch))
+            }
+            None => None,
+        };
         let dev = VirtioPciDevice {
             name,
             config: layout.config,
@@ -287,6 +314,7 @@ impl VirtioPciDevice {
             no_vector: eventfd()?,
             router,
             control,
+            control_queue,
             bar0: Some(bar0_addr),
             active: false,
             stats: Arc::new(VirtioStats::default()),
@@ -453,6 +481,9 @@ impl VirtioPciDevice {
             queues,
             resume: false,
         });
+        if let Some((pairs, watch)) = &self.control_queue {
+            watch.watch(Some(vu_spec::net::control_queue_index(*pairs, features)));
+        }
         Ok(())
     }
 
@@ -463,6 +494,9 @@ impl VirtioPciDevice {
             self.control.push(Command::Reset);
         }
         self.active = false;
+        if let Some((_, watch)) = &self.control_queue {
+            watch.watch(None);
+        }
         self.common.reset();
         self.isr = 0;
         // The kick fds are not drained here: they are the backend's (its ring thread reads

@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::vhost_user::GuestRam;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vu_frontend::SharedMemory;
 
 use super::device::VirtioPciDevice;
 use super::vhost_user::VhostUserBackend;
@@ -100,7 +100,7 @@ fn wait(stop: &EventFd, sock: Option<i32>, timeout: PollTimeout) -> Wake {
 /// Starts watching `backend` for `device`. `reconnect`: retry interval, `None` to mark the
 /// device NEEDS_RESET instead. Call before the VM runs (reads the socket fd under the
 /// backend lock).
-pub fn spawn<M: SharedMemory + Clone + 'static>(
+pub fn spawn<M: GuestRam>(
     name: String,
     backend: Arc<Mutex<VhostUserBackend<M>>>,
     device: Weak<Mutex<VirtioPciDevice>>,
@@ -141,7 +141,7 @@ struct Watch<'a, M> {
     stop: &'a EventFd,
 }
 
-impl<M: SharedMemory + Clone + 'static> Watch<'_, M> {
+impl<M: GuestRam> Watch<'_, M> {
     fn with_device(&self, f: impl FnOnce(&mut VirtioPciDevice)) {
         if let Some(dev) = self.device.upgrade() {
             f(&mut dev.lock().unwrap_or_else(PoisonError::into_inner));

@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
-use vu_frontend::SharedMemory;
 
 use super::backend::VirtioBackend;
 use super::device::{BAR0_SIZE, F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams};
 use super::monitor::{self, BackendMonitor};
-use super::vhost_user::VhostUserBackend;
+use super::vhost_user::{GuestRam, VhostUserBackend};
 use crate::config::{ChardevConfig, VhostUserDeviceConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::pci::config::ClassCode;
 use crate::pci::interrupts::{InterruptRouter, KvmInterruptRouter};
 use crate::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciError, PciRoot};
 use vu_spec::devices::{ConfigSource, DEFAULT_QUEUE_SIZE, FrontendInput};
+use vu_spec::transport::bit;
 
 /// How long to wait at VM start for a backend socket to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,6 +115,8 @@ pub(super) struct DevicePlan {
     pub local_config: Option<Vec<u8>>,
     /// Bytes written over the backend's config space at an offset.
     pub config_patch: Option<(u32, Vec<u8>)>,
+    /// Queues the backend serves (all but the control queue).
+    pub backend_queues: u16,
 }
 
 impl DevicePlan {
@@ -122,7 +124,28 @@ impl DevicePlan {
     pub(super) fn new(cfg: &VhostUserDeviceConfig, vcpus: u8, offered: u64) -> Self {
         let spec = cfg.spec;
         let asked = spec.num_queues(cfg.num_queues, u16::from(vcpus));
-        let num_queues = spec.num_queues_for(asked, offered);
+        let mut num_queues = spec.num_queues_for(asked, offered);
+        let mut feature_add = spec.features.added;
+        let mut control_queue_pairs = None;
+        let backend_queues;
+        if let Some(cq) = spec.control_queue {
+            // virtio-net: N pairs and the control queue; more than one pair needs the
+            // backend's MQ (QEMU clears MQ from what the guest sees without it).
+            let mq = bit(cq.multiqueue);
+            let pairs = match num_queues / 2 {
+                n if n > 1 && offered & mq != 0 => {
+                    feature_add |= mq;
+                    n
+                }
+                _ => 1,
+            };
+            feature_add |= cq.features;
+            backend_queues = pairs * 2;
+            num_queues = backend_queues + 1;
+            control_queue_pairs = Some(pairs);
+        } else {
+            backend_queues = num_queues;
+        }
         let class = spec.pci_class(cfg.virtio_id);
         let mut plan = DevicePlan {
             params: VirtioPciParams {
@@ -135,11 +158,13 @@ impl DevicePlan {
                 num_queues,
                 queue_size: cfg.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
                 config_size: cfg.config_size,
+                control_queue_pairs,
             },
             feature_mask: !spec.features.masked,
-            feature_add: spec.features.added,
+            feature_add,
             local_config: None,
             config_patch: None,
+            backend_queues,
         };
         match spec.config {
             ConfigSource::Backend => {}
@@ -148,7 +173,7 @@ impl DevicePlan {
             }
             ConfigSource::Frontend(build) => {
                 let local = build(&FrontendInput {
-                    num_queues,
+                    num_queues: backend_queues,
                     mac: cfg.mac,
                 });
                 plan.feature_add |= local.features;
@@ -158,8 +183,11 @@ impl DevicePlan {
         plan
     }
 
-    fn apply<M: SharedMemory + Clone + 'static>(&self, backend: &mut VhostUserBackend<M>) {
+    fn apply<M: GuestRam>(&self, backend: &mut VhostUserBackend<M>) {
         backend.set_feature_policy(self.feature_mask, self.feature_add);
+        if let Some(pairs) = self.params.control_queue_pairs {
+            backend.serve_control_queue(pairs);
+        }
         if let Some(bytes) = &self.local_config {
             backend.set_local_config(bytes.clone());
         }
@@ -172,7 +200,7 @@ impl DevicePlan {
 /// Creates the host bridge (config ports 0xCF8-0xCFF on `pio_bus`) and one virtio-pci
 /// function per `config.devices` entry, connected to its vhost-user backend now: a missing
 /// backend is an error naming its socket.
-pub fn setup_pci_devices<M: SharedMemory + Clone + 'static>(
+pub fn setup_pci_devices<M: GuestRam>(
     config: &VmConfig,
     vm_fd: Arc<VmFd>,
     memory: M,
@@ -185,7 +213,7 @@ pub fn setup_pci_devices<M: SharedMemory + Clone + 'static>(
 }
 
 /// [`setup_pci_devices`] with any interrupt router.
-pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
+pub fn setup_with_router<M: GuestRam>(
     config: &VmConfig,
     router: Arc<dyn InterruptRouter>,
     memory: M,
@@ -248,7 +276,7 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
 }
 
 /// Connects `name`'s backend, checks what it offers and applies the device's plan to it.
-fn connect<M: SharedMemory + Clone + 'static>(
+fn connect<M: GuestRam>(
     name: &str,
     dcfg: &VhostUserDeviceConfig,
     chardev: &ChardevConfig,
@@ -271,16 +299,16 @@ fn connect<M: SharedMemory + Clone + 'static>(
         });
     }
     let plan = DevicePlan::new(dcfg, vcpus, offered);
-    if plan.params.num_queues < asked {
+    if plan.backend_queues < asked {
         log::warn!(
             "{name}: backend lacks the multi-queue feature: using {} queue(s)",
             plan.params.num_queues
         );
     }
-    if backend.num_queues() < usize::from(plan.params.num_queues) {
+    if backend.num_queues() < usize::from(plan.backend_queues) {
         return Err(SetupError::TooManyQueues {
             device: name.to_string(),
-            queues: plan.params.num_queues,
+            queues: plan.backend_queues,
             max: backend.num_queues(),
         });
     }
@@ -340,21 +368,42 @@ mod tests {
         assert_eq!(shape(&blk), (2, 0x01, 0x80, 1, 128, 60));
         assert_eq!(blk.config_patch, Some((34, vec![1, 0])));
 
+        // net: the pairs, then the control queue accel serves (QEMU's layout); the backend
+        // gets the data queues only.
+        let ctrl_bits = vu_spec::net::CONTROL_QUEUE_FEATURES;
+        assert_eq!(
+            ctrl_bits,
+            (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 23)
+        );
         let mut net_cfg = cfg("virtio-net-pci", Some(4));
         net_cfg.mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        // A backend without MQ: one pair whatever was asked.
         let net = DevicePlan::new(&net_cfg, 2, VERSION_1);
-        assert_eq!(shape(&net), (1, 0x02, 0x00, 4, 128, 10));
+        assert_eq!(shape(&net), (1, 0x02, 0x00, 3, 128, 10));
+        assert_eq!(net.backend_queues, 2);
+        assert_eq!(net.params.control_queue_pairs, Some(1));
         let old_mask = !(0x00fe_0000u64 | (1 << 3) | (1 << 63) | (1 << 5));
         assert_eq!(net.feature_mask, old_mask);
-        assert_eq!(net.feature_add, (1 << 16) | (1 << 5));
+        assert_eq!(net.feature_add, (1 << 16) | (1 << 5) | ctrl_bits);
+        assert_eq!(
+            net.local_config,
+            Some(vec![0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 1, 0])
+        );
+        assert_eq!(net.config_patch, None);
+        // With MQ: 2 pairs, MQ offered, max_virtqueue_pairs 2.
+        const NET_F_MQ: u64 = 1 << 22;
+        let net = DevicePlan::new(&net_cfg, 2, VERSION_1 | NET_F_MQ);
+        assert_eq!(shape(&net), (1, 0x02, 0x00, 5, 128, 10));
+        assert_eq!(net.backend_queues, 4);
+        assert_eq!(net.params.control_queue_pairs, Some(2));
+        assert_eq!(net.feature_add, (1 << 16) | (1 << 5) | ctrl_bits | NET_F_MQ);
         assert_eq!(
             net.local_config,
             Some(vec![0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 2, 0])
         );
-        assert_eq!(net.config_patch, None);
-        let net = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1);
-        assert_eq!(shape(&net), (1, 0x02, 0x00, 2, 128, 10));
-        assert_eq!(net.feature_add, 1 << 16);
+        let net = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1 | NET_F_MQ);
+        assert_eq!(shape(&net), (1, 0x02, 0x00, 3, 128, 10));
+        assert_eq!(net.feature_add, (1 << 16) | ctrl_bits);
         assert_eq!(net.local_config, Some(vec![0, 0, 0, 0, 0, 0, 1, 0, 1, 0]));
 
         for (driver, expect, mask) in [

@@ -175,6 +175,7 @@ fn rig() -> Rig {
             num_queues: 2,
             queue_size: 128,
             config_size: 16,
+            control_queue_pairs: None,
         },
         addr,
         router.clone(),

@@ -5,12 +5,19 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vu_frontend::VringGeometry;
 use vu_frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
 
-use super::backend::{ActiveQueue, BackendError, VirtioBackend};
+use super::backend::{ActiveQueue, BackendError, Served, VirtioBackend};
+use super::net_ctrl::{NetControl, STATUS_ERR, STATUS_OK};
+use vu_spec::net::CONTROL_QUEUE_FEATURES;
+
+/// Guest memory a vhost-user device can share with its backend and read itself (the queue the
+/// frontend serves).
+pub trait GuestRam: SharedMemory + GuestMemoryBackend + Clone + 'static {}
+impl<T: SharedMemory + GuestMemoryBackend + Clone + 'static> GuestRam for T {}
 
 /// How long the handshake at VM start may wait for the backend's replies. Once the VM runs
 /// there is no reply timeout: requests run on the device's control thread, which waits for a
@@ -30,9 +37,16 @@ pub struct VhostUserBackend<M> {
     local_config: Option<Vec<u8>>,
     /// Bytes of the backend's config space the frontend overrides (blk: num_queues).
     config_patches: Vec<(u32, Vec<u8>)>,
+    /// net: the control queue, served here; the backend gets the data queues only.
+    control: Option<NetControl>,
+    /// Data rings set up at the backend in this device life.
+    rings: Vec<u16>,
+    /// Whether the backend's ring enables match the control queue's pair count (false after
+    /// a request failed because the backend was gone).
+    pairs_synced: bool,
 }
 
-impl<M: SharedMemory + Clone + 'static> VhostUserBackend<M> {
+impl<M: GuestRam> VhostUserBackend<M> {
     /// Connects to the backend at `socket` (retrying for `connect_timeout` while it does not
     /// exist yet) and negotiates for up to `max_queues` queues.
     pub fn connect(
@@ -55,7 +69,26 @@ impl<M: SharedMemory + Clone + 'static> VhostUserBackend<M> {
             feature_add: 0,
             local_config: None,
             config_patches: Vec::new(),
+            control: None,
+            rings: Vec::new(),
+            pairs_synced: true,
         })
+    }
+
+    /// Serves virtio-net's control queue here, for a device of `pairs` queue pairs.
+    pub fn serve_control_queue(&mut self, pairs: u16) {
+        self.control = Some(NetControl::new(pairs));
+    }
+
+    /// Enables the data rings of the pairs the driver uses and disables the others
+    /// (QEMU: `vhost_set_vring_enable` per pair).
+    fn sync_pairs(&mut self, pairs: u16) -> Result<(), BackendError> {
+        self.pairs_synced = false;
+        for &i in &self.rings {
+            self.session.enable_vring(usize::from(i), i / 2 < pairs)?;
+        }
+        self.pairs_synced = true;
+        Ok(())
     }
 
     /// Offers the guest `(backend features & mask) | add`.
@@ -103,7 +136,7 @@ impl<M: SharedMemory + Clone + 'static> VhostUserBackend<M> {
     }
 }
 
-impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
+impl<M: GuestRam> VirtioBackend for VhostUserBackend<M> {
     fn device_features(&self) -> u64 {
         (self.session.device_features() & self.feature_mask) | self.feature_add
     }
@@ -142,10 +175,21 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
         resume: bool,
     ) -> Result<(), BackendError> {
         // Features the frontend implements itself are not the backend's business.
-        let for_backend = features & (self.session.device_features() | !self.feature_add);
+        // So are the control queue's bits (QEMU never acks them to a vhost-user-net backend).
+        let for_backend = features
+            & (self.session.device_features() | !self.feature_add)
+            & !self.control.as_ref().map_or(0, |_| CONTROL_QUEUE_FEATURES);
         self.session.set_features(for_backend)?;
         self.session.set_mem_table(&self.memory)?;
+        self.rings.clear();
+        let control_index = self.control.as_ref().map(|c| c.index(features));
         for q in queues {
+            if Some(q.index) == control_index {
+                if let Some(c) = &mut self.control {
+                    c.start(&self.memory, features, q, resume)?;
+                }
+                continue;
+            }
             let geometry = VringGeometry {
                 size: q.size,
                 desc: GuestAddress(q.desc),
@@ -164,16 +208,76 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
             };
             self.session
                 .setup_vring(i, geometry, base, q.call, q.kick)?;
-            self.session.enable_vring(i, true)?;
+            // With a control queue only the pairs the driver uses (pair 0 after a reset).
+            let enable = self
+                .control
+                .as_ref()
+                .is_none_or(|c| q.index / 2 < c.pairs());
+            self.session.enable_vring(i, enable)?;
+            self.rings.push(q.index);
         }
+        self.pairs_synced = true;
         Ok(())
     }
 
     fn reset(&mut self) -> Result<(), BackendError> {
+        if let Some(c) = &mut self.control {
+            c.reset();
+        }
+        self.rings.clear();
+        self.pairs_synced = true;
         self.session.reset().map_err(BackendError::from)
     }
 
+    fn serve_frontend_queue(&mut self) -> Result<Served, BackendError> {
+        let Some(mut control) = self.control.take() else {
+            return Ok(Served::default());
+        };
+        let mut backend_error = None;
+        if !self.pairs_synced {
+            // A reconnect restored the enables of before the request that failed.
+            if let Err(e) = self.sync_pairs(control.pairs()) {
+                backend_error = Some(e);
+            }
+        }
+        // Answered once the backend has the new enables (QEMU: the same, synchronously).
+        let memory = self.memory.clone();
+        let served = control.serve(&memory, |pairs| match self.sync_pairs(pairs) {
+            Ok(()) => STATUS_OK,
+            Err(e) => {
+                let status = if matches!(e, BackendError::Gone(_)) {
+                    STATUS_OK
+                } else {
+                    STATUS_ERR
+                };
+                backend_error = Some(e);
+                status
+            }
+        });
+        self.control = Some(control);
+        let served = served?;
+        match backend_error {
+            // The answer stays OK: the reconnect applies the pair count (the request is
+            // served again then).
+            Some(e @ BackendError::Gone(_)) => Err(e),
+            Some(e) => {
+                log::debug!("control queue: enabling queue pairs: {e}");
+                Ok(served)
+            }
+            None => Ok(served),
+        }
+    }
+
     fn set_queue_call(&mut self, index: u16, call: &EventFd) -> Result<(), BackendError> {
+        if !self.rings.contains(&index)
+            && let Some(c) = &mut self.control
+        {
+            let dup = call
+                .try_clone()
+                .map_err(|e| BackendError::Failed(FrontendError::EventFd(e)))?;
+            c.set_call(dup);
+            return Ok(());
+        }
         self.session
             .set_vring_call(usize::from(index), call)
             .map_err(BackendError::from)

@@ -157,10 +157,12 @@ pub struct FeaturePolicy {
     pub added: u64,
 }
 
-/// virtio-net bits the frontend never passes on: CTRL_VQ and every feature that needs the
-/// control queue (the frontend creates none), MTU and SPEED_DUPLEX (their config fields lie
-/// beyond what [`net::frontend_config`] serves), and the backend's MAC (the frontend offers
-/// MAC itself when `mac=` gives one).
+/// virtio-net bits the frontend never takes from the backend's offer: the control queue's
+/// (the frontend serves that queue itself and offers them through [`ControlQueue`]; MQ only
+/// when there is more than one queue pair and the backend offers it), GUEST_ANNOUNCE (needs
+/// the announce command and a config-space status bit the frontend does not implement), MTU
+/// and SPEED_DUPLEX (their config fields lie beyond what [`net::frontend_config`] serves),
+/// and the backend's MAC (the frontend offers MAC itself when `mac=` gives one).
 const NET_MASKED: u64 = bit(VIRTIO_NET_F_CTRL_VQ)
     | bit(VIRTIO_NET_F_CTRL_RX)
     | bit(VIRTIO_NET_F_CTRL_VLAN)
@@ -171,6 +173,19 @@ const NET_MASKED: u64 = bit(VIRTIO_NET_F_CTRL_VQ)
     | bit(VIRTIO_NET_F_MTU)
     | bit(VIRTIO_NET_F_SPEED_DUPLEX)
     | bit(VIRTIO_NET_F_MAC);
+
+/// A queue the frontend serves itself instead of the backend, placed after the backend's
+/// queues: virtio-net's control queue (QEMU's virtio-net does the same with vhost-user-net:
+/// the backend gets the data queues only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlQueue {
+    /// Feature bits the frontend offers because it serves the queue; never sent to the
+    /// backend.
+    pub features: u64,
+    /// The multi-queue bit: offered (and sent to the backend) only with more than one queue
+    /// pair and when the backend offers it.
+    pub multiqueue: u32,
+}
 
 const KEEP_ALL: FeaturePolicy = FeaturePolicy {
     masked: 0,
@@ -219,6 +234,9 @@ pub struct DeviceSpec {
     pub pci_class: Option<PciClass>,
     pub features: FeaturePolicy,
     pub config: ConfigSource,
+    /// A queue after the backend's ones that the frontend serves itself (`None`: every queue
+    /// is the backend's).
+    pub control_queue: Option<ControlQueue>,
     /// A note `--help` prints after the synopsis (empty: none).
     pub help: &'static str,
 }
@@ -332,6 +350,7 @@ pub static DEVICES: &[DeviceSpec] = &[
         config: ConfigSource::BackendWithQueueCount {
             offset: blk::BLK_NUM_QUEUES_OFFSET,
         },
+        control_queue: None,
         help: "",
     },
     DeviceSpec {
@@ -344,6 +363,7 @@ pub static DEVICES: &[DeviceSpec] = &[
         pci_class: Some(PCI_CLASS_COMMUNICATION_OTHER),
         features: KEEP_ALL,
         config: ConfigSource::Backend,
+        control_queue: None,
         help: "",
     },
     DeviceSpec {
@@ -356,6 +376,7 @@ pub static DEVICES: &[DeviceSpec] = &[
         pci_class: Some(PCI_CLASS_OTHERS),
         features: KEEP_ALL,
         config: ConfigSource::Backend,
+        control_queue: None,
         help: "",
     },
     DeviceSpec {
@@ -372,6 +393,7 @@ pub static DEVICES: &[DeviceSpec] = &[
             added: 0,
         },
         config: ConfigSource::Backend,
+        control_queue: None,
         help: "(accel extension)",
     },
     DeviceSpec {
@@ -393,6 +415,7 @@ pub static DEVICES: &[DeviceSpec] = &[
         pci_class: None,
         features: KEEP_ALL,
         config: ConfigSource::Backend,
+        control_queue: None,
         help: "any virtio device type served by a vhost-user backend",
     },
     DeviceSpec {
@@ -416,6 +439,10 @@ pub static DEVICES: &[DeviceSpec] = &[
             added: 0,
         },
         config: ConfigSource::Frontend(net::frontend_config),
+        control_queue: Some(ControlQueue {
+            features: net::CONTROL_QUEUE_FEATURES,
+            multiqueue: VIRTIO_NET_F_MQ,
+        }),
         help: "",
     },
 ];

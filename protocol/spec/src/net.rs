@@ -30,6 +30,26 @@ pub const fn tx_queue(pair: u16) -> u16 {
     pair * 2 + 1
 }
 
+/// What a frontend serving the control queue itself offers with it, as QEMU's virtio-net
+/// does in front of vhost-user-net: the queue, receive-mode and MAC-filter commands, VLAN
+/// filtering, setting the MAC. The data path is the backend's, so filters are acknowledged
+/// and not enforced (QEMU: the same with vhost-user).
+pub const CONTROL_QUEUE_FEATURES: u64 = bit(virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ)
+    | bit(virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_RX)
+    | bit(virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_RX_EXTRA)
+    | bit(virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VLAN)
+    | bit(virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_MAC_ADDR);
+
+/// Index of the control queue of a device with `max_pairs` queue pairs once `features` are
+/// negotiated: after every data queue with MQ, else after the one pair (virtio 1.2 §5.1.2).
+pub const fn control_queue_index(max_pairs: u16, features: u64) -> u16 {
+    if features & bit(VIRTIO_NET_F_MQ) != 0 {
+        max_pairs * 2
+    } else {
+        2
+    }
+}
+
 /// Size of the header in front of every packet once VERSION_1 or MRG_RXBUF is negotiated.
 pub const NET_HDR_SIZE: usize = std::mem::size_of::<NetHeader>();
 /// Size of the legacy header (no `num_buffers`): neither VERSION_1 nor MRG_RXBUF negotiated.

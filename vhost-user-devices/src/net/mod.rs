@@ -13,8 +13,8 @@
 //!
 //! Features: VERSION_1, EVENT_IDX, INDIRECT_DESC, MRG_RXBUF, STATUS, MAC (with `--mac`), MQ
 //! (with `--queues` > 1) and, in tap mode, CSUM/GUEST_CSUM, GUEST/HOST TSO4/TSO6/ECN
-//! (TUNSETOFFLOAD follows the guest's GUEST_* acks). No control queue: QEMU implements it
-//! itself; accel offers neither CTRL_VQ nor MQ, so an accel guest uses one queue pair.
+//! (TUNSETOFFLOAD follows the guest's GUEST_* acks). No control queue: the frontend (QEMU,
+//! accel) serves it and enables the queue pairs the guest asks for with SET_VRING_ENABLE.
 //! Receive never blocks a worker: with no guest buffers the frame in hand waits and the link
 //! is not read until the guest's receive kick (frames queue in the tap / peer socket, where the
 //! kernel drops the excess); oversized and malformed traffic is dropped and counted
