@@ -10,8 +10,11 @@ pub struct VmConfig {
     /// `-name`: used in log lines and the process title only.
     pub name: Option<String>,
     /// `-machine type=`: accepted for compatibility; the platform accel builds is the same
-    /// (PC-style: PIC/IOAPIC/PIT, legacy PCI config ports, MP tables).
+    /// (PC-style: PIC/IOAPIC/PIT, legacy PCI config ports, ACPI or MP tables).
     pub machine: MachineType,
+    /// ACPI tables and the ACPI PM device (power button, S5); `-machine acpi=off` or
+    /// `-no-acpi`: the MP table only, as before ACPI existed in accel.
+    pub acpi: bool,
     /// `-cpu`: model and `+feat`/`-feat` edits applied to KVM_GET_SUPPORTED_CPUID.
     pub cpu: CpuConfig,
     /// `-smp`.

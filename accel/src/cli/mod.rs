@@ -113,6 +113,7 @@ struct State {
     serials: Vec<SerialConfig>,
     nodefaults: bool,
     no_reboot: bool,
+    no_acpi: bool,
     timing: bool,
     chardevs: Vec<ChardevConfig>,
     netdevs: Vec<devices::Netdev>,
@@ -154,7 +155,9 @@ impl State {
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
-            Opt::Nographic | Opt::NoUserConfig | Opt::NoAcpi | Opt::NoHpet => {}
+            Opt::Nographic | Opt::NoUserConfig | Opt::NoHpet => {}
+            // QEMU 7.2: the same as -machine acpi=off.
+            Opt::NoAcpi => self.no_acpi = true,
             Opt::Nodefaults => self.nodefaults = true,
             Opt::NoReboot => self.no_reboot = true,
             Opt::Timing => self.timing = true,
@@ -216,6 +219,7 @@ impl State {
         Ok(VmConfig {
             name: self.name,
             machine: machine.kind,
+            acpi: machine.acpi && !self.no_acpi,
             cpu: self.cpu.unwrap_or_else(machine::default_cpu),
             smp,
             memory,

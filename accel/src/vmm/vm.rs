@@ -21,6 +21,7 @@ use crate::arch::layout::{
     FIRST_ALLOCATABLE_GSI, GSI_END, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::config::VmConfig;
+use crate::devices::acpi_pm::PowerButton;
 use crate::devices::bus::Bus;
 
 /// Called on guest reset (reboot), before the vCPUs run again, so devices return to their
@@ -45,6 +46,8 @@ pub struct Vm {
     pub gsi_allocator: Arc<Mutex<IdAllocator>>,
     /// Reset/exit requests from devices and vCPUs.
     pub control: Arc<VmControl>,
+    /// The ACPI power button (QMP `system_powerdown`); `None` with `acpi=off`.
+    pub power_button: Option<PowerButton>,
     reset_hooks: Vec<ResetHook>,
     snapshot: PlatformSnapshot,
     pub(super) boot: BootEntry,
@@ -90,6 +93,7 @@ impl Vm {
                 IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1).map_err(VmmError::Gsi)?,
             )),
             control: Arc::new(VmControl::new()?),
+            power_button: None,
             reset_hooks: Vec::new(),
             snapshot: PlatformSnapshot {
                 irqchips: Vec::new(),
@@ -185,12 +189,16 @@ impl Vm {
         PlatformSnapshot { irqchips, pit }
     }
 
-    /// (Re)writes MP table, kernel, initrd and boot data, and puts every vCPU in its
-    /// power-on state.
+    /// (Re)writes the ACPI tables (or the MP table with `acpi=off`), kernel, initrd and boot
+    /// data, and puts every vCPU in its power-on state.
     fn load_and_reset_vcpus(&mut self) -> Result<(), VmmError> {
         let mem = self.ram.memory.memory();
         let ncpus = self.config.smp.cpus.max(1);
-        crate::arch::mptable::setup_mptable(&mem, ncpus)?;
+        if self.config.acpi {
+            crate::arch::acpi::setup_acpi(&mem, ncpus)?;
+        } else {
+            crate::arch::mptable::setup_mptable(&mem, ncpus)?;
+        }
         self.boot = load_boot(&*mem, &self.config.boot, self.ram.size)?;
         for vcpu in &mut self.vcpus {
             vcpu.reset(&mem, &self.boot)?;
