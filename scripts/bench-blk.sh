@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark our vhost-user-blk backend against qemu-storage-daemon's vhost-user-blk export
 # (aio=io_uring and aio=threads; the better qsd result counts), same client for both:
-# protocol's userspace driver in `vu-blk-bench`, no VM. The image is a 256 MiB file kept in
+# vu-testkit's userspace driver in `vu-blk-bench`, no VM. The image is a 256 MiB file kept in
 # the page cache (buffered I/O on both sides).
 #
 #   scripts/bench-blk.sh            # 5 s per case

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use vu_spec::devices::DeviceSpec;
+
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -33,6 +35,50 @@ pub struct VmConfig {
     pub devices: Vec<VhostUserDeviceConfig>,
     /// `--timing` (accel extension): report start → first vCPU entry on stderr.
     pub timing: bool,
+    /// `-qmp`, `-mon chardev=ID,mode=control`: QMP monitors accel listens on.
+    pub monitors: Vec<MonitorConfig>,
+    /// `-S`, `-no-shutdown`, `-pidfile`, `-uuid`, `-name ...,debug-threads=on`.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Process and VM-lifecycle options (QEMU's spelling in the field docs).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LifecycleConfig {
+    /// `-S`: create the vCPUs but run them only after QMP `cont`.
+    pub start_paused: bool,
+    /// `-no-shutdown`: a guest poweroff stops the VM instead of ending the process.
+    pub no_shutdown: bool,
+    /// `-pidfile PATH`: written at start, removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// `-daemonize`: fork; the parent exits once the VM is built and its monitors listen.
+    pub daemonize: bool,
+    /// `-uuid`: reported by `query-uuid` (canonical lower-case form).
+    pub uuid: Option<String>,
+    /// `-name ...,debug-threads=on`: name vCPU threads `CPU N/KVM` as QEMU does.
+    pub debug_threads: bool,
+}
+
+/// One QMP monitor: where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// The chardev label `query-chardev` shows (`compat_monitorN` for `-qmp`, else the id).
+    pub label: String,
+    pub listen: MonitorListen,
+    /// `-mon ...,pretty=on`: multi-line JSON replies.
+    pub pretty: bool,
+    /// `wait=on` (QEMU's default): accel waits for the first client before the VM starts.
+    pub wait: bool,
+}
+
+/// A listening socket for a monitor (QEMU's socket chardev in server mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorListen {
+    /// `unix:PATH` / `path=PATH`: accel binds PATH (replacing a stale socket file).
+    Unix(PathBuf),
+    /// `tcp:HOST:PORT` / `host=,port=`.
+    Tcp { host: String, port: u16 },
+    /// `fd=N`: an already bound, listening socket inherited from the parent (libvirt).
+    Fd(i32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -88,11 +134,25 @@ pub struct MemoryBackendConfig {
     /// `-object memory-backend-memfd,id=`; `None` for the implicit backend made from `-m`.
     pub id: Option<String>,
     pub size: u64,
-    /// `share=on`: required by vhost-user devices (accel always maps memfd MAP_SHARED, but
+    /// `share=on`: required by vhost-user devices (accel always maps guest RAM MAP_SHARED, but
     /// QEMU's semantics are kept: without share=on, vhost-user devices are refused).
     pub share: bool,
-    /// `hugetlb=on` (accel: refused unless supported).
-    pub hugetlb: bool,
+    /// Where the pages come from.
+    pub source: RamSource,
+    /// `prealloc=on` / `-mem-prealloc`: every page is allocated before the guest starts.
+    pub prealloc: bool,
+}
+
+/// The memory behind one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RamSource {
+    /// `memory-backend-memfd` and plain `-m`: an anonymous memfd. `hugetlb` is the huge page
+    /// size in bytes when `hugetlb=on` (0: the host's default huge page size).
+    Memfd { hugetlb: Option<u64> },
+    /// `memory-backend-file,mem-path=PATH` / `-mem-path PATH`: a directory gets a fresh
+    /// unlinked file; a missing file is created (and kept, as QEMU does); an existing file is
+    /// mapped as it is (it must hold at least `size` bytes).
+    File { path: PathBuf, readonly: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -124,29 +184,18 @@ pub struct ChardevConfig {
     pub reconnect_secs: u64,
 }
 
-/// The kind of vhost-user device behind a `-device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VhostUserKind {
-    Blk,
-    Net,
-    Vsock,
-    Rng,
-    Console,
-    /// `vhost-user-device-pci,virtio-id=N,num_vqs=N,config_size=N`.
-    Generic {
-        virtio_id: u32,
-        num_queues: u16,
-        config_size: u32,
-    },
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserDeviceConfig {
-    pub kind: VhostUserKind,
+    /// The kind of device: its row in the device table (`vu_spec::devices::DEVICES`).
+    pub spec: &'static DeviceSpec,
     /// `id=` (optional in QEMU).
     pub id: Option<String>,
     /// The `-chardev` id this device connects through (for net: via the `-netdev`).
     pub chardev: String,
+    /// The virtio id the guest sees (the row's, or `virtio-id=`).
+    pub virtio_id: u32,
+    /// Device config space size the guest sees (the row's, or `config_size=`).
+    pub config_size: u32,
     /// `num-queues=` (blk), `queues=` on the netdev ×2 (net), `num_vqs=` (generic);
     /// `None` = device default.
     pub num_queues: Option<u16>,

@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod pci;
+pub mod qmp;
 pub mod virtio;
 pub mod vmm;

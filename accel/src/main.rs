@@ -24,7 +24,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = vmm::run(*config);
+    // -daemonize forks here, while the process has one thread.
+    let ready = if config.lifecycle.daemonize {
+        match vmm::daemon::daemonize() {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                eprintln!("accel: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let result = vmm::run(*config, ready);
     restore_terminal();
     match result {
         Ok(ExitReason::Shutdown) => ExitCode::SUCCESS,

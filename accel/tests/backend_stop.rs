@@ -2,10 +2,10 @@
 //! (SIGSTOP), then killed while stopped and replaced, without booting a guest: the test makes
 //! the accesses a vCPU would (BAR 0 reads and writes under the device lock).
 //!
-//! Needs the workspace's binaries (`cargo build --workspace --bins`).
+//! Builds vhost-user-blk first if it is out of date (see `support::workspace_bin`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,7 @@ use accel::pci::interrupts::{InterruptError, InterruptRouter};
 use accel::pci::msix::MsiMessage;
 use accel::virtio::setup::setup_with_router;
 use accel::vmm::memory::GuestRam;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -42,26 +41,19 @@ impl InterruptRouter for NoRouter {
     }
 }
 
-struct Killed(Child);
+// The tests' shared helpers, by path: a dev-dependency on vu-testkit would bring the bench
+// client's clap and serde_json into `cargo tree -p accel`.
+#[path = "../../protocol/testkit/src/support.rs"]
+#[allow(dead_code)]
+mod support;
+use support::{KillOnDrop, TestDir, expect_path, workspace_bin};
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// vhost-user-blk, built first (never a stale binary).
 fn blk_binary() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vhost-user-blk");
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
+    workspace_bin(&["vhost-user-devices"], "vhost-user-blk")
 }
 
-fn start_blk(sock: &Path, image: &Path, log: &Path) -> Killed {
+fn start_blk(sock: &Path, image: &Path, log: &Path) -> KillOnDrop {
     let _ = std::fs::remove_file(sock);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -79,18 +71,15 @@ fn start_blk(sock: &Path, image: &Path, log: &Path) -> Killed {
         .stderr(log)
         .spawn()
         .expect("spawn vhost-user-blk");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "backend socket did not appear");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Killed(child)
+    let child = KillOnDrop(child);
+    expect_path(sock, Duration::from_secs(10));
+    child
 }
 
 /// SIGSTOP, then waits until every thread of the process is stopped.
-fn stop(p: &Killed) {
-    let pid = p.0.id();
-    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+fn stop(p: &KillOnDrop) {
+    let pid = p.pid();
+    p.signal(Signal::SIGSTOP);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
@@ -131,7 +120,7 @@ const STATUS: u64 = 0x20_2000;
 
 /// One blk device (`reconnect=1`) over a real backend process, driven as a vCPU would.
 struct Rig {
-    dir: PathBuf,
+    _dir: TestDir,
     sock: PathBuf,
     image: PathBuf,
     log: PathBuf,
@@ -143,9 +132,8 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(tag: &str) -> (Rig, Killed) {
-        let dir = std::env::temp_dir().join(format!("accel-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn new(tag: &str) -> (Rig, KillOnDrop) {
+        let dir = TestDir::new(tag);
         let (sock, image, log) = (
             dir.join("blk.sock"),
             dir.join("disk.img"),
@@ -181,7 +169,7 @@ impl Rig {
         let dev = setup.devices[0].clone();
         let ctl = dev.lock().unwrap().control();
         let rig = Rig {
-            dir,
+            _dir: dir,
             sock,
             image,
             log,
@@ -270,7 +258,7 @@ impl Rig {
     /// guest would while it is stopped: 200 capacity reads, writethrough (wce = 0), a reset
     /// (which reads back as pending: the backend has not stopped the rings). None may wait
     /// for the backend.
-    fn stop_and_use(&self, backend: &Killed) {
+    fn stop_and_use(&self, backend: &KillOnDrop) {
         self.bring_up();
         assert!(self.ctl.flush(Duration::from_secs(30)), "activation");
         assert_eq!(self.r(0x14, 1), 0x0f);
@@ -318,19 +306,13 @@ impl Rig {
     }
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A stopped backend, then SIGCONT: what was queued while it was stopped (config write,
 /// reset) goes through in order, no reconnect needed; the device then works.
 #[test]
 fn stopped_backend_blocks_no_vcpu_access_and_catches_up_after_sigcont() {
     let (rig, backend) = Rig::new("backend-sigcont");
     rig.stop_and_use(&backend);
-    kill(Pid::from_raw(backend.0.id() as i32), Signal::SIGCONT).unwrap();
+    backend.signal(Signal::SIGCONT);
     rig.check_caught_up();
     assert_eq!(
         std::fs::read_to_string(&rig.log)

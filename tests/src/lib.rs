@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests: locating the workspace's binaries and the test
 //! guest, running VMs and backends with a deadline, and collecting what they printed.
 //!
-//! The binaries are the ones `cargo build --workspace --bins` produced (`scripts/test.sh` builds
-//! them before running the tests). The guest comes from `$ACCEL_GUEST_DIR`, `../shared/guest`
-//! next to the checkout, or the cache `scripts/guest.sh` builds into.
+//! The generic process helpers (scratch directories, children killed on drop, running with a
+//! deadline) come from [`vu_testkit::support`]; what is here knows about VMs and the guest.
+//!
+//! [`bin`] builds accel and the backends (once per test process, for this test's profile) before
+//! handing out a path, so a test never runs a stale binary. The guest comes from
+//! `$ACCEL_GUEST_DIR`, `../shared/guest` next to the checkout, or the cache `scripts/guest.sh`
+//! builds into.
 
 mod backend;
 mod streaming;
@@ -14,11 +18,14 @@ pub use backend::{BACKEND_SOCKET_TIMEOUT, Backend, md5_hex, xorshift_bytes};
 pub use streaming::Streaming;
 pub use tap::{Tap, byte_sink};
 pub use vm::VmCommand;
+pub use vu_testkit::support::{
+    KillOnDrop, RunOutput, Running, TestDir, run_with_timeout, spawn_until, wait_for_path,
+    wait_with_timeout,
+};
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Kernel command-line options every test guest gets: what this machine's `kvm_pvm` needs
 /// (harmless under TCG and on real KVM), see ../shared/guest/README.md.
@@ -35,23 +42,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo put the workspace's binaries for this profile.
-fn bin_dir() -> PathBuf {
-    // The test executable lives in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
+/// The packages whose binaries the tests run.
+const BIN_PACKAGES: [&str; 2] = ["accel", "vhost-user-devices"];
 
-/// Path of a workspace binary (`accel`, `vhost-user-blk`, ...). Panics with the fix if it was not
-/// built.
+/// Path of a workspace binary (`accel`, `vhost-user-blk`, ...), built first: see
+/// [`vu_testkit::support::workspace_bin`] (the first call builds accel and the backends for
+/// this test's profile, so a test never runs a stale binary).
 pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo build --workspace --bins` (scripts/test.sh does) first",
-        p.display()
-    );
-    p
+    vu_testkit::support::workspace_bin(&BIN_PACKAGES, name)
 }
 
 /// The test guest directory (vmlinux, bzImage, initramfs.cpio, lean.cpio).
@@ -107,56 +105,14 @@ pub fn qemu() -> PathBuf {
     p
 }
 
-/// A per-test scratch directory, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let base = std::env::temp_dir();
-        for n in 0.. {
-            let p = base.join(format!("accel-test-{tag}-{}-{n}", std::process::id()));
-            if std::fs::create_dir(&p).is_ok() {
-                return TempDir(p);
-            }
-        }
-        unreachable!()
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What a finished (or killed) process left behind.
-#[derive(Debug)]
-pub struct RunOutput {
-    /// `None` when the deadline passed and the process was killed.
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl RunOutput {
-    pub fn code(&self) -> Option<i32> {
-        self.status.and_then(|s| s.code())
-    }
-    /// stdout then stderr, for assertion messages.
-    pub fn both(&self) -> String {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout, self.stderr
-        )
-    }
+/// What the test guest's /init reports, read from a VM's output.
+pub trait GuestOutput {
     /// The value after `GUEST CMD RC: ` the guest's /init printed, if any.
-    pub fn guest_rc(&self) -> Option<i32> {
+    fn guest_rc(&self) -> Option<i32>;
+}
+
+impl GuestOutput for RunOutput {
+    fn guest_rc(&self) -> Option<i32> {
         self.stdout
             .lines()
             .find_map(|l| l.trim().strip_prefix("GUEST CMD RC: "))
@@ -164,51 +120,6 @@ impl RunOutput {
     }
 }
 
-/// Runs `cmd` with stdout/stderr captured and stdin closed; kills it after `timeout`.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> RunOutput {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    wait_with_timeout(child, timeout)
-}
-
-/// Waits for a child spawned with piped stdout/stderr; kills it after `timeout`.
-pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> RunOutput {
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(s) => break Some(s),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    RunOutput {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
-}
-
-/// The `-append` value for a test guest that runs `gcmd` (empty: just boot and reset).
 /// `base` (a guest cpio) followed by an archive with the static test tools of
 /// `scripts/guest-tools` (`/bin/vsock-tool`, `/bin/smp-stress`), built into `dir`.
 pub fn guest_tools_initrd(dir: &Path, base: &Path) -> PathBuf {
@@ -220,113 +131,16 @@ pub fn guest_tools_initrd(dir: &Path, base: &Path) -> PathBuf {
         .expect("run scripts/guest-tools/build.sh");
     assert!(
         status.success(),
-        "building the guest tools failed (needs gcc and glibc's static libraries)"
+        "building the guest tools failed: needs gcc, static glibc and python3 (apt-get install gcc libc6-dev python3)"
     );
     out.join("initrd.cpio")
 }
 
+/// The `-append` value for a test guest that runs `gcmd` (empty: just boot and reset).
 pub fn guest_append(gcmd: &str) -> String {
     if gcmd.is_empty() {
         GUEST_CMDLINE.to_string()
     } else {
         format!("{GUEST_CMDLINE} gcmd=\"{gcmd}\"")
-    }
-}
-
-/// A child process killed (and reaped) on drop: backends that tests start.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until `path` exists (a backend's listening socket), up to `timeout`.
-pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// A process whose stdout is being collected in the background (see [`spawn_until`]).
-pub struct Running {
-    child: Child,
-    stdout: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-/// Spawns `cmd` (stdin closed, output captured) and returns once a line of its stdout contains
-/// `marker`. On timeout or early exit the process is killed and its output returned as `Err`.
-/// For a VM that must be up before another starts (e.g. two guests on one link).
-pub fn spawn_until(
-    cmd: &mut Command,
-    marker: &str,
-    timeout: Duration,
-) -> Result<Running, RunOutput> {
-    use std::io::BufRead;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let (acc, marker) = (stdout.clone(), marker.to_string());
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(&marker) {
-                let _ = seen_tx.send(());
-            }
-            let mut acc = acc.lock().unwrap();
-            acc.push_str(&line);
-            acc.push('\n');
-        }
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
-    let running = Running {
-        child,
-        stdout,
-        reader,
-        stderr,
-    };
-    match seen_rx.recv_timeout(timeout) {
-        Ok(()) => Ok(running),
-        Err(_) => Err(running.finish()),
-    }
-}
-
-impl Running {
-    /// Kills the process (if still running) and returns everything it printed.
-    pub fn finish(mut self) -> RunOutput {
-        let status = match self.child.try_wait() {
-            Ok(Some(s)) => Some(s),
-            _ => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                None
-            }
-        };
-        let _ = self.reader.join();
-        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
-        RunOutput {
-            status,
-            stdout,
-            stderr: self.stderr.join().unwrap_or_default(),
-        }
     }
 }

@@ -111,10 +111,7 @@ impl Streaming {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        self.child.signal(nix::sys::signal::Signal::SIGTERM);
         self.child.0.wait().expect("wait")
     }
 }

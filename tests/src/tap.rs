@@ -28,7 +28,7 @@ impl Tap {
             let out = Command::new("ip")
                 .args(args)
                 .output()
-                .unwrap_or_else(|e| panic!("cannot run `ip`: {e} (iproute2 is needed)"));
+                .unwrap_or_else(|e| panic!("cannot run `ip` ({e}): apt-get install iproute2"));
             assert!(
                 out.status.success(),
                 "`ip {}` failed: {}\nthe tap tests need root or CAP_NET_ADMIN to create a tap",

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, Streaming, TempDir, VmCommand, bin, md5_hex, xorshift_bytes,
+    Backend, KVM_BOOT_TIMEOUT, Streaming, TestDir, VmCommand, bin, md5_hex, xorshift_bytes,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -22,7 +22,7 @@ const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 /// The guest hashes its whole disk with O_DIRECT: every byte comes from the backend.
 const READ_DISK: &str = "dd if=/dev/vda bs=64k iflag=direct 2>/dev/null | md5sum";
 
-fn image(dir: &TempDir, seed: u64) -> (std::path::PathBuf, String) {
+fn image(dir: &TestDir, seed: u64) -> (std::path::PathBuf, String) {
     let path = dir.join("disk.img");
     let data = xorshift_bytes(seed | 1, IMAGE_SIZE);
     std::fs::write(&path, &data).expect("write image");
@@ -67,7 +67,7 @@ fn word_after(line: &str, marker: &str) -> String {
 /// the disk 0 sectors), and after SIGCONT the pending read completes with the right bytes.
 #[test]
 fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
-    let dir = TempDir::new("stall-sigstop");
+    let dir = TestDir::new("stall-sigstop");
     let (image, md5) = image(&dir, 0x5709);
     let sock = dir.join("blk.sock");
     let backend = blk(&sock, &image, &dir.join("backend.log"));
@@ -158,7 +158,7 @@ fn stopped_backend_freezes_no_vcpu_and_keeps_the_disk() {
 /// runs and the new boot reads the disk with the right bytes.
 #[test]
 fn guest_reset_while_a_reconnect_is_pending() {
-    let dir = TempDir::new("stall-reset");
+    let dir = TestDir::new("stall-reset");
     let (image, md5) = image(&dir, 0x4e5e7);
     let sock = dir.join("blk.sock");
     let log = dir.join("backend.log");
@@ -210,7 +210,7 @@ fn guest_reset_while_a_reconnect_is_pending() {
 /// backend got the guest's cache mode.
 #[test]
 fn smp2_blk_and_rng_survive_backend_stops_and_kills() {
-    let dir = TempDir::new("stall-smp2");
+    let dir = TestDir::new("stall-smp2");
     let (image, md5) = image(&dir, 0x5a52);
     let (bsock, rsock) = (dir.join("blk.sock"), dir.join("rng.sock"));
     let (blog, rlog) = (dir.join("blk.log"), dir.join("rng.log"));

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, Streaming, TempDir, VmCommand, bin, md5_hex, qemu, xorshift_bytes,
+    Backend, KVM_BOOT_TIMEOUT, Streaming, TestDir, VmCommand, bin, md5_hex, qemu, xorshift_bytes,
 };
 
 /// One half of the source disk; the target disk's size.
@@ -128,7 +128,7 @@ fn kill_busy(backend: Backend, window: Duration) {
 }
 
 fn crash_copy(vmm: &Path, accel: &str, boot: Duration) {
-    let dir = TempDir::new(&format!("blk-crash-{accel}"));
+    let dir = TestDir::new(&format!("blk-crash-{accel}"));
     let source_image = dir.join("source.img");
     let mut source = xorshift_bytes(0x1234_5678_9abc_def1, 2 * HALF);
     source.resize(2 * HALF + 4096, 0);

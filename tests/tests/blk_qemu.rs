@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{Backend, RunOutput, TempDir, VmCommand, md5_hex, xorshift_bytes};
+use integration_tests::{
+    Backend, GuestOutput, RunOutput, TestDir, VmCommand, md5_hex, xorshift_bytes,
+};
 
 const IMAGE_SIZE: usize = 16 << 20;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
@@ -18,7 +20,7 @@ fn make_image(path: &Path) -> Vec<u8> {
     data
 }
 
-fn start_backend(dir: &TempDir, extra: &[&str]) -> Backend {
+fn start_backend(dir: &TestDir, extra: &[&str]) -> Backend {
     let image = dir.join("disk.img");
     let mut args = vec!["--image", image.to_str().unwrap()];
     args.extend(extra);
@@ -52,7 +54,7 @@ fn guest_md5(out: &RunOutput) -> Option<String> {
 /// at 4 KiB, both with fsync (FLUSH). A second QEMU then sees the new contents (the backend
 /// served again after the first QEMU went away).
 fn read_write_round_trip(device_opts: &str, backend_opts: &[&str]) -> RunOutput {
-    let dir = TempDir::new("blk-qemu");
+    let dir = TestDir::new("blk-qemu");
     let original = make_image(&dir.join("disk.img"));
     let backend = start_backend(&dir, backend_opts);
 
@@ -118,7 +120,7 @@ fn qemu_with_two_queues() {
 
 #[test]
 fn qemu_read_only_backend_refuses_writes() {
-    let dir = TempDir::new("blk-qemu-ro");
+    let dir = TestDir::new("blk-qemu-ro");
     let original = make_image(&dir.join("disk.img"));
     let backend = start_backend(&dir, &["--read-only"]);
     let gcmd = "md5sum /dev/vda; echo ro $(cat /sys/block/vda/ro); \

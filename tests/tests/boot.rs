@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, RunOutput, TempDir, bin, guest_append, guest_file, run_with_timeout,
+    GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, TestDir, bin, guest_append, guest_file,
+    run_with_timeout,
 };
 
 /// The boots in this file run one at a time: on a 2-core host, parallel guests starve each
@@ -264,7 +265,7 @@ fn run_quick(kernel: &Path, initrd: &Path) -> RunOutput {
 
 #[test]
 fn missing_kernel_or_initrd_is_an_error_naming_the_file() {
-    let dir = TempDir::new("boot-missing");
+    let dir = TestDir::new("boot-missing");
     let nok = dir.join("no-such-kernel");
     let out = run_quick(&nok, &guest_file("lean.cpio"));
     assert_ne!(out.code(), Some(0), "{}", out.both());
@@ -286,7 +287,7 @@ fn missing_kernel_or_initrd_is_an_error_naming_the_file() {
 
 #[test]
 fn garbage_kernel_is_a_clear_error() {
-    let dir = TempDir::new("boot-garbage");
+    let dir = TestDir::new("boot-garbage");
     let k = dir.join("garbage.bin");
     std::fs::write(&k, vec![0x5au8; 8192]).unwrap();
     let out = run_quick(&k, &guest_file("lean.cpio"));
@@ -355,7 +356,7 @@ fn crashing_pvh_elf() -> Vec<u8> {
 
 #[test]
 fn a_guest_crash_dumps_registers_and_exits_nonzero() {
-    let dir = TempDir::new("boot-crash");
+    let dir = TestDir::new("boot-crash");
     let k = dir.join("crash.elf");
     std::fs::write(&k, crashing_pvh_elf()).unwrap();
     let mut cmd = Command::new(bin("accel"));

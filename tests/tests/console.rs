@@ -12,9 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand};
+use integration_tests::{Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, TestDir, VmCommand};
 
-fn start_backend(dir: &TempDir, endpoint: &[&str]) -> Backend {
+fn start_backend(dir: &TestDir, endpoint: &[&str]) -> Backend {
     Backend::spawn("vhost-user-console", &dir.join("console.sock"), endpoint)
 }
 
@@ -29,7 +29,7 @@ fn run_accel(backend: &Backend, device: &str, gcmd: &str, timeout: Duration) -> 
 
 #[test]
 fn accel_hvc0_both_ways_through_the_console_socket() {
-    let dir = TempDir::new("console-accel");
+    let dir = TestDir::new("console-accel");
     let p = dir.join("p.sock");
     let backend = start_backend(&dir, &["--socket", p.to_str().unwrap()]);
     // The socket's client: wait for the guest's line, answer one, collect everything.
@@ -86,7 +86,7 @@ fn accel_hvc0_both_ways_through_the_console_socket() {
 
 #[test]
 fn accel_generic_device_output_to_a_file() {
-    let dir = TempDir::new("console-accel-file");
+    let dir = TestDir::new("console-accel-file");
     let file = dir.join("out.txt");
     let backend = start_backend(&dir, &["--output", file.to_str().unwrap()]);
     let out = run_accel(

@@ -15,15 +15,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, RunOutput, Tap, TempDir, VmCommand, bin, byte_sink, guest_file,
-    qemu, run_with_timeout, spawn_until, wait_for_path,
+    Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, Tap, TestDir, VmCommand, bin, byte_sink,
+    guest_file, qemu, run_with_timeout, spawn_until, wait_for_path,
 };
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the guest sends in the bulk test: dd bs=65536 count=160.
 const BULK_BYTES: u64 = 160 * 65536;
 
-fn start_backend(dir: &TempDir, args: &[&str]) -> Backend {
+fn start_backend(dir: &TestDir, args: &[&str]) -> Backend {
     Backend::spawn_logged(
         "vhost-user-net",
         &dir.join("net.sock"),
@@ -32,7 +32,7 @@ fn start_backend(dir: &TempDir, args: &[&str]) -> Backend {
     )
 }
 
-fn backend_log(dir: &TempDir) -> String {
+fn backend_log(dir: &TestDir) -> String {
     std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default()
 }
 
@@ -77,7 +77,7 @@ fn replies(out: &RunOutput, from: Ipv4Addr) -> usize {
 
 fn tap_ping_and_bulk(queues: u16) {
     let tap = Tap::create(queues as u8, 200 + queues as u8);
-    let dir = TempDir::new("net-qemu-tap");
+    let dir = TestDir::new("net-qemu-tap");
     let q = queues.to_string();
     let backend = start_backend(
         &dir,
@@ -144,7 +144,7 @@ fn qemu_tcg_tap_two_queue_pairs() {
 /// three times, B stays up meanwhile.
 #[test]
 fn qemu_tcg_peer_mode_two_guests_ping() {
-    let dir = TempDir::new("net-qemu-peer");
+    let dir = TestDir::new("net-qemu-peer");
     let sock_b = dir.join("b.sock");
     let backend = start_backend(&dir, &["--peer", sock_b.to_str().unwrap()]);
     assert!(wait_for_path(&sock_b, Duration::from_secs(10)));
@@ -210,7 +210,7 @@ fn qemu_tcg_peer_mode_two_guests_ping() {
 #[test]
 fn accel_kvm_tap_ping_and_transfer() {
     let tap = Tap::create(9, 209);
-    let dir = TempDir::new("net-accel-tap");
+    let dir = TestDir::new("net-accel-tap");
     let backend = start_backend(&dir, &["--tap", &tap.name]);
     let (port, sink) = byte_sink(tap.host, KVM_BOOT_TIMEOUT * 4);
     let gcmd = format!(

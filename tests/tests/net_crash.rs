@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, Streaming, Tap, TempDir, VmCommand, bin, byte_sink, guest_file, qemu,
+    Backend, KVM_BOOT_TIMEOUT, Streaming, Tap, TestDir, VmCommand, bin, byte_sink, guest_file, qemu,
 };
 
 /// What the guest sends: 16 blocks of 4 KiB before the host kills the backend, 48 after
@@ -28,7 +28,7 @@ const AFTER: u64 = 48;
 const DOWN: Duration = Duration::from_secs(2);
 const MAC: &str = "52:54:00:12:34:60";
 
-fn start_backend(dir: &TempDir, tap: &Tap) -> Backend {
+fn start_backend(dir: &TestDir, tap: &Tap) -> Backend {
     Backend::spawn_logged(
         "vhost-user-net",
         &dir.join("net.sock"),
@@ -59,7 +59,7 @@ fn crash_during_tcp_stream(
     boot: Duration,
 ) -> String {
     let tap = Tap::create(tag, 200 + tag);
-    let dir = TempDir::new("net-crash");
+    let dir = TestDir::new("net-crash");
     let backend = start_backend(&dir, &tap);
     let (port, sink) = byte_sink(tap.host, boot + Duration::from_secs(300));
     let (g, h) = (tap.guest, tap.host);

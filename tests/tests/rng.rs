@@ -5,14 +5,16 @@
 
 use std::time::Duration;
 
-use integration_tests::{Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, md5_hex};
+use integration_tests::{
+    Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, TestDir, VmCommand, md5_hex,
+};
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 /// The byte the source file repeats.
 const FILL: u8 = b'Z';
 
 /// Starts `vhost-user-rng` on a 4 MiB source of [`FILL`] bytes.
-fn start_backend(dir: &TempDir, extra: &[&str]) -> Backend {
+fn start_backend(dir: &TestDir, extra: &[&str]) -> Backend {
     let source = dir.join("source");
     std::fs::write(&source, vec![FILL; 4 << 20]).unwrap();
     let mut args = vec!["--source", source.to_str().unwrap()];
@@ -49,7 +51,7 @@ fn check_guest(out: &RunOutput, len: usize) {
 
 #[test]
 fn qemu_guest_reads_hwrng() {
-    let dir = TempDir::new("rng-qemu");
+    let dir = TestDir::new("rng-qemu");
     let backend = start_backend(&dir, &[]);
     let out = vm(&backend, &gcmd(4096))
         .accel("tcg")
@@ -59,7 +61,7 @@ fn qemu_guest_reads_hwrng() {
 
 #[test]
 fn qemu_guest_reads_hwrng_rate_limited() {
-    let dir = TempDir::new("rng-qemu-limit");
+    let dir = TestDir::new("rng-qemu-limit");
     // 2 KiB in windows of 512 bytes: at least three waits on the backend's timer.
     let backend = start_backend(&dir, &["--max-bytes", "512", "--period", "100"]);
     let out = vm(&backend, &gcmd(2048))
@@ -70,7 +72,7 @@ fn qemu_guest_reads_hwrng_rate_limited() {
 
 #[test]
 fn accel_guest_reads_hwrng() {
-    let dir = TempDir::new("rng-accel");
+    let dir = TestDir::new("rng-accel");
     let backend = start_backend(&dir, &[]);
     let out = vm(&backend, &gcmd(1024)).run_accel(KVM_BOOT_TIMEOUT * 3);
     check_guest(&out, 1024);

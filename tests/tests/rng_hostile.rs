@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, guest_file, md5_hex, workspace_root,
+    Backend, KVM_BOOT_TIMEOUT, RunOutput, TestDir, VmCommand, guest_file, md5_hex, workspace_root,
 };
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
@@ -63,7 +63,7 @@ fn cpio_with(name: &str, data: &[u8]) -> Vec<u8> {
 }
 
 /// The guest's lean initramfs plus the hostile program, built from source.
-fn hostile_initrd(dir: &TempDir) -> std::path::PathBuf {
+fn hostile_initrd(dir: &TestDir) -> std::path::PathBuf {
     let exe = dir.join("hostile_ring");
     let src = workspace_root().join("tests/guest/hostile_ring.c");
     let out = Command::new("gcc")
@@ -71,10 +71,10 @@ fn hostile_initrd(dir: &TempDir) -> std::path::PathBuf {
         .arg(&exe)
         .arg(&src)
         .output()
-        .expect("gcc");
+        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): apt-get install gcc libc6-dev"));
     assert!(
         out.status.success(),
-        "gcc: {}",
+        "gcc -static failed (needs static glibc: apt-get install libc6-dev): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let mut initrd = std::fs::read(guest_file("lean.cpio")).unwrap();
@@ -113,7 +113,7 @@ fn accel_guest_breaking_its_ring_does_not_wedge_the_backend() {
 
 /// The test with `run` booting the VM (QEMU or accel); see the module documentation.
 fn guest_breaks_its_ring(tag: &str, run: impl Fn(VmCommand) -> RunOutput) {
-    let dir = TempDir::new(tag);
+    let dir = TestDir::new(tag);
     let initrd = hostile_initrd(&dir);
     let source = dir.join("source");
     std::fs::write(&source, vec![FILL; 4 << 20]).unwrap();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, Streaming, TempDir, bin, guest_append, guest_file, guest_tools_initrd,
+    KVM_BOOT_TIMEOUT, Streaming, TestDir, bin, guest_append, guest_file, guest_tools_initrd,
 };
 
 /// Lines that mean the guest or one of its programs broke.
@@ -76,7 +76,7 @@ fn boots() -> usize {
 
 #[test]
 fn smp2_guests_survive_userspace_stress_under_host_load() {
-    let dir = TempDir::new("smp-stress");
+    let dir = TestDir::new("smp-stress");
     let initrd = guest_tools_initrd(dir.path(), &guest_file("lean.cpio"));
     let want = boots();
     // Both vCPUs: four checker threads and a fork/exec loop of busybox applets.

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, RunOutput, Streaming, TempDir, VmCommand, bin, md5_hex, qemu,
-    run_with_timeout, xorshift_bytes,
+    Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, Streaming, TestDir, VmCommand, bin, md5_hex,
+    qemu, run_with_timeout, xorshift_bytes,
 };
 
 /// Small enough that the guest hashes it quickly, large enough for many requests.
@@ -116,7 +116,7 @@ fn check_rw_run(who: &str, out: &RunOutput, image: &Path, before: &[u8], tag: &s
 /// proves the data path bypasses accel: hundreds of requests, zero notify exits.
 #[test]
 fn same_command_line_under_qemu_tcg_and_accel() {
-    let dir = TempDir::new("vu-accel-rw");
+    let dir = TestDir::new("vu-accel-rw");
     let image = dir.join("disk.img");
     let sock = dir.join("blk.sock");
     let mut before = make_image(&image, 0x5eed_1234);
@@ -182,7 +182,7 @@ fn same_command_line_under_qemu_tcg_and_accel() {
 /// the guest then reboots (same accel process) and the device works in boot 2.
 #[test]
 fn backend_restart_and_guest_reboot_in_one_accel_run() {
-    let dir = TempDir::new("vu-accel-restart");
+    let dir = TestDir::new("vu-accel-restart");
     let image = dir.join("disk.img");
     let sock = dir.join("blk.sock");
     let log = dir.join("backend.log");
@@ -246,7 +246,7 @@ fn backend_restart_and_guest_reboot_in_one_accel_run() {
 /// A missing backend is a clean start-up error that names the socket.
 #[test]
 fn missing_backend_is_an_error_naming_the_socket() {
-    let dir = TempDir::new("vu-accel-missing");
+    let dir = TestDir::new("vu-accel-missing");
     let sock: PathBuf = dir.join("nobody-listens.sock");
     let args = vm(&sock, "", "1", true, "").accel("kvm").args();
     let out = run_with_timeout(
@@ -267,7 +267,7 @@ fn missing_backend_is_an_error_naming_the_socket() {
 /// keeps running to a clean shutdown.
 #[test]
 fn backend_death_marks_device_needs_reset() {
-    let dir = TempDir::new("vu-accel-death");
+    let dir = TestDir::new("vu-accel-death");
     let image = dir.join("disk.img");
     let sock = dir.join("blk.sock");
     make_image(&image, 0xdead_0001);
@@ -300,7 +300,7 @@ fn backend_death_marks_device_needs_reset() {
 /// guest reads entropy from the rng backend and its hvc0 output reaches the console backend.
 #[test]
 fn rng_console_vsock_kinds() {
-    let dir = TempDir::new("vu-accel-kinds");
+    let dir = TestDir::new("vu-accel-kinds");
     let image = dir.join("disk.img");
     make_image(&image, 7);
     let hvc_out = dir.join("hvc.out");

@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, RunOutput, TempDir, VmCommand, guest_file, guest_tools_initrd,
+    Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, TestDir, VmCommand, guest_file,
+    guest_tools_initrd,
 };
 
 const GUEST_CID: u32 = 3;
@@ -23,12 +24,12 @@ const GUEST_PORT: u32 = 5000;
 const HOST_PORT: u32 = 6000;
 
 /// lean.cpio followed by an archive with /bin/vsock-tool.
-fn build_initrd(dir: &TempDir) -> PathBuf {
+fn build_initrd(dir: &TestDir) -> PathBuf {
     guest_tools_initrd(dir.path(), &guest_file("lean.cpio"))
 }
 
 /// The backend and its host-side socket (`--uds-path`).
-fn start_backend(dir: &TempDir) -> (Backend, PathBuf) {
+fn start_backend(dir: &TestDir) -> (Backend, PathBuf) {
     let uds = dir.join("v.sock");
     let cid = GUEST_CID.to_string();
     let backend = Backend::spawn_logged(
@@ -110,7 +111,7 @@ fn vm(sock: &Path, initrd: &Path, smp: &str) -> VmCommand {
         .gcmd(&gcmd)
 }
 
-fn check(who: &str, out: &RunOutput, host: &HostSide, dir: &TempDir) {
+fn check(who: &str, out: &RunOutput, host: &HostSide, dir: &TestDir) {
     let log = std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default();
     let ctx = format!(
         "{who}\n{}\n--- backend ---\n{log}\n--- host ---\n{host:?}",
@@ -135,7 +136,7 @@ fn check(who: &str, out: &RunOutput, host: &HostSide, dir: &TempDir) {
 
 #[test]
 fn guest_round_trips_under_qemu_tcg() {
-    let dir = TempDir::new("vsock-qemu");
+    let dir = TestDir::new("vsock-qemu");
     let initrd = build_initrd(&dir);
     let (backend, uds) = start_backend(&dir);
     let host = host_side(&uds, Duration::from_secs(60));
@@ -148,7 +149,7 @@ fn guest_round_trips_under_qemu_tcg() {
 
 #[test]
 fn guest_round_trips_under_accel_kvm() {
-    let dir = TempDir::new("vsock-accel");
+    let dir = TestDir::new("vsock-accel");
     let initrd = build_initrd(&dir);
     let (backend, uds) = start_backend(&dir);
     let host = host_side(&uds, KVM_BOOT_TIMEOUT * 2);

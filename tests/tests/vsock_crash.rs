@@ -22,13 +22,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, Streaming, TempDir, VmCommand, bin, guest_file, guest_tools_initrd,
+    Backend, KVM_BOOT_TIMEOUT, Streaming, TestDir, VmCommand, bin, guest_file, guest_tools_initrd,
 };
 
 const HOST_PORT: u32 = 6000;
 const DOWN: Duration = Duration::from_secs(2);
 
-fn start_backend(dir: &TempDir) -> Backend {
+fn start_backend(dir: &TestDir) -> Backend {
     let uds = dir.join("v.sock");
     Backend::spawn_logged(
         "vhost-user-vsock",
@@ -97,7 +97,7 @@ fn host_server(
 
 #[test]
 fn accel_kvm_vsock_backend_killed_new_connection_works() {
-    let dir = TempDir::new("vsock-crash");
+    let dir = TestDir::new("vsock-crash");
     let initrd = guest_tools_initrd(dir.path(), &guest_file("lean.cpio"));
     let backend = start_backend(&dir);
     let restarted = Arc::new(AtomicBool::new(false));

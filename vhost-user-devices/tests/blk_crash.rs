@@ -8,16 +8,16 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vm_memory::Bytes;
 use vu_spec::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vu_testkit::driver::DriverOptions;
 use vu_testkit::driver::blk::{BlkDriver, BlkSlot};
-use vm_memory::Bytes;
 
 mod common;
-use common::{Scratch, wait_for};
+use common::{KillOnDrop, TestDir, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,16 +38,8 @@ fn read_area_byte(off: u64) -> u8 {
     (off % 253) as u8 ^ (off >> 16) as u8
 }
 
-/// The backend process, SIGKILLed and reaped on drop (also when a test fails).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        kill9(&mut self.0);
-    }
-}
-
-fn spawn(sock: &Path, image: &Path, log: &Path) -> Proc {
+/// Starts the backend; it is SIGKILLed and reaped on drop (also when a test fails).
+fn spawn(sock: &Path, image: &Path, log: &Path) -> KillOnDrop {
     let _ = std::fs::remove_file(sock);
     let log = File::options()
         .create(true)
@@ -65,12 +57,7 @@ fn spawn(sock: &Path, image: &Path, log: &Path) -> Proc {
         .spawn()
         .expect("spawn vhost-user-blk");
     wait_for(sock);
-    Proc(child)
-}
-
-fn kill9(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+    KillOnDrop(child)
 }
 
 struct Req {
@@ -84,8 +71,8 @@ struct Req {
 
 #[test]
 fn sigkill_with_requests_in_flight_completes_each_exactly_once() {
-    let dir = Scratch::new("vub-crash", "inflight");
-    let (sock, image, log) = (dir.path("s"), dir.path("img"), dir.path("log"));
+    let dir = TestDir::new("vub-crash-inflight");
+    let (sock, image, log) = (dir.join("s"), dir.join("img"), dir.join("log"));
     let mut content = vec![0u8; IMAGE as usize];
     for (i, b) in content[..READ_AREA as usize].iter_mut().enumerate() {
         *b = read_area_byte(i as u64);
@@ -250,8 +237,8 @@ fn hostile_inflight_buffers_leave_the_backend_serving() {
     use vhost::vhost_user::VhostUserFrontend;
     use vhost::vhost_user::message::VhostUserInflight;
 
-    let dir = Scratch::new("vub-crash", "hostile");
-    let (sock, image, log) = (dir.path("s"), dir.path("img"), dir.path("log"));
+    let dir = TestDir::new("vub-crash-hostile");
+    let (sock, image, log) = (dir.join("s"), dir.join("img"), dir.join("log"));
     std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
     let mut backend = spawn(&sock, &image, &log);
     let opts = DriverOptions {
@@ -349,13 +336,13 @@ fn connect_file(
 }
 
 /// An unsealed file of `len` bytes.
-fn tempfile_of(len: u64, dir: &Scratch) -> File {
+fn tempfile_of(len: u64, dir: &TestDir) -> File {
     let f = File::options()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(dir.path("plain"))
+        .open(dir.join("plain"))
         .expect("plain file");
     f.set_len(len).expect("size");
     f
@@ -369,8 +356,8 @@ fn reset_device_forgets_ring_and_inflight_state() {
     use vhost::VhostBackend;
     use vhost::vhost_user::VhostUserProtocolFeatures;
 
-    let dir = Scratch::new("vub-crash", "reset");
-    let (sock, image, log) = (dir.path("s"), dir.path("img"), dir.path("log"));
+    let dir = TestDir::new("vub-crash-reset");
+    let (sock, image, log) = (dir.join("s"), dir.join("img"), dir.join("log"));
     std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
     let _backend = spawn(&sock, &image, &log);
     let mut blk = BlkDriver::connect(&sock, TIMEOUT, DriverOptions::default()).expect("connect");

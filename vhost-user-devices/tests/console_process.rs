@@ -11,7 +11,7 @@ use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::rng::RngDriver;
 
 mod common;
-use common::{Backend, Scratch, TIMEOUT, run, wait_for};
+use common::{KillOnDrop, TIMEOUT, TestDir, run, wait_for};
 
 const CONSOLE: &str = env!("CARGO_BIN_EXE_vhost-user-console");
 const RNG: &str = env!("CARGO_BIN_EXE_vhost-user-rng");
@@ -34,8 +34,8 @@ fn capabilities() {
 
 #[test]
 fn command_line_errors_fail_early() {
-    let s = Scratch::new("vucp", "args");
-    let sock = s.path("s");
+    let s = TestDir::new("vucp-args");
+    let sock = s.join("s");
     let sock = sock.to_str().unwrap();
     for (exe, args, msg) in [
         (CONSOLE, vec!["-s", sock], "give exactly one of"),
@@ -50,12 +50,22 @@ fn command_line_errors_fail_early() {
             vec!["-s", sock, "--max-bytes", "9", "--period", "0"],
             "--period",
         ),
-        (RNG, vec!["-s", sock, "--queue-size", "3"], "--queue-size"),
     ] {
         let out = run(exe, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    // --queue-size is a common option, checked by clap: a usage error (status 2).
+    for (exe, args) in [
+        (CONSOLE, vec!["-s", sock, "--stdio", "--queue-size", "3"]),
+        (RNG, vec!["-s", sock, "--queue-size", "3"]),
+    ] {
+        let out = run(exe, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{exe}: {err}");
+        assert!(err.contains("--queue-size"), "{exe}: {err}");
+        assert!(err.contains("power of two"), "{exe}: {err}");
     }
     // clap refuses two endpoints.
     let out = run(CONSOLE, &["-s", sock, "--stdio", "--output", "/tmp/x"]);
@@ -65,16 +75,16 @@ fn command_line_errors_fail_early() {
 
 #[test]
 fn rng_serves_then_exits_on_sigterm() {
-    let s = Scratch::new("vucp", "rng-term");
-    let sock = s.path("s");
-    let mut b = Backend::spawn(RNG, &["-s", sock.to_str().unwrap()]);
+    let s = TestDir::new("vucp-rng-term");
+    let sock = s.join("s");
+    let mut b = KillOnDrop::spawn_quiet(RNG, &["-s", sock.to_str().unwrap()]);
     wait_for(&sock);
     {
         let mut d = RngDriver::connect(&sock, TIMEOUT, opts()).unwrap();
         assert_eq!(d.request(32, TIMEOUT).unwrap().len(), 32);
     }
     let status = b
-        .signal_and_wait(Signal::SIGTERM)
+        .signal_and_wait(Signal::SIGTERM, TIMEOUT)
         .expect("no exit after SIGTERM");
     assert!(status.success());
     assert!(!sock.exists(), "socket left behind");
@@ -82,10 +92,10 @@ fn rng_serves_then_exits_on_sigterm() {
 
 #[test]
 fn console_socket_removed_on_sigterm() {
-    let s = Scratch::new("vucp", "con-term");
-    let sock = s.path("s");
-    let p = s.path("p");
-    let mut b = Backend::spawn(
+    let s = TestDir::new("vucp-con-term");
+    let sock = s.join("s");
+    let p = s.join("p");
+    let mut b = KillOnDrop::spawn_quiet(
         CONSOLE,
         &[
             "-s",
@@ -97,7 +107,7 @@ fn console_socket_removed_on_sigterm() {
     wait_for(&sock);
     assert!(p.exists());
     let status = b
-        .signal_and_wait(Signal::SIGTERM)
+        .signal_and_wait(Signal::SIGTERM, TIMEOUT)
         .expect("no exit after SIGTERM");
     assert!(status.success());
     assert!(!sock.exists() && !p.exists(), "socket left behind");
@@ -105,8 +115,8 @@ fn console_socket_removed_on_sigterm() {
 
 #[test]
 fn console_stdio_both_ways() {
-    let s = Scratch::new("vucp", "stdio");
-    let sock = s.path("s");
+    let s = TestDir::new("vucp-stdio");
+    let sock = s.join("s");
     let mut child = Command::new(CONSOLE)
         .args(["-s", sock.to_str().unwrap(), "--stdio"])
         .stdin(Stdio::piped())
@@ -116,7 +126,7 @@ fn console_stdio_both_ways() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let _b = Backend(child);
+    let _b = KillOnDrop(child);
     wait_for(&sock);
     let mut d = ConsoleDriver::connect(&sock, TIMEOUT, opts()).unwrap();
     d.send(b"to stdout\n", TIMEOUT).unwrap();

@@ -7,30 +7,30 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vhost::vhost_user::Listener;
+use vhost_user_devices::console::{Config, ConsoleDevice, Endpoint};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vu_daemon::serve;
 use vu_spec::console::{CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE};
 use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
-use vhost::vhost_user::Listener;
-use vhost_user_devices::console::{Config, ConsoleDevice, Endpoint};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 mod common;
-use common::Scratch;
+use common::TestDir;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const N: u16 = VRING_DESC_F_NEXT as u16;
 
 struct Setup {
-    dir: Scratch,
+    dir: TestDir,
     sock: PathBuf,
 }
 
 impl Setup {
     fn new(tag: &str) -> Self {
-        let dir = Scratch::new("vucon", tag);
-        let sock = dir.path("s");
+        let dir = TestDir::new(&format!("vucon-{}", tag));
+        let sock = dir.join("s");
         Setup { dir, sock }
     }
 
@@ -95,7 +95,7 @@ fn connect_client(path: &Path) -> UnixStream {
 #[test]
 fn output_to_a_file_and_the_config_space() {
     let s = Setup::new("file");
-    let out = s.dir.path("out.txt");
+    let out = s.dir.join("out.txt");
     s.start(Endpoint::File(out.clone()), 1);
     let mut d = connect(&s.sock);
     let cfg = d.read_config().unwrap();
@@ -117,7 +117,7 @@ fn output_to_a_file_and_the_config_space() {
 #[test]
 fn text_both_ways_through_the_console_socket() {
     let s = Setup::new("sock");
-    let p = s.dir.path("console.sock");
+    let p = s.dir.join("console.sock");
     s.start(Endpoint::Socket(p.clone()), 1);
     let mut d = connect(&s.sock);
     // Output before any client connected is kept for the first one.
@@ -144,7 +144,7 @@ fn text_both_ways_through_the_console_socket() {
 #[test]
 fn large_input_arrives_intact() {
     let s = Setup::new("large");
-    let p = s.dir.path("console.sock");
+    let p = s.dir.join("console.sock");
     s.start(Endpoint::Socket(p.clone()), 1);
     let mut d = connect(&s.sock);
     d.post_receive(8, 4096).unwrap();
@@ -166,7 +166,7 @@ fn large_input_arrives_intact() {
 #[test]
 fn odd_chains_get_the_error_path() {
     let s = Setup::new("odd");
-    let p = s.dir.path("console.sock");
+    let p = s.dir.join("console.sock");
     s.start(Endpoint::Socket(p.clone()), 1);
     let mut d = connect(&s.sock);
     let mut client = connect_client(&p);
@@ -233,7 +233,7 @@ fn odd_chains_get_the_error_path() {
 #[test]
 fn serves_the_next_frontend_with_the_same_endpoint() {
     let s = Setup::new("again");
-    let out = s.dir.path("out.txt");
+    let out = s.dir.join("out.txt");
     s.start(Endpoint::File(out.clone()), 2);
     {
         let mut d = connect(&s.sock);

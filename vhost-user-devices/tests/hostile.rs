@@ -8,22 +8,22 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use vm_memory::GuestAddress;
 use vu_daemon::FIRST_MESSAGE_TIMEOUT;
+use vu_frontend::FrontendSession;
 use vu_testkit::driver::blk::BlkDriver;
 use vu_testkit::driver::console::ConsoleDriver;
 use vu_testkit::driver::net::NetDriver;
 use vu_testkit::driver::rng::RngDriver;
 use vu_testkit::driver::vsock::VsockDriver;
 use vu_testkit::driver::{Driver, DriverOptions, Segment};
-use vu_frontend::FrontendSession;
-use vm_memory::GuestAddress;
 
 mod common;
-use common::{Scratch, wait_exit, wait_for};
+use common::{KillOnDrop, TestDir, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,36 +60,36 @@ impl Kind {
 
 /// A backend process with its stderr (the log) in a file; killed on drop.
 struct Proc {
-    child: Child,
+    child: KillOnDrop,
     sock: PathBuf,
     log: PathBuf,
-    _dir: Scratch,
+    _dir: TestDir,
 }
 
 impl Proc {
     fn spawn(kind: Kind, tag: &str) -> Proc {
-        let dir = Scratch::new("vuhostile", &format!("{kind:?}-{tag}"));
-        let sock = dir.path("s");
-        let log = dir.path("log");
+        let dir = TestDir::new(&format!("vuhostile-{kind:?}-{tag}"));
+        let sock = dir.join("s");
+        let log = dir.join("log");
         let s = sock.to_str().unwrap().to_string();
         let args: Vec<String> = match kind {
             Kind::Rng => vec!["-s".into(), s],
             Kind::Blk => {
-                let img = dir.path("img");
+                let img = dir.join("img");
                 std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
                 let img = img.to_str().unwrap().to_string();
                 vec!["--socket-path".into(), s, "--image".into(), img]
             }
             Kind::Console => {
-                let out = dir.path("out").to_str().unwrap().to_string();
+                let out = dir.join("out").to_str().unwrap().to_string();
                 vec!["-s".into(), s, "--output".into(), out]
             }
             Kind::Net => {
-                let peer = dir.path("peer").to_str().unwrap().to_string();
+                let peer = dir.join("peer").to_str().unwrap().to_string();
                 vec!["-s".into(), s, "--peer".into(), peer]
             }
             Kind::Vsock => {
-                let uds = dir.path("uds").to_str().unwrap().to_string();
+                let uds = dir.join("uds").to_str().unwrap().to_string();
                 vec!["-s".into(), s, "--uds-path".into(), uds]
             }
         };
@@ -103,7 +103,7 @@ impl Proc {
             .unwrap();
         wait_for(&sock);
         Proc {
-            child,
+            child: KillOnDrop(child),
             sock,
             log,
             _dir: dir,
@@ -111,7 +111,7 @@ impl Proc {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// User + system CPU time so far, in clock ticks.
@@ -137,19 +137,12 @@ impl Proc {
     }
 
     fn assert_alive(&mut self) {
-        let status = self.child.try_wait().unwrap();
+        let status = self.child.0.try_wait().unwrap();
         assert!(
             status.is_none(),
             "backend exited ({status:?}); log:\n{}",
             tail(&self.log_text())
         );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = wait_exit(&mut self.child, TIMEOUT);
     }
 }
 

@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 
 mod common;
-use common::{Backend, Scratch, wait_for};
+use common::{KillOnDrop, TIMEOUT, TestDir, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 
@@ -66,17 +66,17 @@ fn bad_command_lines_fail_with_one_clear_line() {
 
 #[test]
 fn peer_mode_exits_cleanly_on_sigterm_removing_both_sockets() {
-    let dir = Scratch::new("vun-proc", "term");
-    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
+    let dir = TestDir::new("vun-proc-term");
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
     let arg = std::ffi::OsStr::new;
-    let mut child = Backend::spawn(
+    let mut child = KillOnDrop::spawn_quiet(
         EXE,
         &[arg("-s"), a.as_os_str(), arg("--peer"), b.as_os_str()],
     );
     wait_for(&a);
     wait_for(&b);
     let status = child
-        .signal_and_wait(Signal::SIGTERM)
+        .signal_and_wait(Signal::SIGTERM, TIMEOUT)
         .expect("no exit after SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert!(!a.exists() && !b.exists(), "socket files left behind");

@@ -7,25 +7,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vhost::vhost_user::Listener;
+use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vu_frontend::FrontendSession;
 use vu_spec::net::{
     NET_HDR_SIZE, NetHeader, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, rx_queue, tx_queue,
 };
 use vu_testkit::driver::net::{NetDriver, SMALL_RX_BUFFER};
-use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
-use vhost::vhost_user::Listener;
-use vhost_user_devices::net::{Config, LinkConfig, NetDevice, NetStatsSnapshot, serve_net};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vu_testkit::driver::{Driver, DriverOptions, RawDesc, RawNext, Segment};
 
 mod common;
-use common::Scratch;
+use common::TestDir;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 0x10];
 
 struct Peers {
     /// Removed with the peers.
-    _dir: Scratch,
+    _dir: TestDir,
     a: PathBuf,
     b: PathBuf,
     dev_a: Arc<NetDevice>,
@@ -34,8 +35,8 @@ struct Peers {
 
 /// Two peer devices served in threads, `connections` frontends each.
 fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
-    let dir = Scratch::new("vun-sock", tag);
-    let (a, b) = (dir.path("a.sock"), dir.path("b.sock"));
+    let dir = TestDir::new(&format!("vun-sock-{}", tag));
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
     let config = Config {
         link: LinkConfig::Peer(b.clone()),
         queue_pairs,
@@ -47,7 +48,7 @@ fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
     for (dev, path) in [(&dev_a, &a), (&dev_b, &b)] {
         let dev = dev.clone();
         let mut listener = Listener::new(path, true).unwrap();
-        std::thread::spawn(move || serve_net(&dev, &mut listener, Some(connections)));
+        std::thread::spawn(move || vu_daemon::serve(&*dev, &mut listener, Some(connections)));
     }
     Peers {
         _dir: dir,
@@ -58,14 +59,48 @@ fn start(tag: &str, queue_pairs: u16, connections: usize) -> Peers {
     }
 }
 
-fn connect(path: &PathBuf, queue_pairs: usize, features: u64) -> NetDriver {
-    let opts = DriverOptions {
+fn options(queue_pairs: usize, features: u64) -> DriverOptions {
+    DriverOptions {
         num_queues: queue_pairs * 2,
         features,
         queue_size: 64,
         ..DriverOptions::default()
-    };
-    NetDriver::connect(path, TIMEOUT, opts).expect("connect")
+    }
+}
+
+fn connect(path: &PathBuf, queue_pairs: usize, features: u64) -> NetDriver {
+    NetDriver::connect(path, TIMEOUT, options(queue_pairs, features)).expect("connect")
+}
+
+/// Sends `SET_VRING_ENABLE(index, 1)` as raw bytes on `session`'s socket (the vhost crate's
+/// frontend refuses to send it before SET_FEATURES) and, with `need_reply`, returns the
+/// backend's REPLY_ACK value.
+fn raw_enable(session: &FrontendSession, index: u32, need_reply: bool) -> Option<u64> {
+    use std::io::{Read, Write};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the session owns the fd and outlives this function; the clone is closed on return.
+    let fd = unsafe { BorrowedFd::borrow_raw(session.socket_fd()) };
+    let mut sock = std::os::unix::net::UnixStream::from(fd.try_clone_to_owned().unwrap());
+    const SET_VRING_ENABLE: u32 = 18;
+    let flags: u32 = 0x1 | if need_reply { 0x8 } else { 0 };
+    let mut msg = Vec::new();
+    for word in [SET_VRING_ENABLE, flags, 8, index, 1] {
+        msg.extend_from_slice(&word.to_le_bytes());
+    }
+    sock.write_all(&msg).unwrap();
+    if !need_reply {
+        return None;
+    }
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply)
+        .expect("REPLY_ACK (the backend hung up?)");
+    let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
+    assert_eq!(
+        (word(0), word(4) & 0x4, word(8)),
+        (SET_VRING_ENABLE, 0x4, 8)
+    );
+    Some(u64::from_le_bytes(reply[12..20].try_into().unwrap()))
 }
 
 /// An Ethernet-looking frame: broadcast destination, a source, a made-up ethertype, pattern.
@@ -124,6 +159,32 @@ fn frames_flow_both_ways_and_config_has_the_macs() {
     assert_eq!((sa.tx_frames, sa.rx_frames), (20, 20));
     assert_eq!((sb.tx_frames, sb.rx_frames), (20, 20));
     assert_eq!(sa.tx_malformed + sa.rx_dropped + sb.tx_dropped, 0);
+}
+
+/// QEMU's virtio-net enables the rings when the guest negotiates features, before it sends
+/// SET_FEATURES to the backend (patches/README.md, PATCH early-enable): the backend accepts
+/// those requests (acking the one that asks) and the connection goes on to carry frames.
+#[test]
+fn rings_enabled_before_set_features_are_accepted() {
+    let p = start("early", 1, 1);
+    let session = FrontendSession::connect(&p.a, TIMEOUT).unwrap();
+    assert_eq!(
+        raw_enable(&session, 0, true),
+        Some(0),
+        "early enable refused"
+    );
+    raw_enable(&session, 1, false);
+    let drv = Driver::new(session, options(1, u64::MAX)).expect("setup after early enables");
+    let mut a = NetDriver::new(drv);
+    let mut b = connect(&p.b, 1, u64::MAX);
+    a.post_rx(0, SMALL_RX_BUFFER, 4).unwrap();
+    b.post_rx(0, SMALL_RX_BUFFER, 4).unwrap();
+    let f = frame(200, 1);
+    a.send(0, &f, TIMEOUT).unwrap();
+    assert_eq!(b.recv(0, TIMEOUT).unwrap().frame, f);
+    let f = frame(300, 2);
+    b.send(0, &f, TIMEOUT).unwrap();
+    assert_eq!(a.recv(0, TIMEOUT).unwrap().frame, f);
 }
 
 #[test]

@@ -14,13 +14,13 @@ use vhost::vhost_user::Frontend;
 use vhost::vhost_user::VhostUserFrontend;
 
 mod common;
-use common::{Backend, Scratch, capabilities, wait_for};
+use common::{KillOnDrop, TIMEOUT, TestDir, capabilities, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 
-fn scratch(tag: &str) -> Scratch {
-    let s = Scratch::new("vub-proc", tag);
-    std::fs::write(s.path("img"), vec![0x42u8; 1 << 20]).unwrap();
+fn scratch(tag: &str) -> TestDir {
+    let s = TestDir::new(&format!("vub-proc-{}", tag));
+    std::fs::write(s.join("img"), vec![0x42u8; 1 << 20]).unwrap();
     s
 }
 
@@ -28,8 +28,8 @@ fn run(args: &[&str]) -> Output {
     common::run(EXE, args)
 }
 
-fn spawn(args: &[&str]) -> Backend {
-    Backend::spawn(EXE, args)
+fn spawn(args: &[&str]) -> KillOnDrop {
+    KillOnDrop::spawn_quiet(EXE, args)
 }
 
 /// A frontend handshake: SET_OWNER, GET_FEATURES, GET_QUEUE_NUM.
@@ -68,9 +68,9 @@ fn descriptor_file_names_the_block_type() {
 #[test]
 fn bad_options_fail_with_a_clear_message() {
     let s = scratch("badopts");
-    let sock = s.path("s").display().to_string();
-    let img = s.path("img").display().to_string();
-    let missing = s.path("missing").display().to_string();
+    let sock = s.join("s").display().to_string();
+    let img = s.join("img").display().to_string();
+    let missing = s.join("missing").display().to_string();
     let cases: [(&[&str], &str); 7] = [
         (&["--socket-path", &sock], "--image FILE is required"),
         (&["--image", &img], "--socket-path"),
@@ -107,7 +107,7 @@ fn bad_options_fail_with_a_clear_message() {
             stderr.contains(want),
             "{args:?}: stderr {stderr:?} lacks {want:?}"
         );
-        assert!(!s.path("s").exists(), "{args:?} left a socket behind");
+        assert!(!s.join("s").exists(), "{args:?} left a socket behind");
     }
     // clap's own errors (unknown option) also exit non-zero.
     assert!(!run(&["--no-such-option"]).status.success());
@@ -117,17 +117,17 @@ fn bad_options_fail_with_a_clear_message() {
 fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let s = scratch(&format!("sig{}", sig as i32));
-        let sock = s.path("s");
+        let sock = s.join("s");
         let mut b = spawn(&[
             "-s",
             sock.to_str().unwrap(),
             "--image",
-            s.path("img").to_str().unwrap(),
+            s.join("img").to_str().unwrap(),
         ]);
         wait_for(&sock);
         // While a frontend is connected, too.
         let _f = Frontend::connect(&sock, 8).unwrap();
-        let status = b.signal_and_wait(sig).expect("did not exit");
+        let status = b.signal_and_wait(sig, TIMEOUT).expect("did not exit");
         assert_eq!(status.code(), Some(0), "{sig}");
         assert!(!sock.exists(), "{sig}: socket not removed");
     }
@@ -136,7 +136,7 @@ fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
 #[test]
 fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
     let s = scratch("fd");
-    let sock = s.path("s");
+    let sock = s.join("s");
     let listener = UnixListener::bind(&sock).unwrap();
     let fd = listener.into_raw_fd();
     // SAFETY: clearing FD_CLOEXEC on our own fd so the child inherits it.
@@ -145,7 +145,7 @@ fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
         "--fd",
         &fd.to_string(),
         "--image",
-        s.path("img").to_str().unwrap(),
+        s.join("img").to_str().unwrap(),
         "--num-queues",
         "3",
     ]);
@@ -161,12 +161,12 @@ fn serves_on_an_inherited_listening_fd_and_again_after_disconnect() {
 #[test]
 fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
     let s = scratch("garbage");
-    let sock = s.path("s");
+    let sock = s.join("s");
     let mut b = spawn(&[
         "-s",
         sock.to_str().unwrap(),
         "--image",
-        s.path("img").to_str().unwrap(),
+        s.join("img").to_str().unwrap(),
     ]);
     wait_for(&sock);
     let garbage: [&[u8]; 4] = [
@@ -217,12 +217,12 @@ fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
 #[test]
 fn blk_file_is_an_alias_of_image() {
     let s = scratch("blkfile");
-    let sock = s.path("s");
+    let sock = s.join("s");
     let _b = spawn(&[
         "-s",
         sock.to_str().unwrap(),
         "--blk-file",
-        s.path("img").to_str().unwrap(),
+        s.join("img").to_str().unwrap(),
         "--read-only",
     ]);
     wait_for(&sock);

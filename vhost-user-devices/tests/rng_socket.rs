@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vu_daemon::serve;
-use vu_testkit::driver::rng::RngDriver;
-use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
 use vhost::vhost_user::Listener;
 use vhost_user_devices::rng::{Config, RngDevice};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vu_daemon::serve;
+use vu_testkit::driver::rng::RngDriver;
+use vu_testkit::driver::{DriverOptions, RawDesc, RawNext, Segment};
 
 mod common;
-use common::Scratch;
+use common::TestDir;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -21,7 +21,7 @@ const N: u16 = VRING_DESC_F_NEXT as u16;
 
 struct Setup {
     /// Removed with the setup.
-    _dir: Scratch,
+    _dir: TestDir,
     sock: PathBuf,
 }
 
@@ -46,16 +46,16 @@ fn start(
     rate: Option<(u64, Duration)>,
     connections: usize,
 ) -> Setup {
-    let dir = Scratch::new("vurng", tag);
+    let dir = TestDir::new(&format!("vurng-{}", tag));
     let src = match source {
         Some(p) => p.to_path_buf(),
         None => {
-            let p = dir.path("source");
+            let p = dir.join("source");
             std::fs::write(&p, pattern(1 << 20)).unwrap();
             p
         }
     };
-    let sock = dir.path("s");
+    let sock = dir.join("s");
     let config = Config {
         source: src,
         rate_limit: rate,

@@ -4,6 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use vhost::vhost_user::Listener;
+use vhost_user_devices::blk::{BlkDevice, Config};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use vm_memory::ByteValued;
 use vu_daemon::serve;
 use vu_spec::blk::{
     DiscardWriteZeroesSegment, RequestHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
@@ -13,15 +19,9 @@ use vu_spec::blk::{
 };
 use vu_testkit::driver::blk::{BlkDriver, BlkRequest, STATUS_UNWRITTEN};
 use vu_testkit::driver::{DriverOptions, RawDesc, RawNext};
-use vhost::vhost_user::Listener;
-use vhost_user_devices::blk::{BlkDevice, Config};
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use vm_memory::ByteValued;
 
 mod common;
-use common::Scratch;
+use common::TestDir;
 
 const SECTORS: u64 = 2048; // 1 MiB
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +31,7 @@ const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 struct Setup {
     /// Removed with the setup.
-    _dir: Scratch,
+    _dir: TestDir,
     sock: PathBuf,
     image: PathBuf,
 }
@@ -54,10 +54,10 @@ fn start_with(
     num_queues: u16,
     connections: usize,
 ) -> Setup {
-    let dir = Scratch::new("vub-sock", tag);
-    let image = dir.path("img");
+    let dir = TestDir::new(&format!("vub-sock-{}", tag));
+    let image = dir.join("img");
     std::fs::write(&image, pattern((SECTORS * 512) as usize)).unwrap();
-    let sock = dir.path("s");
+    let sock = dir.join("s");
     let config = Config {
         image: image.clone(),
         read_only,

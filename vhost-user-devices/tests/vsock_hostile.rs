@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use vhost_user_devices::vsock::muxer::MAX_PENDING_CONTROL;
 use vu_spec::vsock::{VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_OP_RW};
 use vu_testkit::driver::vsock::{RX_BUFFERS, VsockDriver};
-use vhost_user_devices::vsock::muxer::MAX_PENDING_CONTROL;
 
 mod common;
 use common::VsockSetup as Setup;

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use vu_testkit::driver::vsock::VsockDriver;
 
 mod common;
-use common::{Backend, Scratch, capabilities, wait_for};
+use common::{KillOnDrop, TestDir, capabilities, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vhost-user-vsock");
 
@@ -21,9 +21,9 @@ fn run(args: &[&str]) -> Output {
     common::run(EXE, args)
 }
 
-fn spawn(sock: &Path, uds: &Path) -> Backend {
+fn spawn(sock: &Path, uds: &Path) -> KillOnDrop {
     let arg = OsStr::new;
-    Backend::spawn(
+    KillOnDrop::spawn_quiet(
         EXE,
         &[
             arg("--socket-path"),
@@ -52,8 +52,8 @@ fn print_capabilities_and_descriptor() {
 
 #[test]
 fn bad_command_lines_fail_with_one_clear_line() {
-    let s = Scratch::new("vuv-proc", "args");
-    let sock = s.path("s");
+    let s = TestDir::new("vuv-proc-args");
+    let sock = s.join("s");
     let sock = sock.to_str().unwrap();
     let out = run(&["--socket-path", sock]);
     assert_eq!(out.status.code(), Some(1));
@@ -70,7 +70,7 @@ fn bad_command_lines_fail_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--guest-cid"));
     // The host socket path names a regular file: refused, the file is left alone.
-    let file = s.path("file");
+    let file = s.join("file");
     std::fs::write(&file, b"keep me").unwrap();
     let out = run(&["--socket-path", sock, "--uds-path", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -81,8 +81,8 @@ fn bad_command_lines_fail_with_one_clear_line() {
 
 #[test]
 fn sigterm_exits_cleanly_and_a_restart_replaces_a_stale_host_socket() {
-    let s = Scratch::new("vuv-proc", "term");
-    let (sock, uds) = (s.path("s"), s.path("v"));
+    let s = TestDir::new("vuv-proc-term");
+    let (sock, uds) = (s.join("s"), s.join("v"));
     let mut b = spawn(&sock, &uds);
     wait_for(&sock);
     wait_for(&uds);

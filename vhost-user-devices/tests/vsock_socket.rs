@@ -7,14 +7,14 @@ use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+use vhost_user_devices::vsock::DEFAULT_BUF_ALLOC;
+use vm_memory::ByteValued;
 use vu_spec::vsock::{
     PacketHeader, VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID,
     VSOCK_OP_CREDIT_REQUEST, VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE,
     VSOCK_OP_RST, VSOCK_OP_RW, VSOCK_OP_SHUTDOWN, VSOCK_TYPE_SEQPACKET,
 };
 use vu_testkit::driver::vsock::VsockDriver;
-use vhost_user_devices::vsock::DEFAULT_BUF_ALLOC;
-use vm_memory::ByteValued;
 
 mod common;
 use common::{VSOCK_CID as CID, VsockSetup as Setup};
@@ -386,9 +386,9 @@ fn bulk_both_ways_with_credit() {
 /// a write-only descriptor) are completed and dropped; the device keeps serving.
 #[test]
 fn descriptor_abuse_on_tx() {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vu_spec::vsock::TX_QUEUE;
     use vu_testkit::driver::{RawDesc, RawNext};
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
     let s = Setup::start("abuse", 1, Duration::from_secs(1));
     let mut d = VsockDriver::connect(&s.sock, TIMEOUT).unwrap();

@@ -6,19 +6,12 @@ use std::path::PathBuf;
 use super::CliError;
 use super::props::Props;
 use super::values;
-use crate::config::{ChardevConfig, VhostUserDeviceConfig, VhostUserKind};
+use vu_spec::devices::{DEVICES, DeviceSpec, Prop, PropKind, find_driver};
+
+use crate::config::{ChardevConfig, VhostUserDeviceConfig};
 
 pub(super) const CHARDEV_PROPS: &[&str] = &["backend (socket)", "id", "path", "reconnect"];
 pub(super) const NETDEV_PROPS: &[&str] = &["type (vhost-user)", "id", "chardev", "queues"];
-/// Drivers `-device` accepts (each also as `<name>-non-transitional`).
-pub(super) const DRIVERS: &[&str] = &[
-    "vhost-user-blk-pci",
-    "vhost-user-vsock-pci",
-    "vhost-user-rng-pci",
-    "vhost-user-console-pci",
-    "vhost-user-device-pci",
-    "virtio-net-pci",
-];
 const COMMON_PROPS: &[&str] = &[
     "id",
     "addr",
@@ -141,90 +134,118 @@ fn queue_size(props: &mut Props, key: &str) -> Result<Option<u16>, CliError> {
     }
 }
 
+/// The canonical `-device` driver of every device kind, for error messages and help.
+fn drivers() -> Vec<&'static str> {
+    DEVICES.iter().map(DeviceSpec::driver).collect()
+}
+
+/// The device-specific properties of one `-device`, as its row describes them.
+#[derive(Debug, Default)]
+struct DeviceValues {
+    chardev: Option<String>,
+    netdev: Option<String>,
+    mq: bool,
+    num_queues: Option<u16>,
+    queue_size: Option<u16>,
+    virtio_id: Option<u32>,
+    config_size: Option<u32>,
+    mac: Option<[u8; 6]>,
+    bootindex: Option<u32>,
+}
+
+fn take_prop(props: &mut Props, p: &Prop, v: &mut DeviceValues) -> Result<(), CliError> {
+    let key = p.name;
+    match p.kind {
+        PropKind::Chardev => v.chardev = Some(required_id(props, key)?),
+        PropKind::Netdev => v.netdev = Some(required_id(props, key)?),
+        PropKind::Mq => v.mq = props.take_bool(key)?.unwrap_or(false),
+        PropKind::NumQueues => v.num_queues = u16_in(props, key, 1, MAX_QUEUES)?,
+        PropKind::QueueSize => v.queue_size = queue_size(props, key)?,
+        PropKind::VirtioId => {
+            let id = props
+                .take_uint_in(key, 1, u64::from(u32::MAX))?
+                .ok_or_else(|| CliError::MissingProperty {
+                    option: props.option().into(),
+                    property: key.into(),
+                })?;
+            v.virtio_id = u32::try_from(id).ok();
+        }
+        PropKind::ConfigSize => {
+            let size = props.take_uint_in(key, 0, 4096)?;
+            v.config_size = size.and_then(|s| u32::try_from(s).ok());
+        }
+        PropKind::Mac => v.mac = props.take_with(key, values::parse_mac)?,
+        PropKind::BootIndex => {
+            v.bootindex = props
+                .take_uint_in(key, 0, u64::from(u32::MAX))?
+                .and_then(|b| u32::try_from(b).ok());
+        }
+    }
+    Ok(())
+}
+
+/// A driver no row names: one line saying what accel has.
+fn unknown_driver(props: &Props, driver: &str) -> CliError {
+    let list = drivers().join(", ");
+    let reason = if matches!(driver, "help" | "?") {
+        format!("accel's -device drivers: {list}")
+    } else if driver.starts_with("virtio-") {
+        format!(
+            "accel's virtio devices are vhost-user backends in other processes; supported drivers: {list}"
+        )
+    } else {
+        format!("accel emulates no other devices; supported drivers: {list}")
+    };
+    props.unsupported("driver", driver, &reason)
+}
+
 pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
     let option = props.option();
     let driver = props.take_required("driver")?;
-    let base = driver.strip_suffix("-non-transitional").unwrap_or(&driver);
-    let mut config = VhostUserDeviceConfig {
-        kind: VhostUserKind::Blk,
-        id: props.take_id("id")?,
-        chardev: String::new(),
-        num_queues: None,
-        queue_size: None,
-        pci_slot: None,
-        mac: None,
-        bootindex: None,
+    let Some(spec) = find_driver(&driver) else {
+        return Err(unknown_driver(&props, &driver));
     };
-    let mut netdev = None;
-    let mut specific: Vec<&str> = vec![];
-    match base {
-        "vhost-user-blk-pci" => {
-            config.chardev = required_id(&mut props, "chardev")?;
-            config.num_queues = u16_in(&mut props, "num-queues", 1, MAX_QUEUES)?;
-            config.queue_size = queue_size(&mut props, "queue-size")?;
-            config.bootindex = bootindex(&mut props)?;
-            specific.extend(["chardev", "num-queues", "queue-size", "bootindex"]);
-        }
-        "vhost-user-vsock-pci" | "vhost-user-rng-pci" | "vhost-user-console-pci" => {
-            config.kind = match base {
-                "vhost-user-vsock-pci" => VhostUserKind::Vsock,
-                "vhost-user-rng-pci" => VhostUserKind::Rng,
-                _ => VhostUserKind::Console,
-            };
-            config.chardev = required_id(&mut props, "chardev")?;
-            specific.push("chardev");
-        }
-        "vhost-user-device-pci" | "vhost-user-test-device-pci" => {
-            config.chardev = required_id(&mut props, "chardev")?;
-            let virtio_id = props
-                .take_uint_in("virtio-id", 1, u64::from(u32::MAX))?
-                .ok_or_else(|| CliError::MissingProperty {
-                    option: option.into(),
-                    property: "virtio-id".into(),
-                })?;
-            let num_queues = u16_in(&mut props, "num_vqs", 1, MAX_QUEUES)?;
-            let config_size = props.take_uint_in("config_size", 0, 4096)?.unwrap_or(0);
-            config.queue_size = queue_size(&mut props, "vq_size")?;
-            config.num_queues = num_queues;
-            config.kind = VhostUserKind::Generic {
-                virtio_id: u32::try_from(virtio_id).unwrap_or(u32::MAX),
-                num_queues: num_queues.unwrap_or(1),
-                config_size: u32::try_from(config_size).unwrap_or(0),
-            };
-            specific.extend(["chardev", "virtio-id", "num_vqs", "vq_size", "config_size"]);
-        }
-        "virtio-net-pci" => {
-            config.kind = VhostUserKind::Net;
-            let id = required_id(&mut props, "netdev")?;
-            let mq = props.take_bool("mq")?.unwrap_or(false);
-            netdev = Some((id, mq));
-            config.mac = props.take_with("mac", values::parse_mac)?;
-            config.bootindex = bootindex(&mut props)?;
-            specific.extend(["netdev", "mac", "mq", "bootindex"]);
-        }
-        _ => {
-            let hint = if base.starts_with("virtio-") {
-                "accel's virtio devices are vhost-user backends in other processes"
-            } else {
-                "accel emulates no other devices"
-            };
-            return Err(props.unsupported(
-                "driver",
-                &driver,
-                &format!("{hint}; supported drivers: {}", DRIVERS.join(", ")),
-            ));
-        }
+    let id = props.take_id("id")?;
+    let mut v = DeviceValues::default();
+    for p in spec.props {
+        take_prop(&mut props, p, &mut v)?;
     }
+    let pci = take_common_props(&mut props)?;
+    let mut supported: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
+    supported.extend_from_slice(COMMON_PROPS);
+    props.finish(&supported)?;
+    let config = VhostUserDeviceConfig {
+        spec,
+        id,
+        // A netdev's chardev is filled in by `resolve`.
+        chardev: v.chardev.unwrap_or_default(),
+        virtio_id: spec.virtio_id(v.virtio_id),
+        config_size: spec.config_size(v.config_size),
+        num_queues: v.num_queues,
+        queue_size: v.queue_size,
+        pci_slot: pci.map(|(slot, _)| slot),
+        mac: v.mac,
+        bootindex: v.bootindex,
+    };
+    Ok(Device {
+        option,
+        driver,
+        config,
+        netdev: v.netdev.map(|n| (n, v.mq)),
+        pci_func: pci.map_or(0, |(_, f)| f),
+    })
+}
+
+/// The properties every `-device` takes: `addr=` (slot, function), `bus=`, and the
+/// transport switches accel only accepts at their modern-only values.
+fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, CliError> {
     let pci = props.take_with("addr", values::parse_pci_addr)?;
-    if let Some((slot, _)) = pci {
-        if slot == 0 {
-            return Err(props.unsupported(
-                "addr",
-                "0",
-                "slot 0 holds the PCI host bridge; use slots 1..1f",
-            ));
-        }
-        config.pci_slot = Some(slot);
+    if let Some((0, _)) = pci {
+        return Err(props.unsupported(
+            "addr",
+            "0",
+            "slot 0 holds the PCI host bridge; use slots 1..1f",
+        ));
     }
     match props.take("bus").as_deref() {
         None | Some("pci.0") | Some("pcie.0") => {}
@@ -262,36 +283,32 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
     if let Some(rom) = props.take("romfile").filter(|r| !r.is_empty()) {
         return Err(props.unsupported("romfile", &rom, "accel loads no option ROMs"));
     }
-    let mut supported = specific;
-    supported.extend_from_slice(COMMON_PROPS);
-    props.finish(&supported)?;
-    Ok(Device {
-        option,
-        driver,
-        config,
-        netdev,
-        pci_func: pci.map_or(0, |(_, f)| f),
-    })
+    Ok(pci)
 }
 
-fn bootindex(props: &mut Props) -> Result<Option<u32>, CliError> {
-    Ok(props
-        .take_uint_in("bootindex", 0, u64::from(u32::MAX))?
-        .and_then(|v| u32::try_from(v).ok()))
+/// Queues of a device on `netdev`: two per pair, all pairs only with `mq=on` (QEMU).
+fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
+    match (netdev.queues, mq) {
+        (None, _) => None,
+        (Some(q), true) => Some(q * 2),
+        (Some(q), false) => {
+            if q > 1 {
+                log::warn!(
+                    "-netdev {} has queues={q} but virtio-net-pci has mq=off: \
+                     the guest gets one queue pair (add mq=on to use all)",
+                    netdev.id
+                );
+            }
+            Some(2)
+        }
+    }
 }
 
-/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
-/// once, and PCI slots do not collide.
-pub(super) fn resolve(
+/// Chardev and netdev ids are unique, and every netdev's chardev exists.
+fn check_chardevs_and_netdevs(
     chardevs: &[ChardevConfig],
-    netdevs: Vec<Netdev>,
-    devices: Vec<Device>,
-) -> Result<Vec<VhostUserDeviceConfig>, CliError> {
-    let mut used_netdevs: Vec<String> = Vec::new();
-    let mut used_chardevs: Vec<String> = Vec::new();
-    let mut ids: Vec<String> = Vec::new();
-    let mut slots: Vec<u8> = Vec::new();
-    let mut out = Vec::new();
+    netdevs: &[Netdev],
+) -> Result<(), CliError> {
     for (i, chardev) in chardevs.iter().enumerate() {
         if chardevs[..i].iter().any(|c| c.id == chardev.id) {
             return Err(CliError::Invalid {
@@ -317,6 +334,22 @@ pub(super) fn resolve(
             });
         }
     }
+    Ok(())
+}
+
+/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
+/// once, and PCI slots do not collide.
+pub(super) fn resolve(
+    chardevs: &[ChardevConfig],
+    netdevs: Vec<Netdev>,
+    devices: Vec<Device>,
+) -> Result<Vec<VhostUserDeviceConfig>, CliError> {
+    check_chardevs_and_netdevs(chardevs, &netdevs)?;
+    let mut used_netdevs: Vec<String> = Vec::new();
+    let mut used_chardevs: Vec<String> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut slots: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
     for dev in devices {
         let err = |message: String| CliError::Invalid {
             option: dev.option.into(),
@@ -335,19 +368,7 @@ pub(super) fn resolve(
             }
             used_netdevs.push(netdev_id.clone());
             config.chardev = netdev.chardev.clone();
-            config.num_queues = match (netdev.queues, mq) {
-                (None, _) => None,
-                (Some(q), true) => Some(q * 2),
-                (Some(q), false) => {
-                    if q > 1 {
-                        log::warn!(
-                            "-netdev {netdev_id} has queues={q} but virtio-net-pci has mq=off: \
-                             the guest gets one queue pair (add mq=on to use all)"
-                        );
-                    }
-                    Some(2)
-                }
-            };
+            config.num_queues = netdev_queues(netdev, *mq);
         }
         if !chardevs.iter().any(|c| c.id == config.chardev) {
             return Err(err(format!(

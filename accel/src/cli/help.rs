@@ -1,4 +1,7 @@
-//! The `--help` text: every supported option, and how accel differs from QEMU.
+//! The `--help` text: every supported option, and how accel differs from QEMU. The
+//! `-device` synopses come from the device table.
+
+use vu_spec::devices::{DEVICES, PropKind};
 
 const HELP: &str = "\
 usage: accel [options]
@@ -33,15 +36,29 @@ Machine:
                                    suffixes B K M G T. maxmem=/slots= are refused (no
                                    memory hotplug)
   -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,hugetlb=on|off]
+          [,hugetlbsize=SIZE][,prealloc=on|off]
                                    a RAM backend (size in bytes unless suffixed, a multiple
-                                   of 4 KiB; share defaults to on as in QEMU); seal=, merge=
-                                   and dump= are accepted and ignored. Other -object types
-                                   are refused
+                                   of 4 KiB; share defaults to on as in QEMU); seal=, merge=,
+                                   dump= and prealloc-threads= are accepted and ignored
+  -object memory-backend-file,id=ID,size=SIZE,mem-path=DIR|FILE[,share=on|off]
+          [,readonly=on|off][,prealloc=on|off]
+                                   a file-backed RAM backend: a directory gets a fresh
+                                   unlinked file, a missing FILE is created (and kept), an
+                                   existing FILE must hold SIZE bytes. share defaults to off
+                                   as in QEMU (vhost-user devices need share=on). On
+                                   hugetlbfs SIZE must be a multiple of the huge page size.
+                                   align= and discard-data= are accepted and ignored
+  -object secret,id=ID,...         accepted and unused. Other -object types are refused.
+                                   -object, -device and -netdev also take QEMU's JSON form
+                                   ('{\"qom-type\":...}', as libvirt writes them)
+  -mem-path DIR|FILE               plain -m RAM from a file (as memory-backend-file, share=off)
+  -mem-prealloc                    prealloc=on for every memory backend not setting prealloc
   -numa node,memdev=ID[,nodeid=N]  guest RAM is made of these backends, laid out from address
                                    0 in nodeid order; their sizes must add up to -m. The
                                    guest sees no NUMA topology (accel has no ACPI SRAT)
   -name [guest=]NAME[,debug-threads=on|off]
-                                   a name for log lines (debug-threads is ignored)
+                                   the VM's name (query-name); debug-threads=on names the
+                                   vCPU threads 'CPU N/KVM' as QEMU does
 
 Boot (accel has no firmware; it always boots Linux directly):
   -kernel PATH                     ELF vmlinux with a PVH note, or bzImage (required)
@@ -68,18 +85,31 @@ Console and host-side options:
   -h, -help, --help                this text
   -version, --version              print the version
 
+QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the commands):
+  -qmp unix:PATH,server=on[,wait=off]    also the old spelling unix:PATH,server,nowait
+  -qmp tcp:HOST:PORT,server=on[,wait=off]
+  -chardev socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on[,wait=off]
+  -mon [chardev=]ID,mode=control[,pretty=on]
+                                   a QMP monitor on a listening socket (fd=N: an inherited,
+                                   already listening socket, as libvirt passes). Several
+                                   monitors may be given; each serves one client at a time
+                                   and a client may reconnect. wait=on (QEMU's default)
+                                   waits for the first client before the VM starts.
+                                   server=on chardevs are for -mon only
+  -S                               create the vCPUs stopped; QMP 'cont' starts them
+  -no-shutdown                     a guest poweroff stops the VM (status 'shutdown') and
+                                   accel waits for 'system_reset' or 'quit'
+  -pidfile PATH                    write accel's pid to PATH (removed at exit)
+  -daemonize                       run in the background: the command returns (exit 0) once
+                                   the VM is built and its monitors listen, or exits 1 if
+                                   start-up failed; the serial port cannot be stdio
+  -uuid UUID                       the VM's UUID (query-uuid)
+
 vhost-user devices (the backend is a separate process listening on a unix socket):
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]
                                    the backend's socket; accel connects as a client
                                    (server=on and TCP sockets are refused)
-  -device vhost-user-blk-pci,chardev=ID[,num-queues=N][,queue-size=N][,bootindex=N]
-  -device vhost-user-vsock-pci,chardev=ID
-  -device vhost-user-rng-pci,chardev=ID
-  -device vhost-user-console-pci,chardev=ID      (accel extension)
-  -device vhost-user-device-pci,chardev=ID,virtio-id=N[,num_vqs=N][,vq_size=N][,config_size=N]
-                                   any virtio device type served by a vhost-user backend
-  -netdev vhost-user,id=ID,chardev=ID[,queues=N]
-  -device virtio-net-pci,netdev=ID[,mac=xx:xx:xx:xx:xx:xx][,mq=on|off][,bootindex=N]
+{devices}
                                    all -device drivers also take id=, addr=SLOT[.0] (hex,
                                    slot 1..1f, function 0 only), bus=pci.0|pcie.0,
                                    disable-legacy=on|auto (devices are modern-only, so off
@@ -90,8 +120,8 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    share=on with -numa node,memdev= or -machine
                                    memory-backend=
 
-Not supported (an error says so): -daemonize, -drive/-blockdev/-hda (use vhost-user-blk),
--nic/-net (use -netdev vhost-user), -bios, -S, -s/-gdb, -qmp/-monitor other than none,
+Not supported (an error says so): -drive/-blockdev/-hda (use vhost-user-blk),
+-nic/-net (use -netdev vhost-user), -bios, -s/-gdb, -monitor other than none (HMP),
 migration and snapshots, display options, USB, and any other QEMU option.
 
 Example (the test guest):
@@ -99,7 +129,36 @@ Example (the test guest):
     -no-reboot -kernel vmlinux -initrd lean.cpio -append \"console=ttyS0 reboot=k panic=-1\"
 ";
 
+/// Where a note after a synopsis starts.
+const NOTE_COLUMN: usize = 35;
+
+/// One synopsis per device kind, from the device table (each -netdev-connected kind after
+/// the -netdev synopsis).
+fn device_lines() -> String {
+    let mut out = String::new();
+    for spec in DEVICES {
+        if spec.prop(PropKind::Netdev).is_some() {
+            out.push_str("  -netdev vhost-user,id=ID,chardev=ID[,queues=N]\n");
+        }
+        let mut line = format!("  -device {}", spec.driver());
+        for p in spec.props {
+            let item = format!(",{}={}", p.name, p.kind.placeholder());
+            if p.kind.required() {
+                line.push_str(&item);
+            } else {
+                line.push_str(&format!("[{item}]"));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+        if !spec.help.is_empty() {
+            out.push_str(&format!("{:NOTE_COLUMN$}{}\n", "", spec.help));
+        }
+    }
+    out
+}
+
 /// The full `--help` text.
 pub fn help_text() -> String {
-    HELP.to_string()
+    HELP.replace("{devices}\n", &device_lines())
 }

@@ -1,10 +1,13 @@
-//! Guest RAM: `-m`, `-object memory-backend-memfd`, `-numa node,memdev=` and
-//! `-machine memory-backend=`, resolved the way QEMU 7.2 does.
+//! Guest RAM: `-m`, `-object memory-backend-memfd|memory-backend-file`, `-mem-path`,
+//! `-mem-prealloc`, `-numa node,memdev=` and `-machine memory-backend=`, resolved the way
+//! QEMU 7.2 does.
 
 use super::CliError;
 use super::props::Props;
 use super::values::{self, BadValue};
-use crate::config::{MemoryBackendConfig, MemoryConfig};
+use std::path::PathBuf;
+
+use crate::config::{MemoryBackendConfig, MemoryConfig, RamSource};
 
 const MIB: u64 = 1 << 20;
 /// QEMU's default RAM size for x86 machines.
@@ -13,13 +16,30 @@ pub(super) const DEFAULT_RAM: u64 = 128 * MIB;
 const PAGE: u64 = 4096;
 
 pub(super) const MEM_PROPS: &[&str] = &["size"];
-pub(super) const OBJECT_PROPS: &[&str] = &[
+pub(super) const MEMFD_PROPS: &[&str] = &[
     "qom-type (memory-backend-memfd)",
     "id",
     "size",
     "share",
     "hugetlb",
+    "hugetlbsize",
+    "prealloc",
+    "prealloc-threads (ignored)",
     "seal (ignored)",
+    "merge (ignored)",
+    "dump (ignored)",
+];
+pub(super) const FILE_PROPS: &[&str] = &[
+    "qom-type (memory-backend-file)",
+    "id",
+    "size",
+    "mem-path",
+    "share",
+    "readonly",
+    "prealloc",
+    "prealloc-threads (ignored)",
+    "align (ignored)",
+    "discard-data (ignored)",
     "merge (ignored)",
     "dump (ignored)",
 ];
@@ -61,28 +81,46 @@ pub(super) fn parse_mem(mut props: Props) -> Result<Option<u64>, CliError> {
     Ok(size)
 }
 
-/// One `-object memory-backend-memfd`.
+/// One `-object memory-backend-memfd|memory-backend-file`.
 #[derive(Debug)]
 pub(super) struct Backend {
     pub id: String,
     pub size: u64,
     pub share: bool,
-    pub hugetlb: bool,
+    pub source: RamSource,
+    /// `None`: not given (`-mem-prealloc` decides, as QEMU's global property does).
+    pub prealloc: Option<bool>,
 }
 
-/// `-object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,hugetlb=on|off]`.
+/// Whether `qom_type` is a memory backend this module parses.
+pub(super) fn is_memory_backend(qom_type: &str) -> bool {
+    qom_type.starts_with("memory-backend-")
+}
+
+/// `-object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,hugetlb=on|off]
+/// [,hugetlbsize=SIZE][,prealloc=on|off]` or `-object memory-backend-file,id=ID,size=SIZE,
+/// mem-path=PATH[,share=on|off][,readonly=on|off][,prealloc=on|off]`.
 pub(super) fn parse_object(mut props: Props) -> Result<Backend, CliError> {
     let qom_type = props.take_required("qom-type")?;
-    if qom_type != "memory-backend-memfd" {
-        let hint = match qom_type.as_str() {
-            "memory-backend-file" | "memory-backend-ram" => {
-                "accel's guest RAM is always a memfd: use memory-backend-memfd (share=on for \
-                 vhost-user)"
-            }
-            _ => "accel supports only -object memory-backend-memfd",
-        };
-        return Err(props.unsupported("qom-type", &qom_type, hint));
-    }
+    let file = match qom_type.as_str() {
+        "memory-backend-memfd" => false,
+        "memory-backend-file" => true,
+        "memory-backend-ram" => {
+            return Err(props.unsupported(
+                "qom-type",
+                &qom_type,
+                "accel's guest RAM is always shareable: use memory-backend-memfd (share=on for \
+                 vhost-user) or memory-backend-file",
+            ));
+        }
+        _ => {
+            return Err(props.unsupported(
+                "qom-type",
+                &qom_type,
+                "accel supports memory-backend-memfd, memory-backend-file and secret",
+            ));
+        }
+    };
     let id = props
         .take_id("id")?
         .ok_or_else(|| CliError::MissingProperty {
@@ -102,32 +140,89 @@ pub(super) fn parse_object(mut props: Props) -> Result<Backend, CliError> {
             "a multiple of 4 KiB (accel maps each backend into KVM memory slots)",
         ));
     }
-    // memory-backend-memfd defaults to share=on in QEMU.
-    let share = props.take_bool("share")?.unwrap_or(true);
-    let hugetlb = props.take_bool("hugetlb")?.unwrap_or(false);
+    // memory-backend-memfd defaults to share=on in QEMU, memory-backend-file to share=off.
+    let share = props.take_bool("share")?.unwrap_or(!file);
+    let prealloc = props.take_bool("prealloc")?;
+    if let Some(v) = props.take("prealloc-threads") {
+        // Only the speed of preallocation: one thread does the same work.
+        values::parse_uint(&v).map_err(|BadValue(e)| props.invalid("prealloc-threads", &v, e))?;
+    }
     // Host-side hints that do not change guest-visible behaviour: accepted, ignored.
-    for key in ["seal", "merge", "dump"] {
+    for key in ["merge", "dump"] {
         props.take_bool(key)?;
     }
     for key in [
-        "hugetlbsize",
-        "prealloc",
-        "prealloc-threads",
         "prealloc-context",
         "policy",
         "host-nodes",
         "reserve",
+        "x-use-canonical-path-for-ramblock-id",
     ] {
         if let Some(v) = props.take(key) {
             return Err(props.unsupported(key, &v, "not implemented by accel"));
         }
     }
-    props.finish(OBJECT_PROPS)?;
+    let source = if file {
+        parse_file_props(&mut props)?
+    } else {
+        parse_memfd_props(&mut props)?
+    };
+    props.finish(if file { FILE_PROPS } else { MEMFD_PROPS })?;
     Ok(Backend {
         id,
         size,
         share,
-        hugetlb,
+        source,
+        prealloc,
+    })
+}
+
+fn parse_memfd_props(props: &mut Props) -> Result<RamSource, CliError> {
+    props.take_bool("seal")?;
+    let hugetlb = props.take_bool("hugetlb")?.unwrap_or(false);
+    let hugetlbsize = match props.take("hugetlbsize") {
+        None => 0,
+        Some(raw) => {
+            let v = values::parse_size(&raw, 1)
+                .map_err(|BadValue(e)| props.invalid("hugetlbsize", &raw, e))?;
+            if !v.is_power_of_two() || v < PAGE {
+                return Err(props.invalid("hugetlbsize", &raw, "a power of two of at least 4K"));
+            }
+            if !hugetlb {
+                // QEMU: "'hugetlbsize' property can't be set without 'hugetlb'".
+                return Err(CliError::Invalid {
+                    option: props.option().into(),
+                    message: "'hugetlbsize' property can't be set without hugetlb=on".into(),
+                });
+            }
+            v
+        }
+    };
+    Ok(RamSource::Memfd {
+        hugetlb: hugetlb.then_some(hugetlbsize),
+    })
+}
+
+fn parse_file_props(props: &mut Props) -> Result<RamSource, CliError> {
+    let path = props.take_required("mem-path")?;
+    if path.is_empty() {
+        return Err(props.invalid("mem-path", &path, "a file or directory path"));
+    }
+    let readonly = props.take_bool("readonly")?.unwrap_or(false);
+    // Host mapping alignment (accel maps at the kernel's choice, huge-page aligned on
+    // hugetlbfs) and whether the file's data is dropped at exit: accepted, ignored.
+    if let Some(v) = props.take("align") {
+        values::parse_size(&v, 1).map_err(|BadValue(e)| props.invalid("align", &v, e))?;
+    }
+    props.take_bool("discard-data")?;
+    for key in ["pmem", "offset", "rom"] {
+        if let Some(v) = props.take(key) {
+            return Err(props.unsupported(key, &v, "not implemented by accel"));
+        }
+    }
+    Ok(RamSource::File {
+        path: PathBuf::from(path),
+        readonly,
     })
 }
 
@@ -174,6 +269,13 @@ pub(super) fn parse_numa(mut props: Props) -> Result<NumaNode, CliError> {
     Ok(NumaNode { memdev, nodeid })
 }
 
+/// `-mem-path PATH` and `-mem-prealloc`.
+#[derive(Debug, Default)]
+pub(super) struct Legacy {
+    pub mem_path: Option<String>,
+    pub mem_prealloc: bool,
+}
+
 /// Builds the RAM layout. `ram_size` is `-m` (if given), `machine_memdev` is
 /// `-machine memory-backend=`.
 pub(super) fn resolve(
@@ -181,6 +283,7 @@ pub(super) fn resolve(
     backends: &[Backend],
     numa: Vec<NumaNode>,
     machine_memdev: Option<String>,
+    legacy: &Legacy,
 ) -> Result<MemoryConfig, CliError> {
     let lookup = |option: &str, id: &str| {
         backends
@@ -190,7 +293,7 @@ pub(super) fn resolve(
                 option: option.into(),
                 message: format!(
                     "memory backend '{id}' not found (define it with -object \
-                     memory-backend-memfd,id={id},size=...)"
+                     memory-backend-memfd,id={id},size=... or memory-backend-file)"
                 ),
             })
     };
@@ -198,10 +301,20 @@ pub(super) fn resolve(
         id: Some(b.id.clone()),
         size: b.size,
         share: b.share,
-        hugetlb: b.hugetlb,
+        source: b.source.clone(),
+        // -mem-prealloc is a global default for every memory backend's prealloc property.
+        prealloc: b.prealloc.unwrap_or(legacy.mem_prealloc),
     };
 
     if let Some(id) = machine_memdev {
+        if legacy.mem_path.is_some() {
+            return Err(CliError::Invalid {
+                option: "-mem-path".into(),
+                message: "'-mem-path' can't be used together with '-machine memory-backend' \
+                          (give the backend mem-path= instead)"
+                    .into(),
+            });
+        }
         if !numa.is_empty() {
             return Err(CliError::Invalid {
                 option: "-machine".into(),
@@ -235,13 +348,24 @@ pub(super) fn resolve(
             backends: vec![MemoryBackendConfig {
                 id: None,
                 size: ram_size,
-                // Plain -m RAM is private in QEMU: vhost-user devices refuse it.
+                // Plain -m RAM (and -mem-path RAM) is private in QEMU: vhost-user devices
+                // refuse it.
                 share: false,
-                hugetlb: false,
+                source: match &legacy.mem_path {
+                    Some(path) => RamSource::File {
+                        path: PathBuf::from(path),
+                        readonly: false,
+                    },
+                    None => RamSource::Memfd { hugetlb: None },
+                },
+                prealloc: legacy.mem_prealloc,
             }],
         });
     }
 
+    if legacy.mem_path.is_some() {
+        log::warn!("-mem-path: ignored, guest RAM comes from the -numa node memdev= backends");
+    }
     // Order nodes by nodeid (QEMU assigns missing ids in order of appearance).
     let mut nodes: Vec<(u64, NumaNode)> = Vec::new();
     for (index, node) in numa.into_iter().enumerate() {
@@ -287,4 +411,40 @@ pub(super) fn resolve(
         size: ram_size,
         backends: layout,
     })
+}
+
+/// vhost-user devices map guest RAM in the backend process: every backend must be
+/// `share=on` (QEMU: "Failed initializing vhost-user memory map, consider using -object
+/// memory-backend-file share=on") and writable.
+pub(super) fn check_shared(memory: &MemoryConfig) -> Result<(), CliError> {
+    for b in &memory.backends {
+        let name = match (&b.id, &b.source) {
+            (Some(id), _) => format!("memory backend '{id}'"),
+            (None, RamSource::File { .. }) => "-mem-path RAM".to_string(),
+            (None, RamSource::Memfd { .. }) => "plain -m RAM".to_string(),
+        };
+        if !b.share {
+            return Err(CliError::Invalid {
+                option: "-device".into(),
+                message: format!(
+                    "vhost-user devices need guest RAM shared with the backend process, but \
+                     {name} is not shared (QEMU: \"Failed initializing vhost-user memory map, \
+                     consider using -object memory-backend-file share=on\"): use -object \
+                     memory-backend-memfd,id=mem,size=<RAM size>,share=on (or \
+                     memory-backend-file,...,mem-path=PATH,share=on) with -numa node,memdev=mem \
+                     or -machine memory-backend=mem"
+                ),
+            });
+        }
+        if let RamSource::File { readonly: true, .. } = b.source {
+            return Err(CliError::Invalid {
+                option: "-device".into(),
+                message: format!(
+                    "vhost-user devices need writable guest RAM, but {name} is readonly=on \
+                     (the backend process maps guest RAM read-write)"
+                ),
+            });
+        }
+    }
+    Ok(())
 }

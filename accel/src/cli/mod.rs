@@ -3,6 +3,7 @@
 //!
 //! - [`args`]: argv → options (single-dash long options, `--opt` accepted too).
 //! - [`props`]: QEMU's `key=value,...` suboptions (implied first key, `,,` escapes).
+//! - [`json`]: QEMU's JSON form of `-object`/`-device`/`-netdev`, as libvirt writes it.
 //! - [`values`]: sizes, integers, booleans, ids, MACs, PCI addresses.
 //! - [`machine`], [`smp`], [`memory`], [`serial`], [`devices`]: one concern each.
 //! - [`help`]: the `--help` text, which documents every difference from QEMU.
@@ -12,8 +13,10 @@
 mod args;
 mod devices;
 mod help;
+mod json;
 mod machine;
 mod memory;
+mod monitor;
 mod props;
 mod serial;
 mod smp;
@@ -24,7 +27,9 @@ mod tests;
 
 use std::path::PathBuf;
 
-use crate::config::{BootConfig, ChardevConfig, CpuConfig, SerialConfig, VmConfig};
+use crate::config::{
+    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, SerialConfig, VmConfig,
+};
 use args::Opt;
 use props::{Flags, Props};
 
@@ -101,6 +106,10 @@ pub fn parse(args: &[String]) -> Result<CliAction, CliError> {
 #[derive(Default)]
 struct State {
     name: Option<String>,
+    lifecycle: LifecycleConfig,
+    qmps: Vec<MonitorConfig>,
+    server_chardevs: Vec<monitor::ServerChardev>,
+    mons: Vec<monitor::Mon>,
     machine: Option<Props>,
     cpu: Option<CpuConfig>,
     smp: Option<Props>,
@@ -110,6 +119,7 @@ struct State {
     append: Option<String>,
     objects: Vec<memory::Backend>,
     numa: Vec<memory::NumaNode>,
+    legacy_mem: memory::Legacy,
     serials: Vec<SerialConfig>,
     nodefaults: bool,
     no_reboot: bool,
@@ -134,6 +144,7 @@ impl State {
         let option = arg.name;
         let value = arg.value.unwrap_or_default();
         let kv = |implied, flags| Props::parse(option, &value, implied, flags);
+        let kv_or_json = |implied| Props::parse_or_json(option, &value, implied, Flags::Allowed);
         match arg.opt {
             Opt::Accel => machine::check_accel(kv(Some("accel"), Flags::Allowed)?)?,
             Opt::EnableKvm => {}
@@ -144,10 +155,18 @@ impl State {
             Opt::Kernel => self.kernel = Some(non_empty(option, value)?),
             Opt::Initrd => self.initrd = Some(non_empty(option, value)?),
             Opt::Append => self.append = Some(value),
-            Opt::Object => self.objects.push(memory::parse_object(kv(
-                Some("qom-type"),
-                Flags::Rejected,
-            )?)?),
+            Opt::Object => {
+                let props = if json::is_json(&value) {
+                    kv_or_json(None)?
+                } else {
+                    kv(Some("qom-type"), Flags::Rejected)?
+                };
+                self.apply_object(props)?;
+            }
+            Opt::MemPath => self.legacy_mem.mem_path = Some(non_empty(option, value)?),
+            Opt::MemPrealloc => self.legacy_mem.mem_prealloc = true,
+            Opt::Audiodev => parse_audiodev(kv_or_json(Some("driver"))?)?,
+            Opt::Sandbox => parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?,
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
@@ -161,19 +180,80 @@ impl State {
             Opt::Nodefaults => self.nodefaults = true,
             Opt::NoReboot => self.no_reboot = true,
             Opt::Timing => self.timing = true,
-            Opt::Name => self.name = parse_name(kv(Some("guest"), Flags::Allowed)?)?,
-            Opt::Chardev => self.chardevs.push(devices::parse_chardev(kv(
-                Some("backend"),
-                Flags::Allowed,
-            )?)?),
+            Opt::Name => {
+                let (name, debug_threads) = parse_name(kv(Some("guest"), Flags::Allowed)?)?;
+                self.name = name;
+                self.lifecycle.debug_threads = debug_threads;
+            }
+            Opt::Chardev => {
+                let props = kv(Some("backend"), Flags::Allowed)?;
+                if monitor::is_server(&props)? {
+                    self.server_chardevs
+                        .push(monitor::parse_server_chardev(props)?);
+                } else {
+                    self.chardevs.push(devices::parse_chardev(props)?);
+                }
+            }
+            Opt::StartPaused => self.lifecycle.start_paused = true,
+            Opt::NoShutdown => self.lifecycle.no_shutdown = true,
+            Opt::Daemonize => self.lifecycle.daemonize = true,
+            Opt::Pidfile => {
+                self.lifecycle.pidfile = Some(PathBuf::from(non_empty(option, value)?));
+            }
+            Opt::Uuid => self.lifecycle.uuid = Some(monitor::parse_uuid(option, &value)?),
+            Opt::Qmp => {
+                // QEMU numbers the chardevs of -qmp/-monitor compat_monitor0, 1, ...
+                let label = format!("compat_monitor{}", self.qmps.len());
+                self.qmps.push(monitor::parse_qmp(option, &value, label)?);
+            }
+            Opt::Mon => self
+                .mons
+                .push(monitor::parse_mon(kv(Some("chardev"), Flags::Allowed)?)?),
             Opt::Netdev => self
                 .netdevs
-                .push(devices::parse_netdev(kv(Some("type"), Flags::Allowed)?)?),
+                .push(devices::parse_netdev(kv_or_json(Some("type"))?)?),
             Opt::Device => self
                 .devices
-                .push(devices::parse_device(kv(Some("driver"), Flags::Allowed)?)?),
+                .push(devices::parse_device(kv_or_json(Some("driver"))?)?),
             // Handled by `parse` before reaching here.
             Opt::Help | Opt::Version => {}
+        }
+        Ok(())
+    }
+
+    /// `-object`: memory backends are kept; `secret` (libvirt passes one on every line) is
+    /// accepted and unused, as accel has nothing that consumes secrets.
+    fn apply_object(&mut self, mut props: Props) -> Result<(), CliError> {
+        match props.peek("qom-type") {
+            Some("secret") => {
+                props.take("qom-type");
+                let id = props.take_id("id")?;
+                for key in ["data", "file", "format", "keyid", "iv"] {
+                    props.take(key);
+                }
+                props.finish(&[
+                    "qom-type (secret)",
+                    "id",
+                    "data",
+                    "file",
+                    "format",
+                    "keyid",
+                    "iv",
+                ])?;
+                log::info!(
+                    "-object secret,id={}: accepted, unused (no accel device takes a secret)",
+                    id.unwrap_or_default()
+                );
+            }
+            Some(t) if !memory::is_memory_backend(t) && t != "secret" => {
+                let t = t.to_string();
+                return Err(props.unsupported(
+                    "qom-type",
+                    &t,
+                    "accel supports memory-backend-memfd, memory-backend-file and secret",
+                ));
+            }
+            _ => self.objects.push(memory::parse_object(props)?),
         }
         Ok(())
     }
@@ -192,16 +272,23 @@ impl State {
                 });
             }
         }
-        let memory = memory::resolve(ram_size, &self.objects, self.numa, machine.memory_backend)?;
+        let memory = memory::resolve(
+            ram_size,
+            &self.objects,
+            self.numa,
+            machine.memory_backend,
+            &self.legacy_mem,
+        )?;
         let devices = devices::resolve(&self.chardevs, self.netdevs, self.devices)?;
-        if !devices.is_empty() && memory.backends.iter().any(|b| !b.share) {
-            return Err(CliError::Invalid {
-                option: "-device".into(),
-                message: "vhost-user devices need guest RAM shared with the backend process: \
-                          use -object memory-backend-memfd,id=mem,size=<RAM size>,share=on \
-                          with -numa node,memdev=mem or -machine memory-backend=mem"
-                    .into(),
-            });
+        let client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        let mut monitors = self.qmps;
+        monitors.extend(monitor::resolve(
+            self.server_chardevs,
+            self.mons,
+            &client_ids,
+        )?);
+        if !devices.is_empty() {
+            memory::check_shared(&memory)?;
         }
         let serial = match self.serials.len() {
             0 if self.nodefaults => SerialConfig::Null,
@@ -216,6 +303,14 @@ impl State {
                 });
             }
         };
+        if self.lifecycle.daemonize && serial == SerialConfig::Stdio {
+            return Err(CliError::Invalid {
+                option: "-daemonize".into(),
+                message: "cannot use stdio with -daemonize: give -serial null|file:PATH|unix:... \
+                          or -nodefaults"
+                    .into(),
+            });
+        }
         Ok(VmConfig {
             name: self.name,
             machine: machine.kind,
@@ -233,6 +328,8 @@ impl State {
             chardevs: self.chardevs,
             devices,
             timing: self.timing,
+            monitors,
+            lifecycle: self.lifecycle,
         })
     }
 }
@@ -248,13 +345,61 @@ fn non_empty(option: &str, value: String) -> Result<String, CliError> {
 }
 
 /// `-name [guest=]NAME[,debug-threads=on|off]`.
-fn parse_name(mut props: Props) -> Result<Option<String>, CliError> {
+fn parse_name(mut props: Props) -> Result<(Option<String>, bool), CliError> {
     let name = props.take("guest");
-    // Thread naming is a host-side debugging aid: accepted for compatibility, ignored.
-    props.take_bool("debug-threads")?;
+    let debug_threads = props.take_bool("debug-threads")?.unwrap_or(false);
     if let Some(v) = props.take("process") {
         return Err(props.unsupported("process", &v, "accel does not rename its process"));
     }
-    props.finish(&["guest", "debug-threads (ignored)"])?;
-    Ok(name)
+    props.finish(&["guest", "debug-threads"])?;
+    Ok((name, debug_threads))
+}
+
+/// `-audiodev [driver=]none,id=ID` (libvirt passes one on every line): accel has no sound
+/// device, so only the backend that plays nothing is accepted.
+fn parse_audiodev(mut props: Props) -> Result<(), CliError> {
+    let driver = props.take_required("driver")?;
+    if driver != "none" {
+        return Err(props.unsupported(
+            "driver",
+            &driver,
+            "accel has no sound devices: only -audiodev none is accepted",
+        ));
+    }
+    props.take_id("id")?;
+    // Per-direction tuning of a backend that plays nothing.
+    props.take("timer-period");
+    let tuning: Vec<String> = props
+        .keys()
+        .filter(|k| k.starts_with("in.") || k.starts_with("out."))
+        .map(str::to_string)
+        .collect();
+    for k in tuning {
+        props.take(&k);
+    }
+    props.finish(&["driver (none)", "id", "timer-period", "in.*", "out.*"])
+}
+
+/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: accepted
+/// so libvirt's lines run; accel's own confinement does not depend on it.
+fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
+    let on = props
+        .take_with("enable", values::parse_bool)?
+        .unwrap_or(false);
+    for key in ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"] {
+        if let Some(v) = props.take(key)
+            && !matches!(v.as_str(), "allow" | "deny" | "children")
+        {
+            return Err(props.invalid(key, &v, "allow, deny or children"));
+        }
+    }
+    props.finish(&[
+        "enable",
+        "obsolete",
+        "elevateprivileges",
+        "spawn",
+        "resourcecontrol",
+    ])?;
+    log::info!("-sandbox {}: accepted", if on { "on" } else { "off" });
+    Ok(())
 }

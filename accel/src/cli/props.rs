@@ -81,6 +81,42 @@ impl Props {
         Ok(Props { option, items })
     }
 
+    /// Props from items already split (the JSON syntax, see `super::json`).
+    pub(super) fn from_items(option: &'static str, items: Vec<(String, String)>) -> Props {
+        Props { option, items }
+    }
+
+    /// Parses `input` as JSON when it starts with `{` (QEMU's rule for `-object`, `-device`,
+    /// `-netdev`, `-blockdev`), as `key=value,...` otherwise.
+    pub(super) fn parse_or_json(
+        option: &'static str,
+        input: &str,
+        implied: Option<&'static str>,
+        flags: Flags,
+    ) -> Result<Props, CliError> {
+        if super::json::is_json(input) {
+            return Ok(Props::from_items(
+                option,
+                super::json::parse(option, input)?,
+            ));
+        }
+        Props::parse(option, input, implied, flags)
+    }
+
+    /// The value of `key` without removing it (the last one given).
+    pub(super) fn peek(&self, key: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The keys still present.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Props with no items (an option that was not given).
     pub(super) fn empty(option: &'static str) -> Props {
         Props {
@@ -96,6 +132,15 @@ impl Props {
 
     pub(super) fn option(&self) -> &'static str {
         self.option
+    }
+
+    /// The last value of `key`, left in place.
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Removes `key` and returns its last value.

@@ -21,9 +21,8 @@ mod output;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -73,12 +72,11 @@ type Uart = Serial<EventFdTrigger, Arc<DrainSignal>, SerialOutput>;
 pub enum SerialError {
     #[error("cannot open serial output file {}: {source}", path.display())]
     OpenFile { path: PathBuf, source: io::Error },
-    #[error("serial socket path {} exists and is not a socket", path.display())]
-    NotASocket { path: PathBuf },
-    #[error("cannot remove the stale serial socket {}: {source}", path.display())]
-    RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot listen on serial socket {}: {source}", path.display())]
-    Bind { path: PathBuf, source: io::Error },
+    Bind {
+        path: PathBuf,
+        source: vu_spec::unix::BindError,
+    },
     #[error("waiting for a client on serial socket {}: {source}", path.display())]
     Accept { path: PathBuf, source: io::Error },
     #[error("cannot start the serial {what} thread: {source}")]
@@ -105,23 +103,6 @@ pub struct SerialDevice {
     output_error_logged: bool,
 }
 
-/// Removes a stale socket file at `path`; anything else there is an error.
-fn remove_stale_socket(path: &Path) -> Result<(), SerialError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| SerialError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        Ok(_) => Err(SerialError::NotASocket {
-            path: path.to_path_buf(),
-        }),
-        // Nothing there (or unreadable: bind reports the real problem).
-        Err(_) => Ok(()),
-    }
-}
-
 impl SerialDevice {
     /// Builds COM1 for `cfg`, raising its interrupt through `irq`. With
     /// `SerialConfig::UnixServer { wait: true, .. }` this blocks until a client connects.
@@ -137,10 +118,11 @@ impl SerialDevice {
                 (SerialOutput::File(file), None)
             }
             SerialConfig::UnixServer { path, .. } => {
-                remove_stale_socket(path)?;
-                let listener = UnixListener::bind(path).map_err(|source| SerialError::Bind {
-                    path: path.clone(),
-                    source,
+                let listener = vu_spec::unix::bind_replacing_socket(path).map_err(|source| {
+                    SerialError::Bind {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
                 let slot = Arc::new(ClientSlot::default());
                 (SerialOutput::Socket(slot.clone()), Some((listener, slot)))

@@ -150,6 +150,16 @@ impl PciRoot {
         slots.get(slot)?.as_ref().map(|s| s.device.clone())
     }
 
+    /// Calls `f` with each occupied slot and its function's configuration space (for
+    /// monitor queries; the guest's view, as last written).
+    pub fn for_each_function(&self, mut f: impl FnMut(u8, &crate::pci::PciConfig)) {
+        for slot in 0..NUM_SLOTS {
+            if let Some(dev) = self.device(slot) {
+                f(slot as u8, dev.lock().unwrap().config());
+            }
+        }
+    }
+
     /// Config read of register `reg` of bus 0 / `slot` / `function`.
     pub fn config_read(&self, slot: usize, function: usize, reg: usize) -> u32 {
         match (function, self.device(slot)) {

@@ -21,12 +21,26 @@ pub struct ActiveQueue<'a> {
     pub call: &'a EventFd,
 }
 
+/// Why a device model request failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    pub message: String,
-    /// The device model's process is gone (as opposed to refusing a request).
-    pub gone: bool,
+pub enum BackendError {
+    /// The device model's process is gone (hung up): the request can be replayed once it is
+    /// back.
+    #[error(transparent)]
+    Gone(vu_frontend::Error),
+    /// The device model refused or failed the request.
+    #[error(transparent)]
+    Failed(vu_frontend::Error),
+}
+
+impl From<vu_frontend::Error> for BackendError {
+    fn from(e: vu_frontend::Error) -> Self {
+        if e.is_backend_gone() {
+            BackendError::Gone(e)
+        } else {
+            BackendError::Failed(e)
+        }
+    }
 }
 
 /// A virtio device model as the transport drives it.

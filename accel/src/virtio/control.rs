@@ -498,8 +498,8 @@ impl Worker {
             }
             // Reset when the backend is gone: nothing left to stop; the reconnect starts
             // from a reset device.
-            Err(e) if e.gone && matches!(cmd, Command::Reset) => Outcome::Done,
-            Err(e) if e.gone => {
+            Err(BackendError::Gone(_)) if matches!(cmd, Command::Reset) => Outcome::Done,
+            Err(e @ BackendError::Gone(_)) => {
                 self.warn(format_args!("{what}: {e}; retried after a reconnect"));
                 Outcome::Park(cmd)
             }

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vu_spec::transport::{
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit,
+};
 
 use super::backend::VirtioBackend;
 use super::common_cfg::{
@@ -43,17 +46,15 @@ const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
 const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 
-pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
-pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Masks of the device-independent feature bits this transport deals in.
+pub const F_RING_INDIRECT_DESC: u64 = bit(VIRTIO_RING_F_INDIRECT_DESC);
+pub const F_RING_EVENT_IDX: u64 = bit(VIRTIO_RING_F_EVENT_IDX);
+pub const F_VERSION_1: u64 = bit(VIRTIO_F_VERSION_1);
 /// Feature bits this transport can offer a guest: device-specific bits (0-23, 50-63),
 /// indirect descriptors, event index, VERSION_1. Not packed rings, not ACCESS_PLATFORM, not
 /// NOTIFICATION_DATA (the backend would need them and the notify path would change).
-pub const TRANSPORT_FEATURES: u64 = 0x00ff_ffff
-    | (0x3fff << 50)
-    | VIRTIO_F_RING_INDIRECT_DESC
-    | VIRTIO_F_RING_EVENT_IDX
-    | VIRTIO_F_VERSION_1;
+pub const TRANSPORT_FEATURES: u64 =
+    0x00ff_ffff | (0x3fff << 50) | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
 
 /// Offset of device_status in the common configuration.
 const DEVICE_STATUS: u64 = 0x14;
@@ -91,7 +92,7 @@ pub struct VirtioStats {
 }
 
 /// Identity and shape of a virtio-pci function.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioPciParams {
     pub virtio_id: u32,
     pub class: ClassCode,
@@ -100,26 +101,112 @@ pub struct VirtioPciParams {
     pub config_size: u32,
 }
 
-/// PCI class of each virtio device type (what QEMU uses).
-pub fn class_for(virtio_id: u32) -> ClassCode {
-    let (class, subclass) = match virtio_id {
-        1 => (0x02, 0x00),  // net: ethernet
-        2 => (0x01, 0x80),  // block: other mass storage
-        3 => (0x07, 0x80),  // console: other communication
-        19 => (0x07, 0x80), // vsock: other communication
-        9 => (0x01, 0x80),  // 9p/fs-like storage
-        _ => (0xff, 0x00),  // rng and others: unclassified
-    };
-    ClassCode {
-        class,
-        subclass,
-        prog_if: 0,
+/// A virtio capability (virtio 1.2 §4.1.4): vendor cap header, cfg_type, BAR 0, offset,
+/// length, then `extra`.
+fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
+    let mut body = vec![
+        PCI_CAP_ID_VNDR,
+        0,
+        (16 + extra.len()) as u8,
+        cfg_type,
+        0,
+        0,
+        0,
+        0,
+    ];
+    body.extend_from_slice(&(offset as u32).to_le_bytes());
+    body.extend_from_slice(&(length as u32).to_le_bytes());
+    body.extend_from_slice(extra);
+    body
+}
+
+/// The function's PCI configuration space: header, BAR 0, the virtio capabilities, MSI-X.
+struct ConfigLayout {
+    config: PciConfig,
+    pci_cfg_cap: usize,
+    msix: Msix,
+    msix_cap: usize,
+}
+
+impl ConfigLayout {
+    fn new(params: &VirtioPciParams, bar0_addr: u64) -> Result<Self, VirtioPciError> {
+        let mut config = PciConfig::new(&PciHeader {
+            vendor_id: PCI_VENDOR_ID_REDHAT,
+            device_id: 0x1040 + params.virtio_id as u16,
+            revision: 1,
+            class: params.class,
+            subsystem_vendor_id: PCI_VENDOR_ID_REDHAT,
+            subsystem_id: 0x1100,
+        });
+        config.add_bar(
+            0,
+            BarInfo {
+                kind: BarKind::Mem32,
+                size: BAR0_SIZE,
+                prefetchable: false,
+            },
+            bar0_addr,
+        )?;
+        let nq = u64::from(params.num_queues);
+        let caps = [
+            virtio_cap(
+                VIRTIO_PCI_CAP_COMMON_CFG,
+                COMMON_OFFSET,
+                COMMON_CFG_SIZE,
+                &[],
+            ),
+            virtio_cap(VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 4, &[]),
+            virtio_cap(
+                VIRTIO_PCI_CAP_NOTIFY_CFG,
+                NOTIFY_OFFSET,
+                nq * u64::from(NOTIFY_OFF_MULTIPLIER),
+                &NOTIFY_OFF_MULTIPLIER.to_le_bytes(),
+            ),
+        ];
+        for c in &caps {
+            config.add_capability(c, &vec![0; c.len()])?;
+        }
+        if params.config_size > 0 {
+            let c = virtio_cap(
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                DEVICE_CFG_OFFSET,
+                u64::from(params.config_size),
+                &[],
+            );
+            config.add_capability(&c, &vec![0; c.len()])?;
+        }
+        // The config-space window into BAR 0: bar (byte 4), offset, length, data writable.
+        let body = virtio_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, &[0; 4]);
+        let mut wmask = vec![0u8; body.len()];
+        wmask[4] = 0xff;
+        wmask[8..].fill(0xff);
+        let pci_cfg_cap = config.add_capability(&body, &wmask)?;
+        // One vector per queue plus one for configuration changes.
+        let msix = Msix::new(params.num_queues + 1);
+        let (body, wmask) = msix.capability(0, MSIX_TABLE_OFFSET as u32, 0, MSIX_PBA_OFFSET as u32);
+        let msix_cap = config.add_capability(&body, &wmask)?;
+        Ok(ConfigLayout {
+            config,
+            pci_cfg_cap,
+            msix,
+            msix_cap,
+        })
     }
 }
 
 struct Vector {
     gsi: u32,
     irqfd: EventFd,
+}
+
+impl Vector {
+    /// An MSI-X vector: its own GSI, raised by signalling its irqfd.
+    fn new(router: &dyn InterruptRouter) -> Result<Self, VirtioPciError> {
+        let gsi = router.allocate_gsi()?;
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
+        router.register_irqfd(&irqfd, gsi)?;
+        Ok(Vector { gsi, irqfd })
+    }
 }
 
 /// One virtio-pci function.
@@ -171,102 +258,27 @@ impl VirtioPciDevice {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .device_features()
             & TRANSPORT_FEATURES;
-        if offered & VIRTIO_F_VERSION_1 == 0 {
+        if offered & F_VERSION_1 == 0 {
             return Err(VirtioPciError::NoVersion1);
         }
-        let mut config = PciConfig::new(&PciHeader {
-            vendor_id: PCI_VENDOR_ID_REDHAT,
-            device_id: 0x1040 + params.virtio_id as u16,
-            revision: 1,
-            class: params.class,
-            subsystem_vendor_id: PCI_VENDOR_ID_REDHAT,
-            subsystem_id: 0x1100,
-        });
-        config.add_bar(
-            0,
-            BarInfo {
-                kind: BarKind::Mem32,
-                size: BAR0_SIZE,
-                prefetchable: false,
-            },
-            bar0_addr,
-        )?;
-        let vcap = |cfg_type: u8, offset: u64, length: u64, extra: &[u8]| {
-            let mut body = vec![
-                PCI_CAP_ID_VNDR,
-                0,
-                (16 + extra.len()) as u8,
-                cfg_type,
-                0,
-                0,
-                0,
-                0,
-            ];
-            body.extend_from_slice(&(offset as u32).to_le_bytes());
-            body.extend_from_slice(&(length as u32).to_le_bytes());
-            body.extend_from_slice(extra);
-            body
-        };
-        let nq = u64::from(params.num_queues);
-        let caps = [
-            vcap(
-                VIRTIO_PCI_CAP_COMMON_CFG,
-                COMMON_OFFSET,
-                COMMON_CFG_SIZE,
-                &[],
-            ),
-            vcap(VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 4, &[]),
-            vcap(
-                VIRTIO_PCI_CAP_NOTIFY_CFG,
-                NOTIFY_OFFSET,
-                nq * u64::from(NOTIFY_OFF_MULTIPLIER),
-                &NOTIFY_OFF_MULTIPLIER.to_le_bytes(),
-            ),
-        ];
-        for c in &caps {
-            config.add_capability(c, &vec![0; c.len()])?;
-        }
-        if params.config_size > 0 {
-            let c = vcap(
-                VIRTIO_PCI_CAP_DEVICE_CFG,
-                DEVICE_CFG_OFFSET,
-                u64::from(params.config_size),
-                &[],
-            );
-            config.add_capability(&c, &vec![0; c.len()])?;
-        }
-        // The config-space window into BAR 0: bar (byte 4), offset, length, data writable.
-        let body = vcap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, &[0; 4]);
-        let mut wmask = vec![0u8; body.len()];
-        wmask[4] = 0xff;
-        wmask[8..].fill(0xff);
-        let pci_cfg_cap = config.add_capability(&body, &wmask)?;
-        // One vector per queue plus one for configuration changes.
-        let msix = Msix::new(params.num_queues + 1);
-        let (body, wmask) = msix.capability(0, MSIX_TABLE_OFFSET as u32, 0, MSIX_PBA_OFFSET as u32);
-        let msix_cap = config.add_capability(&body, &wmask)?;
-
+        let layout = ConfigLayout::new(&params, bar0_addr)?;
         let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd);
         let kicks = (0..params.num_queues)
             .map(|_| eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        let mut vectors = Vec::new();
-        for _ in 0..msix.num_vectors() {
-            let gsi = router.allocate_gsi()?;
-            let irqfd = eventfd()?;
-            router.register_irqfd(&irqfd, gsi)?;
-            vectors.push(Vector { gsi, irqfd });
-        }
+        let vectors = (0..layout.msix.num_vectors())
+            .map(|_| Vector::new(&*router))
+            .collect::<Result<Vec<_>, _>>()?;
         let sizes = vec![params.queue_size; usize::from(params.num_queues)];
         let control = BackendControl::spawn(&name, backend, params.config_size)
             .map_err(VirtioPciError::Control)?;
         let dev = VirtioPciDevice {
             name,
-            config,
+            config: layout.config,
             common: CommonConfig::new(offered, &sizes),
-            msix,
-            msix_cap,
-            pci_cfg_cap,
+            msix: layout.msix,
+            msix_cap: layout.msix_cap,
+            pci_cfg_cap: layout.pci_cfg_cap,
             isr: 0,
             resetting_status: STATUS_ACKNOWLEDGE,
             config_size: params.config_size,
@@ -453,10 +465,11 @@ impl VirtioPciDevice {
         self.active = false;
         self.common.reset();
         self.isr = 0;
-        for k in &self.kicks {
-            // Drain stale notifications so the next activation starts clean.
-            let _ = k.read();
-        }
+        // The kick fds are not drained here: they are the backend's (its ring thread reads
+        // them), and a read on this side can take a kick the backend's epoll has already
+        // reported, so the backend's read fails with EAGAIN (vhost-user-backend ended the
+        // queue's worker thread on that). A stale kick is harmless: it makes the backend look
+        // at a ring with nothing new on it.
     }
 
     fn write_status(&mut self, value: u8) {
@@ -469,7 +482,7 @@ impl VirtioPciDevice {
         let mut new = value & !STATUS_NEEDS_RESET;
         if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
             let drv = self.common.driver_features;
-            if drv & !self.common.device_features != 0 || drv & VIRTIO_F_VERSION_1 == 0 {
+            if drv & !self.common.device_features != 0 || drv & F_VERSION_1 == 0 {
                 log::warn!("{}: driver features {drv:#x} refused", self.name);
                 new &= !STATUS_FEATURES_OK;
             }

@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use vu_frontend::SharedMemory;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vu_frontend::SharedMemory;
 
 use super::device::VirtioPciDevice;
 use super::vhost_user::VhostUserBackend;

@@ -5,37 +5,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_ioctls::VmFd;
-use vu_frontend::SharedMemory;
 use vm_allocator::IdAllocator;
+use vu_frontend::SharedMemory;
 
 use super::backend::VirtioBackend;
-use super::device::{
-    BAR0_SIZE, VIRTIO_F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams, class_for,
-};
+use super::device::{BAR0_SIZE, F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams};
 use super::monitor::{self, BackendMonitor};
 use super::vhost_user::VhostUserBackend;
-use crate::config::{VhostUserDeviceConfig, VhostUserKind, VmConfig};
+use crate::config::{ChardevConfig, VhostUserDeviceConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::pci::config::ClassCode;
 use crate::pci::interrupts::{InterruptRouter, KvmInterruptRouter};
 use crate::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciError, PciRoot};
+use vu_spec::devices::{ConfigSource, DEFAULT_QUEUE_SIZE, FrontendInput};
 
 /// How long to wait at VM start for a backend socket to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// virtio-net feature bits (virtio 1.2 §5.1.3) the frontend adjusts.
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
-/// CTRL_VQ and everything that depends on it (CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE, MQ,
-/// CTRL_MAC_ADDR): accel has no control queue.
-const VIRTIO_NET_CTRL_FEATURES: u64 = 0x00fe_0000;
-/// MTU and SPEED_DUPLEX: their config fields lie beyond the part accel serves.
-const VIRTIO_NET_CONFIG_FEATURES: u64 = (1 << 3) | (1 << 63);
-/// virtio-console MULTIPORT needs more queues than accel creates.
-const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
-/// virtio-blk MQ.
-const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
-/// Offset of `num_queues` in virtio-blk config space.
-const BLK_NUM_QUEUES_OFFSET: u32 = 34;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -118,34 +103,69 @@ impl Drop for PciSetup {
     }
 }
 
-/// What the guest sees of one `-device`: virtio id, queue count, config size.
-fn shape(cfg: &VhostUserDeviceConfig, vcpus: u8) -> (u32, u16, u32) {
-    match cfg.kind {
-        VhostUserKind::Blk => (
-            2,
-            cfg.num_queues.unwrap_or(u16::from(vcpus.max(1))),
-            vu_spec::blk::BLK_CONFIG_SIZE as u32,
-        ),
-        VhostUserKind::Net => (1, cfg.num_queues.unwrap_or(2), 10),
-        VhostUserKind::Vsock => (19, 3, 8),
-        VhostUserKind::Rng => (4, 1, 0),
-        VhostUserKind::Console => (3, 2, 12),
-        VhostUserKind::Generic {
-            virtio_id,
-            num_queues,
-            config_size,
-        } => (virtio_id, num_queues, config_size),
-    }
+/// What one `-device` is to the guest, and what the frontend changes in its backend's offer:
+/// everything follows from the device's row in the table and the backend's features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct DevicePlan {
+    pub params: VirtioPciParams,
+    /// The guest is offered `(backend features & mask) | add`.
+    pub feature_mask: u64,
+    pub feature_add: u64,
+    /// Config space the frontend serves instead of the backend's.
+    pub local_config: Option<Vec<u8>>,
+    /// Bytes written over the backend's config space at an offset.
+    pub config_patch: Option<(u32, Vec<u8>)>,
 }
 
-fn kind_name(kind: VhostUserKind) -> &'static str {
-    match kind {
-        VhostUserKind::Blk => "vhost-user-blk",
-        VhostUserKind::Net => "vhost-user-net",
-        VhostUserKind::Vsock => "vhost-user-vsock",
-        VhostUserKind::Rng => "vhost-user-rng",
-        VhostUserKind::Console => "vhost-user-console",
-        VhostUserKind::Generic { .. } => "vhost-user-device",
+impl DevicePlan {
+    /// The plan for `cfg` with `vcpus` vCPUs, whose backend offers `offered`.
+    pub(super) fn new(cfg: &VhostUserDeviceConfig, vcpus: u8, offered: u64) -> Self {
+        let spec = cfg.spec;
+        let asked = spec.num_queues(cfg.num_queues, u16::from(vcpus));
+        let num_queues = spec.num_queues_for(asked, offered);
+        let class = spec.pci_class(cfg.virtio_id);
+        let mut plan = DevicePlan {
+            params: VirtioPciParams {
+                virtio_id: cfg.virtio_id,
+                class: ClassCode {
+                    class: class.class,
+                    subclass: class.subclass,
+                    prog_if: 0,
+                },
+                num_queues,
+                queue_size: cfg.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+                config_size: cfg.config_size,
+            },
+            feature_mask: !spec.features.masked,
+            feature_add: spec.features.added,
+            local_config: None,
+            config_patch: None,
+        };
+        match spec.config {
+            ConfigSource::Backend => {}
+            ConfigSource::BackendWithQueueCount { offset } => {
+                plan.config_patch = Some((offset, num_queues.to_le_bytes().to_vec()));
+            }
+            ConfigSource::Frontend(build) => {
+                let local = build(&FrontendInput {
+                    num_queues,
+                    mac: cfg.mac,
+                });
+                plan.feature_add |= local.features;
+                plan.local_config = Some(local.bytes);
+            }
+        }
+        plan
+    }
+
+    fn apply<M: SharedMemory + Clone + 'static>(&self, backend: &mut VhostUserBackend<M>) {
+        backend.set_feature_policy(self.feature_mask, self.feature_add);
+        if let Some(bytes) = &self.local_config {
+            backend.set_local_config(bytes.clone());
+        }
+        if let Some((offset, bytes)) = &self.config_patch {
+            backend.patch_config(*offset, bytes.clone());
+        }
     }
 }
 
@@ -191,7 +211,7 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
         let name = dcfg
             .id
             .clone()
-            .unwrap_or_else(|| format!("{}{n}", kind_name(dcfg.kind)));
+            .unwrap_or_else(|| format!("{}{n}", dcfg.spec.name));
         let chardev = config
             .chardevs
             .iter()
@@ -200,76 +220,21 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
                 device: name.clone(),
                 chardev: dcfg.chardev.clone(),
             })?;
-        let (virtio_id, mut num_queues, config_size) = shape(dcfg, config.smp.cpus);
-        let mut backend = VhostUserBackend::connect(
-            &chardev.path,
-            usize::from(num_queues),
-            CONNECT_TIMEOUT,
-            memory.clone(),
-        )
-        .map_err(|source| SetupError::Connect {
-            device: name.clone(),
-            path: chardev.path.display().to_string(),
-            source,
-        })?;
-        let offered = backend.backend_features();
-        let device_err = |source| SetupError::Device {
-            device: name.clone(),
-            source,
-        };
-        if offered & VIRTIO_F_VERSION_1 == 0 {
-            return Err(device_err(VirtioPciError::NoVersion1));
-        }
-        match dcfg.kind {
-            VhostUserKind::Blk => {
-                if offered & VIRTIO_BLK_F_MQ == 0 && num_queues > 1 {
-                    log::warn!("{name}: backend lacks VIRTIO_BLK_F_MQ: using 1 queue");
-                    num_queues = 1;
-                }
-                backend.patch_config(BLK_NUM_QUEUES_OFFSET, num_queues.to_le_bytes().to_vec());
-            }
-            VhostUserKind::Net => {
-                let mut local = vec![0u8; 10];
-                let mut add = VIRTIO_NET_F_STATUS;
-                if let Some(mac) = dcfg.mac {
-                    local[..6].copy_from_slice(&mac);
-                    add |= VIRTIO_NET_F_MAC;
-                }
-                local[6] = 1; // VIRTIO_NET_S_LINK_UP
-                local[8..10].copy_from_slice(&(num_queues / 2).max(1).to_le_bytes());
-                backend.set_local_config(local);
-                backend.set_feature_policy(
-                    !(VIRTIO_NET_CTRL_FEATURES | VIRTIO_NET_CONFIG_FEATURES | VIRTIO_NET_F_MAC),
-                    add,
-                );
-            }
-            VhostUserKind::Console => {
-                backend.set_feature_policy(!VIRTIO_CONSOLE_F_MULTIPORT, 0);
-            }
-            _ => {}
-        }
-        if backend.num_queues() < usize::from(num_queues) {
-            return Err(SetupError::TooManyQueues {
-                device: name,
-                queues: num_queues,
-                max: backend.num_queues(),
-            });
-        }
+        let (backend, plan) = connect(&name, dcfg, chardev, config.smp.cpus, memory.clone())?;
         let bar0 = root.allocate_mmio(BAR0_SIZE)?;
         let backend = Arc::new(Mutex::new(backend));
         let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
-        let params = VirtioPciParams {
-            virtio_id,
-            class: class_for(virtio_id),
-            num_queues,
-            queue_size: dcfg.queue_size.unwrap_or(128),
-            config_size,
-        };
-        let device = VirtioPciDevice::new(name.clone(), params, bar0, router.clone(), dyn_backend)
-            .map_err(device_err)?;
+        let device =
+            VirtioPciDevice::new(name.clone(), plan.params, bar0, router.clone(), dyn_backend)
+                .map_err(|source| SetupError::Device {
+                    device: name.clone(),
+                    source,
+                })?;
         let slot = root.add_device(dcfg.pci_slot, device.clone())?;
         log::info!(
-            "{name}: virtio-pci 00:{slot:02x}.0, virtio id {virtio_id}, {num_queues} queue(s), backend {}",
+            "{name}: virtio-pci 00:{slot:02x}.0, virtio id {}, {} queue(s), backend {}",
+            plan.params.virtio_id,
+            plan.params.num_queues,
             chardev.path.display()
         );
         let reconnect =
@@ -280,4 +245,143 @@ pub fn setup_with_router<M: SharedMemory + Clone + 'static>(
         setup.devices.push(device);
     }
     Ok(setup)
+}
+
+/// Connects `name`'s backend, checks what it offers and applies the device's plan to it.
+fn connect<M: SharedMemory + Clone + 'static>(
+    name: &str,
+    dcfg: &VhostUserDeviceConfig,
+    chardev: &ChardevConfig,
+    vcpus: u8,
+    memory: M,
+) -> Result<(VhostUserBackend<M>, DevicePlan), SetupError> {
+    let asked = dcfg.spec.num_queues(dcfg.num_queues, u16::from(vcpus));
+    let mut backend =
+        VhostUserBackend::connect(&chardev.path, usize::from(asked), CONNECT_TIMEOUT, memory)
+            .map_err(|source| SetupError::Connect {
+                device: name.to_string(),
+                path: chardev.path.display().to_string(),
+                source,
+            })?;
+    let offered = backend.backend_features();
+    if offered & F_VERSION_1 == 0 {
+        return Err(SetupError::Device {
+            device: name.to_string(),
+            source: VirtioPciError::NoVersion1,
+        });
+    }
+    let plan = DevicePlan::new(dcfg, vcpus, offered);
+    if plan.params.num_queues < asked {
+        log::warn!(
+            "{name}: backend lacks the multi-queue feature: using {} queue(s)",
+            plan.params.num_queues
+        );
+    }
+    if backend.num_queues() < usize::from(plan.params.num_queues) {
+        return Err(SetupError::TooManyQueues {
+            device: name.to_string(),
+            queues: plan.params.num_queues,
+            max: backend.num_queues(),
+        });
+    }
+    plan.apply(&mut backend);
+    Ok((backend, plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vu_spec::devices::find_driver;
+
+    fn cfg(driver: &str, num_queues: Option<u16>) -> VhostUserDeviceConfig {
+        let spec = find_driver(driver).unwrap();
+        VhostUserDeviceConfig {
+            spec,
+            id: None,
+            chardev: "c".into(),
+            virtio_id: spec.virtio_id(Some(26)),
+            config_size: spec.config_size(Some(8)),
+            num_queues,
+            queue_size: None,
+            pci_slot: None,
+            mac: None,
+            bootindex: None,
+        }
+    }
+
+    /// (virtio id, class, subclass, queues, queue size, config size).
+    fn shape(p: &DevicePlan) -> (u32, u8, u8, u16, u16, u32) {
+        let v = &p.params;
+        let c = v.class;
+        (
+            v.virtio_id,
+            c.class,
+            c.subclass,
+            v.num_queues,
+            v.queue_size,
+            v.config_size,
+        )
+    }
+
+    const VERSION_1: u64 = 1 << 32;
+    const BLK_F_MQ: u64 = 1 << 12;
+
+    /// What each kind was before the device table, written as the literals accel had:
+    /// `shape()`, `class_for()` and the per-kind match in `setup_with_router`.
+    #[test]
+    fn plans_match_the_hard_coded_setup() {
+        let blk = DevicePlan::new(&cfg("vhost-user-blk-pci", None), 2, VERSION_1 | BLK_F_MQ);
+        assert_eq!(shape(&blk), (2, 0x01, 0x80, 2, 128, 60));
+        assert_eq!((blk.feature_mask, blk.feature_add), (u64::MAX, 0));
+        assert_eq!(blk.local_config, None);
+        assert_eq!(blk.config_patch, Some((34, vec![2, 0])));
+        // No VIRTIO_BLK_F_MQ: one queue, and config says so.
+        let blk = DevicePlan::new(&cfg("vhost-user-blk-pci", Some(4)), 2, VERSION_1);
+        assert_eq!(shape(&blk), (2, 0x01, 0x80, 1, 128, 60));
+        assert_eq!(blk.config_patch, Some((34, vec![1, 0])));
+
+        let mut net_cfg = cfg("virtio-net-pci", Some(4));
+        net_cfg.mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let net = DevicePlan::new(&net_cfg, 2, VERSION_1);
+        assert_eq!(shape(&net), (1, 0x02, 0x00, 4, 128, 10));
+        let old_mask = !(0x00fe_0000u64 | (1 << 3) | (1 << 63) | (1 << 5));
+        assert_eq!(net.feature_mask, old_mask);
+        assert_eq!(net.feature_add, (1 << 16) | (1 << 5));
+        assert_eq!(
+            net.local_config,
+            Some(vec![0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 2, 0])
+        );
+        assert_eq!(net.config_patch, None);
+        let net = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1);
+        assert_eq!(shape(&net), (1, 0x02, 0x00, 2, 128, 10));
+        assert_eq!(net.feature_add, 1 << 16);
+        assert_eq!(net.local_config, Some(vec![0, 0, 0, 0, 0, 0, 1, 0, 1, 0]));
+
+        for (driver, expect, mask) in [
+            (
+                "vhost-user-vsock-pci",
+                (19, 0x07, 0x80, 3, 128, 8),
+                u64::MAX,
+            ),
+            ("vhost-user-rng-pci", (4, 0xff, 0x00, 1, 128, 0), u64::MAX),
+            (
+                "vhost-user-console-pci",
+                (3, 0x07, 0x80, 2, 128, 12),
+                !(1u64 << 1),
+            ),
+        ] {
+            let p = DevicePlan::new(&cfg(driver, None), 2, VERSION_1);
+            assert_eq!(shape(&p), expect, "{driver}");
+            assert_eq!((p.feature_mask, p.feature_add), (mask, 0), "{driver}");
+            assert_eq!((p.local_config, p.config_patch), (None, None), "{driver}");
+        }
+
+        let mut generic = cfg("vhost-user-device-pci", Some(2));
+        generic.queue_size = Some(64);
+        let p = DevicePlan::new(&generic, 2, VERSION_1);
+        assert_eq!(shape(&p), (26, 0xff, 0x00, 2, 64, 8));
+        assert_eq!((p.feature_mask, p.feature_add), (u64::MAX, 0));
+        let p = DevicePlan::new(&cfg("vhost-user-device-pci", None), 2, VERSION_1);
+        assert_eq!(p.params.num_queues, 1);
+    }
 }

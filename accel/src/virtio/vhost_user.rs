@@ -5,10 +5,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use vu_frontend::VringGeometry;
-use vu_frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
+use vu_frontend::VringGeometry;
+use vu_frontend::{Error as FrontendError, FrontendOptions, FrontendSession, SharedMemory};
 
 use super::backend::{ActiveQueue, BackendError, VirtioBackend};
 
@@ -17,13 +17,6 @@ use super::backend::{ActiveQueue, BackendError, VirtioBackend};
 /// stopped backend instead of declaring it dead (a backend that really dies hangs up, and the
 /// monitor sees that).
 pub const CONNECT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn err(e: FrontendError) -> BackendError {
-    BackendError {
-        gone: e.is_backend_gone(),
-        message: e.to_string(),
-    }
-}
 
 /// A vhost-user backend as a [`VirtioBackend`].
 pub struct VhostUserBackend<M> {
@@ -118,7 +111,7 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
     fn fetch_config(&mut self, size: u32) -> Result<Vec<u8>, BackendError> {
         let mut data = match &self.local_config {
             Some(local) => local.clone(),
-            None => self.session.get_config(0, size).map_err(err)?,
+            None => self.session.get_config(0, size)?,
         };
         data.resize(size as usize, 0);
         if self.local_config.is_none() {
@@ -137,7 +130,9 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
         if self.local_config.is_some() {
             return Ok(());
         }
-        self.session.set_config(offset, data).map_err(err)
+        self.session
+            .set_config(offset, data)
+            .map_err(BackendError::from)
     }
 
     fn activate(
@@ -148,8 +143,8 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
     ) -> Result<(), BackendError> {
         // Features the frontend implements itself are not the backend's business.
         let for_backend = features & (self.session.device_features() | !self.feature_add);
-        self.session.set_features(for_backend).map_err(err)?;
-        self.session.set_mem_table(&self.memory).map_err(err)?;
+        self.session.set_features(for_backend)?;
+        self.session.set_mem_table(&self.memory)?;
         for q in queues {
             let geometry = VringGeometry {
                 size: q.size,
@@ -168,20 +163,19 @@ impl<M: SharedMemory + Clone + 'static> VirtioBackend for VhostUserBackend<M> {
                 0
             };
             self.session
-                .setup_vring(i, geometry, base, q.call, q.kick)
-                .map_err(err)?;
-            self.session.enable_vring(i, true).map_err(err)?;
+                .setup_vring(i, geometry, base, q.call, q.kick)?;
+            self.session.enable_vring(i, true)?;
         }
         Ok(())
     }
 
     fn reset(&mut self) -> Result<(), BackendError> {
-        self.session.reset().map_err(err)
+        self.session.reset().map_err(BackendError::from)
     }
 
     fn set_queue_call(&mut self, index: u16, call: &EventFd) -> Result<(), BackendError> {
         self.session
             .set_vring_call(usize::from(index), call)
-            .map_err(err)
+            .map_err(BackendError::from)
     }
 }

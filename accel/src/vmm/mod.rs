@@ -2,39 +2,43 @@
 //! direct Linux boot) and runs it until the guest shuts down, resets with `-no-reboot`, crashes,
 //! or accel gets SIGINT/SIGTERM.
 //!
-//! Threads: one per vCPU (each owns its `VcpuFd` while running and hands it back when it
-//! stops), and the main thread, which waits in `poll` on the [`control::VmControl`] eventfds and
-//! a signalfd for SIGINT/SIGTERM. To stop the vCPUs the main thread sets the stop flag and kicks
-//! each thread once with SIGRTMIN, whose handler sets the vCPU's `immediate_exit`: KVM_RUN
-//! returns at once whether the thread was inside it or about to enter it.
+//! Threads: one per vCPU, created once and parked while the VM is paused ([`vcpus`]: `-S`,
+//! QMP `stop`, resets), the QMP monitor thread ([`crate::qmp`]), and the main thread, which
+//! waits in `poll` on the [`control::VmControl`] eventfd (guest requests), the QMP command
+//! eventfd and a signalfd for SIGINT/SIGTERM ([`lifecycle`]). To pause the vCPUs the main
+//! thread sets the stop flag and kicks each thread once with SIGRTMIN, whose handler sets the
+//! vCPU's `immediate_exit`: KVM_RUN returns at once whether the thread was inside it or about
+//! to enter it.
 //!
 //! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
-//! ("terminating on signal N" on stderr).
+//! ("terminating on signal N" on stderr, `SHUTDOWN` event with reason `host-signal`).
 
 pub mod control;
+pub mod daemon;
 pub mod dump;
 pub mod host;
+mod info;
 mod legacy;
+mod lifecycle;
 pub mod memory;
 mod teardown;
 pub mod vcpu;
+mod vcpus;
 pub mod vm;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
-use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use crate::config::VmConfig;
-use control::VmRequest;
-use vcpu::{Vcpu, VcpuShared};
-pub use vm::{ResetHook, Vm};
+use crate::qmp::{MonitorServer, QmpShared, QmpStartError, RunState};
+use vcpu::VcpuShared;
+use vcpus::VcpuThreads;
+pub use vm::{PowerButton, ResetHook, Vm};
 
 /// How a VM run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +95,8 @@ pub enum VmmError {
     },
     #[error("guest stopped: {0}")]
     GuestFault(String),
+    #[error("QMP monitor: {0}")]
+    Qmp(#[from] QmpStartError),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -101,7 +107,10 @@ pub fn mark_process_start() {
 }
 
 /// Builds the VM from `config` and runs it to the end.
-pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
+///
+/// With `ready` (`-daemonize`), the parent process is released once the VM is built and its
+/// monitors listen.
+pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitReason, VmmError> {
     let start = *PROCESS_START.get_or_init(Instant::now);
     host::notice();
 
@@ -121,8 +130,22 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
         }
     })?;
 
+    let _pidfile = match &config.lifecycle.pidfile {
+        Some(path) => Some(info::PidFile::create(path).map_err(|source| VmmError::Io {
+            what: "writing the -pidfile",
+            source,
+        })?),
+        None => None,
+    };
     let timing = config.timing;
-    let mut vm = Vm::new(config)?;
+    let vm = Vm::new(config)?;
+    let initial = if vm.config.lifecycle.start_paused {
+        RunState::Prelaunch
+    } else {
+        RunState::Running
+    };
+    let qmp = Arc::new(QmpShared::new(info::vm_info(&vm), initial)?);
+    let server = MonitorServer::start(&vm.config.monitors, qmp.clone())?;
     let shared = Arc::new(VcpuShared {
         pio: vm.pio_bus.clone(),
         mmio: vm.mmio_bus.clone(),
@@ -131,114 +154,16 @@ pub fn run(config: VmConfig) -> Result<ExitReason, VmmError> {
         timing_start: timing.then_some(start),
         first_run_seen: AtomicBool::new(false),
     });
-
-    loop {
-        let handles = start_vcpus(&mut vm, &shared)?;
-        let outcome = wait_for_request(&vm, &sigfd);
-        vm.control.set_stop();
-        stop_vcpus(&mut vm, handles);
-        match outcome? {
-            Outcome::Request(VmRequest::Reset) if !vm.config.no_reboot => {
-                log::info!("guest reset: rebooting");
-                vm.reboot()?;
-            }
-            Outcome::Request(VmRequest::Reset | VmRequest::Shutdown) => {
-                return Ok(ExitReason::Shutdown);
-            }
-            Outcome::Request(VmRequest::Fatal(msg)) => return Err(VmmError::GuestFault(msg)),
-            Outcome::Signal(sig) => return Ok(ExitReason::Signal(sig)),
-        }
+    let mut vm = vm;
+    let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
+    if let Some(ready) = ready {
+        ready.ready();
     }
-}
-
-enum Outcome {
-    Request(VmRequest),
-    Signal(i32),
-}
-
-fn start_vcpus(vm: &mut Vm, shared: &Arc<VcpuShared>) -> Result<Vec<JoinHandle<Vcpu>>, VmmError> {
-    let mut handles = Vec::new();
-    for mut vcpu in vm.vcpus.drain(..) {
-        let shared = shared.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index))
-            .spawn(move || {
-                let _guard = PanicReporter(&shared.control);
-                vcpu.run(&shared);
-                vcpu
-            })
-            .map_err(|source| VmmError::Io {
-                what: "spawning a vCPU thread",
-                source,
-            })?;
-        handles.push(h);
+    let result = lifecycle::run_loop(&mut vm, &threads, &qmp, &sigfd);
+    threads.exit(&vm.control);
+    // Replies and events already queued (quit's SHUTDOWN) reach the clients first.
+    if let Some(server) = server {
+        server.shutdown();
     }
-    Ok(handles)
-}
-
-/// Turns a panicking vCPU thread into a fatal request, so the main thread does not wait forever.
-struct PanicReporter<'a>(&'a control::VmControl);
-
-impl Drop for PanicReporter<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0
-                .request(VmRequest::Fatal("a vCPU thread panicked".into()));
-        }
-    }
-}
-
-/// Kicks every vCPU thread out of KVM_RUN (the stop flag is already set) and takes the vCPUs
-/// back once their threads have ended.
-fn stop_vcpus(vm: &mut Vm, handles: Vec<JoinHandle<Vcpu>>) {
-    for h in &handles {
-        if !h.is_finished()
-            && let Err(e) = h.kill(SIGRTMIN())
-        {
-            log::warn!("kicking vCPU thread: {e}");
-        }
-    }
-    for h in handles {
-        match h.join() {
-            Ok(vcpu) => vm.vcpus.push(vcpu),
-            Err(_) => log::error!("a vCPU thread panicked"),
-        }
-    }
-    vm.vcpus.sort_by_key(|v| v.index);
-}
-
-fn wait_for_request(vm: &Vm, sigfd: &SignalFd) -> Result<Outcome, VmmError> {
-    let control = &vm.control;
-    loop {
-        // SAFETY: the eventfd is owned by `control`, which outlives this borrow.
-        let req_fd = unsafe { BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()) };
-        let mut fds = [
-            PollFd::new(req_fd, PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(source) => {
-                return Err(VmmError::Signal {
-                    what: "waiting for requests and signals",
-                    source,
-                });
-            }
-        }
-        let ready = |i: usize| {
-            fds[i]
-                .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN))
-        };
-        let (req_ready, sig_ready) = (ready(0), ready(1));
-        if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
-            let sig = info.ssi_signo as i32;
-            log::info!("terminating on signal {sig}");
-            return Ok(Outcome::Signal(sig));
-        }
-        if req_ready && let Some(req) = control.take() {
-            return Ok(Outcome::Request(req));
-        }
-    }
+    result
 }

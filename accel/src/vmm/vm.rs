@@ -28,6 +28,10 @@ use crate::devices::bus::Bus;
 /// power-on state.
 pub type ResetHook = Box<dyn Fn() + Send + Sync>;
 
+/// Presses the machine's power button (QMP `system_powerdown`), e.g. the ACPI power button
+/// event; run on the main thread.
+pub type PowerButton = Box<dyn Fn() + Send>;
+
 /// In-kernel irqchip and PIT state right after creation: restored on reboot.
 struct PlatformSnapshot {
     irqchips: Vec<kvm_irqchip>,
@@ -36,8 +40,15 @@ struct PlatformSnapshot {
 
 pub struct Vm {
     pub config: VmConfig,
-    /// The vCPUs while they are not running (empty while their threads own them).
-    pub(super) vcpus: Vec<Vcpu>,
+    /// The vCPUs; each thread holds its vCPU's lock while it runs it, so the main thread
+    /// locks them only while they are paused.
+    pub(super) vcpus: Vec<Arc<Mutex<Vcpu>>>,
+    /// The PCI bus, for monitor queries.
+    pub pci_root: Option<Arc<crate::pci::PciRoot>>,
+    /// What QMP `system_powerdown` presses (`None`: the machine has no power button).
+    // TODO(ACPI): the ACPI platform registers its power button here with
+    // `Vm::set_power_button`.
+    pub power_button: Option<PowerButton>,
     /// Port-I/O bus (vCPU IoIn/IoOut exits).
     pub pio_bus: Arc<Bus>,
     /// MMIO bus (vCPU MmioRead/MmioWrite exits).
@@ -87,6 +98,8 @@ impl Vm {
 
         let mut vm = Vm {
             vcpus: Vec::new(),
+            pci_root: None,
+            power_button: None,
             pio_bus: Arc::new(Bus::new()),
             mmio_bus: Arc::new(Bus::new()),
             gsi_allocator: Arc::new(Mutex::new(
@@ -133,9 +146,15 @@ impl Vm {
             &self.mmio_bus,
             self.gsi_allocator.clone(),
         )?;
+        self.pci_root = Some(pci.root.clone());
         // Owned by the hook: lives (monitor threads, backend connections) as long as the VM.
         self.add_reset_hook(Box::new(move || pci.reset()));
         Ok(())
+    }
+
+    /// Registers what QMP `system_powerdown` does (the ACPI power button).
+    pub fn set_power_button(&mut self, press: PowerButton) {
+        self.power_button = Some(press);
     }
 
     /// Registers something to run on guest reset (reboot), before vCPUs restart.
@@ -160,7 +179,8 @@ impl Vm {
         for index in 0..n {
             let mut cpuid = base.clone();
             apply_vcpu_topology(cpuid.as_mut_slice(), index, &self.config.smp);
-            self.vcpus.push(Vcpu::new(&self.vm_fd, index, cpuid)?);
+            self.vcpus
+                .push(Arc::new(Mutex::new(Vcpu::new(&self.vm_fd, index, cpuid)?)));
         }
         Ok(())
     }
@@ -200,14 +220,16 @@ impl Vm {
             crate::arch::mptable::setup_mptable(&mem, ncpus)?;
         }
         self.boot = load_boot(&*mem, &self.config.boot, self.ram.size)?;
-        for vcpu in &mut self.vcpus {
-            vcpu.reset(&mem, &self.boot)?;
+        for vcpu in &self.vcpus {
+            vcpu.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset(&mem, &self.boot)?;
         }
         Ok(())
     }
 
     /// Guest reboot: platform and devices back to power-on, boot data reloaded. The vCPUs
-    /// must be stopped (owned by `self.vcpus`).
+    /// must be paused.
     pub(super) fn reboot(&mut self) -> Result<(), VmmError> {
         for chip in &self.snapshot.irqchips {
             if let Err(e) = self.vm_fd.set_irqchip(chip) {

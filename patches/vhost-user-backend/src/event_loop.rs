@@ -264,9 +264,16 @@ where
 
         if (device_event as usize) < self.vrings.len() {
             let vring = &self.vrings[device_event as usize];
-            let enabled = vring
-                .read_kick()
-                .map_err(VringEpollError::HandleEventReadKick)?;
+            // PATCH(spurious-kick): the kick eventfd is shared with the frontend; if its
+            // counter was taken between epoll_wait() and this read (a frontend that drains
+            // kicks on reset did that), the non-blocking read fails with EAGAIN. That is no
+            // kick, not a reason to end this worker thread (upstream returned the error, the
+            // thread exited and its queues were never served again on this connection).
+            let enabled = match vring.read_kick() {
+                Ok(enabled) => enabled,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(VringEpollError::HandleEventReadKick(e)),
+            };
 
             // If the vring is not enabled, it should not be processed.
             if !enabled {

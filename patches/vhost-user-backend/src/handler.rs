@@ -313,8 +313,12 @@ where
     }
 
     /// Helper to check if VirtioFeature enabled
+    // PATCH(early-enable): only `set_vring_enable` calls this, and VHOST_USER_F_PROTOCOL_FEATURES
+    // counts once this backend offers it, not only once SET_FEATURES acks it: QEMU's virtio-net
+    // enables rings before SET_FEATURES (see patches/README.md). The ring keeps that state, as
+    // `set_features` leaves ring states alone when the bit is acked.
     fn check_feature(&self, feat: VhostUserVirtioFeatures) -> VhostUserResult<()> {
-        if self.acked_features & feat.bits() != 0 {
+        if (self.backend.features() | self.acked_features) & feat.bits() != 0 {
             Ok(())
         } else {
             Err(VhostUserError::InactiveFeature(feat))

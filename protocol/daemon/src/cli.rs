@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use nix::sys::socket::sockopt::{AcceptConn, SockType};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt};
 use vhost::vhost_user::Listener;
+use vu_spec::unix::{BindError, remove_stale_socket};
 
 use super::DaemonError;
+use crate::backend_util::{MAX_QUEUE_SIZE, valid_queue_size};
 
 /// Options every backend program accepts; `#[command(flatten)]` it into the program's Parser.
-#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct CommonArgs {
     /// Listen for the vhost-user frontend on this unix socket (created, removed on exit).
     #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
@@ -22,6 +24,46 @@ pub struct CommonArgs {
     /// Print the capabilities JSON (QEMU's vhost-user.json) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+    /// Largest queue size a frontend may configure (a power of two from 2 to 32768).
+    #[arg(long, default_value_t = DEFAULT_QUEUE_SIZE, value_name = "N", value_parser = parse_queue_size)]
+    pub queue_size: u16,
+    /// Confine the process once set up (no_new_privs, landlock, seccomp); `off` for debugging.
+    #[arg(long, value_enum, default_value_t = SandboxMode::On, value_name = "on|off")]
+    pub sandbox: SandboxMode,
+}
+
+/// `--sandbox on|off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    #[default]
+    On,
+    Off,
+}
+
+/// `--queue-size` when not given.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+
+impl Default for CommonArgs {
+    fn default() -> Self {
+        CommonArgs {
+            socket_path: None,
+            fd: None,
+            print_capabilities: false,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            sandbox: SandboxMode::On,
+        }
+    }
+}
+
+/// Parses `--queue-size`: a usage error (clap's, exit status 2) unless [`valid_queue_size`].
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    match u16::try_from(n) {
+        Ok(n) if valid_queue_size(n) => Ok(n),
+        _ => Err(format!(
+            "must be a power of two between 2 and {MAX_QUEUE_SIZE}"
+        )),
+    }
 }
 
 /// Where the backend listens.
@@ -57,22 +99,14 @@ impl ListenAddress {
     pub fn listen(&self) -> Result<Listener, DaemonError> {
         match self {
             ListenAddress::Path(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if !meta.file_type().is_socket() {
-                        return Err(DaemonError::Bind {
-                            path: path.clone(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::AlreadyExists,
-                                "exists and is not a socket",
-                            ),
-                        });
-                    }
-                }
-                Listener::new(path, true).map_err(|e| DaemonError::Bind {
+                let bind_err = |source| DaemonError::Bind {
                     path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
+                    source,
+                };
+                remove_stale_socket(path).map_err(bind_err)?;
+                // The Listener removes the socket file again when it drops.
+                Listener::new(path, false)
+                    .map_err(|e| bind_err(BindError::Bind(std::io::Error::other(e.to_string()))))
             }
             ListenAddress::Fd(fd) => listener_from_fd(*fd),
         }
@@ -138,6 +172,48 @@ mod tests {
         let p = Prog::try_parse_from(["x", "--print-capabilities"]).unwrap();
         assert!(p.common.print_capabilities);
         assert!(p.common.listen_address().is_err());
+        assert_eq!(
+            p.common,
+            CommonArgs {
+                print_capabilities: true,
+                ..CommonArgs::default()
+            }
+        );
+    }
+
+    #[test]
+    fn sandbox_is_on_unless_turned_off() {
+        let p = Prog::try_parse_from(["x", "-s", "/s"]).unwrap();
+        assert_eq!(p.common.sandbox, SandboxMode::On);
+        let p = Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "off"]).unwrap();
+        assert_eq!(p.common.sandbox, SandboxMode::Off);
+        assert!(Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn queue_size_is_a_power_of_two_from_2_to_32768() {
+        let q = |v: &str| Prog::try_parse_from(["x", "-s", "/s", "--queue-size", v]);
+        assert_eq!(
+            Prog::try_parse_from(["x", "-s", "/s"])
+                .unwrap()
+                .common
+                .queue_size,
+            1024
+        );
+        for ok in [2u16, 64, 32768] {
+            assert_eq!(q(&ok.to_string()).unwrap().common.queue_size, ok);
+        }
+        for bad in ["0", "1", "3", "100", "65536", "4.0", "x"] {
+            let err = q(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("--queue-size"), "{bad}: {err}");
+        }
+        assert!(
+            q("100")
+                .unwrap_err()
+                .to_string()
+                .contains("must be a power of two between 2 and 32768")
+        );
     }
 
     #[test]
@@ -151,15 +227,38 @@ mod tests {
         unsafe { libc::close(f) };
         assert!(listener_from_fd(-1).is_err());
         assert!(listener_from_fd(100_000).is_err());
-        let dir = std::env::temp_dir().join(format!("daemon-cli-{}", std::process::id()));
-        let _ = std::fs::create_dir(&dir);
-        let path = dir.join("s");
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/daemon-cli-").unwrap();
+        let path = dir.as_path().join("s");
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let fd = l.into_raw_fd();
         let listener = listener_from_fd(fd).unwrap();
         let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
         assert!(listener.accept().unwrap().is_some());
+    }
+
+    #[test]
+    fn socket_path_replaces_a_stale_socket_never_another_file() {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/daemon-cli-").unwrap();
+        let path = dir.as_path().join("s");
+        // A socket file left by an earlier process.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = ListenAddress::Path(path.clone()).listen().unwrap();
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(listener.accept().unwrap().is_some());
         drop(listener);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!path.exists(), "removed when the listener drops");
+        std::fs::write(&path, b"keep").unwrap();
+        let err = ListenAddress::Path(path.clone()).listen().err().unwrap();
+        assert!(
+            matches!(
+                err,
+                DaemonError::Bind {
+                    source: BindError::NotASocket,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
 }

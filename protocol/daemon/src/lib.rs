@@ -19,6 +19,7 @@
 pub mod backend_util;
 mod capabilities;
 mod cli;
+pub mod confine;
 pub mod inflight;
 pub mod ratelog;
 pub mod ring;
@@ -26,14 +27,18 @@ mod serve;
 mod signals;
 
 pub use capabilities::Capabilities;
-pub use cli::{CommonArgs, ListenAddress};
+pub use cli::{CommonArgs, ListenAddress, SandboxMode};
+pub use confine::DeviceConfinement;
 pub use serve::{
     BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
-    first_message_arrives, next_frontend, serve, serve_connection, serve_stream, while_busy,
+    first_message_arrives, serve, serve_stream,
 };
-pub use signals::{install_exit_handler, install_exit_handler_for};
+use signals::{block_exit_signals, install_exit_handler_for};
+/// The confinement mechanism, re-exported for devices' [`VhostUserDevice::confinement`].
+pub use vu_sandbox as sandbox;
 
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vhost::vhost_user::Listener;
@@ -46,7 +51,7 @@ pub enum DaemonError {
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        source: vu_spec::unix::BindError,
     },
     #[error("--fd {fd}: {reason}")]
     BadFd { fd: i32, reason: String },
@@ -58,6 +63,8 @@ pub enum DaemonError {
     Accept(String),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("cannot confine the process (--sandbox off runs without): {0}")]
+    Sandbox(#[from] vu_sandbox::SandboxError),
 }
 
 /// The whole life of a backend program after argument parsing: logging, `--print-capabilities`,
@@ -66,9 +73,23 @@ pub enum DaemonError {
 /// are printed to stderr as one clear line.
 pub fn run<D, E, F>(common: &CommonArgs, capabilities: &Capabilities, open: F) -> ExitCode
 where
-    D: VhostUserDevice,
+    D: VhostUserDevice + Send + 'static,
     E: Display,
     F: FnOnce() -> Result<D, E>,
+{
+    run_devices(common, capabilities, || open().map(|d| (d, Vec::new())))
+}
+
+/// [`run`] for a program that serves more than one device (vhost-user-net's peer mode: two
+/// devices wired back to back): `open` returns the device for the common listen address and
+/// the others, each with the socket path it listens on. Every device is served on its own
+/// thread, one frontend at a time; the first error ends the program, and a signal removes every
+/// socket file.
+pub fn run_devices<D, E, F>(common: &CommonArgs, capabilities: &Capabilities, open: F) -> ExitCode
+where
+    D: VhostUserDevice + Send + 'static,
+    E: Display,
+    F: FnOnce() -> Result<(D, Vec<(D, PathBuf)>), E>,
 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .try_init();
@@ -85,27 +106,78 @@ where
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
-    let device = match open() {
+    let (device, others) = match open() {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
-    // Block the exit signals before any thread exists so that only the handler thread sees them.
-    let socket_path = match &address {
-        ListenAddress::Path(p) => Some(p.clone()),
-        ListenAddress::Fd(_) => None,
+    // Block the exit signals before any thread exists so that only the handler thread sees
+    // them (one arriving before the handler starts stays pending).
+    if let Err(e) = block_exit_signals() {
+        return fail(&e);
+    }
+    let mut paths: Vec<PathBuf> = match &address {
+        ListenAddress::Path(p) => vec![p.clone()],
+        ListenAddress::Fd(_) => Vec::new(),
     };
-    let mut paths: Vec<std::path::PathBuf> = socket_path.into_iter().collect();
     paths.extend(device.owned_socket_paths());
+    for (other, path) in &others {
+        paths.push(path.clone());
+        paths.extend(other.owned_socket_paths());
+    }
+    let mut served = Vec::with_capacity(1 + others.len());
+    for (device, address) in std::iter::once((device, address))
+        .chain(others.into_iter().map(|(d, p)| (d, ListenAddress::Path(p))))
+    {
+        match address.listen() {
+            Ok(listener) => {
+                log::info!("{program}: listening on {address}");
+                served.push((device, listener));
+            }
+            Err(e) => return fail(&e),
+        }
+    }
+    // Setup is done: confine before any thread of ours exists (landlock binds the calling
+    // thread and its future children).
+    if common.sandbox == SandboxMode::On {
+        let devices: Vec<&D> = served.iter().map(|(d, _)| d).collect();
+        let policy = confine::policy(program, &devices, &paths);
+        match vu_sandbox::confine(&policy) {
+            Ok(e) => log::info!(
+                "{program}: confined (no_new_privs, seccomp, landlock {})",
+                if e.landlock { "on" } else { "NOT enforced" }
+            ),
+            Err(e) => return fail(&DaemonError::from(e)),
+        }
+    }
     if let Err(e) = install_exit_handler_for(paths) {
         return fail(&e);
     }
-    let mut listener: Listener = match address.listen() {
-        Ok(l) => l,
-        Err(e) => return fail(&e),
-    };
-    log::info!("{program}: listening on {address}");
-    match serve(&device, &mut listener, None) {
+    match serve_all(served) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Serves every device on its listener until the first error (the only way [`serve`] without
+/// a connection limit returns); one device is served on the calling thread.
+fn serve_all<D>(mut served: Vec<(D, Listener)>) -> Result<(), DaemonError>
+where
+    D: VhostUserDevice + Send + 'static,
+{
+    if served.len() == 1 {
+        let (device, mut listener) = served.remove(0);
+        return serve(&device, &mut listener, None);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (device, mut listener) in served {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(device.name().to_string())
+            .spawn(move || {
+                let _ = tx.send(serve(&device, &mut listener, None));
+            })
+            .map_err(DaemonError::NewBackend)?;
+    }
+    drop(tx);
+    rx.recv().unwrap_or(Ok(()))
 }

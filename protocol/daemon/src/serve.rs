@@ -49,6 +49,12 @@ pub trait VhostUserDevice {
         Vec::new()
     }
 
+    /// What the device still needs once the process is confined (its image, its output
+    /// file, the system calls of its data path); see [`crate::confine`].
+    fn confinement(&self) -> crate::confine::DeviceConfinement {
+        crate::confine::DeviceConfinement::default()
+    }
+
     /// Called once per connection after its worker threads exist and before the frontend is
     /// accepted: register extra fds (timers, sockets, a tap) with the workers' epoll loops via
     /// [`VringEpollHandler::register_listener`] (ids above `num_queues`); their events reach
@@ -60,6 +66,10 @@ pub trait VhostUserDevice {
     ) -> std::io::Result<()> {
         Ok(())
     }
+
+    /// Called after each frontend connection ended, once its worker threads are joined (e.g.
+    /// to log the device's counters).
+    fn connection_ended(&self) {}
 }
 
 /// How long a new frontend has to send its first complete message (header and payload)
@@ -124,7 +134,7 @@ pub fn first_message_arrives(stream: &UnixStream, timeout: Duration) -> bool {
 /// The next frontend that talks: `pending` (a connection kept from the previous round) or a
 /// newly accepted one, each given [`FIRST_MESSAGE_TIMEOUT`] to send its first message; silent
 /// ones are closed (one rate-limited line each).
-pub fn next_frontend(
+pub(crate) fn next_frontend(
     listener: &Listener,
     pending: &mut Option<UnixStream>,
 ) -> Result<UnixStream, DaemonError> {
@@ -178,7 +188,7 @@ fn borrowed<T: std::os::fd::AsRawFd>(owner: &T) -> std::os::fd::BorrowedFd<'_> {
 /// Runs `serve` while turning away other connections on `listener` (see the module
 /// documentation); returns its result and the connection to serve next, if one came after
 /// `current` hung up.
-pub fn while_busy<R>(
+pub(crate) fn while_busy<R>(
     listener: &Listener,
     current: &UnixStream,
     serve: impl FnOnce() -> R,
@@ -268,24 +278,12 @@ where
             )
         }
     }
+    device.connection_ended();
     Ok(end)
 }
 
-/// Accepts the next frontend that talks (see [`next_frontend`]) on `listener` and serves it
-/// until it disconnects or misbehaves.
-pub fn serve_connection<D>(
-    device: &D,
-    listener: &mut Listener,
-) -> Result<ConnectionEnd, DaemonError>
-where
-    D: VhostUserDevice,
-{
-    let stream = next_frontend(listener, &mut None)?;
-    serve_stream(device, stream)
-}
-
-/// Serves frontends one after another: `max_connections` of them (silent ones dropped by
-/// [`next_frontend`] do not count), or forever with `None`.
+/// Serves frontends one after another: `max_connections` of them (silent ones, dropped after
+/// [`FIRST_MESSAGE_TIMEOUT`], do not count), or forever with `None`.
 pub fn serve<D>(
     device: &D,
     listener: &mut Listener,

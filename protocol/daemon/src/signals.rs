@@ -6,25 +6,56 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::DaemonError;
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it spawns
-/// afterwards: call this before creating threads) and starts a thread that waits for them, then
-/// removes `socket_path` (if given) and exits the process with status 0.
-pub fn install_exit_handler(socket_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    install_exit_handler_for(socket_path.into_iter().collect())
-}
+/// The signal thread's kind of the allow-list (on top of the process's): wait, log, remove the
+/// socket files, exit.
+const SIGNAL_THREAD_SYSCALLS: &[vu_sandbox::Allow] = {
+    use vu_sandbox::Allow::Any;
+    &[
+        Any("rt_sigtimedwait"),
+        Any("unlink"),
+        Any("unlinkat"),
+        Any("futex"),
+        Any("mmap"),
+        Any("munmap"),
+        Any("mprotect"),
+        Any("madvise"),
+        Any("brk"),
+        Any("sigaltstack"),
+        Any("sched_getaffinity"),
+        Any("set_robust_list"),
+        Any("rseq"),
+        Any("close"),
+        Any("clock_gettime"),
+    ]
+};
 
-/// [`install_exit_handler`] for a program listening on several sockets: removes every one of
-/// `socket_paths` before exiting.
-pub fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(), DaemonError> {
+fn exit_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    set.thread_block()
-        .map_err(|e| DaemonError::Signals(e.into()))?;
+    set
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it spawns
+/// afterwards: call this before creating threads); they stay pending until
+/// [`install_exit_handler_for`].
+pub(crate) fn block_exit_signals() -> Result<(), DaemonError> {
+    exit_signals()
+        .thread_block()
+        .map_err(|e| DaemonError::Signals(e.into()))
+}
+
+/// Starts a thread that waits for the signals [`block_exit_signals`] blocked, then removes
+/// every one of `socket_paths` and exits the process with status 0.
+pub(crate) fn install_exit_handler_for(socket_paths: Vec<PathBuf>) -> Result<(), DaemonError> {
+    let set = exit_signals();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = vu_sandbox::confine_thread(SIGNAL_THREAD_SYSCALLS) {
+                log::warn!("signal thread: not narrowed to its own allow-list: {e}");
+            }
             let signal = loop {
                 match set.wait() {
                     Ok(s) => break s,

@@ -30,6 +30,16 @@
 //!
 //! Every request is sent with NEED_REPLY once REPLY_ACK is negotiated, so when a call returns
 //! the backend has acted on it (e.g. mapped the memory table).
+//!
+//! Backends without REPLY_ACK (older DPDK, SPDK, some libvhost-user builds) work too: requests
+//! go out without NEED_REPLY, and where the caller relies on the backend having acted (memory
+//! table, ring start and enable, reset, config writes) the session follows them with a
+//! GET_FEATURES round trip, the barrier QEMU uses when REPLY_ACK is absent (`enforce_reply` in
+//! hw/virtio/vhost-user.c; QEMU waits that way after SET_VRING_ENABLE, and after SET_FEATURES
+//! and SET_VRING_ADDR when dirty logging is on). A backend handles its requests in order, so
+//! the reply proves the ones before it were handled; what it cannot prove is that they
+//! succeeded (without REPLY_ACK a backend has no way to report a failed request except by
+//! hanging up, which the barrier then reports).
 
 mod connect;
 mod error;
@@ -100,7 +110,7 @@ impl Default for FrontendOptions {
         FrontendOptions {
             max_queues: 64,
             protocol_features: supported_protocol_features(),
-            required_protocol_features: VhostUserProtocolFeatures::REPLY_ACK,
+            required_protocol_features: VhostUserProtocolFeatures::empty(),
             reply_timeout: Some(Duration::from_secs(30)),
         }
     }
@@ -337,6 +347,17 @@ impl FrontendSession {
         self.acked_features.is_some() && self.device_features & VHOST_USER_F_PROTOCOL_FEATURES != 0
     }
 
+    /// Without REPLY_ACK: a GET_FEATURES round trip, so that when it returns the backend has
+    /// handled every request sent before it (QEMU's `enforce_reply`). With REPLY_ACK each
+    /// request was already acknowledged: nothing to do.
+    fn barrier(&mut self) -> Result<()> {
+        if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            return Ok(());
+        }
+        self.call("GET_FEATURES (barrier)", |fe| fe.get_features())
+            .map(|_| ())
+    }
+
     /// SET_FEATURES with the virtio features the driver accepted (bits the device does not
     /// offer are dropped); adds `VHOST_USER_F_PROTOCOL_FEATURES` when the backend offers it.
     pub fn set_features(&mut self, features: u64) -> Result<()> {
@@ -363,7 +384,10 @@ impl FrontendSession {
             return Err(Error::State("guest memory has no regions"));
         }
         let previous = std::mem::take(&mut self.table);
-        if let Err(e) = self.send_mem_table(&table, &previous) {
+        if let Err(e) = self
+            .send_mem_table(&table, &previous)
+            .and_then(|()| self.barrier())
+        {
             self.table = previous;
             return Err(e);
         }
@@ -478,6 +502,8 @@ impl FrontendSession {
         let kick_dup = kick.try_clone().map_err(Error::EventFd)?;
         self.ensure_inflight(geometry.size)?;
         self.send_vring(index, &geometry, base, call, kick)?;
+        // Without protocol features the ring starts on SET_VRING_KICK: like an enable.
+        self.barrier()?;
         let starts_enabled = !self.protocol_features_acked();
         let v = &mut self.vrings[index];
         v.geometry = Some(geometry);
@@ -494,6 +520,7 @@ impl FrontendSession {
         self.check_queue(index)?;
         let dup = call.try_clone().map_err(Error::EventFd)?;
         self.call("SET_VRING_CALL", |fe| fe.set_vring_call(index, call))?;
+        self.barrier()?;
         self.vrings[index].call = Some(dup);
         Ok(())
     }
@@ -503,6 +530,7 @@ impl FrontendSession {
         self.check_queue(index)?;
         let dup = kick.try_clone().map_err(Error::EventFd)?;
         self.call("SET_VRING_KICK", |fe| fe.set_vring_kick(index, kick))?;
+        self.barrier()?;
         self.vrings[index].kick = Some(dup);
         Ok(())
     }
@@ -513,6 +541,10 @@ impl FrontendSession {
         self.check_queue(index)?;
         if self.protocol_features_acked() {
             self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, enable))?;
+            // The guest may kick as soon as this returns: the backend's control thread must
+            // have seen the enable before its ring thread sees the kick (QEMU: "call
+            // VHOST_USER_SET_VRING_ENABLE synchronously").
+            self.barrier()?;
         }
         self.vrings[index].enabled = enable;
         Ok(())
@@ -557,6 +589,7 @@ impl FrontendSession {
         if enabled && self.protocol_features_acked() {
             self.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(index, true))?;
         }
+        self.barrier()?;
         let v = &mut self.vrings[index];
         v.running = true;
         v.saved_base = None;
@@ -599,7 +632,8 @@ impl FrontendSession {
         }
         self.call("SET_CONFIG", |fe| {
             fe.set_config(offset, VhostUserConfigFlags::empty(), data)
-        })
+        })?;
+        self.barrier()
     }
 
     /// Device reset (the guest wrote 0 to device_status): stops every running ring, sends
@@ -633,7 +667,7 @@ impl FrontendSession {
         {
             self.call("RESET_DEVICE", |fe| fe.reset_device())?;
         }
-        Ok(())
+        self.barrier()
     }
 
     /// Reconnects to the same socket path (retrying until `timeout`) and restores the session:
@@ -737,7 +771,7 @@ impl FrontendSession {
                 log::warn!("vhost-user reconnect: cannot signal vring {index}: {e}");
             }
         }
-        Ok(())
+        self.barrier()
     }
 }
 

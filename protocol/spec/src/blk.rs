@@ -14,7 +14,7 @@ pub use virtio_bindings::virtio_blk::{
 };
 
 /// Virtio device id of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// The unit of `sector` fields and of `capacity`, whatever the logical block size.
 pub const SECTOR_SIZE: u64 = 512;
 /// `flags` bit of a WRITE_ZEROES segment: the device may deallocate (unmap) the range.
@@ -74,6 +74,8 @@ unsafe impl ByteValued for BlkConfig {}
 
 /// Size of [`BlkConfig`] as seen on the wire.
 pub const BLK_CONFIG_SIZE: usize = std::mem::size_of::<BlkConfig>();
+/// Offset of `num_queues` (what a frontend overrides with the queue count it created).
+pub const BLK_NUM_QUEUES_OFFSET: u32 = std::mem::offset_of!(BlkConfig, num_queues) as u32;
 
 #[cfg(test)]
 mod tests {

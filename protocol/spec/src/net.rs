@@ -4,6 +4,9 @@
 
 use vm_memory::ByteValued;
 
+use crate::devices::{FrontendConfig, FrontendInput};
+use crate::transport::bit;
+
 pub use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
     VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO,
@@ -15,7 +18,7 @@ pub use virtio_bindings::virtio_net::{
 };
 
 /// Virtio device id of a network card.
-pub const VIRTIO_ID_NET: u32 = 1;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 
 /// Queue index of queue pair `pair`'s receive queue (transmit is the next one).
 pub const fn rx_queue(pair: u16) -> u16 {
@@ -78,6 +81,28 @@ unsafe impl ByteValued for NetConfig {}
 
 /// Size of [`NetConfig`].
 pub const NET_CONFIG_SIZE: usize = std::mem::size_of::<NetConfig>();
+/// Config space up to `max_virtqueue_pairs`, without `mtu`: what a frontend serving the
+/// config itself ([`frontend_config`]) shows the guest.
+pub const NET_CONFIG_SIZE_WITHOUT_MTU: usize = std::mem::offset_of!(NetConfig, mtu);
+
+/// The config space a frontend serves itself (the backend's is not used): the MAC when the
+/// user gave one, link up, one queue pair per two queues. Offers STATUS, and MAC with a MAC.
+pub fn frontend_config(input: &FrontendInput) -> FrontendConfig {
+    let config = NetConfig {
+        mac: input.mac.unwrap_or_default(),
+        status: (VIRTIO_NET_S_LINK_UP as u16).to_le(),
+        max_virtqueue_pairs: (input.num_queues / 2).max(1).to_le(),
+        mtu: 0,
+    };
+    let mut features = bit(VIRTIO_NET_F_STATUS);
+    if input.mac.is_some() {
+        features |= bit(VIRTIO_NET_F_MAC);
+    }
+    FrontendConfig {
+        bytes: config.as_slice()[..NET_CONFIG_SIZE_WITHOUT_MTU].to_vec(),
+        features,
+    }
+}
 
 /// Parses `52:54:00:12:34:56`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -115,6 +140,24 @@ mod tests {
         assert_eq!(header_size(1 << VIRTIO_NET_F_MRG_RXBUF), 12);
         assert_eq!(header_size(0), 10);
         assert_eq!((rx_queue(1), tx_queue(1)), (2, 3));
+    }
+
+    /// The bytes accel wrote by hand before the table: MAC, status 1, pairs, 10 bytes.
+    #[test]
+    fn frontend_config_bytes() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let c = frontend_config(&FrontendInput {
+            num_queues: 8,
+            mac: Some(mac),
+        });
+        assert_eq!(c.bytes, [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 4, 0]);
+        assert_eq!(c.features, (1 << 16) | (1 << 5));
+        let c = frontend_config(&FrontendInput {
+            num_queues: 1,
+            mac: None,
+        });
+        assert_eq!(c.bytes, [0, 0, 0, 0, 0, 0, 1, 0, 1, 0]);
+        assert_eq!(c.features, 1 << 16);
     }
 
     #[test]

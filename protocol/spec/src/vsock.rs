@@ -7,7 +7,7 @@
 use vm_memory::ByteValued;
 
 /// Virtio device id of a socket device.
-pub const VIRTIO_ID_VSOCK: u32 = 19;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Queue indexes.
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;

@@ -4,5 +4,8 @@
 //!   [`vu_frontend::FrontendSession`]: it plays the guest against a backend, no VM needed.
 //! - `vu-blk-bench` (a binary of this crate): the block benchmark client `scripts/bench-blk.sh`
 //!   runs against our backend and qemu-storage-daemon.
+//! - [`support`]: scratch directories, children killed on drop, waiting for sockets and exits,
+//!   running a program with a deadline: what every test suite needs around processes.
 
 pub mod driver;
+pub mod support;

@@ -6,16 +6,16 @@ mod common;
 use std::time::Duration;
 
 use common::{Qsd, pattern};
+use vhost::vhost_user::VhostUserProtocolFeatures;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::Bytes;
+use vu_frontend::{FrontendOptions, FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
 use vu_spec::blk::{
     DiscardWriteZeroesSegment, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vu_testkit::driver::blk::{BlkDriver, BlkRequest};
-use vu_testkit::driver::{DriverOptions, Segment};
-use vu_frontend::{FrontendSession, VHOST_USER_F_PROTOCOL_FEATURES};
-use vhost::vhost_user::VhostUserProtocolFeatures;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::Bytes;
+use vu_testkit::driver::{Driver, DriverOptions, Segment};
 
 const MIB: u64 = 1 << 20;
 const T: Duration = Duration::from_secs(10);
@@ -93,6 +93,35 @@ fn read_write_flush_round_trip() {
     let mut want = expected(98 * 512, 1024);
     want.extend_from_slice(&data[..1024]);
     assert_eq!(r.data, want);
+}
+
+/// The C backend with REPLY_ACK left out of the negotiation (what a backend that does not
+/// offer it looks like to the frontend): config, reads, writes and a ring stop/restart work,
+/// synchronised by the session's GET_FEATURES barriers alone.
+#[test]
+fn without_reply_ack() {
+    let q = Qsd::start(8 * MIB, 1);
+    let opts = FrontendOptions {
+        protocol_features: vu_frontend::supported_protocol_features()
+            - VhostUserProtocolFeatures::REPLY_ACK,
+        ..FrontendOptions::default()
+    };
+    let s = FrontendSession::connect_with(&q.socket, T, opts).expect("connect");
+    assert!(
+        !s.protocol_features()
+            .contains(VhostUserProtocolFeatures::REPLY_ACK)
+    );
+    let drv = Driver::new(s, DriverOptions::default()).expect("driver");
+    let mut b = BlkDriver::new(drv).expect("blk driver");
+    assert_eq!(b.capacity_bytes(), 8 * MIB);
+    assert_eq!({ b.read_config().expect("config").blk_size }, 512);
+
+    assert_eq!(b.read(0, 8, 4096).expect("read"), expected(8 * 512, 4096));
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 29 % 256) as u8 ^ 0xa5).collect();
+    b.write(0, 40, &data).expect("write");
+    b.flush(0).expect("flush");
+    assert_eq!(q.image_bytes(40 * 512, data.len()), data, "bytes landed");
+    assert_eq!(b.read(0, 40, 4096).expect("read back"), data);
 }
 
 #[test]
@@ -317,14 +346,11 @@ fn raw_segments_reach_the_device() {
 
 #[test]
 fn connect_waits_for_a_backend_that_starts_late() {
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-late-").expect("dir");
-    let sock = dir.as_path().join("late.sock");
+    let dir = vu_testkit::support::TestDir::new("late");
+    let sock = dir.join("late.sock");
     let t0 = std::time::Instant::now();
     let err = FrontendSession::connect(&sock, Duration::from_millis(200)).expect_err("nobody");
-    assert!(
-        matches!(err, vu_frontend::Error::Connect { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, vu_frontend::Error::Connect { .. }), "{err}");
     assert!(t0.elapsed() >= Duration::from_millis(200));
 
     // Start a daemon 300 ms from now on a path that does not exist yet.
@@ -347,8 +373,8 @@ fn connect_waits_for_a_backend_that_starts_late() {
 fn forged_chain_with_split_header_is_served() {
     // The header split over two descriptors (legal: devices must not assume framing), built
     // with the raw API; proves forged chains reach the backend as written.
-    use vu_testkit::driver::{RawDesc, RawNext};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vu_testkit::driver::{RawDesc, RawNext};
     let q = Qsd::start(1 << 20, 1);
     let mut b = blk(&q, 1);
     let hdr = b.new_header(VIRTIO_BLK_T_IN, 5).expect("header");
@@ -409,8 +435,8 @@ fn silent_backends_time_out_as_gone() {
     };
 
     // Accepts, never answers: the handshake is bounded.
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vu-mute-").expect("dir");
-    let path = dir.as_path().join("mute.sock");
+    let dir = vu_testkit::support::TestDir::new("mute");
+    let path = dir.join("mute.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
     let t0 = std::time::Instant::now();
@@ -477,8 +503,8 @@ fn works_without_event_idx_and_indirect() {
 
 #[test]
 fn sessions_over_caller_provided_streams() {
-    use vu_testkit::driver::Driver;
     use vu_frontend::FrontendOptions;
+    use vu_testkit::driver::Driver;
     let mut q = Qsd::start(1 << 20, 1);
     let stream = common::connect_retry(&q.socket);
     let s =

@@ -6,6 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost_user_backend::{VhostUserBackend, VringState, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vu_daemon::backend_util::{
     self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
@@ -18,12 +24,6 @@ use vu_spec::blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
-use vhost_user_backend::{VhostUserBackend, VringState, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{ByteValued, Bytes, GuestAddress};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::disk::Disk;
 use super::io_pool::{self, Completion, IoPool, Request, add_used};

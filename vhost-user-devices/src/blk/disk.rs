@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use vu_spec::blk::{SECTOR_SIZE, VIRTIO_BLK_ID_BYTES};
 
 /// `_IO(0x12, 119)`: discard a byte range of a block device.
-const BLKDISCARD: libc::c_ulong = 0x1277;
+pub(crate) const BLKDISCARD: libc::c_ulong = 0x1277;
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
-const BLKZEROOUT: libc::c_ulong = 0x127f;
+pub(crate) const BLKZEROOUT: libc::c_ulong = 0x127f;
 /// The kernel's limit on iovecs per preadv/pwritev call.
 const IOV_MAX: usize = 1024;
 

@@ -6,12 +6,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use vu_daemon::backend_util::notify_used;
-use vu_daemon::inflight::Tracker;
-use vu_daemon::{BackendMemory, BackendVring};
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use virtio_queue::desc::split::Descriptor;
+use vu_daemon::backend_util::notify_used;
+use vu_daemon::inflight::Tracker;
+use vu_daemon::sandbox::Allow;
+use vu_daemon::{BackendMemory, BackendVring};
 
 use super::disk::Disk;
 use super::request::{Mem, RequestOptions, handle_descs};
@@ -203,7 +204,40 @@ impl Drop for IoPool {
     }
 }
 
+/// The I/O threads' kind of the allow-list (on top of the process's): I/O on the open image,
+/// signalling the guest (eventfd write), waiting for work; no sockets, no memory-table
+/// handling. glibc's malloc opens /sys/devices/system/cpu/online for a new arena.
+const IO_THREAD_SYSCALLS: &[Allow] = &[
+    Allow::Any("preadv"),
+    Allow::Any("pwritev"),
+    Allow::Any("pread64"),
+    Allow::Any("pwrite64"),
+    Allow::Any("fdatasync"),
+    Allow::Any("fsync"),
+    Allow::Any("fallocate"),
+    Allow::ArgEq("ioctl", 1, super::disk::BLKDISCARD as u32),
+    Allow::ArgEq("ioctl", 1, super::disk::BLKZEROOUT as u32),
+    Allow::Any("read"),
+    Allow::Any("futex"),
+    Allow::Any("mmap"),
+    Allow::Any("munmap"),
+    Allow::Any("mprotect"),
+    Allow::Any("madvise"),
+    Allow::Any("brk"),
+    Allow::Any("openat"),
+    Allow::Any("close"),
+    Allow::Any("sigaltstack"),
+    Allow::Any("sched_getaffinity"),
+    Allow::Any("sched_yield"),
+    Allow::Any("set_robust_list"),
+    Allow::Any("rseq"),
+    Allow::Any("clock_gettime"),
+];
+
 fn io_thread(shared: &Shared, disk: &Disk) {
+    if let Err(e) = vu_daemon::sandbox::confine_thread(IO_THREAD_SYSCALLS) {
+        vu_daemon::log_limited!(log::Level::Warn, "I/O thread: not narrowed: {e}");
+    }
     loop {
         let job = {
             let Ok(mut s) = shared.state.lock() else {

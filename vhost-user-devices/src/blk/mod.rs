@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
+use vu_daemon::sandbox::{Allow, FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{BlkBackend, DeviceSettings};
 use disk::{Disk, DiskError};
@@ -31,7 +31,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queues a frontend may use (one worker thread each; `queues_per_thread` is a u64 mask).
 pub const MAX_QUEUES: u16 = 64;
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// Longest `--poll-us`.
 pub const MAX_POLL_US: u32 = 1000;
@@ -56,9 +55,6 @@ pub struct BlkArgs {
     /// per vCPU, so the default leaves room for that.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub num_queues: u16,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
     /// Open the image with O_DIRECT (bypass the host page cache).
     #[arg(long)]
     pub direct_io: bool,
@@ -78,8 +74,6 @@ pub enum ConfigError {
     NoImage,
     #[error("--num-queues must be between 1 and {MAX_QUEUES}, not {0}")]
     NumQueues(u16),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("--poll-us must be at most {MAX_POLL_US}, not {0}")]
     PollUs(u32),
     #[error("--serial is longer than 20 bytes")]
@@ -109,9 +103,6 @@ impl TryFrom<&BlkArgs> for Config {
         if a.num_queues == 0 || a.num_queues > MAX_QUEUES {
             return Err(ConfigError::NumQueues(a.num_queues));
         }
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         if a.poll_us > MAX_POLL_US {
             return Err(ConfigError::PollUs(a.poll_us));
         }
@@ -122,7 +113,7 @@ impl TryFrom<&BlkArgs> for Config {
             image,
             read_only: a.read_only,
             num_queues: a.num_queues,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
             direct_io: a.direct_io,
             serial: a.serial.clone(),
             poll_us: a.poll_us,
@@ -134,7 +125,25 @@ impl TryFrom<&BlkArgs> for Config {
 pub struct BlkDevice {
     disk: Arc<Disk>,
     settings: DeviceSettings,
+    /// The image path and `--read-only`: all the filesystem access left once confined.
+    image: PathBuf,
+    read_only: bool,
 }
+
+/// The data path's system calls beyond the daemon's: I/O on the open image (inline and in the
+/// I/O pool), flush, discard/write-zeroes (fallocate, or BLKDISCARD/BLKZEROOUT on a block
+/// device).
+const BLK_SYSCALLS: &[Allow] = &[
+    Allow::Any("preadv"),
+    Allow::Any("pwritev"),
+    Allow::Any("pread64"),
+    Allow::Any("pwrite64"),
+    Allow::Any("fdatasync"),
+    Allow::Any("fsync"),
+    Allow::Any("fallocate"),
+    Allow::ArgEq("ioctl", 1, disk::BLKDISCARD as u32),
+    Allow::ArgEq("ioctl", 1, disk::BLKZEROOUT as u32),
+];
 
 impl BlkDevice {
     /// Opens the image.
@@ -161,6 +170,8 @@ impl BlkDevice {
                 queue_size: config.queue_size,
                 poll: std::time::Duration::from_micros(u64::from(config.poll_us)),
             },
+            image: config.image.clone(),
+            read_only: config.read_only,
         })
     }
 
@@ -174,6 +185,22 @@ impl VhostUserDevice for BlkDevice {
 
     fn name(&self) -> &str {
         CAPABILITIES.program
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        let access = if self.read_only {
+            FsAccess::Read
+        } else {
+            FsAccess::ReadWrite
+        };
+        DeviceConfinement {
+            // glibc sizes the I/O pool from the online CPUs (read again per connection).
+            paths: vec![
+                PathRule::new(&self.image, access),
+                PathRule::new("/sys/devices/system/cpu/online", FsAccess::Read),
+            ],
+            syscalls: BLK_SYSCALLS,
+        }
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<BlkBackend>> {

@@ -4,15 +4,15 @@
 
 use std::io;
 
+use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vu_spec::blk::{
     RequestHeader, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_queue::DescriptorChain;
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::disk::Disk;
 

@@ -5,21 +5,19 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use vu_daemon::backend_util::{
-    EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    protocol_features, read_config, reenable_notifications,
-};
-use vu_daemon::ring::pop_chain;
-use vu_daemon::{BackendMemory, BackendVring};
-use vu_spec::console::{
-    CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig,
-};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vu_daemon::backend_util::{
+    EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
+    protocol_features, read_config, reenable_notifications,
+};
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::console::{CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig};
 
 use super::io::ConsoleIo;
 
@@ -95,7 +93,10 @@ impl ConsoleBackend {
                     0
                 };
                 if let Err(e) = state.get_queue_mut().add_used(&*mem, head, used) {
-                    vu_daemon::log_limited!(log::Level::Error, "cannot complete buffer {head}: {e}");
+                    vu_daemon::log_limited!(
+                        log::Level::Error,
+                        "cannot complete buffer {head}: {e}"
+                    );
                 }
                 completed = true;
             }
@@ -141,7 +142,10 @@ impl ConsoleBackend {
                         Ok(0) => break,
                         Ok(n) => self.io.output(&buf[..n]),
                         Err(e) => {
-                            vu_daemon::log_limited!(log::Level::Warn, "transmit buffer {head}: {e}");
+                            vu_daemon::log_limited!(
+                                log::Level::Warn,
+                                "transmit buffer {head}: {e}"
+                            );
                             break;
                         }
                     }

@@ -161,7 +161,10 @@ pub enum IoError {
     #[error("cannot open the output file {path}: {source}")]
     Output { path: PathBuf, source: io::Error },
     #[error("cannot listen on the console socket {path}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
+    Listen {
+        path: PathBuf,
+        source: vu_spec::unix::BindError,
+    },
     #[error("cannot start the console input: {0}")]
     Input(io::Error),
 }
@@ -201,17 +204,7 @@ impl ConsoleIo {
             path: path.to_path_buf(),
             source,
         };
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(listen_err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists and is not a socket",
-                )));
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        let listener = vu_spec::unix::bind_replacing_socket(path).map_err(listen_err)?;
         let peer = Arc::new(SocketPeer {
             client: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),

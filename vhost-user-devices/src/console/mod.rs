@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
+use vu_daemon::sandbox::{Allow, FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{ConsoleBackend, INPUT_EVENT};
 use io::{ConsoleIo, IoError};
@@ -27,8 +27,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     device_type: "console",
     features: &[],
 };
-
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-console` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -50,9 +48,6 @@ pub struct ConsoleArgs {
     /// Output to stdout, input from stdin.
     #[arg(long)]
     pub stdio: bool,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Where the console's bytes go and come from.
@@ -68,8 +63,6 @@ pub enum Endpoint {
 pub enum ConfigError {
     #[error("give exactly one of --output FILE, --socket P, --stdio")]
     Endpoint,
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -91,12 +84,9 @@ impl TryFrom<&ConsoleArgs> for Config {
             (None, None, true) => Endpoint::Stdio,
             _ => return Err(ConfigError::Endpoint),
         };
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         Ok(Config {
             endpoint,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
         })
     }
 }
@@ -108,6 +98,8 @@ pub struct ConsoleDevice {
     queue_size: u16,
     /// `--socket P`, removed on SIGTERM/SIGINT.
     socket: Option<PathBuf>,
+    /// `--output FILE`: the only file writable once confined.
+    output: Option<PathBuf>,
 }
 
 impl ConsoleDevice {
@@ -123,10 +115,15 @@ impl ConsoleDevice {
             Endpoint::Socket(p) => Some(p.clone()),
             _ => None,
         };
+        let output = match &config.endpoint {
+            Endpoint::File(p) => Some(p.clone()),
+            _ => None,
+        };
         Ok(ConsoleDevice {
             io: Arc::new(io),
             queue_size: config.queue_size,
             socket,
+            output,
         })
     }
 }
@@ -147,6 +144,20 @@ impl VhostUserDevice for ConsoleDevice {
 
     fn owned_socket_paths(&self) -> Vec<PathBuf> {
         self.socket.iter().cloned().collect()
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        // The socket's directory (removal on exit) comes from `owned_socket_paths`.
+        DeviceConfinement {
+            paths: self
+                .output
+                .iter()
+                .map(|p| PathRule::new(p, FsAccess::ReadWrite))
+                .collect(),
+            // io.rs bounds how long a stalled socket client can hold the output path
+            // (`set_write_timeout` on each accepted client: SO_SNDTIMEO).
+            syscalls: &[Allow::ArgEq("setsockopt", 2, libc::SO_SNDTIMEO as u32)],
+        }
     }
 
     fn attach_workers(
@@ -196,10 +207,6 @@ mod tests {
         );
         assert_eq!(parse(&["--stdio"]).unwrap().endpoint, Endpoint::Stdio);
         assert!(matches!(parse(&[]), Err(ConfigError::Endpoint)));
-        assert!(matches!(
-            parse(&["--stdio", "--queue-size", "0"]),
-            Err(ConfigError::QueueSize(0))
-        ));
         assert!(ConsoleArgs::try_parse_from(["x", "--stdio", "--socket", "/p"]).is_err());
     }
 }

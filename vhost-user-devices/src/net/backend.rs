@@ -6,6 +6,12 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use virtio_queue::QueueT;
+use vm_memory::ByteValued;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
@@ -18,12 +24,6 @@ use vu_spec::net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, header_size,
 };
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
-use virtio_queue::QueueT;
-use vm_memory::ByteValued;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::link::{Link, LinkKind, recv_frame, send_frame};
 use super::rxtx::{

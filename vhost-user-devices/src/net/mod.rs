@@ -5,9 +5,11 @@
 //! - [`backend`]: the per-connection `VhostUserBackend` (features, config space, workers),
 //! - [`rxtx`]: the data path (transmit chains → frames, frames → receive chains),
 //! - [`link`]: where frames go: tap queue fds or peer socketpairs,
-//! - [`tap`]: opening a tap and setting its offloads,
-//! - [`early_enable`]: the message relay in front of the daemon that makes QEMU's virtio-net
-//!   work (it enables rings before it sends `SET_FEATURES`).
+//! - [`tap`]: opening a tap and setting its offloads.
+//!
+//! The program runs on the shared daemon (`vu_daemon::run_devices`). QEMU's virtio-net enables
+//! its rings before it sends `SET_FEATURES`; the patched vhost crates accept that (PATCH
+//! early-enable in patches/README.md).
 //!
 //! Features: VERSION_1, EVENT_IDX, INDIRECT_DESC, MRG_RXBUF, STATUS, MAC (with `--mac`), MQ
 //! (with `--queues` > 1) and, in tap mode, CSUM/GUEST_CSUM, GUEST/HOST TSO4/TSO6/ECN
@@ -26,26 +28,18 @@
 //! device does not offer them), so every frame is complete and valid for the other side.
 
 pub mod backend;
-pub mod early_enable;
 pub mod link;
 pub mod rxtx;
 pub mod tap;
 
-use std::net::Shutdown;
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{
-    Capabilities, CommonArgs, DaemonError, ListenAddress, VhostUserDevice,
-    install_exit_handler_for, next_frontend, serve_connection, while_busy,
-};
-use vu_spec::net::{format_mac, parse_mac};
-use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
+use vu_daemon::sandbox::Allow;
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
+use vu_spec::net::{format_mac, parse_mac};
 
 use backend::{NetBackend, Shared};
 use link::{Link, LinkKind};
@@ -60,7 +54,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// Most queue pairs (one worker thread each; queue masks are u64).
 pub const MAX_QUEUE_PAIRS: u16 = 32;
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-net` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -86,9 +79,6 @@ pub struct NetArgs {
     /// the second socket's device gets the same address with the last byte + 1.
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values or an unusable link.
@@ -100,16 +90,12 @@ pub enum ConfigError {
     PeerSamePath,
     #[error("--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {0}")]
     Queues(u16),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("--mac '{0}' is not a MAC address like 52:54:00:12:34:56")]
     Mac(String),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
     #[error("cannot create the peer link: {0}")]
     Peer(std::io::Error),
-    #[error(transparent)]
-    Daemon(#[from] vu_daemon::DaemonError),
 }
 
 /// Where frames go.
@@ -146,9 +132,6 @@ impl TryFrom<&NetArgs> for Config {
         if a.queues == 0 || a.queues > MAX_QUEUE_PAIRS {
             return Err(ConfigError::Queues(a.queues));
         }
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         let mac = match &a.mac {
             Some(m) => Some(parse_mac(m).ok_or_else(|| ConfigError::Mac(m.clone()))?),
             None => None,
@@ -157,7 +140,7 @@ impl TryFrom<&NetArgs> for Config {
             link,
             queue_pairs: a.queues,
             mac,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
         })
     }
 }
@@ -243,6 +226,14 @@ impl VhostUserDevice for NetDevice {
         &self.name
     }
 
+    /// No path at all (the tap is open); the tap's offloads follow the guest's features.
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: Vec::new(),
+            syscalls: &[Allow::ArgEq("ioctl", 1, libc::TUNSETOFFLOAD as u32)],
+        }
+    }
+
     fn new_backend(&self) -> std::io::Result<Arc<NetBackend>> {
         // Frames that arrived while no guest was connected are stale (a previous boot's
         // conversations): drop them, counted.
@@ -264,9 +255,13 @@ impl VhostUserDevice for NetDevice {
     ) -> std::io::Result<()> {
         backend.attach(workers)
     }
+
+    fn connection_ended(&self) {
+        log_stats(self);
+    }
 }
 
-/// Logs a device's counters (at disconnect and exit).
+/// Logs a device's counters (after every connection).
 fn log_stats(device: &NetDevice) {
     let s = device.stats();
     log::info!(
@@ -284,141 +279,22 @@ fn log_stats(device: &NetDevice) {
     );
 }
 
-/// The daemon side of the [`early_enable`] relay for one connection: a listening socket bound
-/// in a fresh mode-0700 directory (so no other user can connect to it), already connected to
-/// by the returned stream; socket file and directory are removed before this returns (the
-/// queued connection stays acceptable).
-fn private_pair() -> std::io::Result<(Listener, UnixStream)> {
-    use std::os::unix::fs::DirBuilderExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "vhost-user-net-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let path = dir.join("s");
-    let result = UnixListener::bind(&path).and_then(|l| {
-        let stream = UnixStream::connect(&path)?;
-        Ok((l, stream))
-    });
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_dir(&dir);
-    let (l, stream) = result?;
-    // SAFETY: `l` owns a listening unix socket; the Listener takes it over (no path to unlink).
-    let listener = unsafe { Listener::from_raw_fd(l.into_raw_fd()) };
-    Ok((listener, stream))
-}
-
-/// Serves frontends on `listener` one after another (`max_connections`, or forever), each
-/// through the [`early_enable`] relay so that QEMU's virtio-net works; logs the counters after
-/// every connection.
-pub fn serve_net(
-    device: &NetDevice,
-    listener: &mut Listener,
-    max_connections: Option<usize>,
-) -> Result<(), DaemonError> {
-    let mut served = 0usize;
-    let mut pending = None;
-    while max_connections.is_none_or(|max| served < max) {
-        let front = next_frontend(listener, &mut pending)?;
-        let (mut private, back) = private_pair().map_err(DaemonError::NewBackend)?;
-        let (end, next) = while_busy(listener, &front, || {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    if let Err(e) = early_enable::relay_requests(&front, &back) {
-                        log::debug!("{}: frontend relay: {e}", device.name);
-                    }
-                    let _ = back.shutdown(Shutdown::Both);
-                });
-                s.spawn(|| {
-                    if let Err(e) = early_enable::copy_replies(&back, &front) {
-                        log::debug!("{}: reply relay: {e}", device.name);
-                    }
-                    let _ = front.shutdown(Shutdown::Both);
-                });
-                let end = serve_connection(device, &mut private);
-                let _ = back.shutdown(Shutdown::Both);
-                let _ = front.shutdown(Shutdown::Both);
-                end
-            })
-        })?;
-        pending = next;
-        log_stats(device);
-        end?;
-        served += 1;
-    }
-    Ok(())
-}
-
-/// Starts the device(s) for `args` and serves until a signal ends the process.
-fn run(args: &NetArgs) -> Result<(), ConfigError> {
+/// The devices for `args`: one on a tap, or (peer mode) the pair, the second one served on
+/// the `--peer` socket.
+fn open(args: &NetArgs) -> Result<(NetDevice, Vec<(NetDevice, PathBuf)>), ConfigError> {
     let config = Config::try_from(args)?;
-    let address = args.common.listen_address()?;
     match &config.link {
-        LinkConfig::Tap(name) => {
-            let device = NetDevice::tap(&config, name)?;
-            let socket = match &address {
-                ListenAddress::Path(p) => vec![p.clone()],
-                ListenAddress::Fd(_) => Vec::new(),
-            };
-            install_exit_handler_for(socket)?;
-            let mut listener = address.listen()?;
-            log::info!("{}: listening on {address}", CAPABILITIES.program);
-            serve_net(&device, &mut listener, None)?;
-        }
+        LinkConfig::Tap(name) => Ok((NetDevice::tap(&config, name)?, Vec::new())),
         LinkConfig::Peer(peer) => {
             let (a, b) = NetDevice::peer_pair(&config)?;
-            let mut paths = vec![peer.clone()];
-            if let ListenAddress::Path(p) = &address {
-                paths.push(p.clone());
-            }
-            install_exit_handler_for(paths)?;
-            let la = address.listen()?;
-            let lb = ListenAddress::Path(peer.clone()).listen()?;
-            log::info!(
-                "{}: peer mode, listening on {address} and {}",
-                CAPABILITIES.program,
-                peer.display()
-            );
-            // serve_net only returns on error: the first one (from either side) ends the
-            // program, whatever the other side is doing.
-            let (tx, rx) = std::sync::mpsc::channel();
-            for (device, mut listener) in [(a, la), (b, lb)] {
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name(device.name.clone())
-                    .spawn(move || {
-                        let _ = tx.send(serve_net(&device, &mut listener, None));
-                    })
-                    .map_err(|e| ConfigError::Daemon(DaemonError::NewBackend(e)))?;
-            }
-            drop(tx);
-            if let Ok(result) = rx.recv() {
-                result?;
-            }
+            Ok((a, vec![(b, peer.clone())]))
         }
     }
-    Ok(())
 }
 
 /// The whole program: `main` of `vhost-user-net`.
 pub fn main_with_args(args: NetArgs) -> ExitCode {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .try_init();
-    if args.common.print_capabilities {
-        println!("{}", CAPABILITIES.to_json());
-        return ExitCode::SUCCESS;
-    }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}: error: {e}", CAPABILITIES.program);
-            ExitCode::FAILURE
-        }
-    }
+    vu_daemon::run_devices(&args.common, &CAPABILITIES, || open(&args))
 }
 
 #[cfg(test)]
@@ -459,10 +335,6 @@ mod tests {
         assert!(matches!(
             parse(&["-s", "/a", "--tap", "t", "--queues", "0"]),
             Err(ConfigError::Queues(0))
-        ));
-        assert!(matches!(
-            parse(&["-s", "/a", "--tap", "t", "--queue-size", "100"]),
-            Err(ConfigError::QueueSize(100))
         ));
         assert!(matches!(
             parse(&["-s", "/a", "--tap", "t", "--mac", "nope"]),

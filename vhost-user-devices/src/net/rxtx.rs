@@ -8,11 +8,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vu_daemon::ring::pop_chain;
-use vu_spec::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vu_daemon::ring::pop_chain;
+use vu_spec::net::{MAX_FRAME_SIZE, NET_HDR_SIZE};
 
 /// Guest memory as the data path sees it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -187,103 +187,30 @@ pub fn deliver_rx(
     scratch: &mut Vec<(u16, u32)>,
 ) -> Delivery {
     scratch.clear();
-    let data = frame.get(NET_HDR_SIZE..).unwrap_or(&[]);
-    let mut header = [0u8; NET_HDR_SIZE];
-    let n = NET_HDR_SIZE.min(frame.len());
-    header[..n].copy_from_slice(&frame[..n]);
-    let hdr_len = params.hdr_len;
-    let total = hdr_len + data.len();
-    let mut pieces: Vec<HeaderPiece> = Vec::new();
-    let mut written = 0usize;
-    let max_chains = usize::from(queue.size()).max(1);
-    let mut bad = false;
+    let mut writer = RxWriter::new(frame, params.hdr_len);
     let mut descs: Vec<Descriptor> = Vec::new();
-    while written < total {
-        if !params.mergeable && !scratch.is_empty() {
-            // The single chain was too small: put it back and drop the frame.
-            queue.go_to_previous_position();
-            scratch.clear();
-            return Delivery::TooBig;
-        }
-        if scratch.len() >= max_chains {
-            rewind(queue, scratch.len());
-            scratch.clear();
-            return Delivery::TooBig;
-        }
-        let Some(chain) = pop_chain(queue, mem) else {
-            rewind(queue, scratch.len());
-            scratch.clear();
-            return Delivery::NoBuffers;
+    while !writer.done() {
+        let head = match next_chain(queue, mem, params, scratch, &mut descs) {
+            Ok(head) => head,
+            Err(undelivered) => return undelivered,
         };
-        let head = chain.head_index();
-        let mut chain_len = 0usize;
-        // Walk the whole chain first: the iterator just stops on a loop or a bad `next`, so a
-        // chain whose last descriptor still points further is broken (and a loop must not
-        // let us write the same buffer over and over).
-        descs.clear();
-        descs.extend(chain);
-        if descs.last().is_none_or(|d| d.has_next()) {
-            bad = true;
-        }
-        for desc in descs.iter() {
-            if bad || written >= total {
-                break;
+        match writer.fill_chain(&descs, mem) {
+            Some(len) if len > 0 => {
+                scratch.push((head, u32::try_from(len).unwrap_or(u32::MAX)));
             }
-            if !desc.is_write_only() {
-                bad = true;
-                break;
-            }
-            let mut room = desc.len() as usize;
-            let mut addr = desc.addr();
-            while room > 0 && written < total {
-                let n = room.min(total - written);
-                let res = if written < hdr_len {
-                    let n = n.min(hdr_len - written);
-                    pieces.push(HeaderPiece {
-                        addr,
-                        offset: written,
-                        len: n,
-                    });
-                    mem.write_slice(&header[written..written + n], addr)
-                        .map(|()| n)
-                } else {
-                    let off = written - hdr_len;
-                    mem.write_slice(&data[off..off + n], addr).map(|()| n)
-                };
-                let Ok(n) = res else {
-                    bad = true;
-                    break;
-                };
-                written += n;
-                chain_len += n;
-                room -= n;
-                addr = GuestAddress(addr.0.wrapping_add(n as u64));
+            // Malformed, or a chain with no room at all (which would make us loop over the
+            // whole ring): every chain taken is completed empty and the frame dropped.
+            _ => {
+                scratch.push((head, 0));
+                for &(head, _) in scratch.iter() {
+                    let _ = queue.add_used(mem, head, 0);
+                }
+                return Delivery::BadChain;
             }
         }
-        scratch.push((head, u32::try_from(chain_len).unwrap_or(u32::MAX)));
-        if bad {
-            break;
-        }
-        if chain_len == 0 {
-            // A chain with no room at all would make us loop over the whole ring.
-            bad = true;
-            break;
-        }
-    }
-    if bad {
-        for &(head, _) in scratch.iter() {
-            let _ = queue.add_used(mem, head, 0);
-        }
-        return Delivery::BadChain;
     }
     let chains = u16::try_from(scratch.len()).unwrap_or(u16::MAX);
-    // num_buffers: the chain count with MRG_RXBUF, 1 otherwise (virtio 1.x).
-    if hdr_len >= NET_HDR_SIZE {
-        header[10..12].copy_from_slice(&chains.to_le_bytes());
-        for p in &pieces {
-            let _ = mem.write_slice(&header[p.offset..p.offset + p.len], p.addr);
-        }
-    }
+    writer.set_num_buffers(chains, mem);
     for &(head, len) in scratch.iter() {
         if let Err(e) = queue.add_used(mem, head, len) {
             vu_daemon::log_limited!(
@@ -293,6 +220,131 @@ pub fn deliver_rx(
         }
     }
     Delivery::Delivered(chains)
+}
+
+/// Pops the next receive chain for a frame that already took the chains in `scratch`, its
+/// descriptors into `descs`; returns its head. When the frame cannot go on (no buffers, or too
+/// big: a second chain without MRG_RXBUF, or more chains than the ring has), the queue is put
+/// back where the frame started and that outcome returned.
+fn next_chain(
+    queue: &mut Queue,
+    mem: &Mem,
+    params: RxParams,
+    scratch: &mut Vec<(u16, u32)>,
+    descs: &mut Vec<Descriptor>,
+) -> Result<u16, Delivery> {
+    let max_chains = usize::from(queue.size()).max(1);
+    // Without MRG_RXBUF the single chain was too small; with it, the frame needs more chains
+    // than the ring has: either way it can never fit.
+    let too_big = (!params.mergeable && !scratch.is_empty()) || scratch.len() >= max_chains;
+    let chain = if too_big { None } else { pop_chain(queue, mem) };
+    let Some(chain) = chain else {
+        rewind(queue, scratch.len());
+        scratch.clear();
+        return Err(if too_big {
+            Delivery::TooBig
+        } else {
+            Delivery::NoBuffers
+        });
+    };
+    let head = chain.head_index();
+    // Walk the whole chain first: the iterator just stops on a loop or a bad `next` (see
+    // [`RxWriter::fill_chain`]), and a loop must not let us write the same buffer over and over.
+    descs.clear();
+    descs.extend(chain);
+    Ok(head)
+}
+
+/// Writes one frame, guest header first, across receive chains in order.
+struct RxWriter<'f> {
+    /// The guest header (the link header; `num_buffers` is patched at the end).
+    header: [u8; NET_HDR_SIZE],
+    data: &'f [u8],
+    /// Guest header length (12, or 10 for legacy drivers).
+    hdr_len: usize,
+    /// Bytes of guest header + data written so far.
+    written: usize,
+    pieces: Vec<HeaderPiece>,
+}
+
+impl<'f> RxWriter<'f> {
+    fn new(frame: &'f [u8], hdr_len: usize) -> Self {
+        let mut header = [0u8; NET_HDR_SIZE];
+        let n = NET_HDR_SIZE.min(frame.len());
+        header[..n].copy_from_slice(&frame[..n]);
+        RxWriter {
+            header,
+            data: frame.get(NET_HDR_SIZE..).unwrap_or(&[]),
+            hdr_len,
+            written: 0,
+            pieces: Vec::new(),
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.hdr_len + self.data.len()
+    }
+
+    fn done(&self) -> bool {
+        self.written >= self.total()
+    }
+
+    /// Writes what fits of the rest of the frame into the chain `descs`; returns the bytes
+    /// written, or `None` for a malformed chain: broken (its last descriptor still points
+    /// further: the iterator stopped on a loop or a bad `next`), a device-readable descriptor,
+    /// or an address outside guest memory.
+    fn fill_chain(&mut self, descs: &[Descriptor], mem: &Mem) -> Option<usize> {
+        if descs.last().is_none_or(|d| d.has_next()) {
+            return None;
+        }
+        let mut chain_len = 0;
+        for desc in descs {
+            if self.done() {
+                break;
+            }
+            if !desc.is_write_only() {
+                return None;
+            }
+            chain_len += self.fill_buffer(desc.addr(), desc.len() as usize, mem)?;
+        }
+        Some(chain_len)
+    }
+
+    /// Writes what fits into the `room` bytes at `addr`; `None` if guest memory refuses.
+    fn fill_buffer(&mut self, mut addr: GuestAddress, mut room: usize, mem: &Mem) -> Option<usize> {
+        let start = self.written;
+        while room > 0 && !self.done() {
+            let mut n = room.min(self.total() - self.written);
+            if self.written < self.hdr_len {
+                n = n.min(self.hdr_len - self.written);
+                self.pieces.push(HeaderPiece {
+                    addr,
+                    offset: self.written,
+                    len: n,
+                });
+                mem.write_slice(&self.header[self.written..self.written + n], addr)
+                    .ok()?;
+            } else {
+                let off = self.written - self.hdr_len;
+                mem.write_slice(&self.data[off..off + n], addr).ok()?;
+            }
+            self.written += n;
+            room -= n;
+            addr = GuestAddress(addr.0.wrapping_add(n as u64));
+        }
+        Some(self.written - start)
+    }
+
+    /// num_buffers: the chain count with MRG_RXBUF, 1 otherwise (virtio 1.x header only).
+    fn set_num_buffers(&mut self, chains: u16, mem: &Mem) {
+        if self.hdr_len < NET_HDR_SIZE {
+            return;
+        }
+        self.header[10..12].copy_from_slice(&chains.to_le_bytes());
+        for p in &self.pieces {
+            let _ = mem.write_slice(&self.header[p.offset..p.offset + p.len], p.addr);
+        }
+    }
 }
 
 fn rewind(queue: &mut Queue, n: usize) {

@@ -8,13 +8,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vu_daemon::backend_util::{
-    EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
-    reenable_notifications,
-};
-use vu_daemon::ring::pop_chain;
-use vu_daemon::{BackendMemory, BackendVring};
-use vu_spec::rng::RNG_NUM_QUEUES;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringState, VringT};
 use virtio_queue::QueueT;
@@ -22,6 +15,13 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::timerfd::TimerFd;
+use vu_daemon::backend_util::{
+    EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
+    reenable_notifications,
+};
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::rng::RNG_NUM_QUEUES;
 
 use super::limiter::RateLimiter;
 

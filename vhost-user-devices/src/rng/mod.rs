@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
+use vu_daemon::sandbox::{FsAccess, PathRule};
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
 
 use backend::{Entropy, RngBackend, TIMER_EVENT};
 use limiter::RateLimiter;
@@ -28,8 +28,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     device_type: "rng",
     features: &[],
 };
-
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 
 /// `vhost-user-rng` command line.
 #[derive(clap::Parser, Clone, Debug)]
@@ -50,9 +48,6 @@ pub struct RngArgs {
     /// Rate-limit period in milliseconds (with `--max-bytes`).
     #[arg(long, value_name = "MS", requires = "max_bytes")]
     pub period: Option<u64>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values or an unusable source.
@@ -62,8 +57,6 @@ pub enum ConfigError {
     MaxBytes,
     #[error("--period must be between 1 and 3600000 ms, not {0}")]
     Period(u64),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("cannot open the entropy source {path}: {source}")]
     Source {
         path: PathBuf,
@@ -95,13 +88,10 @@ impl TryFrom<&RngArgs> for Config {
                 Some((n, Duration::from_millis(ms)))
             }
         };
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         Ok(Config {
             source: a.source.clone(),
             rate_limit,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
         })
     }
 }
@@ -110,6 +100,8 @@ impl TryFrom<&RngArgs> for Config {
 /// frontend does not get a fresh budget).
 pub struct RngDevice {
     entropy: Arc<Entropy>,
+    /// `--source`: the only path readable once confined.
+    source: PathBuf,
 }
 
 impl RngDevice {
@@ -130,6 +122,7 @@ impl RngDevice {
         let limiter = config.rate_limit.map(|(n, p)| RateLimiter::new(n, p));
         Ok(RngDevice {
             entropy: Arc::new(Entropy::new(source, limiter, config.queue_size)),
+            source: config.source.clone(),
         })
     }
 }
@@ -139,6 +132,13 @@ impl VhostUserDevice for RngDevice {
 
     fn name(&self) -> &str {
         CAPABILITIES.program
+    }
+
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: vec![PathRule::new(&self.source, FsAccess::Read)],
+            syscalls: &[],
+        }
     }
 
     fn new_backend(&self) -> std::io::Result<Arc<RngBackend>> {
@@ -193,10 +193,6 @@ mod tests {
         assert!(matches!(
             parse(&["--max-bytes", "1", "--period", "0"]),
             Err(ConfigError::Period(0))
-        ));
-        assert!(matches!(
-            parse(&["--queue-size", "100"]),
-            Err(ConfigError::QueueSize(100))
         ));
         assert!(RngArgs::try_parse_from(["x", "-s", "/s", "--period", "5"]).is_err());
     }

@@ -6,12 +6,6 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Mutex;
 
-use vu_daemon::backend_util::{
-    self, MemorySlot, ignore_config_write, new_exit_event, read_config,
-};
-use vu_daemon::ring::pop_chain;
-use vu_daemon::{BackendMemory, BackendVring};
-use vu_spec::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -20,6 +14,10 @@ use virtio_vsock::packet::VsockPacket;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vu_daemon::backend_util::{self, MemorySlot, ignore_config_write, new_exit_event, read_config};
+use vu_daemon::ring::pop_chain;
+use vu_daemon::{BackendMemory, BackendVring};
+use vu_spec::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 
 use super::muxer::{Muxer, MuxerStats};
 use crate::chain::is_complete;

@@ -16,15 +16,15 @@ pub mod muxer;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vu_daemon::backend_util::valid_queue_size;
-use vu_daemon::{Capabilities, CommonArgs, VhostUserDevice};
-use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
+use vu_daemon::sandbox::Allow;
+use vu_daemon::{Capabilities, CommonArgs, DeviceConfinement, VhostUserDevice};
+use vu_spec::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
 
 use backend::{BACKEND_EVENT, VsockBackend};
 
@@ -36,7 +36,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 pub use muxer::HALF_OPEN_TIMEOUT;
-pub use vu_daemon::backend_util::MAX_QUEUE_SIZE;
 /// Receive buffer each connection advertises to the guest (`buf_alloc`).
 pub const DEFAULT_BUF_ALLOC: u32 = 256 * 1024;
 
@@ -57,9 +56,6 @@ pub struct VsockArgs {
     /// host port X go to `PATH_X`.
     #[arg(long, value_name = "PATH")]
     pub uds_path: Option<PathBuf>,
-    /// Largest queue size a frontend may configure (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub queue_size: u16,
 }
 
 /// Bad command-line values.
@@ -69,12 +65,10 @@ pub enum ConfigError {
     NoUdsPath,
     #[error("--guest-cid must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}, not {0}")]
     GuestCid(u64),
-    #[error("--queue-size must be a power of two between 2 and {MAX_QUEUE_SIZE}, not {0}")]
-    QueueSize(u16),
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: PathBuf,
-        source: std::io::Error,
+        source: vu_spec::unix::BindError,
     },
 }
 
@@ -96,13 +90,10 @@ impl TryFrom<&VsockArgs> for Config {
         if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&a.guest_cid) {
             return Err(ConfigError::GuestCid(a.guest_cid));
         }
-        if !valid_queue_size(a.queue_size) {
-            return Err(ConfigError::QueueSize(a.queue_size));
-        }
         Ok(Config {
             guest_cid: a.guest_cid,
             uds_path,
-            queue_size: a.queue_size,
+            queue_size: a.common.queue_size,
             half_open_timeout: HALF_OPEN_TIMEOUT,
         })
     }
@@ -114,28 +105,15 @@ pub struct VsockDevice {
     listener: UnixListener,
 }
 
-/// Binds `path`, replacing a stale socket file (never any other kind of file).
-fn bind_replacing_socket(path: &Path) -> std::io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    UnixListener::bind(path)
-}
-
 impl VsockDevice {
     /// Listens on the `--uds-path` socket.
     pub fn open(config: &Config) -> Result<Self, ConfigError> {
         let listener =
-            bind_replacing_socket(&config.uds_path).map_err(|source| ConfigError::Bind {
-                path: config.uds_path.clone(),
-                source,
+            vu_spec::unix::bind_replacing_socket(&config.uds_path).map_err(|source| {
+                ConfigError::Bind {
+                    path: config.uds_path.clone(),
+                    source,
+                }
             })?;
         log::info!(
             "guest CID {}, host sockets at {}",
@@ -175,6 +153,16 @@ impl VhostUserDevice for VsockDevice {
 
     fn owned_socket_paths(&self) -> Vec<PathBuf> {
         vec![self.config.uds_path.clone()]
+    }
+
+    /// Guest → host connections connect to unix sockets `P_X` (socket(AF_UNIX) is in the
+    /// daemon's list; landlock does not govern connecting to a path); `--uds-path`'s directory
+    /// keeps the right to remove entries via `owned_socket_paths`.
+    fn confinement(&self) -> DeviceConfinement {
+        DeviceConfinement {
+            paths: Vec::new(),
+            syscalls: &[Allow::Any("connect")],
+        }
     }
 
     fn attach_workers(

@@ -17,15 +17,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
+use vm_memory::Bytes;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 use vu_spec::vsock::{
     VSOCK_FLAGS_SHUTDOWN_RCV, VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_HOST_CID, VSOCK_OP_CREDIT_REQUEST,
     VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE, VSOCK_OP_RST, VSOCK_OP_RW,
     VSOCK_OP_SHUTDOWN, VSOCK_TYPE_STREAM,
 };
-use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
-use vm_memory::Bytes;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Conn, ConnState, Handshake, PendingHost, Progress};
 use super::control::{ConnKey, Control, ControlQueue};
@@ -619,7 +619,8 @@ impl Muxer {
     }
 
     /// Writes the next packet for the guest into `pkt` (an rx buffer); returns the used length,
-    /// or None when there is nothing to send.
+    /// or None when there is nothing to send. Control packets go first, then data from the
+    /// connections in line, in turn.
     pub fn fill_rx(&mut self, pkt: &mut VsockPacket<'_, ()>) -> Option<u32> {
         if let Some(c) = self.control.pop() {
             let (buf_alloc, fwd_cnt) = match self.conns.get_mut(&(c.local_port, c.peer_port)) {
@@ -635,74 +636,73 @@ impl Muxer {
             return Some(PKT_HEADER_SIZE as u32);
         }
         while let Some(key) = self.rx_ready.pop_front() {
-            let Some(conn) = self.conns.get_mut(&key) else {
-                continue;
-            };
-            let Some(data) = pkt.data_slice().copied() else {
-                // A buffer without room for data (only control packets fit): hand it back
-                // empty rather than let it block the queue; the connection keeps its turn.
-                log::debug!("rx buffer without a data part returned empty");
-                self.rx_ready.push_front(key);
-                return Some(0);
-            };
-            match conn.read_host(&data) {
-                Ok(Progress::Moved(n)) => {
-                    let (buf_alloc, fwd_cnt) = conn.credit_fields();
-                    // More may be waiting: stay in line behind the others.
-                    self.rx_ready.push_back(key);
-                    let c = Control {
-                        local_port: key.0,
-                        peer_port: key.1,
-                        op: VSOCK_OP_RW,
-                        flags: 0,
-                    };
-                    self.write_header(pkt, &c, n as u32, buf_alloc, fwd_cnt);
-                    return Some((PKT_HEADER_SIZE + n) as u32);
-                }
-                Ok(Progress::Blocked) => {
-                    // Stream drained (watch it again) or no credit (the guest's next credit
-                    // update requeues the connection).
-                    conn.rx_queued = false;
-                    Self::rearm(&self.epoll, conn);
-                }
-                Ok(Progress::Eof) => {
-                    conn.rx_queued = false;
-                    conn.host_eof = true;
-                    let (buf_alloc, fwd_cnt) = conn.credit_fields();
-                    let mut c = Control {
-                        local_port: key.0,
-                        peer_port: key.1,
-                        op: VSOCK_OP_SHUTDOWN,
-                        flags: VSOCK_FLAGS_SHUTDOWN_SEND,
-                    };
-                    if conn.peer_shut_send {
-                        // Both sides are done.
-                        c.flags |= VSOCK_FLAGS_SHUTDOWN_RCV;
-                        conn.close_after_flush = true;
-                        conn.deadline
-                            .get_or_insert(Instant::now() + self.half_open_timeout);
-                    }
-                    Self::rearm(&self.epoll, conn);
-                    self.write_header(pkt, &c, 0, buf_alloc, fwd_cnt);
-                    self.after_forward(key);
-                    return Some(PKT_HEADER_SIZE as u32);
-                }
-                Err(e) => {
-                    log::debug!("host stream of port {} failed: {e}: RST", key.0);
-                    self.remove(key);
-                    self.stats.rst_sent += 1;
-                    let c = Control {
-                        local_port: key.0,
-                        peer_port: key.1,
-                        op: VSOCK_OP_RST,
-                        flags: 0,
-                    };
-                    self.write_header(pkt, &c, 0, 0, 0);
-                    return Some(PKT_HEADER_SIZE as u32);
-                }
+            if let Some(len) = self.fill_from_host(key, pkt) {
+                return Some(len);
             }
         }
         None
+    }
+
+    /// [`fill_rx`](Self::fill_rx) for connection `key`, just taken from the line: a data,
+    /// shutdown or reset packet, or None when it has nothing to send (gone, drained, or out of
+    /// credit).
+    fn fill_from_host(&mut self, key: ConnKey, pkt: &mut VsockPacket<'_, ()>) -> Option<u32> {
+        let conn = self.conns.get_mut(&key)?;
+        let Some(data) = pkt.data_slice().copied() else {
+            // A buffer without room for data (only control packets fit): hand it back
+            // empty rather than let it block the queue; the connection keeps its turn.
+            log::debug!("rx buffer without a data part returned empty");
+            self.rx_ready.push_front(key);
+            return Some(0);
+        };
+        let mut c = Control {
+            local_port: key.0,
+            peer_port: key.1,
+            op: VSOCK_OP_RW,
+            flags: 0,
+        };
+        match conn.read_host(&data) {
+            Ok(Progress::Moved(n)) => {
+                let (buf_alloc, fwd_cnt) = conn.credit_fields();
+                // More may be waiting: stay in line behind the others.
+                self.rx_ready.push_back(key);
+                self.write_header(pkt, &c, n as u32, buf_alloc, fwd_cnt);
+                Some((PKT_HEADER_SIZE + n) as u32)
+            }
+            Ok(Progress::Blocked) => {
+                // Stream drained (watch it again) or no credit (the guest's next credit
+                // update requeues the connection).
+                conn.rx_queued = false;
+                Self::rearm(&self.epoll, conn);
+                None
+            }
+            Ok(Progress::Eof) => {
+                conn.rx_queued = false;
+                conn.host_eof = true;
+                let (buf_alloc, fwd_cnt) = conn.credit_fields();
+                c.op = VSOCK_OP_SHUTDOWN;
+                c.flags = VSOCK_FLAGS_SHUTDOWN_SEND;
+                if conn.peer_shut_send {
+                    // Both sides are done.
+                    c.flags |= VSOCK_FLAGS_SHUTDOWN_RCV;
+                    conn.close_after_flush = true;
+                    conn.deadline
+                        .get_or_insert(Instant::now() + self.half_open_timeout);
+                }
+                Self::rearm(&self.epoll, conn);
+                self.write_header(pkt, &c, 0, buf_alloc, fwd_cnt);
+                self.after_forward(key);
+                Some(PKT_HEADER_SIZE as u32)
+            }
+            Err(e) => {
+                log::debug!("host stream of port {} failed: {e}: RST", key.0);
+                self.remove(key);
+                self.stats.rst_sent += 1;
+                c.op = VSOCK_OP_RST;
+                self.write_header(pkt, &c, 0, 0, 0);
+                Some(PKT_HEADER_SIZE as u32)
+            }
+        }
     }
 
     fn write_header(

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use super::{fail_with, run};
-use crate::config::{ChardevConfig, VhostUserDeviceConfig, VhostUserKind};
+use vu_spec::devices::find_driver;
+
+use crate::config::{ChardevConfig, VhostUserDeviceConfig};
 
 /// Shared guest RAM as vhost-user needs it.
 const SHARED: &str =
@@ -11,9 +13,11 @@ const SHARED: &str =
 
 fn blk(chardev: &str) -> VhostUserDeviceConfig {
     VhostUserDeviceConfig {
-        kind: VhostUserKind::Blk,
+        spec: find_driver("vhost-user-blk-pci").unwrap(),
         id: None,
         chardev: chardev.into(),
+        virtio_id: 2,
+        config_size: 60,
         num_queues: None,
         queue_size: None,
         pci_slot: None,
@@ -74,20 +78,20 @@ fn every_device_kind() {
          -netdev vhost-user,id=net0,chardev=n,queues=2 \
          -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,mq=on,romfile="
     ));
-    let kinds: Vec<_> = c.devices.iter().map(|d| d.kind).collect();
+    let kinds: Vec<_> = c
+        .devices
+        .iter()
+        .map(|d| (d.spec.name, d.virtio_id, d.config_size))
+        .collect();
     assert_eq!(
         kinds,
         [
-            VhostUserKind::Vsock,
-            VhostUserKind::Rng,
-            VhostUserKind::Console,
-            VhostUserKind::Generic {
-                virtio_id: 26,
-                num_queues: 2,
-                config_size: 8
-            },
-            VhostUserKind::Blk,
-            VhostUserKind::Net,
+            ("vhost-user-vsock", 19, 8),
+            ("vhost-user-rng", 4, 0),
+            ("vhost-user-console", 3, 12),
+            ("vhost-user-device", 26, 8),
+            ("vhost-user-blk", 2, 60),
+            ("vhost-user-net", 1, 10),
         ]
     );
     assert_eq!(c.devices[1].pci_slot, Some(0x1f));
@@ -182,4 +186,63 @@ fn vhost_user_needs_shared_memory() {
     );
     // Without devices private RAM is fine.
     run("-m 128");
+}
+
+#[test]
+fn unknown_drivers_are_one_line_errors_listing_the_table() {
+    let pre = format!("{SHARED} -chardev socket,id=c0,path=/s0");
+    let list = "vhost-user-blk-pci, vhost-user-vsock-pci, vhost-user-rng-pci, \
+                vhost-user-console-pci, vhost-user-device-pci, virtio-net-pci";
+    for (driver, hint) in [
+        ("vhost-user-gpu-pci", "accel emulates no other devices"),
+        ("virtio-blk-pci", "vhost-user backends in other processes"),
+        ("vhost-user-console", "accel emulates no other devices"),
+        ("help", "accel's -device drivers"),
+    ] {
+        let err = super::fail_with(
+            &format!("{pre} -device {driver},chardev=c0"),
+            &["-device", &format!("driver={driver}"), hint, list],
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn device_properties_come_from_the_table() {
+    let pre = format!("{SHARED} -chardev socket,id=c0,path=/s0");
+    // A property of another kind is unknown, and the error lists this kind's.
+    super::fail_with(
+        &format!("{pre} -device vhost-user-rng-pci,chardev=c0,num-queues=2"),
+        &["'num-queues'", "supported: chardev, id, addr"],
+    );
+    super::fail_with(
+        &format!("{pre} -device vhost-user-device-pci,chardev=c0"),
+        &["-device", "virtio-id"],
+    );
+    super::fail_with(
+        &format!("{pre} -device vhost-user-blk-pci,chardev=c0,queue-size=100"),
+        &["'queue-size'", "power of two"],
+    );
+    super::fail_with(
+        &format!("{pre} -device vhost-user-blk-pci"),
+        &["-device", "chardev"],
+    );
+    // The alias of the generic device.
+    let c = run(&format!(
+        "{pre} -device vhost-user-test-device-pci,chardev=c0,virtio-id=41,num_vqs=2"
+    ));
+    assert_eq!(c.devices[0].spec.name, "vhost-user-device");
+    assert_eq!((c.devices[0].virtio_id, c.devices[0].config_size), (41, 0));
+}
+
+#[test]
+fn help_lists_every_driver_of_the_table() {
+    let help = crate::cli::help_text();
+    for d in vu_spec::devices::DEVICES {
+        assert!(
+            help.contains(&format!("  -device {},", d.driver())),
+            "help lacks {}",
+            d.driver()
+        );
+    }
 }

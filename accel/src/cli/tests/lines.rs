@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use super::super::{CliAction, parse};
 use super::{argv, run};
 use crate::config::{
-    BootConfig, CpuConfig, MachineType, MemoryBackendConfig, MemoryConfig, SerialConfig, SmpConfig,
-    VmConfig,
+    BootConfig, CpuConfig, MachineType, MemoryBackendConfig, MemoryConfig, RamSource, SerialConfig,
+    SmpConfig, VmConfig,
 };
 
 const M: u64 = 1 << 20;
@@ -40,7 +40,8 @@ fn readme_microvm_line() {
                 id: None,
                 size: 128 * M,
                 share: false,
-                hugetlb: false,
+                source: RamSource::Memfd { hugetlb: None },
+                prealloc: false,
             }],
         },
         boot: BootConfig {
@@ -53,6 +54,8 @@ fn readme_microvm_line() {
         chardevs: vec![],
         devices: vec![],
         timing: false,
+        monitors: vec![],
+        lifecycle: Default::default(),
     };
     assert_eq!(run(&line), expected);
 }
@@ -171,6 +174,12 @@ fn help_text_documents_every_option() {
         "-help",
         "-version",
         "-daemonize",
+        "-qmp",
+        "-mon",
+        "-S ",
+        "-no-shutdown",
+        "-pidfile",
+        "-uuid",
         "mon:stdio",
         "vhost-user-blk-pci",
         "vhost-user-device-pci",
@@ -303,12 +312,17 @@ fn memory_backends_compose_ram() {
             id: Some("mem".into()),
             size: 512 * M,
             share: false,
-            hugetlb: false
+            source: RamSource::Memfd { hugetlb: None },
+            prealloc: false,
         }]
     );
     let c =
         run("-m 1G -object memory-backend-memfd,id=mem,size=1G,hugetlb=on -M memory-backend=mem");
-    assert!(c.memory.backends[0].hugetlb && c.memory.backends[0].share);
+    assert_eq!(
+        c.memory.backends[0].source,
+        RamSource::Memfd { hugetlb: Some(0) }
+    );
+    assert!(c.memory.backends[0].share);
     // Unused objects are fine (QEMU creates them but they are not RAM).
     let c = run("-object memory-backend-memfd,id=spare,size=4M");
     assert_eq!(c.memory.backends[0].id, None);

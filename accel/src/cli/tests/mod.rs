@@ -3,6 +3,8 @@
 mod devices;
 mod errors;
 mod lines;
+mod memory;
+mod monitor;
 mod values;
 
 use super::{CliAction, CliError, parse};

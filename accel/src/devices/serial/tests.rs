@@ -246,6 +246,15 @@ fn socket_path_that_is_not_a_socket_is_refused() {
         wait: false,
     };
     let err = SerialDevice::new(&cfg, evt).err().unwrap();
-    assert!(matches!(err, SerialError::NotASocket { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SerialError::Bind {
+                source: vu_spec::unix::BindError::NotASocket,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
 }

@@ -3,11 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use vmm_sys_util::tempdir::TempDir;
+use vu_testkit::support::{KillOnDrop, TestDir, expect_path};
+
+/// How long the daemon gets to create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The byte the image holds at `offset` before any test writes.
 pub fn pattern(offset: u64) -> u8 {
@@ -16,21 +19,21 @@ pub fn pattern(offset: u64) -> u8 {
 
 /// A disk image plus the daemon exporting it.
 pub struct Qsd {
-    pub dir: TempDir,
+    pub dir: TestDir,
     pub image: PathBuf,
     pub socket: PathBuf,
     num_queues: u16,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 impl Qsd {
     /// Creates a `size`-byte image filled with [`pattern`] and starts exporting it.
     pub fn start(size: u64, num_queues: u16) -> Qsd {
-        let dir = TempDir::new_with_prefix("/tmp/vu-driver-test-").expect("tempdir");
-        let image = dir.as_path().join("disk.img");
+        let dir = TestDir::new("qsd");
+        let image = dir.join("disk.img");
         let data: Vec<u8> = (0..size).map(pattern).collect();
         std::fs::write(&image, data).expect("write image");
-        let socket = dir.as_path().join("qsd.sock");
+        let socket = dir.join("qsd.sock");
         let mut q = Qsd {
             dir,
             image,
@@ -59,24 +62,21 @@ impl Qsd {
             .args(["--blockdev", &blockdev, "--export", &export])
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawn qemu-storage-daemon (is it installed?)");
-        self.child = Some(child);
-        wait_for_socket(&self.socket, Duration::from_secs(10));
+            .unwrap_or_else(|e| {
+                panic!("cannot run qemu-storage-daemon ({e}): apt-get install qemu-system-x86")
+            });
+        self.child = Some(KillOnDrop(child));
+        expect_path(&self.socket, START_TIMEOUT);
     }
 
     /// Kills the daemon (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(self.child.take());
     }
 
     /// Sends `sig` to the running daemon (SIGSTOP/SIGCONT to simulate a hung backend).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let child = self.child.as_ref().expect("daemon running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, sig).expect("kill");
+        self.child.as_ref().expect("daemon running").signal(sig);
     }
 
     /// The image file's bytes.
@@ -89,34 +89,14 @@ impl Qsd {
     }
 }
 
+/// Connects to the daemon's socket, retrying while it has bound but not yet listens.
+pub fn connect_retry(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    vu_testkit::support::connect_retry(path, START_TIMEOUT)
+}
+
 impl Drop for Qsd {
     fn drop(&mut self) {
+        // Before the directory with the image and socket goes.
         self.kill();
-    }
-}
-
-/// Waits until `path` exists (the daemon listens); does not connect (a vhost-user backend
-/// serves one frontend at a time).
-pub fn wait_for_socket(path: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Connects to `path`, retrying while the daemon has bound but not yet listens.
-pub fn connect_retry(path: &Path) -> std::os::unix::net::UnixStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("connect {}: {e}", path.display()),
-        }
     }
 }
