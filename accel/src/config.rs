@@ -39,6 +39,15 @@ pub struct VmConfig {
     pub monitors: Vec<MonitorConfig>,
     /// `-S`, `-no-shutdown`, `-pidfile`, `-uuid`, `-name ...,debug-threads=on`.
     pub lifecycle: LifecycleConfig,
+    /// In-process platform devices given with `-device` (`pvpanic`).
+    pub platform: PlatformDevices,
+}
+
+/// The in-process platform devices a command line may add.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PlatformDevices {
+    /// `-device pvpanic[,ioport=N]`: the I/O port of the ISA panic notifier (QEMU's 0x505).
+    pub pvpanic: Option<u16>,
 }
 
 /// Process and VM-lifecycle options (QEMU's spelling in the field docs).

@@ -104,6 +104,8 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
                                    the VM is built and its monitors listen, or exits 1 if
                                    start-up failed; the serial port cannot be stdio
   -uuid UUID                       the VM's UUID (query-uuid)
+  -device pvpanic[,ioport=0x505]   the guest reports its panics (GUEST_PANICKED); the
+                                   guest finds it through ACPI (id QEMU0001)
 
 vhost-user devices (the backend is a separate process listening on a unix socket):
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]

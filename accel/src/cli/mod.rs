@@ -17,6 +17,7 @@ mod json;
 mod machine;
 mod memory;
 mod monitor;
+mod platform;
 mod props;
 mod serial;
 mod smp;
@@ -128,6 +129,7 @@ struct State {
     chardevs: Vec<ChardevConfig>,
     netdevs: Vec<devices::Netdev>,
     devices: Vec<devices::Device>,
+    platform: crate::config::PlatformDevices,
 }
 
 /// Merges a later occurrence into the props collected so far (QEMU merges -machine, -m and
@@ -212,9 +214,14 @@ impl State {
             Opt::Netdev => self
                 .netdevs
                 .push(devices::parse_netdev(kv_or_json(Some("type"))?)?),
-            Opt::Device => self
-                .devices
-                .push(devices::parse_device(kv_or_json(Some("driver"))?)?),
+            Opt::Device => {
+                let props = kv_or_json(Some("driver"))?;
+                if platform::is_platform(props.peek("driver")) {
+                    platform::parse(props, &mut self.platform)?;
+                } else {
+                    self.devices.push(devices::parse_device(props)?);
+                }
+            }
             // Handled by `parse` before reaching here.
             Opt::Help | Opt::Version => {}
         }
@@ -330,6 +337,7 @@ impl State {
             timing: self.timing,
             monitors,
             lifecycle: self.lifecycle,
+            platform: self.platform,
         })
     }
 }

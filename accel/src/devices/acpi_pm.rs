@@ -18,8 +18,6 @@
 //!
 //! There is no PM timer (FADT PM_TMR_BLK = 0: the guest has kvmclock/TSC) and no GPE block.
 
-use std::sync::{Arc, Mutex};
-
 use super::bus::BusDevice;
 
 /// First port of the PM1a event block (PM1a_STS, then PM1a_EN).
@@ -177,22 +175,10 @@ impl BusDevice for AcpiPm {
     }
 }
 
-/// A handle on the PM device for whoever presses the power button (QMP `system_powerdown`).
-#[derive(Clone)]
-pub struct PowerButton(pub Arc<Mutex<AcpiPm>>);
-
-impl PowerButton {
-    pub fn press(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .press_power_button();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
@@ -233,11 +219,8 @@ mod tests {
         dev.write(2, &PWRBTN.to_le_bytes());
         assert_eq!(read16(&mut dev, 0), 0);
         assert!(p.sci.lock().unwrap().is_empty());
-        // Press (through the handle QMP gets): SCI up; the handler reads the status and writes
-        // it back to clear: SCI down.
-        let shared = Arc::new(Mutex::new(dev));
-        PowerButton(shared.clone()).press();
-        let mut dev = Arc::into_inner(shared).unwrap().into_inner().unwrap();
+        // Press: SCI up; the handler reads the status and writes it back to clear: SCI down.
+        dev.press_power_button();
         assert_eq!(*p.sci.lock().unwrap(), vec![true]);
         let sts = read16(&mut dev, 0);
         assert_eq!(sts, PWRBTN);

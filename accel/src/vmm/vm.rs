@@ -21,7 +21,6 @@ use crate::arch::layout::{
     FIRST_ALLOCATABLE_GSI, GSI_END, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::config::VmConfig;
-use crate::devices::acpi_pm::PowerButton;
 use crate::devices::bus::Bus;
 
 /// Called on guest reset (reboot), before the vCPUs run again, so devices return to their
@@ -45,9 +44,8 @@ pub struct Vm {
     pub(super) vcpus: Vec<Arc<Mutex<Vcpu>>>,
     /// The PCI bus, for monitor queries.
     pub pci_root: Option<Arc<crate::pci::PciRoot>>,
-    /// What QMP `system_powerdown` presses (`None`: the machine has no power button).
-    // TODO(ACPI): the ACPI platform registers its power button here with
-    // `Vm::set_power_button`.
+    /// What QMP `system_powerdown` presses (`None`: the machine has no power button, e.g.
+    /// `acpi=off`); the ACPI PM device registers it with [`Vm::set_power_button`].
     pub power_button: Option<PowerButton>,
     /// Port-I/O bus (vCPU IoIn/IoOut exits).
     pub pio_bus: Arc<Bus>,
@@ -57,8 +55,6 @@ pub struct Vm {
     pub gsi_allocator: Arc<Mutex<IdAllocator>>,
     /// Reset/exit requests from devices and vCPUs.
     pub control: Arc<VmControl>,
-    /// The ACPI power button (QMP `system_powerdown`); `None` with `acpi=off`.
-    pub power_button: Option<PowerButton>,
     reset_hooks: Vec<ResetHook>,
     snapshot: PlatformSnapshot,
     pub(super) boot: BootEntry,
@@ -106,7 +102,6 @@ impl Vm {
                 IdAllocator::new(FIRST_ALLOCATABLE_GSI, GSI_END - 1).map_err(VmmError::Gsi)?,
             )),
             control: Arc::new(VmControl::new()?),
-            power_button: None,
             reset_hooks: Vec::new(),
             snapshot: PlatformSnapshot {
                 irqchips: Vec::new(),
@@ -215,7 +210,7 @@ impl Vm {
         let mem = self.ram.memory.memory();
         let ncpus = self.config.smp.cpus.max(1);
         if self.config.acpi {
-            crate::arch::acpi::setup_acpi(&mem, ncpus)?;
+            crate::arch::acpi::setup_acpi(&mem, ncpus, &self.config.platform)?;
         } else {
             crate::arch::mptable::setup_mptable(&mem, ncpus)?;
         }

@@ -15,6 +15,9 @@
 //! }
 //! ```
 //!
+//! With `-device pvpanic`, `\_SB.PEVT` (`_HID` QEMU0001, `_CRS` its one I/O port, `_STA`
+//! present) is where Linux's pvpanic driver finds the port, as on QEMU's pc.
+//!
 //! There is no power-button device: the power button is ACPI's fixed-feature button (FADT
 //! PWR_BUTTON flag clear, PWRBTN_STS in PM1a), which is what QEMU's pc does too, so no GPE, no
 //! `Notify` and no `PNP0C0C` object are needed. There is no `_PRT`: accel's PCI functions have
@@ -26,13 +29,14 @@ use acpi_tables::aml::{
     ResourceTemplate, Scope, ZERO,
 };
 
+use crate::config::PlatformDevices;
 use crate::devices::acpi_pm::S5_SLP_TYP;
 use crate::pci::{
     PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PCI_MMIO_WINDOW_END, PCI_MMIO_WINDOW_START,
 };
 
 /// The DSDT's definition block (the AML after the table header).
-pub(super) fn aml() -> Vec<u8> {
+pub(super) fn aml(platform: &PlatformDevices) -> Vec<u8> {
     let mut out = Vec::new();
 
     let s5 = S5_SLP_TYP as u8;
@@ -66,6 +70,24 @@ pub(super) fn aml() -> Vec<u8> {
     ];
     let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
     let pci0 = Device::new(Path::new("PCI0"), children);
-    Scope::new(Path::new("\\_SB_"), vec![&pci0]).to_aml_bytes(&mut out);
+    let mut sb: Vec<&dyn Aml> = vec![&pci0];
+    // `Device (PEVT) { _HID "QEMU0001", _CRS IO (port, 1), _STA 0x0F }`.
+    let port = platform.pvpanic.unwrap_or_default();
+    let pevt_port = IO::new(port, port, 1, 1);
+    let pevt_crs = ResourceTemplate::new(vec![&pevt_port]);
+    let present: u8 = 0x0f;
+    let pevt_names = [
+        Name::new(Path::new("_HID"), &"QEMU0001"),
+        Name::new(Path::new("_CRS"), &pevt_crs),
+        Name::new(Path::new("_STA"), &present),
+    ];
+    let pevt = Device::new(
+        Path::new("PEVT"),
+        pevt_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    if platform.pvpanic.is_some() {
+        sb.push(&pevt);
+    }
+    Scope::new(Path::new("\\_SB_"), sb).to_aml_bytes(&mut out);
     out
 }

@@ -39,6 +39,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
 use crate::arch::mptable::{IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS};
+use crate::config::PlatformDevices;
 use crate::devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ};
 
 /// Guest-physical address of the RSDP.
@@ -158,7 +159,7 @@ fn align16(x: u64) -> u64 {
 }
 
 /// Builds every table for `num_cpus` vCPUs, placed from [`RSDP_START`].
-fn build(num_cpus: u8) -> Result<Vec<Placed>, AcpiError> {
+fn build(num_cpus: u8, platform: &PlatformDevices) -> Result<Vec<Placed>, AcpiError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(AcpiError::CpuCount(num_cpus));
     }
@@ -179,7 +180,7 @@ fn build(num_cpus: u8) -> Result<Vec<Placed>, AcpiError> {
         *b"ACCELDSD",
         OEM_REVISION,
     );
-    dsdt.append_slice(&dsdt::aml());
+    dsdt.append_slice(&dsdt::aml(platform));
     let dsdt_addr = place(dsdt.as_slice().to_vec());
     let fadt_addr = place(fadt(dsdt_addr, FACS_START));
     let madt_addr = place(madt(num_cpus));
@@ -203,9 +204,14 @@ fn build(num_cpus: u8) -> Result<Vec<Placed>, AcpiError> {
     Ok(placed)
 }
 
-/// Writes the ACPI tables for `num_cpus` vCPUs (APIC ids 0..num_cpus) from [`RSDP_START`].
-pub fn setup_acpi(mem: &GuestMemoryMmap<AtomicBitmap>, num_cpus: u8) -> Result<(), AcpiError> {
-    let tables = build(num_cpus)?;
+/// Writes the ACPI tables for `num_cpus` vCPUs (APIC ids 0..num_cpus) and the platform
+/// devices the guest finds through the DSDT, from [`RSDP_START`].
+pub fn setup_acpi(
+    mem: &GuestMemoryMmap<AtomicBitmap>,
+    num_cpus: u8,
+    platform: &PlatformDevices,
+) -> Result<(), AcpiError> {
+    let tables = build(num_cpus, platform)?;
     if !mem.check_range(GuestAddress(RSDP_START), (ACPI_LIMIT - RSDP_START) as usize) {
         return Err(AcpiError::NotInGuestMemory);
     }

@@ -52,7 +52,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 fn check(num_cpus: u8) {
     let mem = guest_mem();
-    setup_acpi(&mem, num_cpus).unwrap();
+    setup_acpi(&mem, num_cpus, &Default::default()).unwrap();
 
     // RSDP: ACPI 2.0, both checksums, 16-byte aligned inside the scanned BIOS area.
     let rsdp = read(&mem, RSDP_START, 36);
@@ -167,16 +167,41 @@ fn tables_checksum_and_parse_for_1_2_64_and_max_cpus() {
 #[test]
 fn rejects_bad_cpu_counts_and_missing_memory() {
     let mem = guest_mem();
-    assert!(matches!(setup_acpi(&mem, 0), Err(AcpiError::CpuCount(0))));
     assert!(matches!(
-        setup_acpi(&mem, 255),
+        setup_acpi(&mem, 0, &Default::default()),
+        Err(AcpiError::CpuCount(0))
+    ));
+    assert!(matches!(
+        setup_acpi(&mem, 255, &Default::default()),
         Err(AcpiError::CpuCount(255))
     ));
     assert_eq!(read(&mem, RSDP_START, 8), vec![0; 8], "nothing written");
     let small: GuestMemoryMmap<AtomicBitmap> =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0xe_0000 + 4096)]).unwrap();
     assert!(matches!(
-        setup_acpi(&small, 1),
+        setup_acpi(&small, 1, &Default::default()),
         Err(AcpiError::NotInGuestMemory)
     ));
+}
+
+/// The DSDT of a VM at `setup_acpi`, found through RSDP -> XSDT -> FADT.
+fn dsdt_of(platform: &PlatformDevices) -> Vec<u8> {
+    let mem = guest_mem();
+    setup_acpi(&mem, 1, platform).unwrap();
+    let rsdp = read(&mem, RSDP_START, 36);
+    let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+    let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+    table(&mem, u64_at(&fadt, 140), b"DSDT")
+}
+
+#[test]
+fn pvpanic_is_described_only_when_present() {
+    assert!(!contains(&dsdt_of(&Default::default()), b"QEMU0001"));
+    let dsdt = dsdt_of(&PlatformDevices {
+        pvpanic: Some(0x505),
+    });
+    assert!(contains(&dsdt, b"PEVT"));
+    assert!(contains(&dsdt, b"QEMU0001\0"), "_HID string");
+    // _CRS: I/O port descriptor (0x47), 16-bit decode, min = max = 0x505, align 1, length 1.
+    assert!(contains(&dsdt, &[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
 }
