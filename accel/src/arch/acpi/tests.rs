@@ -203,5 +203,8 @@ fn pvpanic_is_described_only_when_present() {
     assert!(contains(&dsdt, b"PEVT"));
     assert!(contains(&dsdt, b"QEMU0001\0"), "_HID string");
     // _CRS: I/O port descriptor (0x47), 16-bit decode, min = max = 0x505, align 1, length 1.
-    assert!(contains(&dsdt, &[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
+    assert!(contains(
+        &dsdt,
+        &[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]
+    ));
 }
