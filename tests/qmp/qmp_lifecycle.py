@@ -216,9 +216,11 @@ async def all_lives(which, guest):
     await run_vm(which, guest, life,
                  "while true; do read t i < /proc/uptime; echo T: $t; sleep 1; done")
     await run_vm(which, guest, poweroff, "true", ["-no-shutdown"], append="guest_halt")
-    # 128 MiB of RAM, a 256 MiB buffer: the OOM killer would run; the guest panics instead.
+    # 128 MiB of RAM and a 256 MiB buffer that dd fills (overcommit_memory=1: the allocation
+    # itself succeeds): the OOM killer would run; with panic_on_oom the guest panics instead.
     await run_vm(which, guest, panic,
-                 "echo 1 > /proc/sys/vm/panic_on_oom; dd if=/dev/zero of=/dev/null bs=256M count=1",
+                 "echo 1 > /proc/sys/vm/panic_on_oom; echo 1 > /proc/sys/vm/overcommit_memory; "
+                 "dd if=/dev/zero of=/dev/null bs=256M count=1",
                  ["-device", "pvpanic"])
 
 
