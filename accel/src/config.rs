@@ -12,8 +12,11 @@ pub struct VmConfig {
     /// `-name`: used in log lines and the process title only.
     pub name: Option<String>,
     /// `-machine type=`: accepted for compatibility; the platform accel builds is the same
-    /// (PC-style: PIC/IOAPIC/PIT, legacy PCI config ports, MP tables).
+    /// (PC-style: PIC/IOAPIC/PIT, legacy PCI config ports, ACPI or MP tables).
     pub machine: MachineType,
+    /// ACPI tables and the ACPI PM device (power button, S5); `-machine acpi=off` or
+    /// `-no-acpi`: the MP table only, as before ACPI existed in accel.
+    pub acpi: bool,
     /// `-cpu`: model and `+feat`/`-feat` edits applied to KVM_GET_SUPPORTED_CPUID.
     pub cpu: CpuConfig,
     /// `-smp`.
@@ -40,6 +43,15 @@ pub struct VmConfig {
     pub monitors: Vec<MonitorConfig>,
     /// `-S`, `-no-shutdown`, `-pidfile`, `-uuid`, `-name ...,debug-threads=on`.
     pub lifecycle: LifecycleConfig,
+    /// In-process platform devices given with `-device` (`pvpanic`).
+    pub platform: PlatformDevices,
+}
+
+/// The in-process platform devices a command line may add.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PlatformDevices {
+    /// `-device pvpanic[,ioport=N]`: the I/O port of the ISA panic notifier (QEMU's 0x505).
+    pub pvpanic: Option<u16>,
 }
 
 /// Process and VM-lifecycle options (QEMU's spelling in the field docs).

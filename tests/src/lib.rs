@@ -53,24 +53,33 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The test guest directory (vmlinux, bzImage, initramfs.cpio, lean.cpio).
+///
+/// `$ACCEL_GUEST_DIR` is used as given (scripts/test.sh sets it from scripts/guest.sh, which
+/// checked it; a developer pointing it at a hand-built guest gets that guest). Without it,
+/// `scripts/guest.sh --find` chooses with the same rule as the scripts: `../shared/guest` or
+/// the cache, only if its `recipe.sha256` stamp matches this checkout's `scripts/guest/`, so a
+/// guest from an older recipe (e.g. without ACPI) is never picked up silently.
 pub fn guest_dir() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(d) = std::env::var_os("ACCEL_GUEST_DIR") {
-        candidates.push(PathBuf::from(d));
-    }
-    candidates.push(workspace_root().join("../shared/guest"));
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(c) = cache {
-        candidates.push(c.join("accel-guest"));
-    }
-    for c in &candidates {
-        if c.join("vmlinux").exists() && c.join("lean.cpio").exists() {
-            return c.canonicalize().unwrap_or_else(|_| c.clone());
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("ACCEL_GUEST_DIR") {
+            let d = PathBuf::from(d);
+            return d.canonicalize().unwrap_or(d);
         }
-    }
-    panic!("test guest not found in {candidates:?}: run scripts/guest.sh (or set ACCEL_GUEST_DIR)");
+        let script = workspace_root().join("scripts/guest.sh");
+        let out = Command::new(&script)
+            .arg("--find")
+            .output()
+            .unwrap_or_else(|e| panic!("running {} --find: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "no test guest built from this checkout's recipe: run scripts/guest.sh (builds one, \
+             about 5 minutes) or set ACCEL_GUEST_DIR\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
 }
 
 /// A guest file (`vmlinux`, `bzImage`, `lean.cpio`, `initramfs.cpio`).

@@ -94,10 +94,13 @@ fn pvh_two_vcpus_are_both_online() {
     let append = guest_append(
         "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; \
          cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
-         grep -c nonstop_tsc /proc/cpuinfo || true",
+         grep -c nonstop_tsc /proc/cpuinfo || true; \
+         cat /sys/firmware/acpi/tables/FACP >/dev/null 2>&1 && echo acpi-on || echo acpi-off",
     );
+    // With acpi=off: the MP table describes the two CPUs (the ACPI boot, with the MADT, is
+    // acpi_poweroff_ends_the_vm below).
     let out = run_with_timeout(
-        &mut accel_cmd(&guest_file("vmlinux"), "2", &append, true),
+        accel_cmd(&guest_file("vmlinux"), "2", &append, true).args(["-machine", "acpi=off"]),
         BOOT_DEADLINE,
     );
     assert_clean_run(&out);
@@ -111,6 +114,45 @@ fn pvh_two_vcpus_are_both_online() {
     assert_eq!(lines.get(cmd_at + 2), Some(&"0-1"), "{}", out.both());
     assert_eq!(lines.get(cmd_at + 3), Some(&"kvm-clock"), "{}", out.both());
     assert_eq!(lines.get(cmd_at + 4), Some(&"0"), "{}", out.both());
+    assert_eq!(lines.get(cmd_at + 5), Some(&"acpi-off"), "{}", out.both());
+}
+
+/// With ACPI (the default) and two vCPUs (from the MADT), the guest sees the tables and the
+/// power button (acpid runs, ready for QMP's system_powerdown), and its `poweroff` (SLP_EN
+/// with `\_S5`'s SLP_TYP on PM1a_CNT) ends accel with status 0. Without -no-reboot, so a
+/// reset could not pass for a power-off (it would boot the guest again).
+#[test]
+fn acpi_poweroff_ends_the_vm() {
+    let _slot = vm_slot();
+    let append = guest_append(
+        "cat /sys/firmware/acpi/tables/FACP >/dev/null && echo acpi-on; \
+         grep -c 'Name=.Power Button' /proc/bus/input/devices; \
+         cat /proc/[0-9]*/comm | grep -c '^acpid$'; poweroff -f",
+    );
+    let out = run_with_timeout(
+        accel_cmd(&guest_file("vmlinux"), "2", &append, false).env("RUST_LOG", "info"),
+        BOOT_DEADLINE,
+    );
+    assert_eq!(out.code(), Some(0), "accel exit status\n{}", out.both());
+    assert_eq!(out.stdout.matches("GUEST UP").count(), 1, "{}", out.both());
+    assert_eq!(guest_cpus(&out), Some(2), "{}", out.both());
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    let cmd_at = lines
+        .iter()
+        .position(|l| l.starts_with("GUEST CMD:"))
+        .expect("GUEST CMD line");
+    assert_eq!(
+        lines.get(cmd_at + 1..cmd_at + 4),
+        Some(&["acpi-on", "1", "1"][..]),
+        "tables, one power button, acpid\n{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains("guest powered off (ACPI S5)"),
+        "{}",
+        out.both()
+    );
+    assert!(!out.stdout.contains("GUEST CMD RC"), "{}", out.both());
 }
 
 #[test]

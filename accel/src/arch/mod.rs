@@ -1,6 +1,7 @@
 //! x86-64 platform bits: guest address map and e820, CPUID filtering, initial vCPU register
-//! state, direct Linux boot, and the MP table.
+//! state, direct Linux boot, the ACPI tables, and the MP table (the platform with acpi=off).
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;

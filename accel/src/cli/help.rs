@@ -17,9 +17,10 @@ Machine:
   -enable-kvm                      same as -accel kvm
   -machine, -M [type=]pc|q35|microvm[,accel=kvm][,memory-backend=ID]
                                    the platform is the same for all three types (PC-style:
-                                   PIC/IOAPIC/PIT, legacy PCI config ports, MP tables, no
-                                   ACPI); pc-i440fx-*/pc-q35-* names are accepted. Also
-                                   accepted: acpi=off|auto, kernel-irqchip=on, usb=off,
+                                   PIC/IOAPIC/PIT, legacy PCI config ports, ACPI with a power
+                                   button and S5); pc-i440fx-*/pc-q35-* names are accepted.
+                                   acpi=off (or -no-acpi): MP table instead of ACPI. Also
+                                   accepted: acpi=on|auto, kernel-irqchip=on, usb=off,
                                    dump-guest-core=on|off and mem-merge=on|off (host-side
                                    hints, ignored)
   -cpu host|max[,+FEAT][,-FEAT][,FEAT=on|off]
@@ -78,8 +79,8 @@ Console and host-side options:
                                    accepted (accel has none of these); other values refused
   -nodefaults                      accepted; without -serial the serial output is discarded
   -no-user-config, -no-acpi, -no-hpet
-                                   accepted (accel reads no config files, has no ACPI and
-                                   no HPET)
+                                   accepted (accel reads no config files and has no HPET;
+                                   -no-acpi is -machine acpi=off)
   --timing                         (accel extension) report start-up timing on stderr
   -h, -help, --help                this text
   -version, --version              print the version
@@ -103,6 +104,8 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
                                    the VM is built and its monitors listen, or exits 1 if
                                    start-up failed; the serial port cannot be stdio
   -uuid UUID                       the VM's UUID (query-uuid)
+  -device pvpanic[,ioport=0x505]   the guest reports its panics (GUEST_PANICKED); the
+                                   guest finds it through ACPI (id QEMU0001)
 
 vhost-user devices (the backend is a separate process listening on a unix socket):
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]

@@ -36,13 +36,15 @@ pub(super) struct Machine {
     pub kind: MachineType,
     /// `memory-backend=ID`.
     pub memory_backend: Option<String>,
+    /// `acpi=on|off|auto` (on and auto: ACPI tables; off: MP table only).
+    pub acpi: bool,
 }
 
 pub(super) const MACHINE_PROPS: &[&str] = &[
     "type",
     "accel (kvm only)",
     "memory-backend",
-    "acpi (off/auto; accel has no ACPI)",
+    "acpi (on/off/auto)",
     "kernel-irqchip (on only)",
     "usb (off only)",
     "dump-guest-core (ignored)",
@@ -68,17 +70,12 @@ pub(super) fn parse_machine(mut props: Props) -> Result<Machine, CliError> {
         }
     }
     let memory_backend = props.take_id("memory-backend")?;
-    match props.take("acpi").as_deref() {
-        None | Some("off") | Some("auto") => {}
-        Some(v @ ("on" | "yes" | "true")) => {
-            return Err(props.unsupported(
-                "acpi",
-                v,
-                "accel provides no ACPI tables (it describes CPUs and IRQs with MP tables)",
-            ));
-        }
+    // QEMU's OnOffAuto: auto means on for pc/q35 (accel builds the same platform for all).
+    let acpi = match props.take("acpi").as_deref() {
+        None | Some("on") | Some("auto") => true,
+        Some("off") => false,
         Some(v) => return Err(props.invalid("acpi", v, "on, off or auto")),
-    }
+    };
     check_kernel_irqchip(&mut props)?;
     if props.take_bool("usb")? == Some(true) {
         return Err(props.unsupported("usb", "on", "accel has no USB controller"));
@@ -90,6 +87,7 @@ pub(super) fn parse_machine(mut props: Props) -> Result<Machine, CliError> {
     Ok(Machine {
         kind,
         memory_backend,
+        acpi,
     })
 }
 

@@ -19,6 +19,7 @@ mod json;
 mod machine;
 mod memory;
 mod monitor;
+mod platform;
 mod props;
 mod serial;
 mod smp;
@@ -126,11 +127,13 @@ struct State {
     serials: Vec<SerialConfig>,
     nodefaults: bool,
     no_reboot: bool,
+    no_acpi: bool,
     timing: bool,
     chardevs: Vec<ChardevConfig>,
     netdevs: Vec<devices::Netdev>,
     devices: Vec<devices::Device>,
     builtin: builtin::Builtins,
+    platform: crate::config::PlatformDevices,
 }
 
 /// Merges a later occurrence into the props collected so far (QEMU merges -machine, -m and
@@ -177,7 +180,9 @@ impl State {
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
-            Opt::Nographic | Opt::NoUserConfig | Opt::NoAcpi | Opt::NoHpet => {}
+            Opt::Nographic | Opt::NoUserConfig | Opt::NoHpet => {}
+            // QEMU 7.2: the same as -machine acpi=off.
+            Opt::NoAcpi => self.no_acpi = true,
             Opt::Nodefaults => self.nodefaults = true,
             Opt::NoReboot => self.no_reboot = true,
             Opt::Timing => self.timing = true,
@@ -225,7 +230,9 @@ impl State {
             Opt::Device => {
                 let props = kv_or_json(Some("driver"))?;
                 let driver = props.peek("driver").unwrap_or_default().to_string();
-                if builtin::is_serial_bus(&driver) {
+                if platform::is_platform(Some(&driver)) {
+                    platform::parse(props, &mut self.platform)?;
+                } else if builtin::is_serial_bus(&driver) {
                     self.builtin
                         .serial_buses
                         .push(builtin::parse_serial_bus(props)?);
@@ -369,6 +376,7 @@ impl State {
         Ok(VmConfig {
             name: self.name,
             machine: machine.kind,
+            acpi: machine.acpi && !self.no_acpi,
             cpu: self.cpu.unwrap_or_else(machine::default_cpu),
             smp,
             memory,
@@ -385,6 +393,7 @@ impl State {
             timing: self.timing,
             monitors,
             lifecycle: self.lifecycle,
+            platform: self.platform,
         })
     }
 }

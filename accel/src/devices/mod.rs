@@ -1,6 +1,8 @@
 //! In-process platform devices and the port/MMIO bus they sit on.
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod i8042;
+pub mod pvpanic;
 pub mod serial;

@@ -55,6 +55,8 @@ pub enum RunState {
     Paused,
     Shutdown,
     InternalError,
+    /// pvpanic reported a panic and the VM stopped (`-no-shutdown`); `cont` runs it again.
+    GuestPanicked,
 }
 
 impl RunState {
@@ -65,6 +67,7 @@ impl RunState {
             RunState::Paused => "paused",
             RunState::Shutdown => "shutdown",
             RunState::InternalError => "internal-error",
+            RunState::GuestPanicked => "guest-panicked",
         }
     }
 

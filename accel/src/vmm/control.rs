@@ -16,6 +16,11 @@ pub enum VmRequest {
     Reset,
     /// Guest powered off: exit 0.
     Shutdown,
+    /// pvpanic: the guest panicked (`GUEST_PANICKED`, then poweroff or with `-no-shutdown`
+    /// a stop).
+    Panicked,
+    /// pvpanic: the guest panicked and handles it itself (`GUEST_CRASHLOADED`; runs on).
+    CrashLoaded,
     /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this message.
     Fatal(String),
 }

@@ -1,5 +1,6 @@
 //! The in-process platform devices on the port-I/O bus: 8250 UART (COM1, IRQ 4 through an
-//! irqfd), i8042 (reset line), CMOS RTC/NVRAM, and a sink for POST/delay ports.
+//! irqfd), i8042 (reset line), CMOS RTC/NVRAM, a sink for POST/delay ports, with ACPI the
+//! PM1a registers (power button, S5; SCI on IRQ 9 through KVM_IRQ_LINE), and `-device pvpanic`.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,9 +9,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::VmmError;
 use super::vm::Vm;
 use crate::arch::layout::ram_split;
+use crate::devices::acpi_pm::{AcpiPm, PM_PORT_LEN, PM1A_EVT_BLK, SCI_IRQ};
 use crate::devices::bus::BusDevice;
 use crate::devices::cmos::{CMOS_PORT_BASE, CMOS_PORT_LEN, Cmos};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::pvpanic::{PanicEvent, Pvpanic};
 use crate::devices::serial::{SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN, SerialDevice};
 
 /// Ports the kernel pokes that need no behaviour: writes dropped, reads 0xff (debug-logged).
@@ -67,12 +70,65 @@ impl Vm {
             )
             .map_err(bus_err("cmos"))?;
 
+        if self.config.acpi {
+            self.setup_acpi_pm()?;
+        }
+        if let Some(port) = self.config.platform.pvpanic {
+            if !self.config.acpi {
+                log::warn!(
+                    "-device pvpanic: with acpi=off the guest has no way to find it (it is \
+                     described only in the DSDT)"
+                );
+            }
+            let control = self.control.clone();
+            let sink = Box::new(move |e| {
+                control.request(match e {
+                    PanicEvent::Panicked => super::control::VmRequest::Panicked,
+                    PanicEvent::CrashLoaded => super::control::VmRequest::CrashLoaded,
+                })
+            });
+            self.pio_bus
+                .insert(Arc::new(Mutex::new(Pvpanic::new(sink))), port.into(), 1)
+                .map_err(bus_err("pvpanic"))?;
+        }
+
         // POST codes (0x80, also the kernel's io_delay port) and the alternative delay port.
         for (port, name) in [(0x80u64, "POST"), (0xed, "io-delay")] {
             self.pio_bus
                 .insert(Arc::new(Mutex::new(Sink(name))), port, 1)
                 .map_err(bus_err(name))?;
         }
+        Ok(())
+    }
+
+    /// The ACPI PM device at 0x600: SCI through KVM_IRQ_LINE (level, IRQ 9), S5 posts the
+    /// guest-shutdown request, reboot returns it to power-on state.
+    fn setup_acpi_pm(&mut self) -> Result<(), VmmError> {
+        let vm_fd = self.vm_fd.clone();
+        let mut irq_error_logged = false;
+        let sci = Box::new(move |level: bool| {
+            if let Err(e) = vm_fd.set_irq_line(SCI_IRQ, level)
+                && !std::mem::replace(&mut irq_error_logged, true)
+            {
+                log::error!("KVM_IRQ_LINE (ACPI SCI, IRQ {SCI_IRQ}): {e}");
+            }
+        });
+        let control = self.control.clone();
+        let power_off = Box::new(move || control.request(super::control::VmRequest::Shutdown));
+        let pm = Arc::new(Mutex::new(AcpiPm::new(sci, power_off)));
+        self.pio_bus
+            .insert(pm.clone(), PM1A_EVT_BLK.into(), PM_PORT_LEN)
+            .map_err(bus_err("acpi-pm"))?;
+        let button = pm.clone();
+        self.set_power_button(Box::new(move || {
+            button
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .press_power_button()
+        }));
+        self.add_reset_hook(Box::new(move || {
+            pm.lock().unwrap_or_else(|e| e.into_inner()).reset()
+        }));
         Ok(())
     }
 }

@@ -6,6 +6,9 @@
 //! | guest reset                   | `RESET` guest-reset                              | reboot |
 //! | guest reset, `-no-reboot`     | `SHUTDOWN` guest-reset                           | exit 0 |
 //! | guest poweroff                | `SHUTDOWN` guest-shutdown                        | exit 0 (`-no-shutdown`: `STOP`, state shutdown) |
+//! | pvpanic "panicked"            | `GUEST_PANICKED` poweroff, `STOP`, `SHUTDOWN` guest-panic | exit 0 |
+//! | pvpanic, `-no-shutdown`       | `GUEST_PANICKED` pause, `STOP`                   | state guest-panicked (`cont` runs on) |
+//! | pvpanic "crash loaded"        | `GUEST_CRASHLOADED` run                          | runs on |
 //! | `stop` / `cont`               | `STOP` / `RESUME`                                | |
 //! | `system_reset`                | `RESET` host-qmp-system-reset                    | reboot (paused: state prelaunch) |
 //! | `system_reset`, `-no-reboot`  | `SHUTDOWN` host-qmp-system-reset                 | as a guest poweroff |
@@ -118,11 +121,52 @@ impl Lifecycle<'_> {
             }
             VmRequest::Reset => Ok(self.shutdown(true, "guest-reset")),
             VmRequest::Shutdown => Ok(self.shutdown(true, "guest-shutdown")),
+            VmRequest::Panicked => Ok(self.panicked()),
+            VmRequest::CrashLoaded => {
+                log::warn!("the guest panicked and loads its crash kernel (pvpanic)");
+                self.qmp.emit(
+                    "GUEST_CRASHLOADED",
+                    Some(serde_json::json!({"action": "run"})),
+                );
+                if self.state == RunState::Running {
+                    self.threads.resume(&self.vm.control);
+                }
+                Ok(None)
+            }
             VmRequest::Fatal(msg) => {
                 self.set(RunState::InternalError);
                 Err(VmmError::GuestFault(msg))
             }
         }
+    }
+
+    /// pvpanic's "panicked", as QEMU's default `-action panic=shutdown`: the VM stops, then
+    /// powers off (`SHUTDOWN` guest-panic, exit 0), or with `-no-shutdown` stays stopped.
+    fn panicked(&mut self) -> Option<ExitReason> {
+        let pause = self.vm.config.lifecycle.no_shutdown;
+        log::error!(
+            "the guest panicked (pvpanic); {}",
+            if pause {
+                "the VM stops"
+            } else {
+                "powering off"
+            }
+        );
+        let action = if pause { "pause" } else { "poweroff" };
+        self.qmp.emit(
+            "GUEST_PANICKED",
+            Some(serde_json::json!({"action": action})),
+        );
+        let was_running = self.state == RunState::Running;
+        self.set(RunState::GuestPanicked);
+        if was_running {
+            self.qmp.emit("STOP", None);
+        }
+        if pause {
+            return None;
+        }
+        self.qmp.emit_shutdown(true, "guest-panic");
+        Some(ExitReason::Shutdown)
     }
 
     /// A shutdown request: the process ends, or with `-no-shutdown` the VM stops.

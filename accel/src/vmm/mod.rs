@@ -65,6 +65,8 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("MP table: {0}")]
     Mptable(#[from] crate::arch::mptable::MptableError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] crate::arch::acpi::AcpiError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

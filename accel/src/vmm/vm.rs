@@ -44,9 +44,8 @@ pub struct Vm {
     pub(super) vcpus: Vec<Arc<Mutex<Vcpu>>>,
     /// The PCI bus, for monitor queries.
     pub pci_root: Option<Arc<crate::pci::PciRoot>>,
-    /// What QMP `system_powerdown` presses (`None`: the machine has no power button).
-    // TODO(ACPI): the ACPI platform registers its power button here with
-    // `Vm::set_power_button`.
+    /// What QMP `system_powerdown` presses (`None`: the machine has no power button, e.g.
+    /// `acpi=off`); the ACPI PM device registers it with [`Vm::set_power_button`].
     pub power_button: Option<PowerButton>,
     /// Port-I/O bus (vCPU IoIn/IoOut exits).
     pub pio_bus: Arc<Bus>,
@@ -205,12 +204,16 @@ impl Vm {
         PlatformSnapshot { irqchips, pit }
     }
 
-    /// (Re)writes MP table, kernel, initrd and boot data, and puts every vCPU in its
-    /// power-on state.
+    /// (Re)writes the ACPI tables (or the MP table with `acpi=off`), kernel, initrd and boot
+    /// data, and puts every vCPU in its power-on state.
     fn load_and_reset_vcpus(&mut self) -> Result<(), VmmError> {
         let mem = self.ram.memory.memory();
         let ncpus = self.config.smp.cpus.max(1);
-        crate::arch::mptable::setup_mptable(&mem, ncpus)?;
+        if self.config.acpi {
+            crate::arch::acpi::setup_acpi(&mem, ncpus, &self.config.platform)?;
+        } else {
+            crate::arch::mptable::setup_mptable(&mem, ncpus)?;
+        }
         self.boot = load_boot(&*mem, &self.config.boot, self.ram.size)?;
         for vcpu in &self.vcpus {
             vcpu.lock()

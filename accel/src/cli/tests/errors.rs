@@ -57,7 +57,6 @@ fn accel_and_machine_errors() {
     );
     fail_with("-M help", &["-machine", "pc, q35, microvm"]);
     fail_with("-M pc,foo=bar", &["-machine", "'foo'", "memory-backend"]);
-    fail_with("-M pc,acpi=on", &["-machine", "acpi=on", "ACPI"]);
     fail_with("-M pc,acpi=maybe", &["-machine", "'maybe'", "'acpi'"]);
     fail_with("-M pc,usb=on", &["-machine", "usb=on"]);
     fail_with(

@@ -21,6 +21,7 @@ fn readme_microvm_line() {
     let expected = VmConfig {
         name: None,
         machine: MachineType::Microvm,
+        acpi: false,
         cpu: CpuConfig {
             model: "host".into(),
             enable: vec![],
@@ -56,6 +57,7 @@ fn readme_microvm_line() {
         timing: false,
         monitors: vec![],
         lifecycle: Default::default(),
+        platform: Default::default(),
     };
     assert_eq!(run(&line), expected);
 }
@@ -116,6 +118,10 @@ fn machine_props_merge_and_harmless_ones() {
     assert_eq!(c.machine, MachineType::Microvm);
     let c = run("-machine type=q35,accel=kvm:kvm,kernel-irqchip=on,acpi=auto");
     assert_eq!(c.machine, MachineType::Q35);
+    assert!(c.acpi);
+    // ACPI by default, as QEMU's pc; off with acpi=off or -no-acpi.
+    assert!(run("").acpi && run("-M pc,acpi=on").acpi);
+    assert!(!run("-M pc,acpi=off").acpi && !run("-no-acpi").acpi);
     run("-accel kvm,kernel-irqchip=on -accel kvm");
 }
 
