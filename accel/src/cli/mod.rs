@@ -165,7 +165,15 @@ impl State {
             Opt::MemPath => self.legacy_mem.mem_path = Some(non_empty(option, value)?),
             Opt::MemPrealloc => self.legacy_mem.mem_prealloc = true,
             Opt::Audiodev => parse_audiodev(kv_or_json(Some("driver"))?)?,
-            Opt::Sandbox => parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?,
+            Opt::Sandbox => {
+                self.lifecycle.sandbox = parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?;
+            }
+            Opt::RunWith => {
+                if let Some(user) = parse_run_with(kv(None, Flags::Allowed)?)? {
+                    self.lifecycle.run_as = Some(user);
+                }
+            }
+            Opt::Runas => self.lifecycle.run_as = Some(non_empty(option, value)?),
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
@@ -376,9 +384,11 @@ fn parse_audiodev(mut props: Props) -> Result<(), CliError> {
     props.finish(&["driver (none)", "id", "timer-period", "in.*", "out.*"])
 }
 
-/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: accepted
-/// so libvirt's lines run; accel's own confinement does not depend on it.
-fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
+/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: whether
+/// accel confines itself once set up (on by default; `off` for debugging). The QEMU
+/// sub-options are accepted as libvirt passes them: accel's confinement denies all four
+/// (old system calls, privilege gain, process creation, resource control) whatever they say.
+fn parse_sandbox(mut props: Props) -> Result<bool, CliError> {
     let on = props
         .take_with("enable", values::parse_bool)?
         .unwrap_or(false);
@@ -396,6 +406,23 @@ fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
         "spawn",
         "resourcecontrol",
     ])?;
-    log::info!("-sandbox {}: accepted", if on { "on" } else { "off" });
-    Ok(())
+    Ok(on)
+}
+
+/// `-run-with [user=NAME|UID:GID][,async-teardown=on|off]` (QEMU 9): the user to switch to
+/// once set up. `chroot=` is refused; async-teardown is accepted and changes nothing (accel's
+/// teardown is synchronous).
+fn parse_run_with(mut props: Props) -> Result<Option<String>, CliError> {
+    let user = props.take("user");
+    if let Some(u) = &user
+        && u.is_empty()
+    {
+        return Err(props.invalid("user", u, "a user name or UID:GID"));
+    }
+    props.take_with("async-teardown", values::parse_bool)?;
+    if let Some(dir) = props.take("chroot") {
+        return Err(props.unsupported("chroot", &dir, "accel does not chroot; confinement uses landlock"));
+    }
+    props.finish(&["user", "async-teardown"])?;
+    Ok(user)
 }

@@ -13,6 +13,7 @@
 //! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
 //! ("terminating on signal N" on stderr, `SHUTDOWN` event with reason `host-signal`).
 
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod dump;
@@ -95,6 +96,10 @@ pub enum VmmError {
     GuestFault(String),
     #[error("QMP monitor: {0}")]
     Qmp(#[from] QmpStartError),
+    #[error("cannot confine accel (-sandbox off runs without): {0}")]
+    Sandbox(#[from] vu_sandbox::SandboxError),
+    #[error("-run-with user=: {0}")]
+    User(#[from] vu_sandbox::UserError),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -153,7 +158,11 @@ pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitRea
         first_run_seen: AtomicBool::new(false),
     });
     let mut vm = vm;
+    // Setup is done: nothing opens /dev/kvm, binds a socket or maps new RAM any more.
+    confine::apply(&vm.config)?;
     let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
+    // The vCPU threads have their own list; the main thread drops what only they need.
+    vu_sandbox::confine_thread(&confine::main_syscalls())?;
     if let Some(ready) = ready {
         ready.ready();
     }
