@@ -421,7 +421,11 @@ fn parse_run_with(mut props: Props) -> Result<Option<String>, CliError> {
     }
     props.take_with("async-teardown", values::parse_bool)?;
     if let Some(dir) = props.take("chroot") {
-        return Err(props.unsupported("chroot", &dir, "accel does not chroot; confinement uses landlock"));
+        return Err(props.unsupported(
+            "chroot",
+            &dir,
+            "accel does not chroot; confinement uses landlock",
+        ));
     }
     props.finish(&["user", "async-teardown"])?;
     Ok(user)

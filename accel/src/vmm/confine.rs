@@ -27,7 +27,7 @@ use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::{
-    kvm_fpu, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_ioeventfd,
+    kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd,
     kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_vcpu_events,
 };

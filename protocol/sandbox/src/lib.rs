@@ -165,7 +165,12 @@ pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
     let kinds = policy
         .threads
         .iter()
-        .map(|k| Ok((k.name_prefix, threads::Fprog::new(seccomp::compile(&k.syscalls)?))))
+        .map(|k| {
+            Ok((
+                k.name_prefix,
+                threads::Fprog::new(seccomp::compile(&k.syscalls)?),
+            ))
+        })
         .collect::<Result<Vec<_>, SandboxError>>()?;
     seccomp::install_sigsys_handler(policy.program)?;
     // SAFETY: prctl with integer arguments only; no memory is passed.
@@ -181,11 +186,8 @@ pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
             .find(|(prefix, _)| name.starts_with(prefix))
             .map(|(_, f)| f.ptr())
     };
-    let others = threads::confine_other_threads(
-        fd.as_ref().map(|f| f.as_raw_fd()),
-        &process,
-        &kind_of,
-    )?;
+    let others =
+        threads::confine_other_threads(fd.as_ref().map(|f| f.as_raw_fd()), &process, &kind_of)?;
     drop(fd);
     if others > 0 {
         log::debug!("{}: {others} other thread(s) confined", policy.program);

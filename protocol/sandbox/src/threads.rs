@@ -80,7 +80,11 @@ impl Fprog {
     }
 }
 
-extern "C" fn on_broadcast(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_broadcast(
+    _sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let Some(slot) = TABLE.iter().find(|s| s.tid.load(Ordering::Acquire) == tid) else {
@@ -99,8 +103,7 @@ extern "C" fn on_broadcast(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx:
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             || (fd >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0)
             || (!process.is_null()
-                && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, process)
-                    != 0)
+                && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, process) != 0)
             || (!kind.is_null()
                 && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, kind) != 0)
     };
@@ -133,7 +136,11 @@ fn other_threads() -> Result<Vec<(i32, String)>, SandboxError> {
     let dir = std::fs::read_dir("/proc/self/task").map_err(SandboxError::Threads)?;
     for entry in dir {
         let entry = entry.map_err(SandboxError::Threads)?;
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if tid == me {

@@ -42,10 +42,20 @@ fn passwd(by: Result<&str, u32>) -> Option<(String, u32, u32)> {
         Ok(name) => {
             let name = CString::new(name).ok()?;
             // SAFETY: all pointers are valid for the call; buf's length is passed.
-            unsafe { libc::getpwnam_r(name.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) }
+            unsafe {
+                libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pw,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut result,
+                )
+            }
         }
         // SAFETY: as above.
-        Err(uid) => unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) },
+        Err(uid) => unsafe {
+            libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result)
+        },
     };
     if rc != 0 || result.is_null() {
         return None;
@@ -108,18 +118,26 @@ pub fn drop_privileges(user: &User) -> Result<(), UserError> {
         Some(name) => {
             let c = CString::new(name.as_str()).map_err(|_| UserError::Syntax(name.clone()))?;
             // SAFETY: a NUL-terminated name and an integer.
-            check("initgroups", unsafe { libc::initgroups(c.as_ptr(), user.gid) })?;
+            check("initgroups", unsafe {
+                libc::initgroups(c.as_ptr(), user.gid)
+            })?;
         }
         // SAFETY: one gid from a valid array.
         None => check("setgroups", unsafe { libc::setgroups(1, &user.gid) })?,
     }
     // SAFETY: integer arguments only.
-    check("setresgid", unsafe { libc::setresgid(user.gid, user.gid, user.gid) })?;
+    check("setresgid", unsafe {
+        libc::setresgid(user.gid, user.gid, user.gid)
+    })?;
     // SAFETY: integer arguments only.
-    check("setresuid", unsafe { libc::setresuid(user.uid, user.uid, user.uid) })?;
+    check("setresuid", unsafe {
+        libc::setresuid(user.uid, user.uid, user.uid)
+    })?;
     let (mut r, mut e, mut s) = (0, 0, 0);
     // SAFETY: three valid out-pointers.
-    check("getresuid", unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    check("getresuid", unsafe {
+        libc::getresuid(&mut r, &mut e, &mut s)
+    })?;
     if [r, e, s] != [user.uid; 3] {
         return Err(UserError::NotSwitched([r, e, s]));
     }
@@ -141,11 +159,17 @@ mod tests {
             }
         );
         let root = User::parse("root").unwrap();
-        assert_eq!((root.uid, root.gid, root.name.as_deref()), (0, 0, Some("root")));
+        assert_eq!(
+            (root.uid, root.gid, root.name.as_deref()),
+            (0, 0, Some("root"))
+        );
         assert_eq!(User::parse("0").unwrap().gid, 0);
         // A uid without a passwd entry: its own number as the group.
         assert_eq!(User::parse("54321").unwrap().gid, 54321);
-        assert!(matches!(User::parse("no-such-user-here"), Err(UserError::NoSuchUser(_))));
+        assert!(matches!(
+            User::parse("no-such-user-here"),
+            Err(UserError::NoSuchUser(_))
+        ));
         for bad in ["", "1:", ":1", "a:b", "1:2:3"] {
             assert!(User::parse(bad).is_err(), "{bad}");
         }
