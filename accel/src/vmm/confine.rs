@@ -112,8 +112,8 @@ const THREAD_BASICS: &[Allow] = &[
 ];
 
 /// Running a vCPU: KVM_RUN and what its exits need (port/MMIO emulation: the serial port's
-/// output, interrupt lines and MSIs, eventfd kicks, reset requests; the crash report's
-/// register reads).
+/// output, interrupt lines and MSI routes, eventfd kicks, reset requests, BAR moves; the
+/// crash report's register reads).
 const VCPU_CALLS: &[Allow] = &[
     ArgEq("ioctl", 1, KVM_RUN),
     ArgEq("ioctl", 1, KVM_GET_REGS),
@@ -122,6 +122,9 @@ const VCPU_CALLS: &[Allow] = &[
     ArgEq("ioctl", 1, KVM_IRQ_LINE_STATUS),
     ArgEq("ioctl", 1, KVM_SIGNAL_MSI),
     ArgEq("ioctl", 1, KVM_SET_GSI_ROUTING),
+    // A BAR moved by the guest: its notify ioeventfds move with it.
+    ArgEq("ioctl", 1, KVM_IOEVENTFD),
+    ArgEq("ioctl", 1, KVM_IRQFD),
     Any("read"),
     Any("sendmsg"),
     Any("sendto"),
@@ -330,16 +333,21 @@ pub fn paths(config: &VmConfig) -> Vec<PathRule> {
 
 /// Switches user (`-run-with user=`) and confines the process (unless `-sandbox off`).
 pub fn apply(config: &VmConfig) -> Result<(), super::VmmError> {
-    if let Some(user) = &config.lifecycle.run_as {
-        let user = vu_sandbox::User::parse(user)?;
-        vu_sandbox::drop_privileges(&user)?;
-        log::info!("running as uid {} gid {}", user.uid, user.gid);
+    let user = match &config.lifecycle.run_as {
+        Some(u) => Some(vu_sandbox::User::parse(u)?),
+        None => None,
+    };
+    if let Some(u) = &user {
+        log::info!("running as uid {} gid {}", u.uid, u.gid);
     }
     if !config.lifecycle.sandbox {
+        if let Some(u) = &user {
+            vu_sandbox::drop_privileges(u)?;
+        }
         log::info!("-sandbox off: accel is not confined");
         return Ok(());
     }
-    let enforced = vu_sandbox::confine(&policy(config))?;
+    let enforced = vu_sandbox::confine_as(&policy(config), user.as_ref())?;
     if enforced.landlock {
         log::info!("confined (no_new_privs, landlock, seccomp per thread kind)");
     }

@@ -16,8 +16,8 @@
 //! already exists to restrict itself ([`threads`]), which also lets each install the filter of
 //! its kind ([`Policy::threads`]). Threads started later call [`confine_thread`].
 //!
-//! [`drop_privileges`] (`--user`, accel's `-run-with user=`) switches to another user after
-//! setup, before [`confine`].
+//! [`confine_as`] (`--user`, accel's `-run-with user=`) switches to another user after setup,
+//! before restricting anything ([`drop_privileges`] alone with the sandbox off).
 
 mod fs;
 mod seccomp;
@@ -58,6 +58,8 @@ pub enum SandboxError {
     SeccompRule(#[from] seccompiler::BackendError),
     #[error("cannot install the SIGSYS handler: {0}")]
     SigsysHandler(std::io::Error),
+    #[error("switching user: {0}")]
+    User(#[from] UserError),
     #[error("cannot reach the other threads: {0}")]
     Threads(std::io::Error),
     #[error("thread {name:?} could not confine itself: {source}")]
@@ -159,6 +161,13 @@ pub fn confine_thread(allow: &[Allow]) -> Result<(), SandboxError> {
 /// partial on this kernel is not an error: the process runs and one warning names what is not
 /// enforced.
 pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
+    confine_as(policy, None)
+}
+
+/// [`confine`], switching to `user` ([`drop_privileges`]) once the landlock rules hold their
+/// paths (opened with the setup's rights: a path the user cannot reach may still be allowed,
+/// to the files already open in it) and before anything is restricted.
+pub fn confine_as(policy: &Policy, user: Option<&User>) -> Result<Enforced, SandboxError> {
     use std::os::fd::{AsRawFd, OwnedFd};
     // Compile everything before restricting anything: a bad policy fails cleanly.
     let program = seccomp::compile(&policy.syscalls)?;
@@ -172,12 +181,15 @@ pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
             ))
         })
         .collect::<Result<Vec<_>, SandboxError>>()?;
+    let ruleset = fs::ruleset(&policy.paths)?;
+    if let Some(user) = user {
+        drop_privileges(user)?;
+    }
     seccomp::install_sigsys_handler(policy.program)?;
     // SAFETY: prctl with integer arguments only; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
     }
-    let ruleset = fs::ruleset(&policy.paths)?;
     let fd: Option<OwnedFd> = ruleset.try_clone().map_err(SandboxError::Threads)?.into();
     let process = threads::Fprog::new(program.clone());
     let kind_of = |name: &str| {
