@@ -108,6 +108,8 @@ const THREAD_BASICS: &[Allow] = &[
     Any("restart_syscall"),
     Any("writev"),
     Any("close"),
+    // std's HashMap keys, drawn once per thread.
+    Any("getrandom"),
     ArgEq("prctl", 0, PR_SET_NAME),
 ];
 
