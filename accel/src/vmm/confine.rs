@@ -149,6 +149,9 @@ const MAIN_CALLS: &[Allow] = &[
     Any("fcntl"),
     Any("unlink"),
     Any("unlinkat"),
+    // -daemonize: /dev/null onto the standard fds once running.
+    Any("dup2"),
+    Any("dup3"),
     Any("recvmsg"),
     Any("sendmsg"),
     Any("shutdown"),
