@@ -152,6 +152,9 @@ const MAIN_CALLS: &[Allow] = &[
     // -daemonize: /dev/null onto the standard fds once running.
     Any("dup2"),
     Any("dup3"),
+    // A device reset may start a new vhost-user session, and with it a reply watchdog.
+    Any("clone3"),
+    Any("clone"),
     Any("recvmsg"),
     Any("sendmsg"),
     Any("shutdown"),
