@@ -126,6 +126,20 @@ fn comm(tid: i32) -> String {
         .to_string()
 }
 
+/// `PF_IO_WORKER` and `PF_USER_WORKER` (<linux/sched.h>): kernel threads that belong to the
+/// process (io_uring workers, KVM's NX huge page recovery) run no user code and take no
+/// signal handler; they are not asked.
+const KERNEL_WORKER_FLAGS: u64 = 0x10 | 0x4000;
+
+fn is_kernel_worker(tid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // The fields after the name (which may hold spaces): state, ppid, pgrp, session, tty,
+    // tpgid, flags.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & KERNEL_WORKER_FLAGS != 0)
+}
+
 /// The ids and names of this process's threads other than the caller.
 fn other_threads() -> Result<Vec<(i32, String)>, SandboxError> {
     // SAFETY: gettid has no preconditions.
@@ -143,7 +157,7 @@ fn other_threads() -> Result<Vec<(i32, String)>, SandboxError> {
         else {
             continue;
         };
-        if tid == me {
+        if tid == me || is_kernel_worker(tid) {
             continue;
         }
         let mut name = comm(tid);
