@@ -5,12 +5,12 @@
 //! 1. `-run-with user=` / `-runas`: supplementary groups, group and user switched
 //!    ([`vu_sandbox::drop_privileges`]); the effective capabilities become empty;
 //! 2. no_new_privs, landlock and the seccomp filters ([`vu_sandbox::confine`]), on every
-//!    thread: the process list ([`PROCESS`]) on all of them, plus a narrower list per kind of
-//!    thread: the backend monitors that reconnect ([`MONITOR`]), the backend control threads
-//!    ([`CONTROL`]), the vhost-user reply watchdogs ([`WATCHDOG`]), the QMP thread ([`QMP`]),
-//!    the serial input threads ([`SERIAL`]). The vCPU threads, started afterwards, narrow
-//!    themselves to [`VCPU`] (the only threads allowed KVM_RUN) and the main thread to [`MAIN`]
-//!    once they run.
+//!    thread: the process list (`process_syscalls`) on all of them, plus a narrower list per kind of
+//!    thread: the backend monitors that reconnect (`SESSION_CALLS` + `RECONNECT_CALLS`), the backend control threads
+//!    (`SESSION_CALLS`), the vhost-user reply watchdogs (`WATCHDOG_CALLS`), the QMP thread (`QMP_CALLS`),
+//!    the serial input threads (`SERIAL_CALLS`), the vCPU threads (`VCPU_CALLS`: the only threads
+//!    allowed KVM_RUN; started parked just before). The main thread then narrows itself to
+//!    `MAIN_CALLS`.
 //!
 //! Landlock leaves accel: reading the kernel and initrd (a guest reboot loads them again),
 //! removing the files it removes at exit (QMP and serial sockets, the pidfile: the right to
@@ -279,6 +279,9 @@ fn thread_kinds() -> Vec<ThreadKind> {
         syscalls: list(parts),
     };
     vec![
+        kind("vcpu", &[VCPU_CALLS]),
+        // -name ...,debug-threads=on: QEMU's names.
+        kind("CPU ", &[VCPU_CALLS]),
         kind("mon-", &[SESSION_CALLS, RECONNECT_CALLS]),
         kind("ctl-", &[SESSION_CALLS]),
         // The kernel keeps 15 bytes of a thread's name: "vu-frontend-wat".
@@ -396,7 +399,8 @@ mod tests {
         assert!(vcpu_syscalls().contains(&run));
         assert!(!main_syscalls().contains(&run));
         for k in thread_kinds() {
-            assert!(!k.syscalls.contains(&run), "{}", k.name_prefix);
+            let vcpu = k.name_prefix == "vcpu" || k.name_prefix == "CPU ";
+            assert_eq!(k.syscalls.contains(&run), vcpu, "{}", k.name_prefix);
             assert!(!k.syscalls.contains(&Any("execve")), "{}", k.name_prefix);
         }
         assert!(!process_syscalls().contains(&Any("socket")));

@@ -158,10 +158,12 @@ pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitRea
         first_run_seen: AtomicBool::new(false),
     });
     let mut vm = vm;
-    // Setup is done: nothing opens /dev/kvm, binds a socket or maps new RAM any more.
-    confine::apply(&vm.config)?;
+    // The vCPU threads start parked, so QMP can report their thread ids at once.
     let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
-    // The vCPU threads have their own list; the main thread drops what only they need.
+    // Setup is done: nothing opens /dev/kvm, binds a socket or maps new RAM any more. Every
+    // thread gets its kind's list (the vCPU threads theirs, the only one with KVM_RUN); the
+    // main thread then drops what only the vCPU threads need.
+    confine::apply(&vm.config)?;
     vu_sandbox::confine_thread(&confine::main_syscalls())?;
     if let Some(ready) = ready {
         ready.ready();
