@@ -110,6 +110,9 @@ const THREAD_BASICS: &[Allow] = &[
     Any("close"),
     // std's HashMap keys, drawn once per thread.
     Any("getrandom"),
+    // Found by tests/tests/backend_stall.rs (the SIGSYS line named it): fd flags on the
+    // vCPU/device paths.
+    Any("fcntl"),
     ArgEq("prctl", 0, PR_SET_NAME),
 ];
 
