@@ -140,6 +140,79 @@ fn every_backend_runs_with_seccomp_and_no_new_privs() {
     }
 }
 
+/// `--user`: every backend switches user and group once set up (its image, tap and sockets
+/// are open by then) and keeps no capability; still confined.
+#[test]
+fn every_backend_drops_root_with_user() {
+    let uid_line = std::fs::read_to_string("/proc/self/status").unwrap();
+    if !uid_line.lines().any(|l| l.starts_with("Uid:\t0\t")) {
+        eprintln!("not root: --user cannot switch users; skipped");
+        return;
+    }
+    let dir = TestDir::new("confined-user");
+    let image = dir.join("img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let s = |n: &str| dir.join(n).into_os_string();
+    let backends: Vec<(&str, Vec<std::ffi::OsString>)> = vec![
+        (
+            env!("CARGO_BIN_EXE_vhost-user-blk"),
+            vec!["--image".into(), image.clone().into_os_string()],
+        ),
+        (env!("CARGO_BIN_EXE_vhost-user-rng"), vec![]),
+        (
+            env!("CARGO_BIN_EXE_vhost-user-console"),
+            vec!["--output".into(), s("console.out")],
+        ),
+        (
+            env!("CARGO_BIN_EXE_vhost-user-vsock"),
+            vec![
+                "--uds-path".into(),
+                s("vsock"),
+                "--guest-cid".into(),
+                "3".into(),
+            ],
+        ),
+        (
+            env!("CARGO_BIN_EXE_vhost-user-net"),
+            vec!["--peer".into(), s("net-b")],
+        ),
+    ];
+    for (i, (exe, extra)) in backends.iter().enumerate() {
+        let sock = dir.join(&format!("u{i}"));
+        let mut args: Vec<&OsStr> = vec![OsStr::new("--socket-path"), sock.as_os_str()];
+        args.extend(extra.iter().map(|a| a.as_os_str()));
+        args.extend([OsStr::new("--user"), OsStr::new("65534:65534")]);
+        let child = KillOnDrop::spawn_quiet(exe, &args);
+        wait_for(&sock);
+        let (seccomp, nnp) = wait_confined(child.pid());
+        assert_eq!((seccomp.as_str(), nnp.as_str()), ("2", "1"), "{exe}");
+        for t in std::fs::read_dir(format!("/proc/{}/task", child.pid()))
+            .unwrap()
+            .flatten()
+        {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default()
+            };
+            assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{exe}");
+            assert_eq!(field("Gid:"), "65534 65534 65534 65534", "{exe}");
+            assert_eq!(field("Groups:"), "65534", "{exe}");
+            assert_eq!(field("CapEff:"), "0000000000000000", "{exe}");
+            assert_eq!(field("CapPrm:"), "0000000000000000", "{exe}");
+        }
+        drop(child);
+        let _ = std::fs::remove_file(dir.join("vsock"));
+        let _ = std::fs::remove_file(dir.join("net-b"));
+    }
+}
+
 /// Runs `action` in a child confined like vhost-user-blk serving `image`; returns its exit
 /// status and stderr.
 fn confined_blk_child(

@@ -106,6 +106,14 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
   -uuid UUID                       the VM's UUID (query-uuid)
   -device pvpanic[,ioport=0x505]   the guest reports its panics (GUEST_PANICKED); the
                                    guest finds it through ACPI (id QEMU0001)
+  -sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]
+                                   confine accel once the VM is built (on by default:
+                                   no_new_privs, landlock, seccomp allow-lists per thread;
+                                   see the README); off for debugging. The QEMU sub-options
+                                   are accepted: accel denies all four in any case
+  -run-with user=NAME|UID:GID      switch to this user once the VM is built (also QEMU
+  -runas NAME                      7.2's -runas); kernel, initrd and the vhost-user sockets
+                                   must stay readable/connectable for that user
 
 vhost-user devices (the backend is a separate process listening on a unix socket):
   -chardev socket,id=ID,path=PATH[,reconnect=SECONDS]

@@ -172,7 +172,15 @@ impl State {
             Opt::MemPath => self.legacy_mem.mem_path = Some(non_empty(option, value)?),
             Opt::MemPrealloc => self.legacy_mem.mem_prealloc = true,
             Opt::Audiodev => parse_audiodev(kv_or_json(Some("driver"))?)?,
-            Opt::Sandbox => parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?,
+            Opt::Sandbox => {
+                self.lifecycle.sandbox = parse_sandbox(kv(Some("enable"), Flags::Allowed)?)?;
+            }
+            Opt::RunWith => {
+                if let Some(user) = parse_run_with(kv(None, Flags::Allowed)?)? {
+                    self.lifecycle.run_as = Some(user);
+                }
+            }
+            Opt::Runas => self.lifecycle.run_as = Some(non_empty(option, value)?),
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
@@ -340,6 +348,15 @@ impl State {
         let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);
+        if !builtins.spawned.is_empty() && self.lifecycle.sandbox {
+            return Err(CliError::Invalid {
+                option: "-sandbox".into(),
+                message: "on: accel restarts the backends it starts for built-in devices \
+                          (-drive, -netdev tap, ...) with fork and exec, which its filters forbid; \
+                          use vhost-user devices with -sandbox on, or -sandbox off"
+                    .into(),
+            });
+        }
         if !builtins.spawned.is_empty() {
             // Plain -m RAM is a memfd accel maps shared anyway: the backends accel starts for
             // built-in devices may map it (a QEMU line with built-in devices needs no share=on).
@@ -444,9 +461,11 @@ fn parse_audiodev(mut props: Props) -> Result<(), CliError> {
     props.finish(&["driver (none)", "id", "timer-period", "in.*", "out.*"])
 }
 
-/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: accepted
-/// so libvirt's lines run; accel's own confinement does not depend on it.
-fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
+/// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: whether
+/// accel confines itself once set up (on by default; `off` for debugging). The QEMU
+/// sub-options are accepted as libvirt passes them: accel's confinement denies all four
+/// (old system calls, privilege gain, process creation, resource control) whatever they say.
+fn parse_sandbox(mut props: Props) -> Result<bool, CliError> {
     let on = props
         .take_with("enable", values::parse_bool)?
         .unwrap_or(false);
@@ -464,6 +483,27 @@ fn parse_sandbox(mut props: Props) -> Result<(), CliError> {
         "spawn",
         "resourcecontrol",
     ])?;
-    log::info!("-sandbox {}: accepted", if on { "on" } else { "off" });
-    Ok(())
+    Ok(on)
+}
+
+/// `-run-with [user=NAME|UID:GID][,async-teardown=on|off]` (QEMU 9): the user to switch to
+/// once set up. `chroot=` is refused; async-teardown is accepted and changes nothing (accel's
+/// teardown is synchronous).
+fn parse_run_with(mut props: Props) -> Result<Option<String>, CliError> {
+    let user = props.take("user");
+    if let Some(u) = &user
+        && u.is_empty()
+    {
+        return Err(props.invalid("user", u, "a user name or UID:GID"));
+    }
+    props.take_with("async-teardown", values::parse_bool)?;
+    if let Some(dir) = props.take("chroot") {
+        return Err(props.unsupported(
+            "chroot",
+            &dir,
+            "accel does not chroot; confinement uses landlock",
+        ));
+    }
+    props.finish(&["user", "async-teardown"])?;
+    Ok(user)
 }

@@ -13,6 +13,7 @@
 //! Signals: like QEMU, SIGINT and SIGTERM end the VM cleanly with exit status 0
 //! ("terminating on signal N" on stderr, `SHUTDOWN` event with reason `host-signal`).
 
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod dump;
@@ -99,6 +100,10 @@ pub enum VmmError {
     Qmp(#[from] QmpStartError),
     #[error(transparent)]
     Backends(#[from] crate::backends::BackendsError),
+    #[error("cannot confine accel (-sandbox off runs without): {0}")]
+    Sandbox(#[from] vu_sandbox::SandboxError),
+    #[error("-run-with user=: {0}")]
+    User(#[from] vu_sandbox::UserError),
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -159,7 +164,13 @@ pub fn run(mut config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<Exi
         first_run_seen: AtomicBool::new(false),
     });
     let mut vm = vm;
+    // The vCPU threads start parked, so QMP can report their thread ids at once.
     let threads = VcpuThreads::spawn(&vm.vcpus, &shared, &qmp, vm.config.lifecycle.debug_threads)?;
+    // Setup is done: nothing opens /dev/kvm, binds a socket or maps new RAM any more. Every
+    // thread gets its kind's list (the vCPU threads theirs, the only one with KVM_RUN); the
+    // main thread then drops what only the vCPU threads need.
+    confine::apply(&vm.config)?;
+    vu_sandbox::confine_thread(&confine::main_syscalls())?;
     if let Some(ready) = ready {
         ready.ready();
     }

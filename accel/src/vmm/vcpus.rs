@@ -65,6 +65,13 @@ impl VcpuThreads {
                 .name(name)
                 .spawn(move || {
                     let _guard = PanicReporter(&shared.control);
+                    // The only threads allowed KVM_RUN (a no-op with -sandbox off).
+                    if let Err(e) = vu_sandbox::confine_thread(&super::confine::vcpu_syscalls()) {
+                        shared.control.request(VmRequest::Fatal(format!(
+                            "vCPU {i}: cannot narrow its system calls: {e}"
+                        )));
+                        return;
+                    }
                     if let Some(t) = qmp.vcpu_tids.get(i) {
                         // SAFETY: gettid has no preconditions.
                         t.store(unsafe { libc::gettid() }, Ordering::Release);

@@ -30,6 +30,15 @@ pub struct CommonArgs {
     /// Confine the process once set up (no_new_privs, landlock, seccomp); `off` for debugging.
     #[arg(long, value_enum, default_value_t = SandboxMode::On, value_name = "on|off")]
     pub sandbox: SandboxMode,
+    /// Switch to this user (and group; default: the user's own) once set up, before the
+    /// sandbox: the image, output files and socket directories must stay usable by it.
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<vu_sandbox::User>,
+}
+
+/// Parses `--user` (a name is accepted too).
+fn parse_user(s: &str) -> Result<vu_sandbox::User, String> {
+    vu_sandbox::User::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--sandbox on|off`.
@@ -51,6 +60,7 @@ impl Default for CommonArgs {
             print_capabilities: false,
             queue_size: DEFAULT_QUEUE_SIZE,
             sandbox: SandboxMode::On,
+            user: None,
         }
     }
 }
@@ -188,6 +198,23 @@ mod tests {
         let p = Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "off"]).unwrap();
         assert_eq!(p.common.sandbox, SandboxMode::Off);
         assert!(Prog::try_parse_from(["x", "-s", "/s", "--sandbox", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn user_is_uid_and_optional_gid() {
+        let p = Prog::try_parse_from(["x", "-s", "/s", "--user", "1000:1001"]).unwrap();
+        let u = p.common.user.unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1001));
+        assert!(
+            Prog::try_parse_from(["x", "-s", "/s"])
+                .unwrap()
+                .common
+                .user
+                .is_none()
+        );
+        let err = Prog::try_parse_from(["x", "-s", "/s", "--user", "1:x"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--user"), "{err}");
     }
 
     #[test]

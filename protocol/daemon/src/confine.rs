@@ -119,6 +119,7 @@ pub fn policy<D: VhostUserDevice>(
         program,
         paths,
         syscalls,
+        threads: Vec::new(),
     }
 }
 

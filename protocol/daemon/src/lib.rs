@@ -65,6 +65,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot confine the process (--sandbox off runs without): {0}")]
     Sandbox(#[from] vu_sandbox::SandboxError),
+    #[error("--user: {0}")]
+    User(#[from] vu_sandbox::UserError),
 }
 
 /// The whole life of a backend program after argument parsing: logging, `--print-capabilities`,
@@ -136,12 +138,20 @@ where
             Err(e) => return fail(&e),
         }
     }
-    // Setup is done: confine before any thread of ours exists (landlock binds the calling
-    // thread and its future children).
+    // Setup is done: switch user (--user), then confine before any thread of ours exists.
+    if common.sandbox == SandboxMode::Off
+        && let Some(user) = &common.user
+        && let Err(e) = vu_sandbox::drop_privileges(user)
+    {
+        return fail(&DaemonError::from(e));
+    }
+    if let Some(user) = &common.user {
+        log::info!("{program}: running as uid {} gid {}", user.uid, user.gid);
+    }
     if common.sandbox == SandboxMode::On {
         let devices: Vec<&D> = served.iter().map(|(d, _)| d).collect();
         let policy = confine::policy(program, &devices, &paths);
-        match vu_sandbox::confine(&policy) {
+        match vu_sandbox::confine_as(&policy, common.user.as_ref()) {
             Ok(e) => log::info!(
                 "{program}: confined (no_new_privs, seccomp, landlock {})",
                 if e.landlock { "on" } else { "NOT enforced" }

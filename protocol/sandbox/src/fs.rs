@@ -2,7 +2,7 @@
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use super::{FsAccess, PathRule, SandboxError};
@@ -24,9 +24,8 @@ fn rights(access: FsAccess, is_dir: bool) -> BitFlags<AccessFs> {
     }
 }
 
-/// Restricts the calling thread (and threads it creates later) to `paths`. `Ok(Err(what))`:
-/// the kernel does not enforce everything, `what` says how much is missing.
-pub(crate) fn restrict(paths: &[PathRule]) -> Result<Result<(), &'static str>, SandboxError> {
+/// The ruleset allowing `paths` and nothing else (see [`restrict_self`]).
+pub(crate) fn ruleset(paths: &[PathRule]) -> Result<RulesetCreated, SandboxError> {
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI))?
         .handle_access(AccessNet::from_all(ABI))?
@@ -46,6 +45,14 @@ pub(crate) fn restrict(paths: &[PathRule]) -> Result<Result<(), &'static str>, S
             .add_rule(PathBeneath::new(fd, rights(rule.access, is_dir)))
             .map_err(err)?;
     }
+    Ok(ruleset)
+}
+
+/// Restricts the calling thread (and threads it creates later) to `ruleset`. `Ok(Err(what))`:
+/// the kernel does not enforce everything, `what` says how much is missing.
+pub(crate) fn restrict_self(
+    ruleset: RulesetCreated,
+) -> Result<Result<(), &'static str>, SandboxError> {
     let status = ruleset.restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => Ok(()),

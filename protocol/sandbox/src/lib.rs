@@ -11,19 +11,26 @@
 //! The crate is small and depends on nothing of the project, so that every program can link
 //! it: the backends through `vu-daemon`, accel directly (accel must not link `vu-daemon`).
 //!
-//! Landlock restricts the calling thread and the threads it creates afterwards (this kernel
-//! has no landlock TSYNC): call [`confine`] before starting threads. seccomp is synchronised
-//! to every thread of the process.
+//! Every thread is confined: landlock restricts only the calling thread and the threads it
+//! creates afterwards (this kernel has no landlock TSYNC), so [`confine`] asks each thread that
+//! already exists to restrict itself ([`threads`]), which also lets each install the filter of
+//! its kind ([`Policy::threads`]). Threads started later call [`confine_thread`].
+//!
+//! [`confine_as`] (`--user`, accel's `-run-with user=`) switches to another user after setup,
+//! before restricting anything ([`drop_privileges`] alone with the sandbox off).
 
 mod fs;
 mod seccomp;
 #[cfg(target_arch = "x86_64")]
 mod syscalls_x86_64;
+mod threads;
+mod user;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use seccomp::{syscall_name, syscall_number};
+pub use user::{User, UserError, drop_privileges};
 
 /// Why confinement could not be set up (the program should refuse to run: it was asked for a
 /// sandbox and would run without one).
@@ -51,6 +58,15 @@ pub enum SandboxError {
     SeccompRule(#[from] seccompiler::BackendError),
     #[error("cannot install the SIGSYS handler: {0}")]
     SigsysHandler(std::io::Error),
+    #[error("switching user: {0}")]
+    User(#[from] UserError),
+    #[error("cannot reach the other threads: {0}")]
+    Threads(std::io::Error),
+    #[error("thread {name:?} could not confine itself: {source}")]
+    Thread {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// What the process may still do with a path once confined.
@@ -97,6 +113,18 @@ pub struct Policy {
     pub paths: Vec<PathRule>,
     /// Allowed system calls (the calls [`confine`]'s SIGSYS handler needs are always added).
     pub syscalls: Vec<Allow>,
+    /// Narrower lists for threads that exist when [`confine`] runs, by kind: a thread whose
+    /// name starts with [`ThreadKind::name_prefix`] gets that kind's filter on top of the
+    /// process's (threads of no kind: the process's only).
+    pub threads: Vec<ThreadKind>,
+}
+
+/// The allow-list of one kind of thread (on top of the process's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadKind {
+    /// The start of the thread names (`/proc/PID/task/TID/comm`) of this kind.
+    pub name_prefix: &'static str,
+    pub syscalls: Vec<Allow>,
 }
 
 /// What [`confine`] could enforce on this kernel.
@@ -133,14 +161,50 @@ pub fn confine_thread(allow: &[Allow]) -> Result<(), SandboxError> {
 /// partial on this kernel is not an error: the process runs and one warning names what is not
 /// enforced.
 pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
+    confine_as(policy, None)
+}
+
+/// [`confine`], switching to `user` ([`drop_privileges`]) once the landlock rules hold their
+/// paths (opened with the setup's rights: a path the user cannot reach may still be allowed,
+/// to the files already open in it) and before anything is restricted.
+pub fn confine_as(policy: &Policy, user: Option<&User>) -> Result<Enforced, SandboxError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
     // Compile everything before restricting anything: a bad policy fails cleanly.
     let program = seccomp::compile(&policy.syscalls)?;
+    let kinds = policy
+        .threads
+        .iter()
+        .map(|k| {
+            Ok((
+                k.name_prefix,
+                threads::Fprog::new(seccomp::compile(&k.syscalls)?),
+            ))
+        })
+        .collect::<Result<Vec<_>, SandboxError>>()?;
+    let ruleset = fs::ruleset(&policy.paths)?;
+    if let Some(user) = user {
+        drop_privileges(user)?;
+    }
     seccomp::install_sigsys_handler(policy.program)?;
     // SAFETY: prctl with integer arguments only; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
     }
-    let landlock = fs::restrict(&policy.paths)?;
+    let fd: Option<OwnedFd> = ruleset.try_clone().map_err(SandboxError::Threads)?.into();
+    let process = threads::Fprog::new(program.clone());
+    let kind_of = |name: &str| {
+        kinds
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            .map(|(_, f)| f.ptr())
+    };
+    let others =
+        threads::confine_other_threads(fd.as_ref().map(|f| f.as_raw_fd()), &process, &kind_of)?;
+    drop(fd);
+    if others > 0 {
+        log::debug!("{}: {others} other thread(s) confined", policy.program);
+    }
+    let landlock = fs::restrict_self(ruleset)?;
     if let Err(missing) = &landlock
         && !WARNED.swap(true, Ordering::Relaxed)
     {
@@ -150,7 +214,7 @@ pub fn confine(policy: &Policy) -> Result<Enforced, SandboxError> {
             policy.program
         );
     }
-    seccompiler::apply_filter_all_threads(&program)?;
+    seccompiler::apply_filter(&program)?;
     CONFINED.store(true, Ordering::Relaxed);
     Ok(Enforced {
         no_new_privs: true,

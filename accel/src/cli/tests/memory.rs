@@ -295,4 +295,49 @@ fn libvirt_boilerplate_is_accepted() {
     fail_with("-audiodev none,id=a,bogus=1", &["-audiodev", "'bogus'"]);
     fail_with("-sandbox on,spawn=maybe", &["-sandbox", "'spawn'", "deny"]);
     fail_with("-sandbox maybe", &["-sandbox", "'enable'"]);
+    assert!(c.lifecycle.sandbox, "-sandbox on keeps the sandbox");
+}
+
+#[test]
+fn sandbox_is_off_unless_turned_on() {
+    assert!(!parse_argv(&[]).unwrap().lifecycle.sandbox);
+    assert!(parse_argv(&["-sandbox", "on"]).unwrap().lifecycle.sandbox);
+    assert!(!parse_argv(&["-sandbox", "off"]).unwrap().lifecycle.sandbox);
+    assert!(
+        !parse_argv(&["-sandbox", "enable=off"])
+            .unwrap()
+            .lifecycle
+            .sandbox
+    );
+    assert!(
+        parse_argv(&["-sandbox", "off", "-sandbox", "on"])
+            .unwrap()
+            .lifecycle
+            .sandbox
+    );
+}
+
+#[test]
+fn run_with_user_and_runas_name_the_user_to_become() {
+    let user = |args: &[&str]| parse_argv(args).unwrap().lifecycle.run_as;
+    assert_eq!(user(&[]), None);
+    assert_eq!(
+        user(&["-run-with", "user=nobody"]).as_deref(),
+        Some("nobody")
+    );
+    assert_eq!(
+        user(&["-run-with", "user=107:107"]).as_deref(),
+        Some("107:107")
+    );
+    assert_eq!(
+        user(&["-run-with", "async-teardown=off,user=1:2"]).as_deref(),
+        Some("1:2")
+    );
+    assert_eq!(user(&["-runas", "qemu"]).as_deref(), Some("qemu"));
+    fail_with(
+        "-run-with chroot=/x",
+        &["-run-with", "'chroot=/x'", "not supported"],
+    );
+    fail_with("-run-with user=", &["-run-with", "'user'"]);
+    fail_with("-run-with bogus=1", &["-run-with", "'bogus'"]);
 }
