@@ -50,6 +50,7 @@ declare -A COST=(
   [backend_stall]=330 [blk_crash]=170 [blk_qemu]=10 [boot]=320 [console]=120
   [memory_file]=70 [net]=150 [net_crash]=140 [qmp]=210 [qsd_accel]=70 [rng]=70
   [rng_hostile]=160 [vhost_user_accel]=350 [vsock]=95 [vsock_crash]=90
+  [qmp_python]=420 [builtin_devices]=150 [dpdk]=150 [confinement]=60
 )
 ALONE=smp_stress
 LANES=${TEST_LANES:-2}

@@ -14,7 +14,7 @@ the same expectations for both. Three VMs, one after the other:
   panic: -device pvpanic; the guest panics (out of memory with vm.panic_on_oom):
     GUEST_PANICKED (poweroff), SHUTDOWN (guest-panic), exit status 0.
 
-Usage: flock /tmp/vm.lock tests/qmp/qmp_lifecycle.py accel|qemu [GUEST_DIR]
+Usage: tests/qmp/qmp_lifecycle.py accel|qemu GUEST_DIR [life|poweroff|panic ...]
 (pip install qemu.qmp; accel from target/debug unless $ACCEL is set; the guest must have
 ACPI: scripts/guest.sh prints its directory).
 """
@@ -212,23 +212,32 @@ async def panic(qmp, _proc, serial, _sock):
     assert serial.count("GUEST CMD: ") == 1
 
 
-async def all_lives(which, guest):
-    await run_vm(which, guest, life,
-                 "while true; do read t i < /proc/uptime; echo T: $t; sleep 1; done")
-    await run_vm(which, guest, poweroff, "true", ["-no-shutdown"], append="guest_halt")
-    # 128 MiB of RAM and a 256 MiB buffer that dd fills (overcommit_memory=1: the allocation
-    # itself succeeds): the OOM killer would run; with panic_on_oom the guest panics instead.
-    await run_vm(which, guest, panic,
-                 "echo 1 > /proc/sys/vm/panic_on_oom; echo 1 > /proc/sys/vm/overcommit_memory; "
-                 "dd if=/dev/zero of=/dev/null bs=256M count=1",
-                 ["-device", "pvpanic"])
+# Each scenario: (coroutine, guest command, extra VMM options, extra kernel options).
+SCENARIOS = {
+    "life": (life, "while true; do read t i < /proc/uptime; echo T: $t; sleep 1; done", [], ""),
+    "poweroff": (poweroff, "true", ["-no-shutdown"], "guest_halt"),
+    # 64 MiB of RAM (the later -m wins) and a 256 MiB buffer that dd fills
+    # (overcommit_memory=1: the allocation itself succeeds): the OOM killer would run; with
+    # panic_on_oom the guest panics instead. Little RAM because on an emulating host (kvm_pvm)
+    # every page fault runs in KVM's instruction emulator: filling 100 MiB takes minutes there.
+    "panic": (panic,
+              "echo 1 > /proc/sys/vm/panic_on_oom; echo 1 > /proc/sys/vm/overcommit_memory; "
+              "dd if=/dev/zero of=/dev/null bs=256M count=1",
+              ["-device", "pvpanic", "-m", "64"], ""),
+}
+
+
+async def all_lives(which, guest, names):
+    for name in names:
+        scenario, gcmd, extra, append = SCENARIOS[name]
+        await run_vm(which, guest, scenario, gcmd, extra, append)
 
 
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "accel"
-    guest = sys.argv[2] if len(sys.argv) > 2 else os.environ.get(
-        "ACCEL_GUEST_DIR", "/work/shared/guest")
-    asyncio.run(all_lives(which, guest))
+    guest = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("ACCEL_GUEST_DIR")
+    names = sys.argv[3:] or list(SCENARIOS)
+    asyncio.run(all_lives(which, guest, names))
 
 
 if __name__ == "__main__":
