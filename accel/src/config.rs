@@ -55,7 +55,7 @@ pub struct PlatformDevices {
 }
 
 /// Process and VM-lifecycle options (QEMU's spelling in the field docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct LifecycleConfig {
     /// `-S`: create the vCPUs but run them only after QMP `cont`.
     pub start_paused: bool,
@@ -74,21 +74,6 @@ pub struct LifecycleConfig {
     pub sandbox: bool,
     /// `-run-with user=NAME|UID:GID` or `-runas NAME`: the user to switch to once set up.
     pub run_as: Option<String>,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        LifecycleConfig {
-            start_paused: false,
-            no_shutdown: false,
-            pidfile: None,
-            daemonize: false,
-            uuid: None,
-            debug_threads: false,
-            sandbox: false,
-            run_as: None,
-        }
-    }
 }
 
 /// One QMP monitor: where it listens.
