@@ -15,19 +15,26 @@ pub(super) fn check_accel(mut props: Props) -> Result<(), CliError> {
         return Err(props.unsupported("accel", &name, ONLY_KVM));
     }
     check_kernel_irqchip(&mut props)?;
-    props.finish(&["kernel-irqchip (on only)"])
+    props.finish(&["kernel-irqchip (on only)", "kernel_irqchip (on only)"])
 }
 
 /// `kernel-irqchip=on` is what accel does; `off`/`split` are refused.
+/// QEMU also takes the older `kernel_irqchip` spelling.
 fn check_kernel_irqchip(props: &mut Props) -> Result<(), CliError> {
-    match props.take("kernel-irqchip").as_deref() {
-        None | Some("on") => Ok(()),
-        Some(other) => Err(props.unsupported(
-            "kernel-irqchip",
-            other,
-            "accel always uses KVM's in-kernel PIC/IOAPIC/PIT (kernel-irqchip=on)",
-        )),
+    for key in ["kernel-irqchip", "kernel_irqchip"] {
+        match props.take(key).as_deref() {
+            None | Some("on") => {}
+            Some(other @ ("split" | "off")) => {
+                return Err(props.unsupported(
+                    key,
+                    other,
+                    "accel always uses KVM's in-kernel PIC/IOAPIC/PIT (kernel-irqchip=on)",
+                ));
+            }
+            Some(other) => return Err(props.invalid(key, other, "on, split or off")),
+        }
     }
+    Ok(())
 }
 
 /// The result of the merged `-machine` occurrences.
@@ -44,6 +51,7 @@ pub(super) const MACHINE_PROPS: &[&str] = &[
     "memory-backend",
     "acpi (off/auto; accel has no ACPI)",
     "kernel-irqchip (on only)",
+    "kernel_irqchip (on only)",
     "usb (off only)",
     "dump-guest-core (ignored)",
     "mem-merge (ignored)",
@@ -127,6 +135,11 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
             (name, true)
         } else if let Some(name) = item.strip_prefix('-') {
             (name, false)
+        } else if let Some((name @ ("pmu" | "migratable" | "check" | "enforce"), value)) =
+            item.split_once('=')
+        {
+            cpu_property(option, name, value)?;
+            continue;
         } else if let Some((name, value)) = item.split_once('=') {
             let on = values::parse_bool(value).map_err(|_| CliError::UnsupportedValue {
                 option: option.into(),
@@ -160,6 +173,34 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
         }
     }
     Ok(cpu)
+}
+
+/// `-cpu host,pmu=off|on,migratable=on|off,check=..,enforce=..`: CPU properties that are not
+/// feature flags.
+///
+/// - `pmu=off` is what accel's guests get: accel never sets up a virtual PMU (no
+///   KVM_CAP_PMU_CAPABILITY; CPUID leaf 0xA comes from KVM_GET_SUPPORTED_CPUID, which reports
+///   no PMU where KVM has none). `pmu=on` is refused.
+/// - `migratable=on|off` only selects which host features QEMU passes through for migration;
+///   accel has no migration and passes KVM's supported set either way.
+/// - `check`/`enforce`: warnings or errors for features the host lacks; accel already refuses
+///   a `+feat` KVM cannot provide.
+fn cpu_property(option: &str, name: &str, value: &str) -> Result<(), CliError> {
+    let on = values::parse_bool(value).map_err(|values::BadValue(e)| CliError::InvalidValue {
+        option: option.into(),
+        property: name.into(),
+        value: value.into(),
+        expected: e.into(),
+    })?;
+    if name == "pmu" && on {
+        return Err(CliError::UnsupportedValue {
+            option: option.into(),
+            property: name.into(),
+            value: value.into(),
+            reason: "accel provides no virtual PMU (pmu=off)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// accel's default CPU when `-cpu` is absent: the host's (QEMU defaults to qemu64).

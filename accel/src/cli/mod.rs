@@ -11,12 +11,14 @@
 //! Nothing here opens files or sockets: the VMM does, and names the file on failure.
 
 mod args;
+mod chardev;
 mod devices;
 mod help;
 mod json;
 mod machine;
 mod memory;
 mod monitor;
+mod platform;
 mod props;
 mod serial;
 mod smp;
@@ -28,7 +30,8 @@ mod tests;
 use std::path::PathBuf;
 
 use crate::config::{
-    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, SerialConfig, VmConfig,
+    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, PlatformConfig,
+    SerialConfig, VmConfig,
 };
 use args::Opt;
 use props::{Flags, Props};
@@ -120,7 +123,10 @@ struct State {
     objects: Vec<memory::Backend>,
     numa: Vec<memory::NumaNode>,
     legacy_mem: memory::Legacy,
-    serials: Vec<SerialConfig>,
+    serials: Vec<chardev::CharRef>,
+    local_chardevs: Vec<chardev::LocalChardev>,
+    isa_devices: Vec<chardev::IsaDevice>,
+    platform: PlatformConfig,
     nodefaults: bool,
     no_reboot: bool,
     timing: bool,
@@ -169,7 +175,15 @@ impl State {
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
-            Opt::Serial => self.serials.push(serial::parse_serial(option, &value)?),
+            Opt::Serial => self
+                .serials
+                .push(chardev::parse_serial_ref(option, &value)?),
+            Opt::Rtc => platform::parse_rtc(kv(None, Flags::Allowed)?, &mut self.platform)?,
+            Opt::Global => platform::parse_global(option, &value, &mut self.platform)?,
+            Opt::Msg => platform::parse_msg(kv(None, Flags::Allowed)?, &mut self.platform)?,
+            Opt::Overcommit => platform::parse_overcommit(kv(None, Flags::Allowed)?)?,
+            Opt::Boot => platform::parse_boot(kv(Some("order"), Flags::Allowed)?)?,
+            Opt::Echr => self.platform.escape_char = platform::parse_echr(option, &value)?,
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
@@ -184,7 +198,9 @@ impl State {
             }
             Opt::Chardev => {
                 let props = kv(Some("backend"), Flags::Allowed)?;
-                if monitor::is_server(&props)? {
+                if chardev::is_local(&props) {
+                    self.local_chardevs.push(chardev::parse_local(props)?);
+                } else if monitor::is_server(&props)? {
                     self.server_chardevs
                         .push(monitor::parse_server_chardev(props)?);
                 } else {
@@ -203,19 +219,45 @@ impl State {
                 let label = format!("compat_monitor{}", self.qmps.len());
                 self.qmps.push(monitor::parse_qmp(option, &value, label)?);
             }
-            Opt::Mon => self
-                .mons
-                .push(monitor::parse_mon(kv(Some("chardev"), Flags::Allowed)?)?),
+            Opt::Mon => {
+                let props = kv(Some("chardev"), Flags::Allowed)?;
+                if self.is_mux_readline_monitor(&props) {
+                    log::warn!(
+                        "-mon chardev={}: accel has no human monitor (HMP); the chardev \
+                         serves the serial port alone",
+                        props.get("chardev").unwrap_or_default()
+                    );
+                } else {
+                    self.mons.push(monitor::parse_mon(props)?);
+                }
+            }
             Opt::Netdev => self
                 .netdevs
                 .push(devices::parse_netdev(kv_or_json(Some("type"))?)?),
-            Opt::Device => self
-                .devices
-                .push(devices::parse_device(kv_or_json(Some("driver"))?)?),
+            Opt::Device => {
+                let props = kv_or_json(Some("driver"))?;
+                if chardev::is_isa_driver(props.peek("driver")) {
+                    self.isa_devices.push(chardev::parse_isa_device(props)?);
+                } else {
+                    self.devices.push(devices::parse_device(props)?);
+                }
+            }
             // Handled by `parse` before reaching here.
             Opt::Help | Opt::Version => {}
         }
         Ok(())
+    }
+
+    /// A `-mon` in readline mode (HMP) on a `mux=on` stdio-like chardev: QEMU multiplexes its
+    /// human monitor with the serial port there; accel has no HMP, so only the serial port
+    /// remains (as with `-serial mon:stdio`).
+    fn is_mux_readline_monitor(&self, props: &Props) -> bool {
+        let readline = matches!(props.get("mode"), None | Some("readline"));
+        readline
+            && self
+                .local_chardevs
+                .iter()
+                .any(|c| c.mux && Some(c.id.as_str()) == props.get("chardev"))
     }
 
     /// `-object`: memory backends are kept; `secret` (libvirt passes one on every line) is
@@ -277,20 +319,46 @@ impl State {
             &self.legacy_mem,
         )?;
         let devices = devices::resolve(&self.chardevs, self.netdevs, self.devices)?;
-        let client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        let mut client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        for (i, c) in self.local_chardevs.iter().enumerate() {
+            if client_ids.contains(&c.id) || self.local_chardevs[..i].iter().any(|o| o.id == c.id) {
+                return Err(CliError::Invalid {
+                    option: "-chardev".into(),
+                    message: format!("duplicate chardev id '{}'", c.id),
+                });
+            }
+        }
+        client_ids.extend(self.local_chardevs.iter().map(|c| c.id.clone()));
+        let mut servers = self.server_chardevs;
+        let mut used = Vec::new();
+        let mut serials = Vec::new();
+        for r in self.serials {
+            serials.push(chardev::resolve_ref(
+                "-serial",
+                r,
+                &self.local_chardevs,
+                &mut servers,
+                &mut used,
+            )?);
+        }
+        let mut platform = self.platform;
+        for dev in self.isa_devices {
+            platform.isa_devices.push(chardev::resolve_isa(
+                dev,
+                &self.local_chardevs,
+                &mut servers,
+                &mut used,
+            )?);
+        }
         let mut monitors = self.qmps;
-        monitors.extend(monitor::resolve(
-            self.server_chardevs,
-            self.mons,
-            &client_ids,
-        )?);
+        monitors.extend(monitor::resolve(servers, self.mons, &client_ids)?);
         if !devices.is_empty() {
             memory::check_shared(&memory)?;
         }
-        let serial = match self.serials.len() {
+        let serial = match serials.len() {
             0 if self.nodefaults => SerialConfig::Null,
             0 => SerialConfig::Stdio,
-            1 => self.serials.into_iter().next().unwrap_or_default(),
+            1 => serials.into_iter().next().unwrap_or_default(),
             n => {
                 return Err(CliError::Invalid {
                     option: "-serial".into(),
@@ -326,6 +394,7 @@ impl State {
             timing: self.timing,
             monitors,
             lifecycle: self.lifecycle,
+            platform,
         })
     }
 }

@@ -4,7 +4,8 @@
 //! register (bit 7 of a write is the NMI-disable bit, bits 0-6 select the register), offset 1
 //! reads or writes the selected register.
 //!
-//! The clock is the host's wall clock in UTC (QEMU's default `-rtc base=utc`), encoded as status
+//! The clock is the host's wall clock in UTC (QEMU's default `-rtc base=utc`; `base=localtime`
+//! adds the host time zone's current offset, `base=DATE` starts at DATE), encoded as status
 //! register B asks (BCD or binary, 24- or 12-hour). Status A's update-in-progress bit is set
 //! during the last 244 µs of every host second, as on the real chip, so Linux's "avoid UIP" read
 //! loop sees it clear after at most one short wait. Guest writes to the time registers are
@@ -17,6 +18,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::bus::BusDevice;
+use crate::config::RtcBase;
 
 /// First port of the CMOS/RTC pair.
 pub const CMOS_PORT_BASE: u64 = 0x70;
@@ -64,6 +66,38 @@ fn host_clock() -> Duration {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The host time zone's offset from UTC at `unix_secs`, in seconds (east positive).
+fn local_offset(unix_secs: u64) -> i64 {
+    let t = libc::time_t::try_from(unix_secs).unwrap_or(0);
+    // SAFETY: an all-zero `tm` is a valid value for this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant and
+    // writes only into `tm`.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok { i64::from(tm.tm_gmtoff) } else { 0 }
+}
+
+/// The clock for `-rtc base=`.
+fn clock_for(base: RtcBase) -> Clock {
+    match base {
+        RtcBase::Utc => Box::new(host_clock),
+        RtcBase::Localtime => Box::new(|| {
+            let now = host_clock();
+            let offset = local_offset(now.as_secs());
+            if offset >= 0 {
+                now + Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now.saturating_sub(Duration::from_secs(offset.unsigned_abs()))
+            }
+        }),
+        RtcBase::Fixed(start) => {
+            let started = std::time::Instant::now();
+            let start = Duration::from_secs(u64::try_from(start).unwrap_or(0));
+            Box::new(move || start + started.elapsed())
+        }
+    }
 }
 
 /// A broken-down UTC time.
@@ -124,6 +158,11 @@ impl Cmos {
     /// `mem_above_4g`: bytes of guest RAM from 4 GiB up.
     pub fn new(mem_below_4g: u64, mem_above_4g: u64) -> Self {
         Self::with_clock(mem_below_4g, mem_above_4g, Box::new(host_clock))
+    }
+
+    /// [`Cmos::new`] with the clock `-rtc base=` asks for.
+    pub fn with_base(mem_below_4g: u64, mem_above_4g: u64, base: RtcBase) -> Self {
+        Self::with_clock(mem_below_4g, mem_above_4g, clock_for(base))
     }
 
     fn with_clock(mem_below_4g: u64, mem_above_4g: u64, clock: Clock) -> Self {

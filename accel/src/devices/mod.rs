@@ -2,5 +2,6 @@
 
 pub mod bus;
 pub mod cmos;
+pub mod debug;
 pub mod i8042;
 pub mod serial;

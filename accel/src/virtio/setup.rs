@@ -135,8 +135,10 @@ impl DevicePlan {
                 num_queues,
                 queue_size: cfg.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
                 config_size: cfg.config_size,
+                odd_queue_size: cfg.tx_queue_size,
+                msix_vectors: cfg.msix_vectors,
             },
-            feature_mask: !spec.features.masked,
+            feature_mask: !spec.features.masked & !cfg.hidden_features,
             feature_add: spec.features.added,
             local_config: None,
             config_patch: None,
@@ -270,6 +272,19 @@ fn connect<M: SharedMemory + Clone + 'static>(
             source: VirtioPciError::NoVersion1,
         });
     }
+    if dcfg.packed {
+        // QEMU offers VIRTIO_F_RING_PACKED with packed=on when the backend does; accel's
+        // transport drives split rings only.
+        let backend_has = offered & (1 << vu_spec::transport::VIRTIO_F_RING_PACKED) != 0;
+        log::warn!(
+            "{name}: packed=on: the backend {} VIRTIO_F_RING_PACKED; accel uses split rings",
+            if backend_has {
+                "offers"
+            } else {
+                "does not offer"
+            }
+        );
+    }
     let plan = DevicePlan::new(dcfg, vcpus, offered);
     if plan.params.num_queues < asked {
         log::warn!(
@@ -306,6 +321,10 @@ mod tests {
             pci_slot: None,
             mac: None,
             bootindex: None,
+            tx_queue_size: None,
+            hidden_features: 0,
+            msix_vectors: None,
+            packed: false,
         }
     }
 

@@ -175,6 +175,8 @@ fn rig() -> Rig {
             num_queues: 2,
             queue_size: 128,
             config_size: 16,
+            odd_queue_size: None,
+            msix_vectors: None,
         },
         addr,
         router.clone(),

@@ -18,6 +18,8 @@ pub enum VmRequest {
     Shutdown,
     /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this message.
     Fatal(String),
+    /// `isa-debug-exit`: end the process at once with this status, as QEMU does.
+    Exit(i32),
 }
 
 pub struct VmControl {

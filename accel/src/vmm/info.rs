@@ -44,6 +44,7 @@ fn chardevs(config: &VmConfig) -> Vec<(String, String)> {
         SerialConfig::Null => None,
         SerialConfig::File(p) => Some(format!("file:{}", p.display())),
         SerialConfig::UnixServer { path, .. } => Some(format!("unix:{},server=on", path.display())),
+        SerialConfig::Pipe(p) => Some(format!("pipe:{}", p.display())),
     };
     let mut out: Vec<(String, String)> =
         serial.map(|f| ("serial0".into(), f)).into_iter().collect();

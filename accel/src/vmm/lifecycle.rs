@@ -118,6 +118,8 @@ impl Lifecycle<'_> {
             }
             VmRequest::Reset => Ok(self.shutdown(true, "guest-reset")),
             VmRequest::Shutdown => Ok(self.shutdown(true, "guest-shutdown")),
+            // QEMU's isa-debug-exit calls exit(): no SHUTDOWN event, -no-shutdown ignored.
+            VmRequest::Exit(status) => Ok(Some(ExitReason::DebugExit(status))),
             VmRequest::Fatal(msg) => {
                 self.set(RunState::InternalError);
                 Err(VmmError::GuestFault(msg))

@@ -47,6 +47,8 @@ pub enum ExitReason {
     Shutdown,
     /// SIGINT/SIGTERM: clean teardown (exit status 0, as QEMU).
     Signal(i32),
+    /// The guest wrote to `isa-debug-exit`: the process exits with this status.
+    DebugExit(i32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Serial(#[from] crate::devices::serial::SerialError),
+    #[error(transparent)]
+    DebugCon(#[from] crate::devices::debug::DebugConError),
     #[error("placing {what} on its bus: {source}")]
     Bus {
         what: &'static str,

@@ -55,6 +55,7 @@ fn readme_microvm_line() {
         timing: false,
         monitors: vec![],
         lifecycle: Default::default(),
+        platform: Default::default(),
     };
     assert_eq!(run(&line), expected);
 }
