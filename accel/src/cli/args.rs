@@ -50,6 +50,7 @@ pub(super) enum Opt {
     Overcommit,
     Boot,
     Echr,
+    Net,
     Help,
     Version,
 }
@@ -127,6 +128,7 @@ const SPECS: &[Spec] = &[
     spec("-overcommit", &["overcommit"], Opt::Overcommit, true),
     spec("-boot", &["boot"], Opt::Boot, true),
     spec("-echr", &["echr"], Opt::Echr, true),
+    spec("-net", &["net"], Opt::Net, true),
     spec("-help", &["help", "h"], Opt::Help, false),
     spec("-version", &["version"], Opt::Version, false),
 ];
@@ -150,7 +152,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "nic",
         "accel networking is vhost-user only: use -netdev vhost-user + -device virtio-net-pci",
     ),
-    ("net", "use -netdev vhost-user + -device virtio-net-pci"),
     (
         "bios",
         "accel has no firmware; it boots Linux directly from -kernel",

@@ -184,6 +184,17 @@ impl State {
             Opt::Overcommit => platform::parse_overcommit(kv(None, Flags::Allowed)?)?,
             Opt::Boot => platform::parse_boot(kv(Some("order"), Flags::Allowed)?)?,
             Opt::Echr => self.platform.escape_char = platform::parse_echr(option, &value)?,
+            // `-net none`: no default NIC, which accel never adds anyway.
+            Opt::Net if value == "none" => {}
+            Opt::Net => {
+                return Err(CliError::UnsupportedOption {
+                    option: "-net".into(),
+                    reason: format!(
+                        "'{value}': accel's only -net is 'none'; networking is vhost-user: use \
+                         -netdev vhost-user + -device virtio-net-pci"
+                    ),
+                });
+            }
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
