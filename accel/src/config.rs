@@ -140,6 +140,8 @@ pub enum MachineType {
     Pc,
     Q35,
     Microvm,
+    /// `-machine none`: no guest; only the monitors run (capability probing).
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

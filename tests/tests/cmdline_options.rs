@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, TestDir, bin, guest_append, guest_file, run_with_timeout,
+    KVM_BOOT_TIMEOUT, QmpClient, TestDir, bin, guest_append, guest_file, run_with_timeout,
 };
 
 fn utc_hour() -> u64 {
@@ -137,4 +137,58 @@ fn platform_options_have_their_effect_in_one_boot() {
         stamp.len() == 27 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
         "-msg timestamp=on: {log_line}"
     );
+}
+
+/// libvirt's capability probe: `-machine none` with a QMP socket and no kernel. accel starts
+/// no guest, answers queries, refuses guest commands, and exits 0 on `quit`.
+#[test]
+fn machine_none_answers_a_capability_probe_and_quits() {
+    let dir = TestDir::new("machine-none");
+    let sock = dir.join("qmp.sock");
+    let mut child = Command::new(bin("accel"))
+        .args(["-S", "-no-user-config", "-nodefaults", "-nographic"])
+        .args(["-machine", "none,accel=kvm:tcg", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut q = QmpClient::connect(&sock, &mut child, "accel -machine none");
+    let version = q.call("query-version");
+    assert_eq!(version["return"]["qemu"]["major"], 7, "{version}");
+    let kvm = q.call("query-kvm");
+    assert_eq!(kvm["return"]["enabled"], true, "{kvm}");
+    let commands = q.call("query-commands");
+    let names: Vec<&str> = commands["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"quit") && names.contains(&"query-kvm"),
+        "{commands}"
+    );
+    let cpus = q.call("query-cpus-fast");
+    assert_eq!(cpus["return"].as_array().map(Vec::len), Some(0), "{cpus}");
+    let cont = q.call("cont");
+    assert!(
+        cont["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no guest"),
+        "{cont}"
+    );
+    assert!(q.call("quit").get("return").is_some());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "accel did not exit on quit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }

@@ -15,17 +15,15 @@
 //! -append` of the test guest). QEMU runs under TCG (`accel=kvm` -> `tcg`, `-cpu host` -> `max`):
 //! with `-S` no guest code runs, and this host's QEMU needs extra CPU flags with KVM.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, KillOnDrop, TestDir, bin, guest_append, guest_file, qemu,
+    Backend, KVM_BOOT_TIMEOUT, KillOnDrop, QmpClient, TestDir, bin, guest_append, guest_file, qemu,
     run_with_timeout, wait_for_path, workspace_root,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// One corpus file.
 struct Line {
@@ -223,55 +221,6 @@ fn start_backends(line: &Line, dir: &Path) -> (Vec<Backend>, Vec<KillOnDrop>) {
     (ours, others)
 }
 
-/// A QMP session on `path`, retried until the VMM listens.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(path: &Path, child: &mut Child, ctx: &str) -> Qmp {
-        let start = Instant::now();
-        loop {
-            if let Ok(s) = UnixStream::connect(path) {
-                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let mut q = Qmp {
-                    reader: BufReader::new(s.try_clone().unwrap()),
-                    writer: s,
-                };
-                let greeting = q.read();
-                assert!(greeting.get("QMP").is_some(), "{ctx}: {greeting}");
-                q.call("qmp_capabilities");
-                return q;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{ctx}: exited with {status} before its QMP socket listened");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{ctx}: no QMP socket"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("QMP read");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP reply {line:?}: {e}"))
-    }
-
-    fn call(&mut self, cmd: &str) -> Value {
-        writeln!(self.writer, "{}", json!({ "execute": cmd })).unwrap();
-        loop {
-            let v = self.read();
-            if v.get("event").is_none() {
-                return v;
-            }
-        }
-    }
-}
-
 /// The virtio device kinds `query-pci` lists, sorted.
 fn virtio_kinds(reply: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -331,7 +280,7 @@ fn devices_under(program: &Path, args: &[String], dir: &Path, ctx: &str) -> Vec<
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let kinds = {
         let mut q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Qmp::connect(&sock, &mut child, &ctx)
+            QmpClient::connect(&sock, &mut child, &ctx)
         }))
         .unwrap_or_else(|_| {
             let _ = child.kill();

@@ -65,14 +65,17 @@ pub(super) fn parse_machine(mut props: Props) -> Result<Machine, CliError> {
             props.invalid(
                 "type",
                 &t,
-                "one of pc, q35, microvm (or pc-i440fx-*, pc-q35-*)",
+                "one of pc, q35, microvm, none (or pc-i440fx-*, pc-q35-*)",
             )
         })?,
     };
     if let Some(list) = props.take("accel") {
-        // QEMU's legacy fallback list `accel=kvm:tcg`: every entry must be kvm here.
-        if let Some(bad) = list.split(':').find(|a| *a != "kvm") {
-            return Err(props.unsupported("accel", bad, ONLY_KVM));
+        // QEMU's legacy fallback list `accel=kvm:tcg` (libvirt's probing line): QEMU uses the
+        // first accelerator that works, so kvm must come first; accel never falls back (a
+        // missing /dev/kvm is an error at start).
+        let first = list.split(':').next().unwrap_or_default();
+        if first != "kvm" {
+            return Err(props.unsupported("accel", &list, ONLY_KVM));
         }
     }
     let memory_backend = props.take_id("memory-backend")?;
@@ -106,6 +109,7 @@ fn machine_type(name: &str) -> Option<MachineType> {
         "pc" => Some(MachineType::Pc),
         "q35" => Some(MachineType::Q35),
         "microvm" => Some(MachineType::Microvm),
+        "none" => Some(MachineType::None),
         _ if name.starts_with("pc-i440fx-") => Some(MachineType::Pc),
         _ if name.starts_with("pc-q35-") => Some(MachineType::Q35),
         _ => None,

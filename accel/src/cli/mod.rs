@@ -309,9 +309,21 @@ impl State {
     }
 
     fn finish(self) -> Result<VmConfig, CliError> {
-        let kernel = self.kernel.ok_or(CliError::MissingKernel)?;
         let machine =
             machine::parse_machine(self.machine.unwrap_or_else(|| Props::empty("-machine")))?;
+        let probing = machine.kind == crate::config::MachineType::None;
+        // `-machine none` runs no guest (capability probing): no kernel, no devices.
+        let kernel = match self.kernel {
+            Some(k) => k,
+            None if probing => String::new(),
+            None => return Err(CliError::MissingKernel),
+        };
+        if probing && !(self.devices.is_empty() && self.isa_devices.is_empty()) {
+            return Err(CliError::Invalid {
+                option: "-machine".into(),
+                message: "-machine none has no buses: it takes no -device".into(),
+            });
+        }
         let smp = smp::parse_smp(self.smp.unwrap_or_else(|| Props::empty("-smp")))?;
         let ram_size = memory::parse_mem(self.mem.unwrap_or_else(|| Props::empty("-m")))?;
         for (i, backend) in self.objects.iter().enumerate() {

@@ -21,6 +21,7 @@ mod info;
 mod legacy;
 mod lifecycle;
 pub mod memory;
+mod probe;
 mod teardown;
 pub mod vcpu;
 mod vcpus;
@@ -139,6 +140,9 @@ pub fn run(config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<ExitRea
         })?),
         None => None,
     };
+    if config.machine == crate::config::MachineType::None {
+        return probe::run(&config, ready, &sigfd);
+    }
     let timing = config.timing;
     let vm = Vm::new(config)?;
     let initial = if vm.config.lifecycle.start_paused {

@@ -1,7 +1,7 @@
 //! Every refusal names the option (and property) and says what is supported.
 
 use super::super::{CliError, parse};
-use super::{argv, fail, fail_with};
+use super::{argv, fail, fail_with, run};
 
 #[test]
 fn option_level_errors() {
@@ -50,7 +50,11 @@ fn accel_and_machine_errors() {
         "-accel kvm,dirty-ring-size=4096",
         &["-accel", "'dirty-ring-size'", "kernel-irqchip"],
     );
-    fail_with("-machine accel=kvm:tcg", &["-machine", "accel=tcg", "kvm"]);
+    fail_with(
+        "-machine accel=tcg:kvm",
+        &["-machine", "accel=tcg:kvm", "kvm"],
+    );
+    run("-machine accel=kvm:tcg");
     fail_with(
         "-M isapc",
         &["-machine", "'isapc'", "'type'", "pc, q35, microvm"],

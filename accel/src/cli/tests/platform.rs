@@ -181,3 +181,19 @@ rx_queue_size=512,tx_queue_size=1024,mrg_rxbuf=off,csum=on,disable-legacy=on"
         &["rx_queue_size", "power of two"],
     );
 }
+
+#[test]
+fn machine_none_needs_no_kernel_and_takes_no_devices() {
+    use crate::cli::{CliAction, parse};
+    let args =
+        super::argv("-machine none,accel=kvm:tcg -nodefaults -qmp unix:/tmp/q,server=on,wait=off");
+    let Ok(CliAction::Run(c)) = parse(&args) else {
+        panic!("-machine none without -kernel")
+    };
+    assert_eq!(c.machine, crate::config::MachineType::None);
+    let args = super::argv(
+        "-machine none -chardev socket,id=c,path=/s -device vhost-user-rng-pci,chardev=c",
+    );
+    let err = parse(&args).unwrap_err().to_string();
+    assert!(err.contains("-machine none"), "{err}");
+}
