@@ -76,7 +76,7 @@ fn local_offset(unix_secs: u64) -> i64 {
     // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant and
     // writes only into `tm`.
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok { i64::from(tm.tm_gmtoff) } else { 0 }
+    if ok { tm.tm_gmtoff } else { 0 }
 }
 
 /// The clock for `-rtc base=`.
@@ -372,6 +372,17 @@ mod tests {
         // UIP is read-only; the rate bits are writable.
         set(&mut c, REG_A, 0xa5);
         assert_eq!(reg(&mut c, REG_A), 0x25);
+    }
+
+    #[test]
+    fn rtc_base_date_starts_the_clock_there() {
+        // -rtc base=2006-06-17T16:01:21
+        let mut c = Cmos::with_base(0, 0, RtcBase::Fixed(1_150_560_081));
+        assert_eq!(reg(&mut c, REG_YEAR), 0x06);
+        assert_eq!(reg(&mut c, REG_MONTH), 0x06);
+        assert_eq!(reg(&mut c, REG_DAY), 0x17);
+        assert_eq!(reg(&mut c, REG_HOURS), 0x16);
+        assert_eq!(reg(&mut c, REG_CENTURY), 0x20);
     }
 
     #[test]
