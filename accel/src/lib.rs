@@ -9,6 +9,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod loader;
 pub mod pci;
 pub mod qmp;
 pub mod virtio;
