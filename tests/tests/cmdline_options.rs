@@ -48,7 +48,7 @@ fn platform_options_have_their_effect_in_one_boot() {
     let serial = dir.join("serial.log");
     let debugcon = dir.join("debugcon.log");
     // Port numbers in decimal for dd: 0x402 = 1026, CMOS 0x70/0x71 = 112/113, 0xf4 = 244.
-    let gcmd = "for c in d b g - o k; do printf $c | dd of=/dev/port bs=1 seek=1026 count=1 \
+    let gcmd = "for c in d b g o k; do printf $c | dd of=/dev/port bs=1 seek=1026 count=1 \
                 2>/dev/null; done; printf '\\x04' | dd of=/dev/port bs=1 seek=112 count=1 \
                 2>/dev/null; echo RTC-HOUR; dd if=/dev/port bs=1 skip=113 count=1 2>/dev/null \
                 | hexdump -C; printf '\\x10' | dd of=/dev/port bs=1 seek=244 count=1; \
@@ -116,7 +116,7 @@ fn platform_options_have_their_effect_in_one_boot() {
     );
     assert_eq!(
         std::fs::read_to_string(&debugcon).unwrap_or_default(),
-        "dbg-ok",
+        "dbgok",
         "{ctx}"
     );
     // Status B is 24-hour BCD by default.

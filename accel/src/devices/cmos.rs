@@ -79,19 +79,29 @@ fn local_offset(unix_secs: u64) -> i64 {
     if ok { tm.tm_gmtoff } else { 0 }
 }
 
+/// The host clock shifted by the host time zone's current offset.
+fn localtime_clock() -> Clock {
+    Box::new(|| {
+        let now = host_clock();
+        let offset = local_offset(now.as_secs());
+        if offset >= 0 {
+            now + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now.saturating_sub(Duration::from_secs(offset.unsigned_abs()))
+        }
+    })
+}
+
 /// The clock for `-rtc base=`.
 fn clock_for(base: RtcBase) -> Clock {
     match base {
         RtcBase::Utc => Box::new(host_clock),
-        RtcBase::Localtime => Box::new(|| {
-            let now = host_clock();
-            let offset = local_offset(now.as_secs());
-            if offset >= 0 {
-                now + Duration::from_secs(offset.unsigned_abs())
-            } else {
-                now.saturating_sub(Duration::from_secs(offset.unsigned_abs()))
-            }
-        }),
+        RtcBase::Localtime => {
+            // The first conversion loads the time zone (glibc reads TZ and maybe a zoneinfo
+            // file); do it now, before accel confines itself, not on a vCPU thread later.
+            local_offset(host_clock().as_secs());
+            localtime_clock()
+        }
         RtcBase::Fixed(start) => {
             let started = std::time::Instant::now();
             let start = Duration::from_secs(u64::try_from(start).unwrap_or(0));
