@@ -15,10 +15,12 @@ or true/false. Anything accel does not support is an error, never silently ignor
 Machine:
   -accel kvm[,kernel-irqchip=on]   KVM (the default); tcg and other accelerators are refused
   -enable-kvm                      same as -accel kvm
-  -machine, -M [type=]pc|q35|microvm[,accel=kvm][,memory-backend=ID]
+  -machine, -M [type=]pc|q35|microvm|none[,accel=kvm][,memory-backend=ID]
                                    the platform is the same for all three types (PC-style:
                                    PIC/IOAPIC/PIT, legacy PCI config ports, MP tables, no
-                                   ACPI); pc-i440fx-*/pc-q35-* names are accepted. Also
+                                   ACPI); pc-i440fx-*/pc-q35-* names are accepted. none:
+                                   no guest, only the QMP monitors (capability probing;
+                                   -kernel not needed). accel=kvm:tcg uses kvm. Also
                                    accepted: acpi=off|auto, kernel-irqchip=on (also spelled
                                    kernel_irqchip; split/off are refused), usb=off,
                                    dump-guest-core=on|off and mem-merge=on|off (host-side
@@ -123,7 +125,7 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
                                    monitors may be given; each serves one client at a time
                                    and a client may reconnect. wait=on (QEMU's default)
                                    waits for the first client before the VM starts.
-                                   server=on chardevs are for -mon only
+                                   server=on chardevs are for -mon and -serial chardev:ID
   -S                               create the vCPUs stopped; QMP 'cont' starts them
   -no-shutdown                     a guest poweroff stops the VM (status 'shutdown') and
                                    accel waits for 'system_reset' or 'quit'
