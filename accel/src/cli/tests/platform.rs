@@ -197,3 +197,11 @@ fn machine_none_needs_no_kernel_and_takes_no_devices() {
     let err = parse(&args).unwrap_err().to_string();
     assert!(err.contains("-machine none"), "{err}");
 }
+
+#[test]
+fn libvirt_monitor_line_with_an_id() {
+    let c = run("-chardev socket,id=charmonitor,fd=1729,server=on,wait=off \
+                 -mon chardev=charmonitor,id=monitor,mode=control");
+    assert_eq!(c.monitors.len(), 1);
+    assert_eq!(c.monitors[0].label, "charmonitor");
+}
