@@ -403,4 +403,21 @@ mod tests {
         let p = DevicePlan::new(&cfg("vhost-user-device-pci", None), 2, VERSION_1);
         assert_eq!(p.params.num_queues, 1);
     }
+
+    /// `mrg_rxbuf=off` (any `FEATURE=off` switch) takes the bit out of what the guest is
+    /// offered; `vectors=` and `tx_queue_size=` reach the transport parameters.
+    #[test]
+    fn device_property_switches_shape_the_plan() {
+        const MRG_RXBUF: u64 = 1 << 15;
+        let mut c = cfg("virtio-net-pci", None);
+        c.hidden_features = MRG_RXBUF;
+        c.msix_vectors = Some(2);
+        c.tx_queue_size = Some(512);
+        let p = DevicePlan::new(&c, 2, VERSION_1 | MRG_RXBUF);
+        assert_eq!(p.feature_mask & MRG_RXBUF, 0);
+        assert_eq!(p.params.msix_vectors, Some(2));
+        assert_eq!(p.params.odd_queue_size, Some(512));
+        let p = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1 | MRG_RXBUF);
+        assert_eq!(p.feature_mask & MRG_RXBUF, MRG_RXBUF);
+    }
 }
