@@ -155,6 +155,11 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
         } else {
             (item, true)
         };
+        // QEMU takes `+PROP`/`-PROP` for any boolean CPU property (`-pmu` is `pmu=off`).
+        if matches!(name, "pmu" | "migratable" | "check" | "enforce") {
+            cpu_property(option, name, if on { "on" } else { "off" })?;
+            continue;
+        }
         let Some(bit) = feature_bit(name) else {
             return Err(CliError::UnknownProperty {
                 option: option.into(),

@@ -40,6 +40,9 @@ fn accepted_no_ops_and_their_refused_values() {
          -machine pc,accel=kvm,kernel_irqchip=on,usb=off,dump-guest-core=off \
          -cpu host,pmu=off,migratable=on -m 128M,slots=4,maxmem=1G",
     );
+    // QEMU's +PROP/-PROP spelling of a boolean CPU property (SPDK's lines pass -pmu).
+    run("-cpu host,-pmu,+migratable");
+    fail_with("-cpu host,+pmu", &["-cpu", "pmu=on", "no virtual PMU"]);
     fail_with(
         "-overcommit mem-lock=on",
         &["-overcommit", "mem-lock=on", "mlock"],
