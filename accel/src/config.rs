@@ -43,15 +43,67 @@ pub struct VmConfig {
     pub monitors: Vec<MonitorConfig>,
     /// `-S`, `-no-shutdown`, `-pidfile`, `-uuid`, `-name ...,debug-threads=on`.
     pub lifecycle: LifecycleConfig,
-    /// In-process platform devices given with `-device` (`pvpanic`).
-    pub platform: PlatformDevices,
+    /// `-rtc`, `-global kvm-pit.*`, `-msg`, `-echr`, and the in-process platform devices
+    /// (`-device pvpanic|isa-debugcon|isa-debug-exit`).
+    pub platform: PlatformConfig,
 }
 
-/// The in-process platform devices a command line may add.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct PlatformDevices {
+/// Small platform and process options that QEMU lines carry, and the in-process platform
+/// devices a command line may add (not virtio, no backend process).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformConfig {
     /// `-device pvpanic[,ioport=N]`: the I/O port of the ISA panic notifier (QEMU's 0x505).
     pub pvpanic: Option<u16>,
+    /// `-rtc base=`: what the CMOS clock counts from.
+    pub rtc_base: RtcBase,
+    /// `-global kvm-pit.lost_tick_policy=discard`: KVM drops PIT ticks the guest missed
+    /// instead of reinjecting them (QEMU's default, `delay`, reinjects).
+    pub pit_discard_lost_ticks: bool,
+    /// `-msg timestamp=on`: accel's messages on stderr start with an RFC 3339 UTC timestamp.
+    pub msg_timestamp: bool,
+    /// `-echr N`: the escape key of `-serial stdio` on a terminal (QEMU's default: Ctrl-A).
+    pub escape_char: u8,
+    /// `-device isa-debugcon` / `-device isa-debug-exit`.
+    pub isa_devices: Vec<IsaDeviceConfig>,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            pvpanic: None,
+            rtc_base: RtcBase::Utc,
+            pit_discard_lost_ticks: false,
+            msg_timestamp: false,
+            escape_char: 0x01,
+            isa_devices: Vec::new(),
+        }
+    }
+}
+
+/// `-rtc base=utc|localtime|DATE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RtcBase {
+    /// The host's clock in UTC (QEMU's default).
+    #[default]
+    Utc,
+    /// The host's clock in the host's local time zone (what Windows guests expect).
+    Localtime,
+    /// Starts at this many seconds since the Unix epoch (UTC) and runs from there.
+    Fixed(i64),
+}
+
+/// A small ISA device on the port-I/O bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IsaDeviceConfig {
+    /// `isa-debugcon`: bytes written to `iobase` go to `output`; reads return `readback`.
+    DebugCon {
+        iobase: u16,
+        output: SerialConfig,
+        readback: u8,
+    },
+    /// `isa-debug-exit`: a write of V to `iobase..iobase+iosize` ends accel with exit status
+    /// `(V << 1) | 1`, as QEMU.
+    DebugExit { iobase: u16, iosize: u8 },
 }
 
 /// Process and VM-lifecycle options (QEMU's spelling in the field docs).
@@ -105,6 +157,8 @@ pub enum MachineType {
     Pc,
     Q35,
     Microvm,
+    /// `-machine none`: no guest; only the monitors run (capability probing).
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -192,6 +246,9 @@ pub enum SerialConfig {
     /// `-serial unix:PATH,server=on,wait=off`: a listening unix socket; output goes to the
     /// connected client (dropped when none), input comes from it.
     UnixServer { path: PathBuf, wait: bool },
+    /// `-chardev pipe,path=P`: output to `P.out`, input from `P.in` (named pipes), or both on
+    /// `P` when those do not exist, as QEMU does.
+    Pipe(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +282,16 @@ pub struct VhostUserDeviceConfig {
     pub mac: Option<[u8; 6]>,
     /// `bootindex=`: accepted and ignored (accel boots the kernel directly).
     pub bootindex: Option<u32>,
+    /// `tx_queue_size=` (net): size of the odd-numbered queues; `queue_size` (from
+    /// `rx_queue_size=`) then sizes the even ones.
+    pub tx_queue_size: Option<u16>,
+    /// Feature bits hidden from the guest by `FEATURE=off` properties (`mrg_rxbuf=off`, ...).
+    pub hidden_features: u64,
+    /// `vectors=N`: MSI-X table size; `None` = one per queue plus one for config changes.
+    pub msix_vectors: Option<u16>,
+    /// `packed=on`: QEMU offers VIRTIO_F_RING_PACKED when the backend does; accel's transport
+    /// uses split rings only, so this is recorded (and logged at setup) but never offered.
+    pub packed: bool,
 }
 
 /// One backend process accel starts (and restarts) for a built-in device spelling.

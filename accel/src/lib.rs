@@ -11,6 +11,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod loader;
 pub mod pci;
 pub mod qmp;
 pub mod virtio;

@@ -10,11 +10,13 @@
 //! builds into.
 
 mod backend;
+mod qmp_client;
 mod streaming;
 mod tap;
 mod vm;
 
 pub use backend::{BACKEND_SOCKET_TIMEOUT, Backend, md5_hex, xorshift_bytes};
+pub use qmp_client::QmpClient;
 pub use streaming::Streaming;
 pub use tap::{Tap, byte_sink};
 pub use vm::VmCommand;

@@ -127,6 +127,11 @@ pub fn load_boot<M: GuestMemoryBackend>(
     };
     let highmem = Some(GuestAddress(HIGH_MEMORY_START));
     let loaded = match format {
+        // The ELF class byte picks the loader: linux-loader parses ELF64 headers only, 32-bit
+        // PVH kernels (QEMU loads both) go to accel's own.
+        KernelFormat::Elf if crate::loader::elf32::is_elf32(&head) => {
+            crate::loader::elf32::load(mem, &mut kernel, highmem).map_err(load_err)?
+        }
         KernelFormat::Elf => Elf::load(mem, None, &mut kernel, highmem).map_err(load_err)?,
         KernelFormat::BzImage => {
             BzImage::load(mem, None, &mut kernel, highmem).map_err(load_err)?

@@ -13,12 +13,13 @@ use vu_spec::devices::{DeviceSpec, PropKind};
 
 use super::CliError;
 use super::block::{self, Image};
+use super::chardev::LocalChardev;
 use super::devices::{self, Device, Netdev};
 use super::monitor::ServerChardev;
 use super::props::Props;
 use crate::config::{
-    BuiltinBackend, ChardevConfig, ConsoleEndpoint, MonitorListen, SpawnedBackendConfig, TapSource,
-    VhostUserDeviceConfig,
+    BuiltinBackend, ChardevConfig, ConsoleEndpoint, MonitorListen, SerialConfig,
+    SpawnedBackendConfig, TapSource, VhostUserDeviceConfig,
 };
 
 /// What a built-in `-device` needs from the rest of the command line.
@@ -63,13 +64,6 @@ pub(super) struct Tap {
     pub queues: Option<u16>,
 }
 
-/// `-chardev stdio|file`.
-#[derive(Debug)]
-pub(super) struct PlainChardev {
-    pub id: String,
-    pub endpoint: ConsoleEndpoint,
-}
-
 /// `-device virtio-serial-pci`: the PCI function a `virtconsole` appears on.
 #[derive(Debug)]
 pub(super) struct SerialBus {
@@ -85,8 +79,30 @@ pub(super) struct Builtins {
     pub nodes: Vec<block::Node>,
     pub rngs: Vec<Rng>,
     pub taps: Vec<Tap>,
-    pub chardevs: Vec<PlainChardev>,
     pub serial_buses: Vec<SerialBus>,
+}
+
+impl Builtins {
+    /// Whether the command line has none of these.
+    pub fn is_empty(&self) -> bool {
+        self.drives.is_empty()
+            && self.nodes.is_empty()
+            && self.rngs.is_empty()
+            && self.taps.is_empty()
+            && self.serial_buses.is_empty()
+    }
+}
+
+/// The chardevs a `virtconsole` may sit on.
+pub(super) struct Chardevs<'a> {
+    /// `-chardev stdio|file|pipe|null` (shared with the serial port and isa-debugcon).
+    pub locals: &'a [LocalChardev],
+    /// Socket chardevs with `server=on`; one a console takes is removed.
+    pub servers: &'a mut Vec<ServerChardev>,
+    /// Client sockets (vhost-user connections): named in errors only.
+    pub clients: &'a [ChardevConfig],
+    /// Ids already taken by a user (the serial port, isa-debugcon, another console).
+    pub used: &'a mut Vec<String>,
 }
 
 /// `rng-random`, `rng-builtin` (and the `-object` types accel can tell it has not).
@@ -224,34 +240,6 @@ pub(super) fn parse_tap(mut props: Props) -> Result<Tap, CliError> {
     Ok(Tap { id, source, queues })
 }
 
-/// `-chardev stdio,id=ID[,signal=..]` / `-chardev file,id=ID,path=P`: for `virtconsole`.
-pub(super) fn parse_plain_chardev(mut props: Props) -> Result<PlainChardev, CliError> {
-    let backend = props.take_required("backend")?;
-    let id = required(&mut props, "id")?;
-    if props.take_bool("mux")? == Some(true) {
-        return Err(props.unsupported("mux", "on", "accel's chardevs have one user each"));
-    }
-    props.take("logfile").map_or(Ok(()), |v| {
-        Err(props.unsupported("logfile", &v, "accel's chardevs keep no log"))
-    })?;
-    let endpoint = if backend == "stdio" {
-        props.take_bool("signal")?;
-        ConsoleEndpoint::Stdio
-    } else {
-        let path = props.take_required("path")?;
-        if props.take_bool("append")? == Some(true) {
-            return Err(props.unsupported(
-                "append",
-                "on",
-                "the console backend truncates its output file",
-            ));
-        }
-        ConsoleEndpoint::File(PathBuf::from(path))
-    };
-    props.finish(&["backend (stdio/file)", "id", "path", "signal", "mux (off)"])?;
-    Ok(PlainChardev { id, endpoint })
-}
-
 /// Whether `-device DRIVER` is `virtio-serial-pci`.
 pub(super) fn is_serial_bus(driver: &str) -> bool {
     matches!(
@@ -297,6 +285,10 @@ fn new_device(
             pci_slot: pci.map(|(s, _)| s),
             mac: None,
             bootindex: None,
+            tx_queue_size: None,
+            hidden_features: 0,
+            msix_vectors: None,
+            packed: false,
         },
         netdev: None,
         pci_func: pci.map_or(0, |(_, f)| f),
@@ -408,9 +400,12 @@ pub(super) fn parse_device(
         extra.push(p.name);
     }
     let pci = devices::take_common_props(&mut props)?;
+    let transport = devices::take_transport_props(&mut props)?;
     extra.extend_from_slice(devices::COMMON_PROPS);
     props.finish(&extra)?;
     let mut d = new_device(option, driver, spec, id, pci, use_);
+    d.config.msix_vectors = transport.vectors;
+    d.config.packed = transport.packed;
     d.config.num_queues = num_queues;
     d.config.queue_size = queue_size;
     d.config.bootindex = bootindex;
@@ -447,13 +442,12 @@ pub(super) struct Resolved {
 }
 
 /// Turns built-in devices into vhost-user devices on made-up chardevs, and says what each
-/// backend serves. `servers`: socket chardevs with `server=on` (a `virtconsole` may take one);
-/// `serial_stdio`: accel's serial port already uses stdio.
+/// backend serves. `chardevs`: what a `virtconsole` may sit on; `serial_stdio`: accel's serial
+/// port already uses stdio.
 pub(super) fn resolve(
     mut b: Builtins,
     devices: &mut [Device],
-    servers: &mut Vec<ServerChardev>,
-    client_chardevs: &[ChardevConfig],
+    chardevs: Chardevs<'_>,
     cpus: u8,
     serial_stdio: bool,
 ) -> Result<Resolved, CliError> {
@@ -462,19 +456,13 @@ pub(super) fn resolve(
         netdevs: Vec::new(),
         spawned: Vec::new(),
     };
-    for (i, c) in b.chardevs.iter().enumerate() {
-        if b.chardevs[..i].iter().any(|o| o.id == c.id)
-            || client_chardevs.iter().any(|o| o.id == c.id)
-            || servers.iter().any(|o| o.id == c.id)
-        {
-            return Err(CliError::Invalid {
-                option: "-chardev".into(),
-                message: format!("duplicate chardev id '{}'", c.id),
-            });
-        }
-    }
     let mut used_drives: Vec<String> = Vec::new();
-    let mut used_chardevs: Vec<String> = Vec::new();
+    let Chardevs {
+        locals,
+        servers,
+        clients,
+        used: used_chardevs,
+    } = chardevs;
     for dev in devices.iter_mut() {
         let Some(use_) = dev.builtin.take() else {
             if let Some((netdev, _)) = &dev.netdev
@@ -585,8 +573,7 @@ pub(super) fn resolve(
                     return Err(err(format!("chardev '{chardev}' is already in use")));
                 }
                 used_chardevs.push(chardev.clone());
-                let endpoint = console_endpoint(&b.chardevs, servers, client_chardevs, &chardev)
-                    .map_err(err)?;
+                let endpoint = console_endpoint(locals, servers, clients, &chardev).map_err(err)?;
                 if endpoint == ConsoleEndpoint::Stdio && serial_stdio {
                     return Err(err(format!(
                         "chardev '{chardev}' is stdio, which the serial port already uses: \
@@ -608,9 +595,6 @@ pub(super) fn resolve(
                 .map(|i| format!(",id={i}"))
                 .unwrap_or_default()
         );
-    }
-    for c in b.chardevs.iter().filter(|c| !used_chardevs.contains(&c.id)) {
-        log::warn!("-chardev {}: no device uses it", c.id);
     }
     Ok(out)
 }
@@ -645,13 +629,20 @@ fn add_chardev(out: &mut Resolved, label: String, backend: BuiltinBackend) -> St
 
 /// The endpoint of a `virtconsole`'s chardev.
 fn console_endpoint(
-    plain: &[PlainChardev],
+    locals: &[LocalChardev],
     servers: &mut Vec<ServerChardev>,
     clients: &[ChardevConfig],
     id: &str,
 ) -> Result<ConsoleEndpoint, String> {
-    if let Some(c) = plain.iter().find(|c| c.id == id) {
-        return Ok(c.endpoint.clone());
+    if let Some(c) = locals.iter().find(|c| c.id == id) {
+        return match &c.backend {
+            SerialConfig::Stdio => Ok(ConsoleEndpoint::Stdio),
+            SerialConfig::File(path) => Ok(ConsoleEndpoint::File(path.clone())),
+            _ => Err(format!(
+                "chardev '{id}': accel's console backend serves -chardev stdio, file,path=P or \
+                 socket,path=P,server=on,wait=off (not pipe or null)"
+            )),
+        };
     }
     if let Some(i) = servers.iter().position(|s| s.id == id) {
         let s = &servers[i];

@@ -11,7 +11,8 @@ use vu_spec::devices::{DEVICES, DeviceSpec, Prop, PropKind, find_driver};
 use crate::config::{ChardevConfig, VhostUserDeviceConfig};
 
 pub(super) const CHARDEV_PROPS: &[&str] = &["backend (socket)", "id", "path", "reconnect"];
-pub(super) const NETDEV_PROPS: &[&str] = &["type (vhost-user)", "id", "chardev", "queues"];
+pub(super) const NETDEV_PROPS: &[&str] =
+    &["type (vhost-user)", "id", "chardev", "queues", "vhostforce"];
 pub(super) const COMMON_PROPS: &[&str] = &[
     "id",
     "addr",
@@ -19,6 +20,10 @@ pub(super) const COMMON_PROPS: &[&str] = &[
     "disable-legacy (on/auto)",
     "disable-modern (off)",
     "romfile (empty)",
+    "vectors (1..)",
+    "packed",
+    "page-per-vq",
+    "multifunction (off)",
 ];
 /// Most virtqueues a virtio-pci device can have in QEMU (VIRTIO_QUEUE_MAX).
 const MAX_QUEUES: u64 = 1024;
@@ -30,7 +35,8 @@ pub(super) fn parse_chardev(mut props: Props) -> Result<ChardevConfig, CliError>
         return Err(props.unsupported(
             "backend",
             &backend,
-            "accel's -chardev kinds: socket (vhost-user backends, -mon), and stdio or file for virtconsole",
+            "accel's -chardev kinds: socket (vhost-user backends, -mon, -serial) and \
+             stdio, file, pipe or null (-serial, isa-debugcon, virtconsole)",
         ));
     }
     let id = required_id(&mut props, "id")?;
@@ -89,6 +95,8 @@ pub(super) fn parse_netdev(mut props: Props) -> Result<Netdev, CliError> {
     let id = required_id(&mut props, "id")?;
     let chardev = required_id(&mut props, "chardev")?;
     let queues = props.take_uint_in("queues", 1, MAX_QUEUES / 2)?;
+    // vhost-user is the only net backend accel has: "force vhost" asks for what it does.
+    props.take_bool("vhostforce")?;
     props.finish(NETDEV_PROPS)?;
     Ok(Netdev {
         id,
@@ -158,6 +166,9 @@ struct DeviceValues {
     config_size: Option<u32>,
     mac: Option<[u8; 6]>,
     bootindex: Option<u32>,
+    rx_queue_size: Option<u16>,
+    tx_queue_size: Option<u16>,
+    hidden_features: u64,
 }
 
 fn take_prop(props: &mut Props, p: &Prop, v: &mut DeviceValues) -> Result<(), CliError> {
@@ -187,6 +198,13 @@ fn take_prop(props: &mut Props, p: &Prop, v: &mut DeviceValues) -> Result<(), Cl
                 .take_uint_in(key, 0, u64::from(u32::MAX))?
                 .and_then(|b| u32::try_from(b).ok());
         }
+        PropKind::RxQueueSize => v.rx_queue_size = queue_size(props, key)?,
+        PropKind::TxQueueSize => v.tx_queue_size = queue_size(props, key)?,
+        PropKind::FeatureSwitch(bit) => {
+            if props.take_bool(key)? == Some(false) {
+                v.hidden_features |= 1 << bit;
+            }
+        }
     }
     Ok(())
 }
@@ -196,6 +214,12 @@ fn unknown_driver(props: &Props, driver: &str) -> CliError {
     let list = drivers().join(", ");
     let reason = if matches!(driver, "help" | "?") {
         format!("accel's -device drivers: {list}")
+    } else if ["usb", "xhci", "uhci", "ehci", "ohci"]
+        .iter()
+        .any(|u| driver.contains(u))
+    {
+        "accel has no USB controller or USB devices (lines with -machine usb=off need none)"
+            .to_string()
     } else if driver.starts_with("virtio-") {
         format!(
             "accel's virtio devices are vhost-user backends in other processes; supported drivers: {list}"
@@ -218,6 +242,7 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         take_prop(&mut props, p, &mut v)?;
     }
     let pci = take_common_props(&mut props)?;
+    let transport = take_transport_props(&mut props)?;
     let mut supported: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
     supported.extend_from_slice(COMMON_PROPS);
     props.finish(&supported)?;
@@ -229,10 +254,14 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         virtio_id: spec.virtio_id(v.virtio_id),
         config_size: spec.config_size(v.config_size),
         num_queues: v.num_queues,
-        queue_size: v.queue_size,
+        queue_size: v.rx_queue_size.or(v.queue_size),
         pci_slot: pci.map(|(slot, _)| slot),
         mac: v.mac,
         bootindex: v.bootindex,
+        tx_queue_size: v.tx_queue_size,
+        hidden_features: v.hidden_features,
+        msix_vectors: transport.vectors,
+        packed: transport.packed,
     };
     Ok(Device {
         option,
@@ -292,6 +321,44 @@ pub(super) fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, C
         return Err(props.unsupported("romfile", &rom, "accel loads no option ROMs"));
     }
     Ok(pci)
+}
+
+/// Transport choices QEMU's virtio-pci devices take.
+pub(super) struct Transport {
+    pub vectors: Option<u16>,
+    pub packed: bool,
+}
+
+/// `vectors=N` (MSI-X table size; 0 would mean INTx, which accel lacks), `packed=on|off`,
+/// `page-per-vq=on|off` (QEMU's notify layout: a guest finds its notify addresses through the
+/// capability's multiplier either way, so accel keeps its compact layout), `multifunction=off`.
+pub(super) fn take_transport_props(props: &mut Props) -> Result<Transport, CliError> {
+    let vectors = match props.take_uint("vectors")? {
+        None => None,
+        Some(0) => {
+            return Err(props.unsupported(
+                "vectors",
+                "0",
+                "accel's virtio-pci devices interrupt through MSI-X only (no INTx)",
+            ));
+        }
+        Some(n) => Some(
+            u16::try_from(n)
+                .ok()
+                .filter(|&n| u64::from(n) <= MAX_QUEUES + 1)
+                .ok_or_else(|| props.invalid("vectors", &n.to_string(), "1..=1025"))?,
+        ),
+    };
+    let packed = props.take_bool("packed")?.unwrap_or(false);
+    props.take_bool("page-per-vq")?;
+    if props.take_bool("multifunction")? == Some(true) {
+        return Err(props.unsupported(
+            "multifunction",
+            "on",
+            "accel puts one function in each PCI slot",
+        ));
+    }
+    Ok(Transport { vectors, packed })
 }
 
 /// Queues of a device on `netdev`: two per pair, all pairs only with `mq=on` (QEMU).

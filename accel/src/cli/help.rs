@@ -15,26 +15,32 @@ or true/false. Anything accel does not support is an error, never silently ignor
 Machine:
   -accel kvm[,kernel-irqchip=on]   KVM (the default); tcg and other accelerators are refused
   -enable-kvm                      same as -accel kvm
-  -machine, -M [type=]pc|q35|microvm[,accel=kvm][,memory-backend=ID]
+  -machine, -M [type=]pc|q35|microvm|none[,accel=kvm][,memory-backend=ID]
                                    the platform is the same for all three types (PC-style:
                                    PIC/IOAPIC/PIT, legacy PCI config ports, ACPI with a power
                                    button and S5); pc-i440fx-*/pc-q35-* names are accepted.
-                                   acpi=off (or -no-acpi): MP table instead of ACPI. Also
-                                   accepted: acpi=on|auto, kernel-irqchip=on, usb=off,
+                                   acpi=off (or -no-acpi): MP table instead of ACPI. none:
+                                   no guest, only the QMP monitors (capability probing;
+                                   -kernel not needed). accel=kvm:tcg uses kvm. Also
+                                   accepted: acpi=on|auto, kernel-irqchip=on (also spelled
+                                   kernel_irqchip; split/off are refused), usb=off,
                                    dump-guest-core=on|off and mem-merge=on|off (host-side
                                    hints, ignored)
   -cpu host|max[,+FEAT][,-FEAT][,FEAT=on|off]
                                    the host CPU as KVM reports it (default: host; QEMU's
                                    default is qemu64). FEAT is a CPUID flag by QEMU name
-                                   (x2apic, avx2, popcnt, sse4.2, ...). Named models and
-                                   non-flag CPU properties are refused
+                                   (x2apic, avx2, popcnt, sse4.2, ...). pmu=off (accel has
+                                   no virtual PMU; pmu=on is refused), migratable=on|off and
+                                   check=/enforce= are accepted. Named models and other
+                                   CPU properties are refused
   -smp [cpus=]N[,sockets=S][,cores=C][,threads=T][,maxcpus=M][,dies=1][,clusters=1]
                                    vCPUs and topology with QEMU's rules (missing values are
                                    computed, the product must equal maxcpus); at most 255
-                                   vCPUs; maxcpus must equal cpus (no CPU hotplug)
+                                   vCPUs; maxcpus above cpus is accepted, but only cpus vCPUs
+                                   exist (no CPU hotplug)
   -m [size=]SIZE                   guest RAM (default 128M); without a suffix SIZE is MiB;
-                                   suffixes B K M G T. maxmem=/slots= are refused (no
-                                   memory hotplug)
+                                   suffixes B K M G T. slots=N,maxmem=SIZE are accepted
+                                   (checked; accel has no memory hotplug)
   -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,hugetlb=on|off]
           [,hugetlbsize=SIZE][,prealloc=on|off]
                                    a RAM backend (size in bytes unless suffixed, a multiple
@@ -68,11 +74,36 @@ Boot (accel has no firmware; it always boots Linux directly):
 
 Console and host-side options:
   -serial DEV                      COM1 (0x3f8, IRQ 4): stdio, null, none, file:PATH,
-                                   unix:PATH,server=on[,wait=off] (listening socket only;
-                                   wait defaults to on as in QEMU), or mon:stdio (accel has
-                                   no monitor: same as stdio). Given once at most. Without
-                                   -serial, the serial port uses stdio (accel has no
-                                   graphical console), or is discarded with -nodefaults
+                                   pipe:PATH, chardev:ID, unix:PATH,server=on[,wait=off]
+                                   (listening socket only; wait defaults to on as in QEMU),
+                                   or mon:stdio (accel has no human monitor: same as stdio).
+                                   Given once at most. Without -serial, the serial port uses
+                                   stdio (accel has no graphical console), or is discarded
+                                   with -nodefaults
+  -chardev stdio|null,id=ID[,mux=on][,signal=on|off]
+  -chardev file|pipe,id=ID,path=PATH
+                                   for -serial chardev:ID and isa-debugcon (a socket with
+                                   server=on,path= too). pipe: PATH.in/PATH.out, else PATH.
+                                   A -mon in readline mode on a mux=on chardev is ignored
+                                   with a warning (accel has no human monitor)
+  -echr N|^X                       the escape key of -serial stdio on a terminal (Ctrl-A)
+  -device isa-debugcon[,iobase=0xe9][,readback=0xe9],chardev=ID
+                                   bytes written to the port go to the chardev
+  -device isa-debug-exit[,iobase=0x501][,iosize=2]
+                                   a guest write of V ends accel with status (V << 1) | 1
+  -rtc [base=utc|localtime|DATE][,clock=host|rt][,driftfix=slew|none]
+                                   the CMOS clock's base (DATE: 2006-06-17T16:01:21);
+                                   driftfix has nothing to do (no RTC interrupts are raised)
+  -global kvm-pit.lost_tick_policy=discard|delay
+                                   discard: KVM stops reinjecting missed PIT ticks.
+                                   PIIX4_PM/ICH9-LPC.disable_s3/disable_s4 are accepted
+                                   (no ACPI sleep states); other -global properties refused
+  -msg timestamp=on|off            stderr messages start with a UTC timestamp
+  -overcommit mem-lock=off,cpu-pm=off
+                                   accepted (what accel does); on is refused
+  -boot [order=..][,once=..][,menu=..][,strict=..][,reboot-timeout=..][,splash-time=..]
+                                   accepted and ignored (no firmware: -kernel boots)
+  -net none                        accepted (accel adds no default NIC)
   -nographic                       accepted (accel has no display; serial defaults to stdio)
   -display none                    accepted; other displays are refused
   -vga none, -parallel none, -monitor none
@@ -95,7 +126,7 @@ QMP monitor and VM lifecycle (QEMU 7.2's protocol; see the README for the comman
                                    monitors may be given; each serves one client at a time
                                    and a client may reconnect. wait=on (QEMU's default)
                                    waits for the first client before the VM starts.
-                                   server=on chardevs are for -mon only
+                                   server=on chardevs are for -mon and -serial chardev:ID
   -S                               create the vCPUs stopped; QMP 'cont' starts them
   -no-shutdown                     a guest poweroff stops the VM (status 'shutdown') and
                                    accel waits for 'system_reset' or 'quit'
@@ -125,7 +156,11 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    disable-legacy=on|auto (devices are modern-only, so off
                                    is refused), disable-modern=off and romfile= (empty);
                                    the -non-transitional driver names are accepted too.
-                                   bootindex is accepted and ignored. vhost-user devices
+                                   bootindex is accepted and ignored. vectors=N sets the
+                                   MSI-X table size (0 is refused: no INTx); packed=on is
+                                   accepted but accel drives split rings only;
+                                   page-per-vq=on|off is accepted (the guest finds its
+                                   notify addresses either way). vhost-user devices
                                    need shared guest RAM: -object memory-backend-memfd,
                                    share=on with -numa node,memdev= or -machine
                                    memory-backend=
@@ -154,12 +189,13 @@ as '-device X: served by PROGRAM (pid N)' at RUST_LOG=info):
                                    uds-path= is an accel extension
   -device virtio-serial-pci[,id=ID] + -device virtconsole,chardev=ID[,bus=ID.0]
   -chardev stdio|file,id=ID[,path=PATH] (or socket,path=P,server=on,wait=off)
+                                   (the same -chardev as -serial chardev:ID takes)
                                    vhost-user-console (the guest's hvc0): one virtconsole per
                                    virtio-serial-pci; stdio only when -serial is not stdio
                                    Plain -m RAM is shared with these backends automatically.
 
-Not supported (an error says so): -hda, non-raw image formats,
--nic/-net (use -netdev vhost-user or tap), -bios, -s/-gdb, -monitor other than none (HMP),
+Not supported (an error says so): -hda, non-raw image formats, -nic and -net other than
+none (use -netdev vhost-user or tap), -bios, -s/-gdb, -monitor other than none (HMP),
 migration and snapshots, display options, USB, and any other QEMU option.
 
 Example (the test guest):
@@ -176,7 +212,7 @@ fn device_lines() -> String {
     let mut out = String::new();
     for spec in DEVICES {
         if spec.prop(PropKind::Netdev).is_some() {
-            out.push_str("  -netdev vhost-user,id=ID,chardev=ID[,queues=N]\n");
+            out.push_str("  -netdev vhost-user,id=ID,chardev=ID[,queues=N][,vhostforce=on]\n");
         }
         let mut line = format!("  -device {}", spec.driver());
         for p in spec.props {

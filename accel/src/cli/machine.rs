@@ -15,19 +15,26 @@ pub(super) fn check_accel(mut props: Props) -> Result<(), CliError> {
         return Err(props.unsupported("accel", &name, ONLY_KVM));
     }
     check_kernel_irqchip(&mut props)?;
-    props.finish(&["kernel-irqchip (on only)"])
+    props.finish(&["kernel-irqchip (on only)", "kernel_irqchip (on only)"])
 }
 
 /// `kernel-irqchip=on` is what accel does; `off`/`split` are refused.
+/// QEMU also takes the older `kernel_irqchip` spelling.
 fn check_kernel_irqchip(props: &mut Props) -> Result<(), CliError> {
-    match props.take("kernel-irqchip").as_deref() {
-        None | Some("on") => Ok(()),
-        Some(other) => Err(props.unsupported(
-            "kernel-irqchip",
-            other,
-            "accel always uses KVM's in-kernel PIC/IOAPIC/PIT (kernel-irqchip=on)",
-        )),
+    for key in ["kernel-irqchip", "kernel_irqchip"] {
+        match props.take(key).as_deref() {
+            None | Some("on") => {}
+            Some(other @ ("split" | "off")) => {
+                return Err(props.unsupported(
+                    key,
+                    other,
+                    "accel always uses KVM's in-kernel PIC/IOAPIC/PIT (kernel-irqchip=on)",
+                ));
+            }
+            Some(other) => return Err(props.invalid(key, other, "on, split or off")),
+        }
     }
+    Ok(())
 }
 
 /// The result of the merged `-machine` occurrences.
@@ -46,6 +53,7 @@ pub(super) const MACHINE_PROPS: &[&str] = &[
     "memory-backend",
     "acpi (on/off/auto)",
     "kernel-irqchip (on only)",
+    "kernel_irqchip (on only)",
     "usb (off only)",
     "dump-guest-core (ignored)",
     "mem-merge (ignored)",
@@ -59,14 +67,17 @@ pub(super) fn parse_machine(mut props: Props) -> Result<Machine, CliError> {
             props.invalid(
                 "type",
                 &t,
-                "one of pc, q35, microvm (or pc-i440fx-*, pc-q35-*)",
+                "one of pc, q35, microvm, none (or pc-i440fx-*, pc-q35-*)",
             )
         })?,
     };
     if let Some(list) = props.take("accel") {
-        // QEMU's legacy fallback list `accel=kvm:tcg`: every entry must be kvm here.
-        if let Some(bad) = list.split(':').find(|a| *a != "kvm") {
-            return Err(props.unsupported("accel", bad, ONLY_KVM));
+        // QEMU's legacy fallback list `accel=kvm:tcg` (libvirt's probing line): QEMU uses the
+        // first accelerator that works, so kvm must come first; accel never falls back (a
+        // missing /dev/kvm is an error at start).
+        let first = list.split(':').next().unwrap_or_default();
+        if first != "kvm" {
+            return Err(props.unsupported("accel", &list, ONLY_KVM));
         }
     }
     let memory_backend = props.take_id("memory-backend")?;
@@ -96,6 +107,7 @@ fn machine_type(name: &str) -> Option<MachineType> {
         "pc" => Some(MachineType::Pc),
         "q35" => Some(MachineType::Q35),
         "microvm" => Some(MachineType::Microvm),
+        "none" => Some(MachineType::None),
         _ if name.starts_with("pc-i440fx-") => Some(MachineType::Pc),
         _ if name.starts_with("pc-q35-") => Some(MachineType::Q35),
         _ => None,
@@ -125,6 +137,11 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
             (name, true)
         } else if let Some(name) = item.strip_prefix('-') {
             (name, false)
+        } else if let Some((name @ ("pmu" | "migratable" | "check" | "enforce"), value)) =
+            item.split_once('=')
+        {
+            cpu_property(option, name, value)?;
+            continue;
         } else if let Some((name, value)) = item.split_once('=') {
             let on = values::parse_bool(value).map_err(|_| CliError::UnsupportedValue {
                 option: option.into(),
@@ -138,6 +155,11 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
         } else {
             (item, true)
         };
+        // QEMU takes `+PROP`/`-PROP` for any boolean CPU property (`-pmu` is `pmu=off`).
+        if matches!(name, "pmu" | "migratable" | "check" | "enforce") {
+            cpu_property(option, name, if on { "on" } else { "off" })?;
+            continue;
+        }
         let Some(bit) = feature_bit(name) else {
             return Err(CliError::UnknownProperty {
                 option: option.into(),
@@ -158,6 +180,34 @@ pub(super) fn parse_cpu(option: &'static str, value: &str) -> Result<CpuConfig, 
         }
     }
     Ok(cpu)
+}
+
+/// `-cpu host,pmu=off|on,migratable=on|off,check=..,enforce=..`: CPU properties that are not
+/// feature flags.
+///
+/// - `pmu=off` is what accel's guests get: accel never sets up a virtual PMU (no
+///   KVM_CAP_PMU_CAPABILITY; CPUID leaf 0xA comes from KVM_GET_SUPPORTED_CPUID, which reports
+///   no PMU where KVM has none). `pmu=on` is refused.
+/// - `migratable=on|off` only selects which host features QEMU passes through for migration;
+///   accel has no migration and passes KVM's supported set either way.
+/// - `check`/`enforce`: warnings or errors for features the host lacks; accel already refuses
+///   a `+feat` KVM cannot provide.
+fn cpu_property(option: &str, name: &str, value: &str) -> Result<(), CliError> {
+    let on = values::parse_bool(value).map_err(|values::BadValue(e)| CliError::InvalidValue {
+        option: option.into(),
+        property: name.into(),
+        value: value.into(),
+        expected: e.into(),
+    })?;
+    if name == "pmu" && on {
+        return Err(CliError::UnsupportedValue {
+            option: option.into(),
+            property: name.into(),
+            value: value.into(),
+            reason: "accel provides no virtual PMU (pmu=off)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// accel's default CPU when `-cpu` is absent: the host's (QEMU defaults to qemu64).

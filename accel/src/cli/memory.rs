@@ -15,7 +15,7 @@ pub(super) const DEFAULT_RAM: u64 = 128 * MIB;
 /// Backends are mapped into KVM memory slots: page granularity.
 const PAGE: u64 = 4096;
 
-pub(super) const MEM_PROPS: &[&str] = &["size"];
+pub(super) const MEM_PROPS: &[&str] = &["size", "slots", "maxmem"];
 pub(super) const MEMFD_PROPS: &[&str] = &[
     "qom-type (memory-backend-memfd)",
     "id",
@@ -72,10 +72,26 @@ pub(super) fn parse_mem(mut props: Props) -> Result<Option<u64>, CliError> {
             )
         }
     };
-    for key in ["maxmem", "slots"] {
-        if let Some(v) = props.take(key) {
-            return Err(props.unsupported(key, &v, "accel does not support memory hotplug"));
-        }
+    // Room for memory hotplug, which accel does not do: checked, then only logged (the
+    // guest sees `size` bytes, as with QEMU before anything is plugged).
+    let slots = props.take_uint_in("slots", 0, 256)?;
+    let maxmem = match props.take("maxmem") {
+        None => None,
+        Some(raw) => Some(
+            values::parse_size(&raw, 1).map_err(|BadValue(e)| props.invalid("maxmem", &raw, e))?,
+        ),
+    };
+    if let (Some(max), Some(size)) = (maxmem, size)
+        && max < size
+    {
+        return Err(props.invalid(
+            "maxmem",
+            &max.to_string(),
+            "a size at least -m's (maxmem < size)",
+        ));
+    }
+    if slots.is_some() || maxmem.is_some() {
+        log::info!("-m: slots/maxmem accepted; accel has no memory hotplug");
     }
     props.finish(MEM_PROPS)?;
     Ok(size)

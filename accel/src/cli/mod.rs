@@ -13,6 +13,7 @@
 mod args;
 mod block;
 mod builtin;
+mod chardev;
 mod devices;
 mod help;
 mod json;
@@ -31,8 +32,8 @@ mod tests;
 use std::path::PathBuf;
 
 use crate::config::{
-    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, RamSource, SerialConfig,
-    VmConfig,
+    BootConfig, ChardevConfig, CpuConfig, LifecycleConfig, MonitorConfig, PlatformConfig,
+    RamSource, SerialConfig, VmConfig,
 };
 use args::Opt;
 use props::{Flags, Props};
@@ -124,7 +125,10 @@ struct State {
     objects: Vec<memory::Backend>,
     numa: Vec<memory::NumaNode>,
     legacy_mem: memory::Legacy,
-    serials: Vec<SerialConfig>,
+    serials: Vec<chardev::CharRef>,
+    local_chardevs: Vec<chardev::LocalChardev>,
+    isa_devices: Vec<chardev::IsaDevice>,
+    platform: PlatformConfig,
     nodefaults: bool,
     no_reboot: bool,
     no_acpi: bool,
@@ -133,7 +137,6 @@ struct State {
     netdevs: Vec<devices::Netdev>,
     devices: Vec<devices::Device>,
     builtin: builtin::Builtins,
-    platform: crate::config::PlatformDevices,
 }
 
 /// Merges a later occurrence into the props collected so far (QEMU merges -machine, -m and
@@ -184,7 +187,26 @@ impl State {
             Opt::Numa => self
                 .numa
                 .push(memory::parse_numa(kv(Some("type"), Flags::Allowed)?)?),
-            Opt::Serial => self.serials.push(serial::parse_serial(option, &value)?),
+            Opt::Serial => self
+                .serials
+                .push(chardev::parse_serial_ref(option, &value)?),
+            Opt::Rtc => platform::parse_rtc(kv(None, Flags::Allowed)?, &mut self.platform)?,
+            Opt::Global => platform::parse_global(option, &value, &mut self.platform)?,
+            Opt::Msg => platform::parse_msg(kv(None, Flags::Allowed)?, &mut self.platform)?,
+            Opt::Overcommit => platform::parse_overcommit(kv(None, Flags::Allowed)?)?,
+            Opt::Boot => platform::parse_boot(kv(Some("order"), Flags::Allowed)?)?,
+            Opt::Echr => self.platform.escape_char = platform::parse_echr(option, &value)?,
+            // `-net none`: no default NIC, which accel never adds anyway.
+            Opt::Net if value == "none" => {}
+            Opt::Net => {
+                return Err(CliError::UnsupportedOption {
+                    option: "-net".into(),
+                    reason: format!(
+                        "'{value}': accel's only -net is 'none'; networking is vhost-user: use \
+                         -netdev vhost-user + -device virtio-net-pci"
+                    ),
+                });
+            }
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
@@ -201,10 +223,8 @@ impl State {
             }
             Opt::Chardev => {
                 let props = kv(Some("backend"), Flags::Allowed)?;
-                if matches!(props.peek("backend"), Some("stdio" | "file")) {
-                    self.builtin
-                        .chardevs
-                        .push(builtin::parse_plain_chardev(props)?);
+                if chardev::is_local(&props) {
+                    self.local_chardevs.push(chardev::parse_local(props)?);
                 } else if monitor::is_server(&props)? {
                     self.server_chardevs
                         .push(monitor::parse_server_chardev(props)?);
@@ -224,9 +244,18 @@ impl State {
                 let label = format!("compat_monitor{}", self.qmps.len());
                 self.qmps.push(monitor::parse_qmp(option, &value, label)?);
             }
-            Opt::Mon => self
-                .mons
-                .push(monitor::parse_mon(kv(Some("chardev"), Flags::Allowed)?)?),
+            Opt::Mon => {
+                let props = kv(Some("chardev"), Flags::Allowed)?;
+                if self.is_mux_readline_monitor(&props) {
+                    log::warn!(
+                        "-mon chardev={}: accel has no human monitor (HMP); the chardev \
+                         serves the serial port alone",
+                        props.get("chardev").unwrap_or_default()
+                    );
+                } else {
+                    self.mons.push(monitor::parse_mon(props)?);
+                }
+            }
             Opt::Netdev => {
                 let props = kv_or_json(Some("type"))?;
                 if props.peek("type") == Some("tap") {
@@ -239,7 +268,7 @@ impl State {
                 let props = kv_or_json(Some("driver"))?;
                 let driver = props.peek("driver").unwrap_or_default().to_string();
                 if platform::is_platform(Some(&driver)) {
-                    platform::parse(props, &mut self.platform)?;
+                    platform::parse(props, &mut self.platform, &mut self.isa_devices)?;
                 } else if builtin::is_serial_bus(&driver) {
                     self.builtin
                         .serial_buses
@@ -262,6 +291,18 @@ impl State {
             Opt::Help | Opt::Version => {}
         }
         Ok(())
+    }
+
+    /// A `-mon` in readline mode (HMP) on a `mux=on` stdio-like chardev: QEMU multiplexes its
+    /// human monitor with the serial port there; accel has no HMP, so only the serial port
+    /// remains (as with `-serial mon:stdio`).
+    fn is_mux_readline_monitor(&self, props: &Props) -> bool {
+        let readline = matches!(props.get("mode"), None | Some("readline"));
+        readline
+            && self
+                .local_chardevs
+                .iter()
+                .any(|c| c.mux && Some(c.id.as_str()) == props.get("chardev"))
     }
 
     /// `-object`: memory backends are kept; `secret` (libvirt passes one on every line) is
@@ -305,9 +346,26 @@ impl State {
     }
 
     fn finish(self) -> Result<VmConfig, CliError> {
-        let kernel = self.kernel.ok_or(CliError::MissingKernel)?;
         let machine =
             machine::parse_machine(self.machine.unwrap_or_else(|| Props::empty("-machine")))?;
+        let probing = machine.kind == crate::config::MachineType::None;
+        // `-machine none` runs no guest (capability probing): no kernel, no devices.
+        let kernel = match self.kernel {
+            Some(k) => k,
+            None if probing => String::new(),
+            None => return Err(CliError::MissingKernel),
+        };
+        if probing
+            && !(self.devices.is_empty()
+                && self.isa_devices.is_empty()
+                && self.platform.pvpanic.is_none()
+                && self.builtin.is_empty())
+        {
+            return Err(CliError::Invalid {
+                option: "-machine".into(),
+                message: "-machine none has no buses: it takes no -device".into(),
+            });
+        }
         let smp = smp::parse_smp(self.smp.unwrap_or_else(|| Props::empty("-smp")))?;
         let ram_size = memory::parse_mem(self.mem.unwrap_or_else(|| Props::empty("-m")))?;
         for (i, backend) in self.objects.iter().enumerate() {
@@ -326,21 +384,64 @@ impl State {
             &self.legacy_mem,
         )?;
         let mut memory = memory;
+        // One id space for every chardev: the local ones (stdio/file/pipe/null), which the
+        // serial port, isa-debugcon and virtconsole share, and the sockets.
+        for (i, c) in self.local_chardevs.iter().enumerate() {
+            if self.local_chardevs[..i].iter().any(|o| o.id == c.id)
+                || self.chardevs.iter().any(|o| o.id == c.id)
+                || self.server_chardevs.iter().any(|o| o.id == c.id)
+            {
+                return Err(CliError::Invalid {
+                    option: "-chardev".into(),
+                    message: format!("duplicate chardev id '{}'", c.id),
+                });
+            }
+        }
+        let mut server_chardevs = self.server_chardevs;
+        // Chardev ids taken by a user (each chardev has one).
+        let mut used = Vec::new();
+        let mut serials = Vec::new();
+        for r in self.serials {
+            serials.push(chardev::resolve_ref(
+                "-serial",
+                r,
+                &self.local_chardevs,
+                &mut server_chardevs,
+                &mut used,
+            )?);
+        }
+        let mut platform = self.platform;
+        for dev in self.isa_devices {
+            platform.isa_devices.push(chardev::resolve_isa(
+                dev,
+                &self.local_chardevs,
+                &mut server_chardevs,
+                &mut used,
+            )?);
+        }
+        let serial_stdio =
+            (serials.is_empty() && !self.nodefaults) || serials.contains(&SerialConfig::Stdio);
         let mut user_devices = self.devices;
         for d in self.builtin.drives.iter().filter(|d| d.virtio) {
             user_devices.push(builtin::drive_device(d));
         }
-        let mut server_chardevs = self.server_chardevs;
         let builtins = builtin::resolve(
             self.builtin,
             &mut user_devices,
-            &mut server_chardevs,
-            &self.chardevs,
+            builtin::Chardevs {
+                locals: &self.local_chardevs,
+                servers: &mut server_chardevs,
+                clients: &self.chardevs,
+                used: &mut used,
+            },
             smp.cpus,
-            (self.serials.is_empty() && !self.nodefaults)
-                || self.serials.contains(&SerialConfig::Stdio),
+            serial_stdio,
         )?;
-        let client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        for c in self.local_chardevs.iter().filter(|c| !used.contains(&c.id)) {
+            log::warn!("-chardev {}: no device uses it", c.id);
+        }
+        let mut client_ids: Vec<String> = self.chardevs.iter().map(|c| c.id.clone()).collect();
+        client_ids.extend(self.local_chardevs.iter().map(|c| c.id.clone()));
         let mut chardevs = self.chardevs;
         chardevs.extend(builtins.chardevs);
         let mut netdevs = self.netdevs;
@@ -369,10 +470,10 @@ impl State {
         if !devices.is_empty() {
             memory::check_shared(&memory)?;
         }
-        let serial = match self.serials.len() {
+        let serial = match serials.len() {
             0 if self.nodefaults => SerialConfig::Null,
             0 => SerialConfig::Stdio,
-            1 => self.serials.into_iter().next().unwrap_or_default(),
+            1 => serials.into_iter().next().unwrap_or_default(),
             n => {
                 return Err(CliError::Invalid {
                     option: "-serial".into(),
@@ -410,7 +511,7 @@ impl State {
             timing: self.timing,
             monitors,
             lifecycle: self.lifecycle,
-            platform: self.platform,
+            platform,
         })
     }
 }

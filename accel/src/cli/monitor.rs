@@ -178,7 +178,9 @@ pub(super) fn parse_mon(mut props: Props) -> Result<Mon, CliError> {
         ));
     }
     let pretty = props.take_bool("pretty")?.unwrap_or(false);
-    props.finish(&["chardev", "mode (control)", "pretty"])?;
+    // libvirt names its monitor (`id=monitor`); nothing refers to a monitor by id.
+    props.take_id("id")?;
+    props.finish(&["chardev", "mode (control)", "pretty", "id"])?;
     Ok(Mon { chardev, pretty })
 }
 

@@ -17,7 +17,7 @@ pub(super) const SMP_PROPS: &[&str] = &[
     "clusters (1 only)",
     "cores",
     "threads",
-    "maxcpus (= cpus)",
+    "maxcpus (>= cpus; no hotplug)",
 ];
 
 pub(super) fn parse_smp(mut props: Props) -> Result<SmpConfig, CliError> {
@@ -127,12 +127,9 @@ pub(super) fn parse_smp(mut props: Props) -> Result<SmpConfig, CliError> {
         )));
     }
     if maxcpus > cpus {
-        return Err(CliError::UnsupportedValue {
-            option: option.into(),
-            property: "maxcpus".into(),
-            value: maxcpus.to_string(),
-            reason: format!("accel does not support CPU hotplug: maxcpus must equal cpus ({cpus})"),
-        });
+        // Accepted as QEMU lines write it; accel creates `cpus` vCPUs and has no CPU hotplug,
+        // so the others never come online (QMP device_add of a CPU is refused).
+        log::info!("-smp: maxcpus={maxcpus} accepted; {cpus} vCPUs run (accel has no CPU hotplug)");
     }
     // All values are <= maxcpus <= 255 here.
     let narrow = |v: u64| u8::try_from(v).unwrap_or(u8::MAX);

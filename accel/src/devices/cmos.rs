@@ -4,7 +4,8 @@
 //! register (bit 7 of a write is the NMI-disable bit, bits 0-6 select the register), offset 1
 //! reads or writes the selected register.
 //!
-//! The clock is the host's wall clock in UTC (QEMU's default `-rtc base=utc`), encoded as status
+//! The clock is the host's wall clock in UTC (QEMU's default `-rtc base=utc`; `base=localtime`
+//! adds the host time zone's current offset, `base=DATE` starts at DATE), encoded as status
 //! register B asks (BCD or binary, 24- or 12-hour). Status A's update-in-progress bit is set
 //! during the last 244 µs of every host second, as on the real chip, so Linux's "avoid UIP" read
 //! loop sees it clear after at most one short wait. Guest writes to the time registers are
@@ -17,6 +18,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::bus::BusDevice;
+use crate::config::RtcBase;
 
 /// First port of the CMOS/RTC pair.
 pub const CMOS_PORT_BASE: u64 = 0x70;
@@ -64,6 +66,48 @@ fn host_clock() -> Duration {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The host time zone's offset from UTC at `unix_secs`, in seconds (east positive).
+fn local_offset(unix_secs: u64) -> i64 {
+    let t = libc::time_t::try_from(unix_secs).unwrap_or(0);
+    // SAFETY: an all-zero `tm` is a valid value for this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant and
+    // writes only into `tm`.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok { tm.tm_gmtoff } else { 0 }
+}
+
+/// The host clock shifted by the host time zone's current offset.
+fn localtime_clock() -> Clock {
+    Box::new(|| {
+        let now = host_clock();
+        let offset = local_offset(now.as_secs());
+        if offset >= 0 {
+            now + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now.saturating_sub(Duration::from_secs(offset.unsigned_abs()))
+        }
+    })
+}
+
+/// The clock for `-rtc base=`.
+fn clock_for(base: RtcBase) -> Clock {
+    match base {
+        RtcBase::Utc => Box::new(host_clock),
+        RtcBase::Localtime => {
+            // The first conversion loads the time zone (glibc reads TZ and maybe a zoneinfo
+            // file); do it now, before accel confines itself, not on a vCPU thread later.
+            local_offset(host_clock().as_secs());
+            localtime_clock()
+        }
+        RtcBase::Fixed(start) => {
+            let started = std::time::Instant::now();
+            let start = Duration::from_secs(u64::try_from(start).unwrap_or(0));
+            Box::new(move || start + started.elapsed())
+        }
+    }
 }
 
 /// A broken-down UTC time.
@@ -124,6 +168,11 @@ impl Cmos {
     /// `mem_above_4g`: bytes of guest RAM from 4 GiB up.
     pub fn new(mem_below_4g: u64, mem_above_4g: u64) -> Self {
         Self::with_clock(mem_below_4g, mem_above_4g, Box::new(host_clock))
+    }
+
+    /// [`Cmos::new`] with the clock `-rtc base=` asks for.
+    pub fn with_base(mem_below_4g: u64, mem_above_4g: u64, base: RtcBase) -> Self {
+        Self::with_clock(mem_below_4g, mem_above_4g, clock_for(base))
     }
 
     fn with_clock(mem_below_4g: u64, mem_above_4g: u64, clock: Clock) -> Self {
@@ -333,6 +382,17 @@ mod tests {
         // UIP is read-only; the rate bits are writable.
         set(&mut c, REG_A, 0xa5);
         assert_eq!(reg(&mut c, REG_A), 0x25);
+    }
+
+    #[test]
+    fn rtc_base_date_starts_the_clock_there() {
+        // -rtc base=2006-06-17T16:01:21
+        let mut c = Cmos::with_base(0, 0, RtcBase::Fixed(1_150_560_081));
+        assert_eq!(reg(&mut c, REG_YEAR), 0x06);
+        assert_eq!(reg(&mut c, REG_MONTH), 0x06);
+        assert_eq!(reg(&mut c, REG_DAY), 0x17);
+        assert_eq!(reg(&mut c, REG_HOURS), 0x16);
+        assert_eq!(reg(&mut c, REG_CENTURY), 0x20);
     }
 
     #[test]

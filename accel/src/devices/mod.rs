@@ -3,6 +3,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
+pub mod debug;
 pub mod i8042;
 pub mod pvpanic;
 pub mod serial;

@@ -10,6 +10,7 @@
 //! | `Null` | discarded | none |
 //! | `File(path)` | `path`, created or truncated | none |
 //! | `UnixServer { path, wait }` | the connected client, dropped when none | that client |
+//! | `Pipe(path)` | `path.out` (or `path`) | `path.in` (or `path`) |
 //!
 //! The socket server replaces a stale socket file at `path`, serves one client at a time (later
 //! ones wait in the listen backlog, as with QEMU), and with `wait` blocks `new` until the first
@@ -72,6 +73,8 @@ type Uart = Serial<EventFdTrigger, Arc<DrainSignal>, SerialOutput>;
 pub enum SerialError {
     #[error("cannot open serial output file {}: {source}", path.display())]
     OpenFile { path: PathBuf, source: io::Error },
+    #[error("cannot open serial pipe {p}.in/.out or {p}: {source}", p = path.display())]
+    OpenPipe { path: PathBuf, source: io::Error },
     #[error("cannot listen on serial socket {}: {source}", path.display())]
     Bind {
         path: PathBuf,
@@ -107,7 +110,18 @@ impl SerialDevice {
     /// Builds COM1 for `cfg`, raising its interrupt through `irq`. With
     /// `SerialConfig::UnixServer { wait: true, .. }` this blocks until a client connects.
     pub fn new(cfg: &SerialConfig, irq: EventFd) -> Result<Self, SerialError> {
+        Self::with_escape(cfg, 0x01, irq)
+    }
+
+    /// [`SerialDevice::new`] with `escape` as the terminal's escape key (`-echr`).
+    pub fn with_escape(cfg: &SerialConfig, escape: u8, irq: EventFd) -> Result<Self, SerialError> {
+        let mut pipe_in = None;
         let (out, socket) = match cfg {
+            SerialConfig::Pipe(path) => {
+                let (input, output) = open_pipe(path)?;
+                pipe_in = Some(input);
+                (SerialOutput::File(output), None)
+            }
             SerialConfig::Stdio => (SerialOutput::Stdout(io::stdout()), None),
             SerialConfig::Null => (SerialOutput::Null, None),
             SerialConfig::File(path) => {
@@ -179,7 +193,12 @@ impl SerialDevice {
             }
             (SerialConfig::Stdio, _) => {
                 device.raw_terminal = true;
-                input::spawn_stdin_reader(sink).map_err(thread_err("stdin"))?;
+                input::spawn_stdin_reader(sink, escape).map_err(thread_err("stdin"))?;
+            }
+            (SerialConfig::Pipe(_), _) => {
+                if let Some(input) = pipe_in {
+                    input::spawn_file_reader(input, sink).map_err(thread_err("pipe"))?;
+                }
             }
             _ => {}
         }
@@ -189,6 +208,27 @@ impl SerialDevice {
     fn uart(&self) -> std::sync::MutexGuard<'_, Uart> {
         self.uart.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// QEMU's pipe chardev: `PATH.in` and `PATH.out` when both open, else `PATH` for both
+/// directions. Opened read-write, so opening a named pipe does not wait for its peer.
+pub fn open_pipe(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), SerialError> {
+    let open = |p: &std::path::Path| std::fs::File::options().read(true).write(true).open(p);
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    if let (Ok(i), Ok(o)) = (open(&with(".in")), open(&with(".out"))) {
+        return Ok((i, o));
+    }
+    let err = |source| SerialError::OpenPipe {
+        path: path.to_path_buf(),
+        source,
+    };
+    let both = open(path).map_err(err)?;
+    let input = both.try_clone().map_err(err)?;
+    Ok((input, both))
 }
 
 impl BusDevice for SerialDevice {

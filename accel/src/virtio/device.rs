@@ -105,6 +105,11 @@ pub struct VirtioPciParams {
     /// virtio-net's control queue, served by accel, on a device with this many queue pairs
     /// (`None`: every queue is the backend's).
     pub control_queue_pairs: Option<u16>,
+    /// Size of the odd-numbered queues (virtio-net's transmit queues) when it differs from
+    /// `queue_size` (`tx_queue_size=`).
+    pub odd_queue_size: Option<u16>,
+    /// MSI-X table size (`vectors=`); `None`: one vector per queue plus one for config changes.
+    pub msix_vectors: Option<u16>,
 }
 
 /// A virtio capability (virtio 1.2 §4.1.4): vendor cap header, cfg_type, BAR 0, offset,
@@ -187,8 +192,14 @@ impl ConfigLayout {
         wmask[4] = 0xff;
         wmask[8..].fill(0xff);
         let pci_cfg_cap = config.add_capability(&body, &wmask)?;
-        // One vector per queue plus one for configuration changes.
-        let msix = Msix::new(params.num_queues + 1);
+        // One vector per queue plus one for configuration changes, unless `vectors=` says
+        // otherwise (the guest then shares vectors between queues).
+        let msix = Msix::new(
+            params
+                .msix_vectors
+                .unwrap_or(params.num_queues + 1)
+                .clamp(1, MAX_QUEUES + 1),
+        );
         let (body, wmask) = msix.capability(0, MSIX_TABLE_OFFSET as u32, 0, MSIX_PBA_OFFSET as u32);
         let msix_cap = config.add_capability(&body, &wmask)?;
         Ok(ConfigLayout {
@@ -277,7 +288,12 @@ impl VirtioPciDevice {
         let vectors = (0..layout.msix.num_vectors())
             .map(|_| Vector::new(&*router))
             .collect::<Result<Vec<_>, _>>()?;
-        let sizes = vec![params.queue_size; usize::from(params.num_queues)];
+        let sizes: Vec<u16> = (0..params.num_queues)
+            .map(|q| match params.odd_queue_size {
+                Some(odd) if q % 2 == 1 => odd,
+                _ => params.queue_size,
+            })
+            .collect();
         let control = BackendControl::spawn(&name, backend, params.config_size)
             .map_err(VirtioPciError::Control)?;
         let control_queue = match params.control_queue_pairs {

@@ -159,8 +159,10 @@ impl DevicePlan {
                 queue_size: cfg.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
                 config_size: cfg.config_size,
                 control_queue_pairs,
+                odd_queue_size: cfg.tx_queue_size,
+                msix_vectors: cfg.msix_vectors,
             },
-            feature_mask: !spec.features.masked,
+            feature_mask: !spec.features.masked & !cfg.hidden_features,
             feature_add,
             local_config: None,
             config_patch: None,
@@ -298,6 +300,19 @@ fn connect<M: GuestRam>(
             source: VirtioPciError::NoVersion1,
         });
     }
+    if dcfg.packed {
+        // QEMU offers VIRTIO_F_RING_PACKED with packed=on when the backend does; accel's
+        // transport drives split rings only.
+        let backend_has = offered & (1 << vu_spec::transport::VIRTIO_F_RING_PACKED) != 0;
+        log::warn!(
+            "{name}: packed=on: the backend {} VIRTIO_F_RING_PACKED; accel uses split rings",
+            if backend_has {
+                "offers"
+            } else {
+                "does not offer"
+            }
+        );
+    }
     let plan = DevicePlan::new(dcfg, vcpus, offered);
     if plan.backend_queues < asked {
         log::warn!(
@@ -334,6 +349,10 @@ mod tests {
             pci_slot: None,
             mac: None,
             bootindex: None,
+            tx_queue_size: None,
+            hidden_features: 0,
+            msix_vectors: None,
+            packed: false,
         }
     }
 
@@ -432,5 +451,22 @@ mod tests {
         assert_eq!((p.feature_mask, p.feature_add), (u64::MAX, 0));
         let p = DevicePlan::new(&cfg("vhost-user-device-pci", None), 2, VERSION_1);
         assert_eq!(p.params.num_queues, 1);
+    }
+
+    /// `mrg_rxbuf=off` (any `FEATURE=off` switch) takes the bit out of what the guest is
+    /// offered; `vectors=` and `tx_queue_size=` reach the transport parameters.
+    #[test]
+    fn device_property_switches_shape_the_plan() {
+        const MRG_RXBUF: u64 = 1 << 15;
+        let mut c = cfg("virtio-net-pci", None);
+        c.hidden_features = MRG_RXBUF;
+        c.msix_vectors = Some(2);
+        c.tx_queue_size = Some(512);
+        let p = DevicePlan::new(&c, 2, VERSION_1 | MRG_RXBUF);
+        assert_eq!(p.feature_mask & MRG_RXBUF, 0);
+        assert_eq!(p.params.msix_vectors, Some(2));
+        assert_eq!(p.params.odd_queue_size, Some(512));
+        let p = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1 | MRG_RXBUF);
+        assert_eq!(p.feature_mask & MRG_RXBUF, MRG_RXBUF);
     }
 }

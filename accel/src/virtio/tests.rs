@@ -154,6 +154,11 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(None, None)
+}
+
+/// A rig whose device has `vectors=` and `tx_queue_size=` (odd queues) set.
+fn rig_with(msix_vectors: Option<u16>, odd_queue_size: Option<u16>) -> Rig {
     let mmio = Arc::new(Bus::new());
     let root = Arc::new(PciRoot::new(mmio.clone(), Arc::new(Bus::new())).unwrap());
     let router = Arc::new(FakeRouter::default());
@@ -176,6 +181,8 @@ fn rig() -> Rig {
             queue_size: 128,
             config_size: 16,
             control_queue_pairs: None,
+            odd_queue_size,
+            msix_vectors,
         },
         addr,
         router.clone(),
@@ -590,4 +597,28 @@ fn requests_for_a_gone_backend_replay_after_reconnect() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(after > injected, "queue vectors raised after the reconnect");
     assert_eq!(r.r(0x14, 1), 0x0f);
+}
+
+/// `vectors=5` sizes the MSI-X table; `tx_queue_size=256` sizes the odd (transmit) queues
+/// while the even ones keep `queue_size` (`rx_queue_size`).
+#[test]
+fn vectors_and_per_direction_queue_sizes_reach_the_guest() {
+    let r = rig_with(Some(5), Some(256));
+    {
+        let dev = r.dev.lock().unwrap();
+        let caps = capabilities(|p| dev.config().read_byte(p));
+        let (m, _) = caps[5];
+        assert_eq!(
+            dev.config().read_reg(m / 4) >> 16 & 0x7ff,
+            4,
+            "table size - 1"
+        );
+    }
+    let mut r = r;
+    r.cfg_write(1, 0, &[0x06, 0x00]);
+    // common cfg: queue_select at 0x16, queue_size at 0x18.
+    r.w(0x16, 0, 2);
+    assert_eq!(r.r(0x18, 2), 128);
+    r.w(0x16, 1, 2);
+    assert_eq!(r.r(0x18, 2), 256);
 }

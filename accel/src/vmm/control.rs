@@ -23,6 +23,8 @@ pub enum VmRequest {
     CrashLoaded,
     /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this message.
     Fatal(String),
+    /// `isa-debug-exit`: end the process at once with this status, as QEMU does.
+    Exit(i32),
 }
 
 pub struct VmControl {

@@ -23,6 +23,18 @@ pub(super) fn vm_info(vm: &Vm) -> VmInfo {
     }
 }
 
+/// `-machine none`: no vCPUs, no RAM, no PCI; the chardevs as given.
+pub(super) fn probe_info(config: &VmConfig) -> VmInfo {
+    VmInfo {
+        name: config.name.clone(),
+        uuid: config.lifecycle.uuid.clone(),
+        cpus: Vec::new(),
+        ram_size: 0,
+        chardevs: chardevs(config),
+        pci: None,
+    }
+}
+
 /// Topology of each vCPU: APIC ids are contiguous, as `apply_vcpu_topology` lays them out.
 fn cpus(config: &VmConfig) -> Vec<CpuInfo> {
     let smp = &config.smp;
@@ -44,6 +56,7 @@ fn chardevs(config: &VmConfig) -> Vec<(String, String)> {
         SerialConfig::Null => None,
         SerialConfig::File(p) => Some(format!("file:{}", p.display())),
         SerialConfig::UnixServer { path, .. } => Some(format!("unix:{},server=on", path.display())),
+        SerialConfig::Pipe(p) => Some(format!("pipe:{}", p.display())),
     };
     let mut out: Vec<(String, String)> =
         serial.map(|f| ("serial0".into(), f)).into_iter().collect();

@@ -9,9 +9,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::VmmError;
 use super::vm::Vm;
 use crate::arch::layout::ram_split;
+use crate::config::IsaDeviceConfig;
 use crate::devices::acpi_pm::{AcpiPm, PM_PORT_LEN, PM1A_EVT_BLK, SCI_IRQ};
-use crate::devices::bus::BusDevice;
+use crate::devices::bus::{BusDevice, SharedDevice};
 use crate::devices::cmos::{CMOS_PORT_BASE, CMOS_PORT_LEN, Cmos};
+use crate::devices::debug::{DebugCon, DebugExit};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::pvpanic::{PanicEvent, Pvpanic};
 use crate::devices::serial::{SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN, SerialDevice};
@@ -43,7 +45,8 @@ impl Vm {
         self.vm_fd
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
-        let serial = SerialDevice::new(&self.config.serial, irq)?;
+        let serial =
+            SerialDevice::with_escape(&self.config.serial, self.config.platform.escape_char, irq)?;
         self.pio_bus
             .insert(
                 Arc::new(Mutex::new(serial)),
@@ -64,7 +67,11 @@ impl Vm {
         let (below, above) = ram_split(self.ram.size);
         self.pio_bus
             .insert(
-                Arc::new(Mutex::new(Cmos::new(below, above))),
+                Arc::new(Mutex::new(Cmos::with_base(
+                    below,
+                    above,
+                    self.config.platform.rtc_base,
+                ))),
                 CMOS_PORT_BASE,
                 CMOS_PORT_LEN,
             )
@@ -90,6 +97,27 @@ impl Vm {
             self.pio_bus
                 .insert(Arc::new(Mutex::new(Pvpanic::new(sink))), port.into(), 1)
                 .map_err(bus_err("pvpanic"))?;
+        }
+        for dev in &self.config.platform.isa_devices {
+            let (device, base, len): (SharedDevice, u16, u8) = match dev {
+                IsaDeviceConfig::DebugCon {
+                    iobase,
+                    output,
+                    readback,
+                } => (
+                    Arc::new(Mutex::new(DebugCon::new(output, *readback)?)),
+                    *iobase,
+                    1,
+                ),
+                IsaDeviceConfig::DebugExit { iobase, iosize } => (
+                    Arc::new(Mutex::new(DebugExit::new(self.control.clone()))),
+                    *iobase,
+                    *iosize,
+                ),
+            };
+            self.pio_bus
+                .insert(device, u64::from(base), u64::from(len))
+                .map_err(bus_err("ISA debug device"))?;
         }
 
         // POST codes (0x80, also the kernel's io_delay port) and the alternative delay port.

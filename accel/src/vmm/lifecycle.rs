@@ -133,6 +133,8 @@ impl Lifecycle<'_> {
                 }
                 Ok(None)
             }
+            // QEMU's isa-debug-exit calls exit(): no SHUTDOWN event, -no-shutdown ignored.
+            VmRequest::Exit(status) => Ok(Some(ExitReason::DebugExit(status))),
             VmRequest::Fatal(msg) => {
                 self.set(RunState::InternalError);
                 Err(VmmError::GuestFault(msg))

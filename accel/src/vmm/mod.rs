@@ -22,6 +22,7 @@ mod info;
 mod legacy;
 mod lifecycle;
 pub mod memory;
+mod probe;
 mod teardown;
 pub mod vcpu;
 mod vcpus;
@@ -48,6 +49,8 @@ pub enum ExitReason {
     Shutdown,
     /// SIGINT/SIGTERM: clean teardown (exit status 0, as QEMU).
     Signal(i32),
+    /// The guest wrote to `isa-debug-exit`: the process exits with this status.
+    DebugExit(i32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,8 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Serial(#[from] crate::devices::serial::SerialError),
+    #[error(transparent)]
+    DebugCon(#[from] crate::devices::debug::DebugConError),
     #[error("placing {what} on its bus: {source}")]
     Bus {
         what: &'static str,
@@ -144,6 +149,9 @@ pub fn run(mut config: VmConfig, ready: Option<daemon::ReadyPipe>) -> Result<Exi
         })?),
         None => None,
     };
+    if config.machine == crate::config::MachineType::None {
+        return probe::run(&config, ready, &sigfd);
+    }
     let timing = config.timing;
     // Before the devices connect; dropped (backends stopped) after the VM.
     let _backends = crate::backends::Backends::start(&mut config)?;

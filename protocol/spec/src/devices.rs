@@ -71,6 +71,14 @@ pub enum PropKind {
     Mac,
     /// QEMU's boot order: accepted and ignored (the frontend boots a kernel directly).
     BootIndex,
+    /// Size of the device's even-numbered (receive) queues; overrides [`PropKind::QueueSize`]
+    /// for them (virtio-net's `rx_queue_size`).
+    RxQueueSize,
+    /// Size of the odd-numbered (transmit) queues (virtio-net's `tx_queue_size`).
+    TxQueueSize,
+    /// `on|off` (default on): `off` hides this feature bit from the guest even when the
+    /// backend offers it (virtio-net's `mrg_rxbuf`, `csum`, ...).
+    FeatureSwitch(u32),
 }
 
 impl PropKind {
@@ -86,13 +94,15 @@ impl PropKind {
     pub const fn placeholder(self) -> &'static str {
         match self {
             PropKind::Chardev | PropKind::Netdev => "ID",
-            PropKind::Mq => "on|off",
+            PropKind::Mq | PropKind::FeatureSwitch(_) => "on|off",
             PropKind::Mac => "xx:xx:xx:xx:xx:xx",
             PropKind::NumQueues
             | PropKind::QueueSize
             | PropKind::VirtioId
             | PropKind::ConfigSize
-            | PropKind::BootIndex => "N",
+            | PropKind::BootIndex
+            | PropKind::RxQueueSize
+            | PropKind::TxQueueSize => "N",
         }
     }
 }
@@ -426,6 +436,49 @@ pub static DEVICES: &[DeviceSpec] = &[
             prop("mac", PropKind::Mac),
             prop("mq", PropKind::Mq),
             prop("bootindex", PropKind::BootIndex),
+            prop("rx_queue_size", PropKind::RxQueueSize),
+            prop("tx_queue_size", PropKind::TxQueueSize),
+            prop(
+                "mrg_rxbuf",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_MRG_RXBUF),
+            ),
+            prop("csum", PropKind::FeatureSwitch(net::VIRTIO_NET_F_CSUM)),
+            prop(
+                "guest_csum",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_GUEST_CSUM),
+            ),
+            prop(
+                "guest_tso4",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_GUEST_TSO4),
+            ),
+            prop(
+                "guest_tso6",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_GUEST_TSO6),
+            ),
+            prop(
+                "guest_ecn",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_GUEST_ECN),
+            ),
+            prop(
+                "guest_ufo",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_GUEST_UFO),
+            ),
+            prop(
+                "host_tso4",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_HOST_TSO4),
+            ),
+            prop(
+                "host_tso6",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_HOST_TSO6),
+            ),
+            prop(
+                "host_ecn",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_HOST_ECN),
+            ),
+            prop(
+                "host_ufo",
+                PropKind::FeatureSwitch(net::VIRTIO_NET_F_HOST_UFO),
+            ),
         ],
         virtio_id: VirtioId::Fixed(VIRTIO_ID_NET),
         queues: Queues::Configurable {

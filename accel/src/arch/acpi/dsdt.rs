@@ -29,14 +29,14 @@ use acpi_tables::aml::{
     ResourceTemplate, Scope, ZERO,
 };
 
-use crate::config::PlatformDevices;
+use crate::config::PlatformConfig;
 use crate::devices::acpi_pm::S5_SLP_TYP;
 use crate::pci::{
     PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PCI_MMIO_WINDOW_END, PCI_MMIO_WINDOW_START,
 };
 
 /// The DSDT's definition block (the AML after the table header).
-pub(super) fn aml(platform: &PlatformDevices) -> Vec<u8> {
+pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
     let mut out = Vec::new();
 
     let s5 = S5_SLP_TYP as u8;

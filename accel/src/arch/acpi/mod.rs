@@ -39,7 +39,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
 use crate::arch::mptable::{IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS};
-use crate::config::PlatformDevices;
+use crate::config::PlatformConfig;
 use crate::devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ};
 
 /// Guest-physical address of the RSDP.
@@ -159,7 +159,7 @@ fn align16(x: u64) -> u64 {
 }
 
 /// Builds every table for `num_cpus` vCPUs, placed from [`RSDP_START`].
-fn build(num_cpus: u8, platform: &PlatformDevices) -> Result<Vec<Placed>, AcpiError> {
+fn build(num_cpus: u8, platform: &PlatformConfig) -> Result<Vec<Placed>, AcpiError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(AcpiError::CpuCount(num_cpus));
     }
@@ -209,7 +209,7 @@ fn build(num_cpus: u8, platform: &PlatformDevices) -> Result<Vec<Placed>, AcpiEr
 pub fn setup_acpi(
     mem: &GuestMemoryMmap<AtomicBitmap>,
     num_cpus: u8,
-    platform: &PlatformDevices,
+    platform: &PlatformConfig,
 ) -> Result<(), AcpiError> {
     let tables = build(num_cpus, platform)?;
     if !mem.check_range(GuestAddress(RSDP_START), (ACPI_LIMIT - RSDP_START) as usize) {

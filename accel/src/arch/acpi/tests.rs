@@ -185,7 +185,7 @@ fn rejects_bad_cpu_counts_and_missing_memory() {
 }
 
 /// The DSDT of a VM at `setup_acpi`, found through RSDP -> XSDT -> FADT.
-fn dsdt_of(platform: &PlatformDevices) -> Vec<u8> {
+fn dsdt_of(platform: &PlatformConfig) -> Vec<u8> {
     let mem = guest_mem();
     setup_acpi(&mem, 1, platform).unwrap();
     let rsdp = read(&mem, RSDP_START, 36);
@@ -197,8 +197,9 @@ fn dsdt_of(platform: &PlatformDevices) -> Vec<u8> {
 #[test]
 fn pvpanic_is_described_only_when_present() {
     assert!(!contains(&dsdt_of(&Default::default()), b"QEMU0001"));
-    let dsdt = dsdt_of(&PlatformDevices {
+    let dsdt = dsdt_of(&PlatformConfig {
         pvpanic: Some(0x505),
+        ..Default::default()
     });
     assert!(contains(&dsdt, b"PEVT"));
     assert!(contains(&dsdt, b"QEMU0001\0"), "_HID string");

@@ -215,6 +215,40 @@ fn one_line_errors_name_the_option() {
         "-device virtio-blk-pci,drive=d,logical_block_size=4096",
         &["logical_block_size"],
     );
+    // One -chardev parser and one user per chardev, whichever device names it.
+    fail_with(
+        "-chardev file,id=c,path=/x -serial chardev:c -device virtio-serial-pci \
+         -device virtconsole,chardev=c",
+        &["chardev 'c' is already in use"],
+    );
+    fail_with(
+        "-nodefaults -chardev pipe,id=c,path=/x -device virtio-serial-pci \
+         -device virtconsole,chardev=c",
+        &["virtconsole", "not pipe or null"],
+    );
+    fail_with(
+        "-chardev null,id=c -chardev file,id=c,path=/x",
+        &["duplicate chardev id 'c'"],
+    );
+    // A -serial chardev:ID on stdio counts as the serial port using stdio.
+    fail_with(
+        "-chardev stdio,id=s -serial chardev:s -chardev stdio,id=c -device virtio-serial-pci \
+         -device virtconsole,chardev=c",
+        &["stdio", "serial port"],
+    );
+}
+
+#[test]
+fn serial_and_console_share_the_chardev_kinds() {
+    let c = run(
+        "-chardev file,id=s,path=/s -serial chardev:s -chardev file,id=c,path=/c \
+         -device virtio-serial-pci -device virtconsole,chardev=c",
+    );
+    assert_eq!(c.serial, crate::config::SerialConfig::File("/s".into()));
+    assert_eq!(
+        spawned(&c)[0].1,
+        BuiltinBackend::Console(ConsoleEndpoint::File("/c".into()))
+    );
 }
 
 #[test]

@@ -23,6 +23,10 @@ fn blk(chardev: &str) -> VhostUserDeviceConfig {
         pci_slot: None,
         mac: None,
         bootindex: None,
+        tx_queue_size: None,
+        hidden_features: 0,
+        msix_vectors: None,
+        packed: false,
     }
 }
 

@@ -6,6 +6,7 @@ mod errors;
 mod lines;
 mod memory;
 mod monitor;
+mod platform;
 mod values;
 
 use super::{CliAction, CliError, parse};

@@ -29,8 +29,6 @@ use vm_superio::serial::{Error as UartError, SerialEvents};
 use super::Uart;
 use super::output::ClientSlot;
 
-const CTRL_A: u8 = 0x01;
-
 /// Signalled by the UART when the guest has emptied the receive FIFO.
 #[derive(Default)]
 pub struct DrainSignal {
@@ -170,8 +168,32 @@ fn serve_client(stream: UnixStream, slot: &ClientSlot, sink: &InputSink) {
     slot.detach();
 }
 
+/// Feeds what `file` (a named pipe's read end) yields to the guest until EOF or shutdown.
+pub fn spawn_file_reader(mut file: std::fs::File, sink: InputSink) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("serial-pipe".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => sink.feed(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("serial: reading the input pipe failed: {e}");
+                        return;
+                    }
+                }
+                if sink.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        })
+}
+
 /// Reads stdin (switching a terminal to raw mode) and feeds it to the guest until EOF.
-pub fn spawn_stdin_reader(sink: InputSink) -> io::Result<JoinHandle<()>> {
+/// `escape` is the terminal's escape key (`-echr`, Ctrl-A by default).
+pub fn spawn_stdin_reader(sink: InputSink, escape: u8) -> io::Result<JoinHandle<()>> {
     let tty = io::stdin().is_terminal();
     if tty {
         enter_raw_mode();
@@ -180,6 +202,7 @@ pub fn spawn_stdin_reader(sink: InputSink) -> io::Result<JoinHandle<()>> {
         .name("serial-stdin".into())
         .spawn(move || {
             let mut stdin = io::stdin();
+            let escape_key = escape;
             let mut escape = false;
             let mut buf = [0u8; 256];
             loop {
@@ -193,7 +216,7 @@ pub fn spawn_stdin_reader(sink: InputSink) -> io::Result<JoinHandle<()>> {
                     }
                 };
                 if tty {
-                    let bytes = filter_escapes(&buf[..n], &mut escape);
+                    let bytes = filter_escapes(&buf[..n], escape_key, &mut escape);
                     sink.feed(&bytes);
                 } else {
                     sink.feed(&buf[..n]);
@@ -205,12 +228,13 @@ pub fn spawn_stdin_reader(sink: InputSink) -> io::Result<JoinHandle<()>> {
         })
 }
 
-/// Handles QEMU-style Ctrl-A sequences; returns the bytes meant for the guest.
-fn filter_escapes(input: &[u8], escape: &mut bool) -> Vec<u8> {
+/// Handles QEMU-style escape sequences (`key` is Ctrl-A unless `-echr` changes it); returns
+/// the bytes meant for the guest.
+fn filter_escapes(input: &[u8], key: u8, escape: &mut bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     for &b in input {
         if !*escape {
-            if b == CTRL_A {
+            if b == key {
                 *escape = true;
             } else {
                 out.push(b);
@@ -224,7 +248,7 @@ fn filter_escapes(input: &[u8], escape: &mut bool) -> Vec<u8> {
                 eprintln!("accel: terminated (Ctrl-A x)");
                 std::process::exit(0);
             }
-            CTRL_A => out.push(CTRL_A),
+            b if b == key => out.push(key),
             b'h' | b'H' | b'?' => {
                 eprint!("\r\nC-a x    exit\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n");
             }
@@ -342,12 +366,22 @@ mod tests {
     #[test]
     fn ctrl_a_sequences() {
         let mut esc = false;
-        assert_eq!(filter_escapes(b"ab\x01", &mut esc), b"ab");
+        assert_eq!(filter_escapes(b"ab\x01", 1, &mut esc), b"ab");
         assert!(esc);
         // Split across reads: Ctrl-A Ctrl-A sends one Ctrl-A.
-        assert_eq!(filter_escapes(b"\x01c", &mut esc), b"\x01c");
+        assert_eq!(filter_escapes(b"\x01c", 1, &mut esc), b"\x01c");
         assert!(!esc);
         // Unknown escapes are swallowed.
-        assert_eq!(filter_escapes(b"\x01zq", &mut esc), b"q");
+        assert_eq!(filter_escapes(b"\x01zq", 1, &mut esc), b"q");
+    }
+
+    #[test]
+    fn echr_moves_the_escape_key() {
+        // -echr 0x14: Ctrl-T is the escape key, Ctrl-A reaches the guest unchanged.
+        let mut esc = false;
+        assert_eq!(filter_escapes(b"\x01a\x14", 0x14, &mut esc), b"\x01a");
+        assert!(esc);
+        assert_eq!(filter_escapes(b"\x14", 0x14, &mut esc), b"\x14");
+        assert!(!esc);
     }
 }

@@ -258,3 +258,33 @@ fn socket_path_that_is_not_a_socket_is_refused() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
 }
+
+/// `-chardev pipe,path=P` (QEMU's pipe backend): with named pipes P.in and P.out, guest output
+/// goes to P.out and what a host process writes into P.in reaches the guest.
+#[test]
+fn pipe_backend_uses_path_in_and_path_out() {
+    let dir = tmp();
+    let base = dir.as_path().join("vm");
+    for suffix in [".in", ".out"] {
+        let p = format!("{}{suffix}", base.display());
+        nix::unistd::mkfifo(p.as_str(), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    let (evt, _copy) = irq();
+    let mut dev = SerialDevice::new(&SerialConfig::Pipe(base.clone()), evt).unwrap();
+    // A host reader of P.out, opened read-write so it never waits for the writer.
+    let mut out = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(format!("{}.out", base.display()))
+        .unwrap();
+    send_str(&mut dev, b"to-host");
+    let mut got = [0u8; 7];
+    out.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-host");
+    let mut input = std::fs::File::options()
+        .write(true)
+        .open(format!("{}.in", base.display()))
+        .unwrap();
+    input.write_all(b"to-guest").unwrap();
+    assert_eq!(guest_receive(&mut dev, 8), b"to-guest");
+}
