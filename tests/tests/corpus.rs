@@ -286,9 +286,18 @@ fn devices_under(program: &Path, args: &[String], dir: &Path, ctx: &str) -> Vec<
             let _ = child.kill();
             panic!("{ctx}\n--- log ---\n{}", log_text())
         });
-        let kinds = virtio_kinds(&q.call("query-pci"));
-        q.call("quit");
-        kinds
+        // A VMM that dies or drops the monitor mid-way: show its log, not only the broken pipe
+        // (seen once in CI: `quit` hit EPIPE after `query-pci` answered; cause not known yet).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let kinds = virtio_kinds(&q.call("query-pci"));
+            q.call("quit");
+            kinds
+        }))
+        .unwrap_or_else(|_| {
+            let status = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            panic!("{ctx}\nexit status {status:?}\n--- log ---\n{}", log_text())
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
