@@ -48,7 +48,11 @@ impl QmpClient {
     }
 
     pub fn call(&mut self, cmd: &str) -> Value {
-        writeln!(self.writer, "{}", json!({ "execute": cmd })).unwrap();
+        // One write: `writeln!` writes the object and the newline separately, and a VMM whose
+        // JSON parser acts on the closing brace may execute `quit` and close the socket
+        // before the newline arrives (EPIPE in CI on the corpus test, VMM exit status 0).
+        let line = format!("{}\n", json!({ "execute": cmd }));
+        self.writer.write_all(line.as_bytes()).unwrap();
         loop {
             let v = self.read();
             if v.get("event").is_none() {

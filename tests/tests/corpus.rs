@@ -287,7 +287,8 @@ fn devices_under(program: &Path, args: &[String], dir: &Path, ctx: &str) -> Vec<
             panic!("{ctx}\n--- log ---\n{}", log_text())
         });
         // A VMM that dies or drops the monitor mid-way: show its log, not only the broken pipe
-        // (seen once in CI: `quit` hit EPIPE after `query-pci` answered; cause not known yet).
+        // (CI saw EPIPE on `quit`: the client wrote the newline after the object in a second
+        // write, after the VMM had already quit; `QmpClient::call` now writes once).
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let kinds = virtio_kinds(&q.call("query-pci"));
             q.call("quit");
