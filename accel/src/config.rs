@@ -280,6 +280,8 @@ pub struct VhostUserDeviceConfig {
     pub pci_slot: Option<u8>,
     /// `mac=` for net.
     pub mac: Option<[u8; 6]>,
+    /// `tag=` for virtio-fs.
+    pub tag: Option<String>,
     /// `bootindex=`: accepted and ignored (accel boots the kernel directly).
     pub bootindex: Option<u32>,
     /// `tx_queue_size=` (net): size of the odd-numbered queues; `queue_size` (from

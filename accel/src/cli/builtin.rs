@@ -284,6 +284,7 @@ fn new_device(
             queue_size: None,
             pci_slot: pci.map(|(s, _)| s),
             mac: None,
+            tag: None,
             bootindex: None,
             tx_queue_size: None,
             hidden_features: 0,

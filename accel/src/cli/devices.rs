@@ -7,6 +7,7 @@ use super::CliError;
 use super::props::Props;
 use super::values;
 use vu_spec::devices::{DEVICES, DeviceSpec, Prop, PropKind, find_driver};
+use vu_spec::fs;
 
 use crate::config::{ChardevConfig, VhostUserDeviceConfig};
 
@@ -165,6 +166,7 @@ struct DeviceValues {
     virtio_id: Option<u32>,
     config_size: Option<u32>,
     mac: Option<[u8; 6]>,
+    tag: Option<String>,
     bootindex: Option<u32>,
     rx_queue_size: Option<u16>,
     tx_queue_size: Option<u16>,
@@ -178,6 +180,17 @@ fn take_prop(props: &mut Props, p: &Prop, v: &mut DeviceValues) -> Result<(), Cl
         PropKind::Netdev => v.netdev = Some(required_id(props, key)?),
         PropKind::Mq => v.mq = props.take_bool(key)?.unwrap_or(false),
         PropKind::NumQueues => v.num_queues = u16_in(props, key, 1, MAX_QUEUES)?,
+        // The high-priority queue comes first.
+        PropKind::RequestQueues => {
+            v.num_queues = u16_in(props, key, 1, MAX_QUEUES - 1)?.map(|n| n + 1);
+        }
+        PropKind::Tag => {
+            let tag = props.take_required(key)?;
+            if tag.is_empty() || tag.len() > fs::FS_TAG_LEN {
+                return Err(props.invalid(key, &tag, "a tag of 1 to 36 bytes"));
+            }
+            v.tag = Some(tag);
+        }
         PropKind::QueueSize => v.queue_size = queue_size(props, key)?,
         PropKind::VirtioId => {
             let id = props
@@ -257,6 +270,7 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         queue_size: v.rx_queue_size.or(v.queue_size),
         pci_slot: pci.map(|(slot, _)| slot),
         mac: v.mac,
+        tag: v.tag,
         bootindex: v.bootindex,
         tx_queue_size: v.tx_queue_size,
         hidden_features: v.hidden_features,

@@ -177,6 +177,7 @@ impl DevicePlan {
                 let local = build(&FrontendInput {
                     num_queues: backend_queues,
                     mac: cfg.mac,
+                    tag: cfg.tag.as_deref(),
                 });
                 plan.feature_add |= local.features;
                 plan.local_config = Some(local.bytes);
@@ -348,6 +349,7 @@ mod tests {
             queue_size: None,
             pci_slot: None,
             mac: None,
+            tag: None,
             bootindex: None,
             tx_queue_size: None,
             hidden_features: 0,

@@ -8,7 +8,8 @@
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 use virtio_bindings::virtio_ids::{
-    VIRTIO_ID_9P, VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+    VIRTIO_ID_9P, VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG,
+    VIRTIO_ID_VSOCK,
 };
 
 use virtio_bindings::virtio_net::{
@@ -18,7 +19,7 @@ use virtio_bindings::virtio_net::{
 };
 
 use crate::transport::bit;
-use crate::{blk, console, net, rng, vsock};
+use crate::{blk, console, fs, net, rng, vsock};
 
 /// A PCI class code (base class, subclass; programming interface 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,11 @@ pub enum PropKind {
     Mq,
     /// Number of virtqueues, 1..=1024 ([`Queues::Configurable`]).
     NumQueues,
+    /// Number of request queues after the device's fixed leading queues (virtio-fs's
+    /// `num-request-queues`: the high-priority queue comes first), 1..=1023.
+    RequestQueues,
+    /// virtio-fs's mount tag (required): 1..=36 bytes ([`fs::FS_TAG_LEN`]).
+    Tag,
     /// Size of every virtqueue: a power of two in 2..=1024 (default [`DEFAULT_QUEUE_SIZE`]).
     QueueSize,
     /// The virtio device id (required, [`VirtioId::Property`]).
@@ -86,7 +92,7 @@ impl PropKind {
     pub const fn required(self) -> bool {
         matches!(
             self,
-            PropKind::Chardev | PropKind::Netdev | PropKind::VirtioId
+            PropKind::Chardev | PropKind::Netdev | PropKind::VirtioId | PropKind::Tag
         )
     }
 
@@ -96,7 +102,9 @@ impl PropKind {
             PropKind::Chardev | PropKind::Netdev => "ID",
             PropKind::Mq | PropKind::FeatureSwitch(_) => "on|off",
             PropKind::Mac => "xx:xx:xx:xx:xx:xx",
+            PropKind::Tag => "TAG",
             PropKind::NumQueues
+            | PropKind::RequestQueues
             | PropKind::QueueSize
             | PropKind::VirtioId
             | PropKind::ConfigSize
@@ -204,9 +212,11 @@ const KEEP_ALL: FeaturePolicy = FeaturePolicy {
 
 /// What the frontend needs to build config space it serves itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrontendInput {
+pub struct FrontendInput<'a> {
     pub num_queues: u16,
     pub mac: Option<[u8; 6]>,
+    /// virtio-fs's `tag=`.
+    pub tag: Option<&'a str>,
 }
 
 /// Config space the frontend serves, and the feature bits that space makes true.
@@ -407,6 +417,29 @@ pub static DEVICES: &[DeviceSpec] = &[
         help: "(accel extension)",
     },
     DeviceSpec {
+        name: "vhost-user-fs",
+        drivers: &["vhost-user-fs-pci"],
+        props: &[
+            prop("chardev", PropKind::Chardev),
+            prop("tag", PropKind::Tag),
+            prop("num-request-queues", PropKind::RequestQueues),
+            prop("queue-size", PropKind::QueueSize),
+            prop("bootindex", PropKind::BootIndex),
+        ],
+        virtio_id: VirtioId::Fixed(VIRTIO_ID_FS),
+        // The high-priority queue and one request queue unless `num-request-queues=` says.
+        queues: Queues::Configurable {
+            default: QueueDefault::Fixed(fs::FS_HIPRIO_QUEUES + 1),
+            multiqueue_feature: None,
+        },
+        config_size: ConfigSize::Fixed(fs::FS_CONFIG_SIZE as u32),
+        pci_class: Some(PCI_CLASS_STORAGE_OTHER),
+        features: KEEP_ALL,
+        config: ConfigSource::Frontend(fs::frontend_config),
+        control_queue: None,
+        help: "with virtiofsd: the guest mounts TAG (mount -t virtiofs TAG DIR)",
+    },
+    DeviceSpec {
         name: "vhost-user-device",
         drivers: &["vhost-user-device-pci", "vhost-user-test-device-pci"],
         props: &[
@@ -566,7 +599,7 @@ mod tests {
             );
             let configurable = matches!(d.queues, Queues::Configurable { .. });
             assert_eq!(
-                has(PropKind::NumQueues) || has(PropKind::Netdev),
+                has(PropKind::NumQueues) || has(PropKind::RequestQueues) || has(PropKind::Netdev),
                 configurable,
                 "{}",
                 d.name
@@ -617,10 +650,12 @@ mod tests {
             shape(row("vhost-user-console-pci"), 3),
             (3, 2, 12, c(7, 0x80))
         );
+        // Virtio id 26 is virtio-fs: the generic device carries that row's class.
         assert_eq!(
             shape(row("vhost-user-device-pci"), 3),
-            (26, 1, 8, c(0xff, 0))
+            (26, 1, 8, c(1, 0x80))
         );
+        assert_eq!(shape(row("vhost-user-fs-pci"), 3), (26, 2, 40, c(1, 0x80)));
         // The old `class_for`.
         for (id, class) in [
             (1, c(2, 0)),
@@ -629,7 +664,7 @@ mod tests {
             (19, c(7, 0x80)),
             (9, c(1, 0x80)),
             (4, c(0xff, 0)),
-            (26, c(0xff, 0)),
+            (26, c(1, 0x80)), // virtio-fs: QEMU's vhost-user-fs-pci is storage-other
         ] {
             assert_eq!(class_of_virtio_id(id), class, "virtio id {id}");
             assert_eq!(row("vhost-user-device-pci").pci_class(id), class);

@@ -5,6 +5,7 @@
 pub mod blk;
 pub mod console;
 pub mod devices;
+pub mod fs;
 pub mod net;
 pub mod rng;
 pub mod transport;

@@ -169,12 +169,14 @@ mod tests {
         let c = frontend_config(&FrontendInput {
             num_queues: 8,
             mac: Some(mac),
+            tag: None,
         });
         assert_eq!(c.bytes, [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 4, 0]);
         assert_eq!(c.features, (1 << 16) | (1 << 5));
         let c = frontend_config(&FrontendInput {
             num_queues: 1,
             mac: None,
+            tag: None,
         });
         assert_eq!(c.bytes, [0, 0, 0, 0, 0, 0, 1, 0, 1, 0]);
         assert_eq!(c.features, 1 << 16);

@@ -22,6 +22,7 @@ fn blk(chardev: &str) -> VhostUserDeviceConfig {
         queue_size: None,
         pci_slot: None,
         mac: None,
+        tag: None,
         bootindex: None,
         tx_queue_size: None,
         hidden_features: 0,
@@ -55,6 +56,40 @@ disable-legacy=on,addr=05.0,id=disk0,bus=pci.0,disable-modern=off"
             bootindex: Some(1),
             ..blk("c0")
         }]
+    );
+}
+
+#[test]
+fn vhost_user_fs_takes_its_tag_and_request_queues() {
+    let c = run(&format!(
+        "{SHARED} -chardev socket,id=c0,path=/tmp/fs.sock \
+         -device vhost-user-fs-pci,chardev=c0,tag=myfs,num-request-queues=2,queue-size=1024"
+    ));
+    let d = &c.devices[0];
+    assert_eq!(d.spec.name, "vhost-user-fs");
+    assert_eq!(d.virtio_id, 26);
+    assert_eq!(d.config_size, 40);
+    assert_eq!(d.tag.as_deref(), Some("myfs"));
+    // The high-priority queue and two request queues.
+    assert_eq!(d.num_queues, Some(3));
+    assert_eq!(d.queue_size, Some(1024));
+}
+
+#[test]
+fn vhost_user_fs_needs_a_tag_of_at_most_36_bytes() {
+    fail_with(
+        &format!(
+            "{SHARED} -chardev socket,id=c0,path=/tmp/fs.sock -device vhost-user-fs-pci,chardev=c0"
+        ),
+        &["tag"],
+    );
+    fail_with(
+        &format!(
+            "{SHARED} -chardev socket,id=c0,path=/tmp/fs.sock \
+             -device vhost-user-fs-pci,chardev=c0,tag={}",
+            "t".repeat(37)
+        ),
+        &["tag", "36 bytes"],
     );
 }
 
