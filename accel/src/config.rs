@@ -257,6 +257,9 @@ pub struct ChardevConfig {
     pub path: PathBuf,
     /// `reconnect=N` seconds; 0 = no reconnect.
     pub reconnect_secs: u64,
+    /// `server=on`: accel listens on `path` and the backend connects (again after it went
+    /// away); otherwise accel connects.
+    pub server: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

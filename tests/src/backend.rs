@@ -19,7 +19,8 @@ pub struct Backend {
 
 impl Backend {
     /// Starts `bin(name) --socket-path socket args...` (stdout to /dev/null, stderr inherited)
-    /// and waits until the socket exists.
+    /// and waits until the socket exists (not with `--client`: then the socket is the
+    /// frontend's, and the backend connects once it listens).
     pub fn spawn<S: AsRef<OsStr>>(name: &str, socket: &Path, args: &[S]) -> Backend {
         Self::start(name, socket, args, Stdio::null(), Stdio::inherit(), None)
     }
@@ -49,8 +50,11 @@ impl Backend {
         stderr: Stdio,
         log: Option<&Path>,
     ) -> Backend {
+        let client = args.iter().any(|a| a.as_ref() == "--client");
         // A socket file left by an earlier process would pass for the new one's.
-        let _ = std::fs::remove_file(socket);
+        if !client {
+            let _ = std::fs::remove_file(socket);
+        }
         let child = Command::new(bin(name))
             .arg("--socket-path")
             .arg(socket)
@@ -62,7 +66,7 @@ impl Backend {
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let child = KillOnDrop(child);
         assert!(
-            wait_for_path(socket, BACKEND_SOCKET_TIMEOUT),
+            client || wait_for_path(socket, BACKEND_SOCKET_TIMEOUT),
             "backend socket {} did not appear: {}",
             socket.display(),
             log.and_then(|l| std::fs::read_to_string(l).ok())
@@ -77,6 +81,13 @@ impl Backend {
     /// The backend's process id (for /proc/PID/... measurements).
     pub fn pid(&self) -> u32 {
         self._child.0.id()
+    }
+
+    /// SIGKILL, and reaps it (a crash, as far as its frontend can tell).
+    pub fn kill(self) {
+        let mut child = self._child;
+        let _ = child.0.kill();
+        let _ = child.0.wait();
     }
 
     /// The vhost-user socket the backend listens on.

@@ -619,6 +619,7 @@ fn add_chardev(out: &mut Resolved, label: String, backend: BuiltinBackend) -> St
         path: PathBuf::new(),
         // A backend that dies is restarted: reconnect within a second.
         reconnect_secs: 1,
+        server: false,
     });
     out.spawned.push(SpawnedBackendConfig {
         label,

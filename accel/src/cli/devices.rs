@@ -73,7 +73,46 @@ pub(super) fn parse_chardev(mut props: Props) -> Result<ChardevConfig, CliError>
         id,
         path: PathBuf::from(path),
         reconnect_secs,
+        server: false,
     })
+}
+
+/// Moves the `server=on` chardevs that vhost-user devices (or their netdevs) use from
+/// `servers` to `chardevs`: accel listens on their path and the backend connects (OVS-DPDK's
+/// `dpdkvhostuserclient`, DPDK and SPDK client mode, libvirt's `mode='server'`).
+pub(super) fn take_server_chardevs(
+    servers: &mut Vec<super::monitor::ServerChardev>,
+    netdevs: &[Netdev],
+    devices: &[Device],
+    chardevs: &mut Vec<ChardevConfig>,
+) -> Result<(), CliError> {
+    let used = |id: &str| {
+        netdevs.iter().any(|n| n.chardev == id) || devices.iter().any(|d| d.config.chardev == id)
+    };
+    let mut i = 0;
+    while i < servers.len() {
+        if !used(&servers[i].id) {
+            i += 1;
+            continue;
+        }
+        let s = servers.remove(i);
+        let crate::config::MonitorListen::Unix(path) = s.listen else {
+            return Err(CliError::Invalid {
+                option: "-chardev".into(),
+                message: format!(
+                    "'{}': vhost-user needs a unix socket: use path=PATH with server=on",
+                    s.id
+                ),
+            });
+        };
+        chardevs.push(ChardevConfig {
+            id: s.id,
+            path,
+            reconnect_secs: 0,
+            server: true,
+        });
+    }
+    Ok(())
 }
 
 /// One `-netdev vhost-user,id=ID,chardev=CHR[,queues=N]`.

@@ -446,6 +446,12 @@ impl State {
         chardevs.extend(builtins.chardevs);
         let mut netdevs = self.netdevs;
         netdevs.extend(builtins.netdevs);
+        devices::take_server_chardevs(
+            &mut server_chardevs,
+            &netdevs,
+            &user_devices,
+            &mut chardevs,
+        )?;
         let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);

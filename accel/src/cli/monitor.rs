@@ -252,7 +252,7 @@ pub(super) fn resolve(
         return Err(CliError::Invalid {
             option: "-chardev".into(),
             message: format!(
-                "'{}': accel uses server=on sockets only for monitors; add -mon chardev={},\
+                "'{}': no monitor, serial port or device uses this server=on socket; add -mon chardev={},\
                  mode=control",
                 servers[i].id, servers[i].id
             ),

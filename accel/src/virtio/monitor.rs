@@ -17,6 +17,7 @@
 //! the lock) and the monitor reconnects.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixListener;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -63,22 +64,31 @@ impl Drop for BackendMonitor {
 
 enum Wake {
     Stop,
-    HangUp,
+    /// The watched fd has the event (a hang-up, or a listener's new connection).
+    Ready,
     Timeout,
 }
 
-fn wait(stop: &EventFd, sock: Option<i32>, timeout: PollTimeout) -> Wake {
+/// How a monitor gets a backend back after it hung up.
+pub enum Reconnect {
+    /// Connect to the backend's socket again (`reconnect=N`), at this interval.
+    Dial(Duration),
+    /// Wait for the backend to connect to accel's socket again (`server=on`).
+    Accept(UnixListener),
+}
+
+const HANG_UP: libc::c_short = libc::POLLRDHUP;
+const READABLE: libc::c_short = libc::POLLIN;
+
+fn wait(stop: &EventFd, sock: Option<(i32, libc::c_short)>, timeout: PollTimeout) -> Wake {
     // SAFETY: both fds stay open for the duration of the poll: `stop` is borrowed, and the
     // socket fd belongs to the session, which only this thread replaces (by reconnecting).
     let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
     let mut fds = vec![PollFd::new(stop_fd, PollFlags::POLLIN)];
-    if let Some(fd) = sock {
-        // SAFETY: as above.
+    if let Some((fd, events)) = sock {
+        // SAFETY: as above (a listener fd belongs to the monitor's `Reconnect`).
         let sock_fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        fds.push(PollFd::new(
-            sock_fd,
-            PollFlags::from_bits_retain(libc::POLLRDHUP),
-        ));
+        fds.push(PollFd::new(sock_fd, PollFlags::from_bits_retain(events)));
     }
     loop {
         match poll(&mut fds, timeout) {
@@ -94,17 +104,17 @@ fn wait(stop: &EventFd, sock: Option<i32>, timeout: PollTimeout) -> Wake {
     if fds[0].revents().is_some_and(|r| !r.is_empty()) {
         return Wake::Stop;
     }
-    Wake::HangUp
+    Wake::Ready
 }
 
-/// Starts watching `backend` for `device`. `reconnect`: retry interval, `None` to mark the
-/// device NEEDS_RESET instead. Call before the VM runs (reads the socket fd under the
+/// Starts watching `backend` for `device`. `reconnect`: how to get the backend back, `None`
+/// to mark the device NEEDS_RESET instead. Call before the VM runs (reads the socket fd under the
 /// backend lock).
 pub fn spawn<M: GuestRam>(
     name: String,
     backend: Arc<Mutex<VhostUserBackend<M>>>,
     device: Weak<Mutex<VirtioPciDevice>>,
-    reconnect: Option<Duration>,
+    reconnect: Option<Reconnect>,
 ) -> std::io::Result<BackendMonitor> {
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let stop2 = stop.clone();
@@ -148,54 +158,105 @@ impl<M: GuestRam> Watch<'_, M> {
         }
     }
 
-    fn run(&self, mut fd: i32, reconnect: Option<Duration>) {
+    fn run(&self, mut fd: i32, reconnect: Option<Reconnect>) {
         let (name, path) = (self.name, self.path);
         loop {
-            match wait(self.stop, Some(fd), PollTimeout::NONE) {
+            match wait(self.stop, Some((fd, HANG_UP)), PollTimeout::NONE) {
                 Wake::Stop => return,
                 Wake::Timeout => continue,
-                Wake::HangUp => {}
+                Wake::Ready => {}
             }
-            let Some(interval) = reconnect else {
-                log::error!("{name}: vhost-user backend {path} hung up; the device needs a reset");
-                self.with_device(VirtioPciDevice::mark_needs_reset);
-                // Nothing more to watch on a dead connection.
-                let _ = wait(self.stop, None, PollTimeout::NONE);
-                return;
-            };
-            log::warn!(
-                "{name}: vhost-user backend {path} hung up; reconnecting every {interval:?}"
-            );
-            let timeout = PollTimeout::try_from(interval).unwrap_or(PollTimeout::MAX);
-            let mut attempts = 0u64;
-            loop {
-                // Waits for the control thread's request on the dead connection to fail (it
-                // has hung up, so it does) and, with no reply timeout, for a new backend that
-                // accepted but does not answer: a kill of that one ends the attempt.
-                let mut b = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-                attempts += 1;
-                match b.reconnect(RECONNECT_ATTEMPT) {
-                    Ok(()) => {
-                        fd = b.socket_fd();
-                        break;
-                    }
-                    Err(e) => {
-                        drop(b);
-                        // One line per backend outage, then one a minute at most (attempts
-                        // come every `interval`).
-                        if attempts == 1 || attempts.is_multiple_of(60) {
-                            log::info!("{name}: reconnect to {path} (attempt {attempts}): {e}");
-                        }
-                    }
-                }
-                if let Wake::Stop = wait(self.stop, None, timeout) {
+            let back = match &reconnect {
+                None => {
+                    log::error!(
+                        "{name}: vhost-user backend {path} hung up; the device needs a reset"
+                    );
+                    self.with_device(VirtioPciDevice::mark_needs_reset);
+                    // Nothing more to watch on a dead connection.
+                    let _ = wait(self.stop, None, PollTimeout::NONE);
                     return;
                 }
-            }
+                Some(Reconnect::Dial(interval)) => self.redial(*interval),
+                Some(Reconnect::Accept(listener)) => self.accept_again(listener),
+            };
+            let Some(new_fd) = back else { return };
+            fd = new_fd;
             log::warn!("{name}: reconnected to vhost-user backend {path}");
             // The control thread refreshes the config, replays what failed, kicks the queues
             // and raises their vectors.
             self.with_device(|d| d.backend_reconnected());
+        }
+    }
+
+    /// Connects again every `interval` until it works (the new connection's fd) or the
+    /// monitor stops (`None`).
+    fn redial(&self, interval: Duration) -> Option<i32> {
+        let (name, path) = (self.name, self.path);
+        log::warn!("{name}: vhost-user backend {path} hung up; reconnecting every {interval:?}");
+        let timeout = PollTimeout::try_from(interval).unwrap_or(PollTimeout::MAX);
+        let mut attempts = 0u64;
+        loop {
+            // Waits for the control thread's request on the dead connection to fail (it
+            // has hung up, so it does) and, with no reply timeout, for a new backend that
+            // accepted but does not answer: a kill of that one ends the attempt.
+            let mut b = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+            attempts += 1;
+            match b.reconnect(RECONNECT_ATTEMPT) {
+                Ok(()) => return Some(b.socket_fd()),
+                Err(e) => {
+                    drop(b);
+                    // One line per backend outage, then one a minute at most (attempts
+                    // come every `interval`).
+                    if attempts == 1 || attempts.is_multiple_of(60) {
+                        log::info!("{name}: reconnect to {path} (attempt {attempts}): {e}");
+                    }
+                }
+            }
+            if let Wake::Stop = wait(self.stop, None, timeout) {
+                return None;
+            }
+        }
+    }
+
+    /// `server=on`: waits for the backend to connect to accel's socket again and restores
+    /// the session on the new connection (the new connection's fd), or `None` when stopped.
+    fn accept_again(&self, listener: &UnixListener) -> Option<i32> {
+        let (name, path) = (self.name, self.path);
+        log::warn!("{name}: vhost-user backend hung up; waiting for it to connect to {path}");
+        let mut failures = 0u64;
+        loop {
+            match wait(
+                self.stop,
+                Some((listener.as_raw_fd(), READABLE)),
+                PollTimeout::NONE,
+            ) {
+                Wake::Stop => return None,
+                Wake::Timeout | Wake::Ready => {}
+            }
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    log::error!("{name}: accept on {path}: {e}");
+                    return None;
+                }
+            };
+            let mut b = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+            match stream
+                .set_nonblocking(false)
+                .map_err(|e| e.to_string())
+                .and_then(|()| b.reconnect_stream(stream).map_err(|e| e.to_string()))
+            {
+                Ok(()) => return Some(b.socket_fd()),
+                Err(e) => {
+                    drop(b);
+                    failures += 1;
+                    // A peer that connects and fails the handshake: one line, then one per 60.
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        log::info!("{name}: backend on {path} (attempt {failures}): {e}");
+                    }
+                }
+            }
         }
     }
 }

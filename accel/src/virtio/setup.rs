@@ -1,5 +1,7 @@
 //! Builds the PCI bus and the vhost-user virtio-pci devices a [`VmConfig`] asks for.
 
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use vm_allocator::IdAllocator;
 
 use super::backend::VirtioBackend;
 use super::device::{BAR0_SIZE, F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams};
-use super::monitor::{self, BackendMonitor};
+use super::monitor::{self, BackendMonitor, Reconnect};
 use super::vhost_user::{GuestRam, VhostUserBackend};
 use crate::config::{ChardevConfig, VhostUserDeviceConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
@@ -18,6 +20,7 @@ use crate::pci::interrupts::{InterruptRouter, KvmInterruptRouter};
 use crate::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciError, PciRoot};
 use vu_spec::devices::{ConfigSource, DEFAULT_QUEUE_SIZE, FrontendInput};
 use vu_spec::transport::bit;
+use vu_spec::unix::remove_stale_socket;
 
 /// How long to wait at VM start for a backend socket to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +39,13 @@ pub enum SetupError {
         path: String,
         #[source]
         source: vu_frontend::Error,
+    },
+    #[error("-device {device}: cannot listen for the vhost-user backend on {path}: {source}")]
+    Listen {
+        device: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("-device {device}: {queues} queues requested, the backend supports {max}")]
     TooManyQueues {
@@ -251,7 +261,18 @@ pub fn setup_with_router<M: GuestRam>(
                 device: name.clone(),
                 chardev: dcfg.chardev.clone(),
             })?;
-        let (backend, plan) = connect(&name, dcfg, chardev, config.smp.cpus, memory.clone())?;
+        let listener = chardev
+            .server
+            .then(|| listen(&name, &chardev.path))
+            .transpose()?;
+        let (backend, plan) = connect(
+            &name,
+            dcfg,
+            chardev,
+            listener.as_ref(),
+            config.smp.cpus,
+            memory.clone(),
+        )?;
         let bar0 = root.allocate_mmio(BAR0_SIZE)?;
         let backend = Arc::new(Mutex::new(backend));
         let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
@@ -268,8 +289,11 @@ pub fn setup_with_router<M: GuestRam>(
             plan.params.num_queues,
             chardev.path.display()
         );
-        let reconnect =
-            (chardev.reconnect_secs > 0).then(|| Duration::from_secs(chardev.reconnect_secs));
+        let reconnect = match listener {
+            Some(l) => Some(Reconnect::Accept(l)),
+            None => (chardev.reconnect_secs > 0)
+                .then(|| Reconnect::Dial(Duration::from_secs(chardev.reconnect_secs))),
+        };
         let mon = monitor::spawn(name, backend, Arc::downgrade(&device), reconnect)
             .map_err(SetupError::Monitor)?;
         setup.monitors.push(mon);
@@ -278,22 +302,52 @@ pub fn setup_with_router<M: GuestRam>(
     Ok(setup)
 }
 
-/// Connects `name`'s backend, checks what it offers and applies the device's plan to it.
+/// `server=on`: listens on `path` (replacing a stale socket file), as QEMU does.
+fn listen(name: &str, path: &Path) -> Result<UnixListener, SetupError> {
+    let err = |source| SetupError::Listen {
+        device: name.to_string(),
+        path: path.display().to_string(),
+        source,
+    };
+    remove_stale_socket(path).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    UnixListener::bind(path).map_err(err)
+}
+
+/// Connects `name`'s backend (or, on a `server=on` chardev, waits for it to connect to
+/// `listener`, as long as it takes, as QEMU does), checks what it offers and applies the
+/// device's plan to it.
 fn connect<M: GuestRam>(
     name: &str,
     dcfg: &VhostUserDeviceConfig,
     chardev: &ChardevConfig,
+    listener: Option<&UnixListener>,
     vcpus: u8,
     memory: M,
 ) -> Result<(VhostUserBackend<M>, DevicePlan), SetupError> {
     let asked = dcfg.spec.num_queues(dcfg.num_queues, u16::from(vcpus));
-    let mut backend =
-        VhostUserBackend::connect(&chardev.path, usize::from(asked), CONNECT_TIMEOUT, memory)
-            .map_err(|source| SetupError::Connect {
+    let path = &chardev.path;
+    let connect_err = |source| SetupError::Connect {
+        device: name.to_string(),
+        path: path.display().to_string(),
+        source,
+    };
+    let mut backend = match listener {
+        None => VhostUserBackend::connect(path, usize::from(asked), CONNECT_TIMEOUT, memory)
+            .map_err(connect_err)?,
+        Some(listener) => {
+            log::info!(
+                "{name}: waiting for the vhost-user backend to connect to {} (server=on)",
+                path.display()
+            );
+            let (stream, _) = listener.accept().map_err(|source| SetupError::Listen {
                 device: name.to_string(),
-                path: chardev.path.display().to_string(),
+                path: path.display().to_string(),
                 source,
             })?;
+            VhostUserBackend::from_stream(stream, path, usize::from(asked), memory)
+                .map_err(connect_err)?
+        }
+    };
     let offered = backend.backend_features();
     if offered & F_VERSION_1 == 0 {
         return Err(SetupError::Device {
@@ -449,7 +503,8 @@ mod tests {
         let mut generic = cfg("vhost-user-device-pci", Some(2));
         generic.queue_size = Some(64);
         let p = DevicePlan::new(&generic, 2, VERSION_1);
-        assert_eq!(shape(&p), (26, 0xff, 0x00, 2, 64, 8));
+        // Virtio id 26 (virtio-fs) carries the vhost-user-fs-pci row's class.
+        assert_eq!(shape(&p), (26, 0x01, 0x80, 2, 64, 8));
         assert_eq!((p.feature_mask, p.feature_add), (u64::MAX, 0));
         let p = DevicePlan::new(&cfg("vhost-user-device-pci", None), 2, VERSION_1);
         assert_eq!(p.params.num_queues, 1);

@@ -2,6 +2,7 @@
 //! [`vu_frontend::FrontendSession`].
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -46,6 +47,15 @@ pub struct VhostUserBackend<M> {
     pairs_synced: bool,
 }
 
+/// Session options during negotiation (replies bounded by [`CONNECT_REPLY_TIMEOUT`]).
+fn options(max_queues: usize) -> FrontendOptions {
+    FrontendOptions {
+        max_queues,
+        reply_timeout: Some(CONNECT_REPLY_TIMEOUT),
+        ..FrontendOptions::default()
+    }
+}
+
 impl<M: GuestRam> VhostUserBackend<M> {
     /// Connects to the backend at `socket` (retrying for `connect_timeout` while it does not
     /// exist yet) and negotiates for up to `max_queues` queues.
@@ -55,14 +65,25 @@ impl<M: GuestRam> VhostUserBackend<M> {
         connect_timeout: Duration,
         memory: M,
     ) -> Result<Self, FrontendError> {
-        let opts = FrontendOptions {
-            max_queues,
-            reply_timeout: Some(CONNECT_REPLY_TIMEOUT),
-            ..FrontendOptions::default()
-        };
-        let mut session = FrontendSession::connect_with(socket, connect_timeout, opts)?;
+        let session = FrontendSession::connect_with(socket, connect_timeout, options(max_queues))?;
+        Ok(Self::new(session, memory))
+    }
+
+    /// Negotiates for up to `max_queues` queues with a backend that connected to accel's
+    /// listening socket `name` (`-chardev socket,server=on`).
+    pub fn from_stream(
+        stream: UnixStream,
+        name: &Path,
+        max_queues: usize,
+        memory: M,
+    ) -> Result<Self, FrontendError> {
+        let session = FrontendSession::from_stream(stream, name, options(max_queues))?;
+        Ok(Self::new(session, memory))
+    }
+
+    fn new(mut session: FrontendSession, memory: M) -> Self {
         session.set_reply_timeout(None);
-        Ok(VhostUserBackend {
+        VhostUserBackend {
             session,
             memory,
             feature_mask: u64::MAX,
@@ -72,7 +93,7 @@ impl<M: GuestRam> VhostUserBackend<M> {
             control: None,
             rings: Vec::new(),
             pairs_synced: true,
-        })
+        }
     }
 
     /// Serves virtio-net's control queue here, for a device of `pairs` queue pairs.
@@ -129,6 +150,11 @@ impl<M: GuestRam> VhostUserBackend<M> {
     /// Reconnects and restores negotiated state and running rings.
     pub fn reconnect(&mut self, timeout: Duration) -> Result<(), FrontendError> {
         self.session.reconnect(timeout)
+    }
+
+    /// [`reconnect`](Self::reconnect) to a backend that connected to accel's listening socket.
+    pub fn reconnect_stream(&mut self, stream: UnixStream) -> Result<(), FrontendError> {
+        self.session.reconnect_stream(stream)
     }
 
     pub fn socket_path(&self) -> &Path {

@@ -21,6 +21,11 @@ pub struct CommonArgs {
     /// Serve on an inherited, already listening unix socket file descriptor.
     #[arg(long, value_name = "N")]
     pub fd: Option<RawFd>,
+    /// Connect to --socket-path instead of listening on it: the frontend listens (QEMU's and
+    /// accel's `-chardev socket,...,server=on`). After the frontend goes away, connect again
+    /// (every second while nobody listens).
+    #[arg(long, requires = "socket_path", conflicts_with = "fd")]
+    pub client: bool,
     /// Print the capabilities JSON (QEMU's vhost-user.json) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -57,6 +62,7 @@ impl Default for CommonArgs {
         CommonArgs {
             socket_path: None,
             fd: None,
+            client: false,
             print_capabilities: false,
             queue_size: DEFAULT_QUEUE_SIZE,
             sandbox: SandboxMode::On,

@@ -97,6 +97,9 @@ pub const DAEMON_SYSCALLS: &[Allow] = &[
     Allow::Any("openat"),
 ];
 
+/// What `--client` adds: connecting (again) to the frontend's socket.
+pub const CLIENT_SYSCALLS: &[Allow] = &[Allow::Any("connect")];
+
 /// The policy of a backend program serving `devices`, listening on `socket_paths` (removed on
 /// exit, so their directories keep the right to remove entries).
 pub fn policy<D: VhostUserDevice>(

@@ -30,8 +30,8 @@ pub use capabilities::Capabilities;
 pub use cli::{CommonArgs, ListenAddress, SandboxMode};
 pub use confine::DeviceConfinement;
 pub use serve::{
-    BackendMemory, BackendVring, ConnectionEnd, FIRST_MESSAGE_TIMEOUT, VhostUserDevice,
-    first_message_arrives, serve, serve_stream,
+    BackendMemory, BackendVring, CLIENT_RETRY, ConnectionEnd, FIRST_MESSAGE_TIMEOUT,
+    VhostUserDevice, first_message_arrives, serve, serve_client, serve_stream,
 };
 use signals::{block_exit_signals, install_exit_handler_for};
 /// The confinement mechanism, re-exported for devices' [`VhostUserDevice::confinement`].
@@ -117,24 +117,40 @@ where
     if let Err(e) = block_exit_signals() {
         return fail(&e);
     }
+    // Socket files this process creates (removed on exit); a client's socket is the
+    // frontend's.
     let mut paths: Vec<PathBuf> = match &address {
-        ListenAddress::Path(p) => vec![p.clone()],
-        ListenAddress::Fd(_) => Vec::new(),
+        ListenAddress::Path(p) if !common.client => vec![p.clone()],
+        _ => Vec::new(),
     };
     paths.extend(device.owned_socket_paths());
     for (other, path) in &others {
         paths.push(path.clone());
         paths.extend(other.owned_socket_paths());
     }
+    let listen = |address: ListenAddress| -> Result<Endpoint, DaemonError> {
+        let listener = address.listen()?;
+        log::info!("{program}: listening on {address}");
+        Ok(Endpoint::Listen(listener))
+    };
+    let first = match address {
+        ListenAddress::Path(p) if common.client => {
+            log::info!(
+                "{program}: client of the frontend listening on {}",
+                p.display()
+            );
+            Ok(Endpoint::Connect(p))
+        }
+        address => listen(address),
+    };
     let mut served = Vec::with_capacity(1 + others.len());
-    for (device, address) in std::iter::once((device, address))
-        .chain(others.into_iter().map(|(d, p)| (d, ListenAddress::Path(p))))
-    {
-        match address.listen() {
-            Ok(listener) => {
-                log::info!("{program}: listening on {address}");
-                served.push((device, listener));
-            }
+    match first {
+        Ok(endpoint) => served.push((device, endpoint)),
+        Err(e) => return fail(&e),
+    }
+    for (device, path) in others {
+        match listen(ListenAddress::Path(path)) {
+            Ok(endpoint) => served.push((device, endpoint)),
             Err(e) => return fail(&e),
         }
     }
@@ -150,7 +166,10 @@ where
     }
     if common.sandbox == SandboxMode::On {
         let devices: Vec<&D> = served.iter().map(|(d, _)| d).collect();
-        let policy = confine::policy(program, &devices, &paths);
+        let mut policy = confine::policy(program, &devices, &paths);
+        if common.client {
+            policy.syscalls.extend_from_slice(confine::CLIENT_SYSCALLS);
+        }
         match vu_sandbox::confine_as(&policy, common.user.as_ref()) {
             Ok(e) => log::info!(
                 "{program}: confined (no_new_privs, seccomp, landlock {})",
@@ -168,23 +187,40 @@ where
     }
 }
 
-/// Serves every device on its listener until the first error (the only way [`serve`] without
+/// How a device meets its frontend.
+enum Endpoint {
+    /// Listens (the default): the frontend connects.
+    Listen(Listener),
+    /// `--client`: connects to the frontend's listening socket.
+    Connect(PathBuf),
+}
+
+impl Endpoint {
+    fn serve<D: VhostUserDevice>(self, device: &D) -> Result<(), DaemonError> {
+        match self {
+            Endpoint::Listen(mut listener) => serve(device, &mut listener, None),
+            Endpoint::Connect(path) => serve_client(device, &path),
+        }
+    }
+}
+
+/// Serves every device on its endpoint until the first error (the only way [`serve`] without
 /// a connection limit returns); one device is served on the calling thread.
-fn serve_all<D>(mut served: Vec<(D, Listener)>) -> Result<(), DaemonError>
+fn serve_all<D>(mut served: Vec<(D, Endpoint)>) -> Result<(), DaemonError>
 where
     D: VhostUserDevice + Send + 'static,
 {
     if served.len() == 1 {
-        let (device, mut listener) = served.remove(0);
-        return serve(&device, &mut listener, None);
+        let (device, endpoint) = served.remove(0);
+        return endpoint.serve(&device);
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    for (device, mut listener) in served {
+    for (device, endpoint) in served {
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(device.name().to_string())
             .spawn(move || {
-                let _ = tx.send(serve(&device, &mut listener, None));
+                let _ = tx.send(endpoint.serve(&device));
             })
             .map_err(DaemonError::NewBackend)?;
     }

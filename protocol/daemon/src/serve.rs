@@ -323,6 +323,44 @@ where
     Ok(())
 }
 
+/// How often a client-mode backend tries to connect while nobody listens.
+pub const CLIENT_RETRY: Duration = Duration::from_secs(1);
+
+/// Client mode (`--client`): connects to the frontend's listening socket at `path`, serves
+/// it until it hangs up, and connects again, forever (QEMU's `server=on` chardevs accept a
+/// reconnecting backend). While nobody listens it retries every [`CLIENT_RETRY`], logging the
+/// first failure of each outage and one a minute after that.
+pub fn serve_client<D>(device: &D, path: &std::path::Path) -> Result<(), DaemonError>
+where
+    D: VhostUserDevice,
+{
+    loop {
+        let stream = connect_retrying(device.name(), path);
+        // A dropped connection is logged by serve_stream; the next one starts afresh.
+        serve_stream(device, stream)?;
+    }
+}
+
+fn connect_retrying(name: &str, path: &std::path::Path) -> UnixStream {
+    let mut attempts = 0u64;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) => {
+                if attempts.is_multiple_of(60) {
+                    log::info!(
+                        "{name}: no frontend listening on {} yet ({e}); retrying every {:?}",
+                        path.display(),
+                        CLIENT_RETRY
+                    );
+                }
+                attempts += 1;
+                std::thread::sleep(CLIENT_RETRY);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

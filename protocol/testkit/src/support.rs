@@ -253,6 +253,12 @@ pub fn spawn_until(
 
 impl Running {
     /// Kills the process (if still running) and returns everything it printed.
+    /// Waits up to `timeout` for the process to exit by itself, then [`finish`](Self::finish).
+    pub fn finish_within(mut self, timeout: Duration) -> RunOutput {
+        let _ = wait_exit(&mut self.child, timeout);
+        self.finish()
+    }
+
     pub fn finish(mut self) -> RunOutput {
         let status = match self.child.try_wait() {
             Ok(Some(s)) => Some(s),

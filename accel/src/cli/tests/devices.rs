@@ -43,7 +43,8 @@ disable-legacy=on,addr=05.0,id=disk0,bus=pci.0,disable-modern=off"
         [ChardevConfig {
             id: "c0".into(),
             path: PathBuf::from("/tmp/blk,0.sock"),
-            reconnect_secs: 5
+            reconnect_secs: 5,
+            server: false,
         }]
     );
     assert_eq!(
@@ -231,7 +232,7 @@ fn vhost_user_needs_shared_memory() {
 fn unknown_drivers_are_one_line_errors_listing_the_table() {
     let pre = format!("{SHARED} -chardev socket,id=c0,path=/s0");
     let list = "vhost-user-blk-pci, vhost-user-vsock-pci, vhost-user-rng-pci, \
-                vhost-user-console-pci, vhost-user-device-pci, virtio-net-pci";
+                vhost-user-console-pci, vhost-user-fs-pci, vhost-user-device-pci, virtio-net-pci";
     for (driver, hint) in [
         ("vhost-user-gpu-pci", "accel emulates no other devices"),
         ("virtio-gpu-pci", "vhost-user backends in other processes"),

@@ -300,8 +300,8 @@ fn device_option_errors() {
         &["-device", "e1000", "virtio-net-pci"],
     );
     fail_with(
-        &d("vhost-user-fs-pci,chardev=c0,tag=fs"),
-        &["-device", "vhost-user-fs-pci", "supported drivers"],
+        &d("vhost-user-gpu-pci,chardev=c0"),
+        &["-device", "vhost-user-gpu-pci", "supported drivers"],
     );
     fail_with(&d("chardev=c0"), &["-device", "'driver'"]);
     fail_with(&d("vhost-user-blk-pci"), &["-device", "'chardev'"]);
