@@ -416,8 +416,8 @@ fn check_chardevs_and_netdevs(
     Ok(())
 }
 
-/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
-/// once, and PCI slots do not collide.
+/// Resolves netdevs, and checks that every chardev/netdev reference exists and each is used
+/// once (PCI placement is checked by `topology::resolve`).
 pub(super) fn resolve(
     chardevs: &[ChardevConfig],
     netdevs: Vec<Netdev>,
@@ -427,7 +427,6 @@ pub(super) fn resolve(
     let mut used_netdevs: Vec<String> = Vec::new();
     let mut used_chardevs: Vec<String> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
-    let mut slots: Vec<(Option<String>, u8, u8)> = Vec::new();
     let mut out = Vec::new();
     for dev in devices {
         let err = |message: String| CliError::Invalid {
@@ -467,16 +466,6 @@ pub(super) fn resolve(
                 return Err(err(format!("duplicate device id '{id}'")));
             }
             ids.push(id.clone());
-        }
-        if let Some(slot) = config.pci_slot {
-            let place = (config.pci_bus.clone(), slot, dev.pci_func);
-            if slots.contains(&place) {
-                return Err(err(format!(
-                    "PCI address {slot:02x}.{} is already in use",
-                    dev.pci_func
-                )));
-            }
-            slots.push(place);
         }
         out.push(config);
     }

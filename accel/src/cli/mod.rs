@@ -450,9 +450,9 @@ impl State {
         chardevs.extend(builtins.chardevs);
         let mut netdevs = self.netdevs;
         netdevs.extend(builtins.netdevs);
-        let mut devices = devices::resolve(&chardevs, netdevs, user_devices)?;
         let mut pci_bridges = self.pci_bridges;
-        topology::resolve(machine.kind, &mut pci_bridges, &mut devices)?;
+        topology::resolve(machine.kind, &mut pci_bridges, &mut user_devices)?;
+        let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
         platform.pcie = machine.kind == crate::config::MachineType::Q35;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);

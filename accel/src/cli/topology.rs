@@ -7,9 +7,10 @@
 //! root bus the VMM picks the next free slot as before.
 
 use super::CliError;
+use super::devices::Device;
 use super::devices::{PciPlace, take_pci_place};
 use super::props::Props;
-use crate::config::{MachineType, PciBridgeConfig, PciBridgeKind, VhostUserDeviceConfig};
+use crate::config::{MachineType, PciBridgeConfig, PciBridgeKind};
 
 const ROOT_PORT: &str = "pcie-root-port";
 const PCI_BRIDGE: &str = "pci-bridge";
@@ -136,7 +137,7 @@ struct BusState {
 pub(super) fn resolve(
     machine: MachineType,
     bridges: &mut [PciBridgeConfig],
-    devices: &mut [VhostUserDeviceConfig],
+    devices: &mut [Device],
 ) -> Result<(), CliError> {
     let q35 = machine == MachineType::Q35;
     let mut buses = vec![BusState {
@@ -183,10 +184,11 @@ pub(super) fn resolve(
             used: Vec::new(),
         });
     }
-    for d in devices.iter_mut() {
+    for dev in devices.iter_mut() {
+        let d = &mut dev.config;
         let what = match &d.id {
-            Some(id) => format!("{},id={id}", d.spec.name),
-            None => d.spec.name.to_string(),
+            Some(id) => format!("{},id={id}", dev.driver),
+            None => dev.driver.clone(),
         };
         let slot = place(
             &mut buses,

@@ -153,6 +153,14 @@ impl PciRoot {
         Ok(range.start())
     }
 
+    /// Gives back a range [`allocate_mmio`](Self::allocate_mmio) returned (ignored if it did
+    /// not come from there).
+    pub(super) fn free_mmio(&self, addr: u64, size: u64) {
+        if let Ok(range) = vm_allocator::RangeInclusive::new(addr, addr + size - 1) {
+            let _ = self.mmio_alloc.lock().unwrap().free(&range);
+        }
+    }
+
     /// The first free slot at or after 1 (slot 0 is the host bridge).
     pub fn free_slot(&self) -> Result<u8, PciError> {
         let topo = self.topology.lock().unwrap();

@@ -5,8 +5,10 @@
 //! of the devices behind it inside that window, and enable the bridge's memory decoding and
 //! bus mastering. Linux then uses these assignments as they are.
 //!
-//! Bus-0 BARs were placed when their devices were created; bridge windows come from what is
-//! left of the same 32-bit window. I/O and prefetchable windows stay closed (accel's devices
+//! Every BAR was placed in the root window when its device was created (so its device's
+//! notify ioeventfds have a unique address); bridge windows come from what is left of the
+//! window, the BARs behind a bridge move into its window (the device hears of it through
+//! `bar_mapped`, before decoding is on) and their creation-time ranges are freed. I/O and prefetchable windows stay closed (accel's devices
 //! have neither I/O nor BARs that need a prefetchable window); the guest may open them.
 
 use std::sync::{Arc, Mutex};
@@ -259,10 +261,20 @@ impl PciRoot {
         for (item, off) in items.iter().zip(offsets) {
             let addr = base + off;
             match *item {
-                Item::Bar { f, bar, kind, .. } => {
+                Item::Bar { f, bar, kind, size } => {
+                    let Some(dev) = self.function(f) else {
+                        continue;
+                    };
+                    let old = dev.lock().unwrap().config().bar_address(bar);
                     self.firmware_write(f, 4 + bar, addr as u32);
                     if kind == BarKind::Mem64 {
                         self.firmware_write(f, 5 + bar, (addr >> 32) as u32);
+                    }
+                    // Where the device was created (its notify ioeventfds) follows, and the
+                    // creation-time place in the root window is given back.
+                    dev.lock().unwrap().bar_mapped(bar, Some(addr));
+                    if let Some(old) = old.filter(|&o| o != addr) {
+                        self.free_mmio(old, size);
                     }
                 }
                 Item::Window { f, child, size } => self.place_window(f, child, addr, size),

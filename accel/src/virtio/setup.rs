@@ -267,12 +267,8 @@ pub fn setup_with_router<M: GuestRam>(
                 .bus(id)
                 .ok_or_else(|| PciError::UnknownBus(id.clone()))?,
         };
-        // Behind a bridge, the BAR is placed with the bridge's window (`assign_resources`).
-        let bar0 = if bus == 0 {
-            root.allocate_mmio(BAR0_SIZE)?
-        } else {
-            0
-        };
+        // Behind a bridge, the BAR moves into the bridge's window (`assign_resources`).
+        let bar0 = root.allocate_mmio(BAR0_SIZE)?;
         let backend = Arc::new(Mutex::new(backend));
         let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
         let device =

@@ -143,7 +143,7 @@ fn device_cross_checks() {
         &format!(
             "{pre} -device vhost-user-blk-pci,chardev=c0,addr=3 -device vhost-user-rng-pci,chardev=c1,addr=03.0"
         ),
-        &["-device", "address 03.0 is already in use"],
+        &["-device", "addr=03.0: already in use"],
     );
     fail_with(
         &format!(
