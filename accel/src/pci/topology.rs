@@ -61,6 +61,14 @@ impl Bridges {
             .map(|(_, bus, _)| *bus)
     }
 
+    /// The bridge with `id=id` (root ports: their slot registers, for native hotplug).
+    pub fn bridge(&self, id: &str) -> Option<Arc<Mutex<PciBridge>>> {
+        self.by_id
+            .iter()
+            .find(|(i, _, _)| i == id)
+            .map(|(_, _, b)| b.clone())
+    }
+
     /// Sets each root port's presence-detect state from whether its bus has a device.
     pub fn update_presence(&self, root: &PciRoot) {
         for (_, bus, bridge) in &self.by_id {

@@ -62,6 +62,8 @@ pub enum SetupError {
 /// The PCI bus, its devices and their backend monitors. Keep it alive as long as the VM.
 pub struct PciSetup {
     pub root: Arc<PciRoot>,
+    /// The bridges by id, with their bus index (and root ports' slot registers, for hotplug).
+    pub bridges: Bridges,
     pub devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
     monitors: Vec<BackendMonitor>,
     report_stats: bool,
@@ -243,6 +245,7 @@ pub fn setup_with_router<M: GuestRam>(
     }
     let mut setup = PciSetup {
         root: root.clone(),
+        bridges: Bridges::default(),
         devices: Vec::new(),
         monitors: Vec::new(),
         report_stats: config.timing,
@@ -296,6 +299,7 @@ pub fn setup_with_router<M: GuestRam>(
     // As firmware: bus numbers, bridge windows, BARs behind bridges.
     root.assign_resources()?;
     bridges.update_presence(&root);
+    setup.bridges = bridges;
     Ok(setup)
 }
 
