@@ -149,6 +149,7 @@ pub(super) fn resolve(
         option: "-device".into(),
         message: format!("{what}: {message}"),
     };
+    let mut root_ports: Vec<(u8, u16, String)> = Vec::new();
     for b in bridges.iter_mut() {
         let what = format!("{},id={}", driver_of(b.kind), b.id);
         if buses.iter().any(|x| x.id.as_deref() == Some(&b.id)) {
@@ -171,6 +172,23 @@ pub(super) fn resolve(
                 ));
             }
             _ => {}
+        }
+        if let PciBridgeKind::RootPort { chassis, slot, .. } = b.kind
+            && let Some(other) = root_ports
+                .iter()
+                .find(|(c, s, _)| (*c, *s) == (chassis, slot))
+        {
+            return Err(invalid(
+                what,
+                format!(
+                    "chassis={chassis} slot={slot} is already used by root port '{}' (QEMU \
+                     requires each pair once: give each root port its own chassis=)",
+                    other.2
+                ),
+            ));
+        }
+        if let PciBridgeKind::RootPort { chassis, slot, .. } = b.kind {
+            root_ports.push((chassis, slot, b.id.clone()));
         }
         let slot = place(&mut buses, &what, b.bus.as_deref(), b.slot, b.function)?;
         b.slot = slot;

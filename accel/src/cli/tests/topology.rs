@@ -81,6 +81,13 @@ fn bad_placements_are_one_line_errors_naming_the_device() {
             &["pcie-root-port,id=rp2", "a root port sits on the root bus"][..],
         ),
         (
+            format!("{rp} -device pcie-root-port,id=rp2,chassis=1,addr=0x1d"),
+            &[
+                "pcie-root-port,id=rp2",
+                "chassis=1 slot=0 is already used by root port 'rp1'",
+            ][..],
+        ),
+        (
             "-device pci-bridge,id=b".to_string(),
             &["chassis_nr", "chassis number 1..255"][..],
         ),
