@@ -258,6 +258,29 @@ impl PciBridge {
         self.write16_device(cap + EXP_LNKSTA, lnk);
     }
 
+    /// Whether the slot asks for a hot-plug interrupt now (PCIe base spec 6.7.3.4): hot-plug
+    /// interrupts enabled (HPIE) and an event latched in slot status whose enable bit in slot
+    /// control is set (attention button, presence detect changed, data link layer state
+    /// changed; command completed with CCIE). The caller (native hotplug, once root ports
+    /// have MSI) signals on a change from false to true.
+    pub fn hotplug_interrupt_pending(&self) -> bool {
+        let (Some(ctl), Some(sta)) = (self.slot_control(), self.slot_status()) else {
+            return false;
+        };
+        if ctl & SLTCTL_HPIE == 0 {
+            return false;
+        }
+        let pairs = [
+            (SLTSTA_ABP, SLTCTL_ABPE),
+            (SLTSTA_PDC, SLTCTL_PDCE),
+            (SLTSTA_DLLSC, SLTCTL_DLLSCE),
+            (SLTSTA_CC, SLTCTL_CCIE),
+        ];
+        pairs
+            .iter()
+            .any(|&(event, enable)| sta & event != 0 && ctl & enable != 0)
+    }
+
     /// The attention button was pressed: latches ABP in the slot status.
     pub fn press_attention_button(&mut self) {
         if let Some(cap) = self.slot_cap_offset() {
@@ -353,8 +376,22 @@ mod tests {
         let now = rp.slot_status().unwrap();
         assert_eq!(now & (SLTSTA_CC | SLTSTA_PDC), 0);
         assert_ne!(now & SLTSTA_PDS, 0, "presence is read-only");
+        assert!(!rp.hotplug_interrupt_pending(), "no event latched");
         rp.press_attention_button();
         assert_ne!(rp.slot_status().unwrap() & SLTSTA_ABP, 0);
+        assert!(!rp.hotplug_interrupt_pending(), "ABPE is off");
+        rp.write_config(
+            (ctl / 4) as usize,
+            ctl % 4,
+            &(SLTCTL_HPIE | SLTCTL_ABPE | SLTCTL_PDCE).to_le_bytes(),
+        );
+        // That write completed a command too, but CCIE is now off: only ABP counts.
+        assert!(rp.hotplug_interrupt_pending());
+        rp.write_config((sta / 4) as usize, sta % 4, &SLTSTA_ABP.to_le_bytes());
+        assert!(!rp.hotplug_interrupt_pending());
+        rp.set_presence(false, true);
+        assert!(rp.hotplug_interrupt_pending(), "presence detect changed");
+        assert_eq!(rp.slot_status().unwrap() & SLTSTA_PDS, 0);
     }
 
     #[test]
