@@ -33,6 +33,9 @@ pub struct VmConfig {
     pub chardevs: Vec<ChardevConfig>,
     /// `-device vhost-user-*-pci` and `-netdev vhost-user` + `-device virtio-net-pci`.
     pub devices: Vec<VhostUserDeviceConfig>,
+    /// `-device pcie-root-port|pci-bridge|pcie-pci-bridge`, in command-line order (a bridge's
+    /// `bus=` names an earlier one).
+    pub pci_bridges: Vec<PciBridgeConfig>,
     /// Backends accel starts itself for QEMU's built-in spellings (`-drive`, `-blockdev`,
     /// `-netdev tap`, `virtio-rng-pci`, `vhost-vsock-pci`, `virtconsole`): each serves one
     /// entry of `devices` through a chardev of `chardevs` whose path accel fills in at start.
@@ -65,6 +68,9 @@ pub struct PlatformConfig {
     pub escape_char: u8,
     /// `-device isa-debugcon` / `-device isa-debug-exit`.
     pub isa_devices: Vec<IsaDeviceConfig>,
+    /// `-M q35`: PCIe configuration space through ECAM, announced by an MCFG table and a
+    /// PNP0A08 host bridge.
+    pub pcie: bool,
 }
 
 impl Default for PlatformConfig {
@@ -76,6 +82,7 @@ impl Default for PlatformConfig {
             msg_timestamp: false,
             escape_char: 0x01,
             isa_devices: Vec::new(),
+            pcie: false,
         }
     }
 }
@@ -149,6 +156,30 @@ pub enum MonitorListen {
     Tcp { host: String, port: u16 },
     /// `fd=N`: an already bound, listening socket inherited from the parent (libvirt).
     Fd(i32),
+}
+
+/// A PCI-to-PCI bridge from `-device pcie-root-port|pci-bridge|pcie-pci-bridge`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciBridgeConfig {
+    /// `id=`: what devices behind it name in `bus=`.
+    pub id: String,
+    pub kind: PciBridgeKind,
+    /// `bus=`: the bridge it sits behind; `None` = the root bus.
+    pub bus: Option<String>,
+    /// `addr=SLOT[.FN]`; `None` = next free slot.
+    pub slot: Option<u8>,
+    pub function: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciBridgeKind {
+    /// QEMU's `pcie-root-port` (1b36:000c): `chassis=`, `port=` (link port number), `slot=`
+    /// (physical slot number).
+    RootPort { chassis: u8, port: u8, slot: u16 },
+    /// QEMU's `pci-bridge` (1b36:0001): `chassis_nr=` in its slot id capability.
+    PciBridge { chassis_nr: u8 },
+    /// QEMU's `pcie-pci-bridge` (1b36:000e).
+    PciePciBridge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -279,8 +310,13 @@ pub struct VhostUserDeviceConfig {
     pub num_queues: Option<u16>,
     /// `queue-size=`; `None` = 128 (QEMU's vhost-user-blk default).
     pub queue_size: Option<u16>,
-    /// `addr=SLOT[.FN]` on bus 0; `None` = next free slot.
+    /// `addr=SLOT[.FN]` on its bus; `None` = next free slot.
     pub pci_slot: Option<u8>,
+    /// The function number of `addr=SLOT.FN`.
+    pub pci_function: u8,
+    /// `bus=ID`: the id of the `-device pcie-root-port|pci-bridge|pcie-pci-bridge` whose
+    /// secondary bus the device sits on; `None` = the root bus (pci.0/pcie.0).
+    pub pci_bus: Option<String>,
     /// `mac=` for net.
     pub mac: Option<[u8; 6]>,
     /// `tag=` for virtio-fs.

@@ -12,6 +12,7 @@ use crate::{RunOutput, bin, guest_append, guest_file, qemu, run_with_timeout};
 #[derive(Clone, Debug)]
 pub struct VmCommand {
     accel: Option<String>,
+    machine: String,
     vmm_args: Vec<String>,
     mem_mib: u32,
     smp: String,
@@ -32,6 +33,7 @@ impl VmCommand {
     pub fn new() -> Self {
         VmCommand {
             accel: None,
+            machine: "pc".into(),
             vmm_args: Vec::new(),
             mem_mib: 128,
             smp: "1".into(),
@@ -45,6 +47,12 @@ impl VmCommand {
     /// `-accel NAME` first on the line (`tcg`, `kvm`; none: the VMM's default).
     pub fn accel(mut self, name: &str) -> Self {
         self.accel = Some(name.into());
+        self
+    }
+
+    /// `-machine NAME` (default `pc`).
+    pub fn machine(mut self, name: &str) -> Self {
+        self.machine = name.into();
         self
     }
 
@@ -118,7 +126,7 @@ impl VmCommand {
         let memfd = format!("memory-backend-memfd,id=mem,size={mem}M,share=on");
         let common = [
             "-machine",
-            "pc",
+            &self.machine,
             "-m",
             &mem,
             "-smp",

@@ -68,7 +68,7 @@ pub(super) struct Tap {
 #[derive(Debug)]
 pub(super) struct SerialBus {
     pub id: Option<String>,
-    pub pci: Option<(u8, u8)>,
+    pub pci: devices::PciPlace,
     used: bool,
 }
 
@@ -268,7 +268,7 @@ fn new_device(
     driver: String,
     spec: &'static DeviceSpec,
     id: Option<String>,
-    pci: Option<(u8, u8)>,
+    pci: devices::PciPlace,
     use_: Use,
 ) -> Device {
     Device {
@@ -282,7 +282,9 @@ fn new_device(
             config_size: spec.config_size(None),
             num_queues: None,
             queue_size: None,
-            pci_slot: pci.map(|(s, _)| s),
+            pci_slot: pci.addr.map(|(s, _)| s),
+            pci_function: pci.addr.map_or(0, |(_, f)| f),
+            pci_bus: pci.bus.clone(),
             mac: None,
             tag: None,
             bootindex: None,
@@ -292,7 +294,7 @@ fn new_device(
             packed: false,
         },
         netdev: None,
-        pci_func: pci.map_or(0, |(_, f)| f),
+        pci_func: pci.addr.map_or(0, |(_, f)| f),
         builtin: Some(use_),
     }
 }
@@ -321,7 +323,7 @@ pub(super) fn parse_device(
             driver,
             spec,
             id,
-            None,
+            devices::PciPlace::default(),
             Use::Console { chardev, bus },
         ));
     }
@@ -427,7 +429,7 @@ pub(super) fn drive_device(drive: &block::Drive) -> Device {
         "virtio-blk-pci".into(),
         spec,
         drive.id.clone(),
-        None,
+        devices::PciPlace::default(),
         Use::Image {
             image: drive.image.clone(),
             serial: drive.serial.clone(),
@@ -568,8 +570,10 @@ pub(super) fn resolve(
                     ));
                 }
                 bus.used = true;
-                dev.config.pci_slot = bus.pci.map(|(s, _)| s);
-                dev.pci_func = bus.pci.map_or(0, |(_, f)| f);
+                dev.config.pci_slot = bus.pci.addr.map(|(s, _)| s);
+                dev.pci_func = bus.pci.addr.map_or(0, |(_, f)| f);
+                dev.config.pci_function = dev.pci_func;
+                dev.config.pci_bus = bus.pci.bus.clone();
                 if used_chardevs.contains(&chardev) {
                     return Err(err(format!("chardev '{chardev}' is already in use")));
                 }

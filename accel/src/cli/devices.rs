@@ -17,14 +17,14 @@ pub(super) const NETDEV_PROPS: &[&str] =
 pub(super) const COMMON_PROPS: &[&str] = &[
     "id",
     "addr",
-    "bus (pci.0/pcie.0)",
+    "bus (pci.0/pcie.0 or a bridge's id)",
     "disable-legacy (on/auto)",
     "disable-modern (off)",
     "romfile (empty)",
     "vectors (1..)",
     "packed",
     "page-per-vq",
-    "multifunction (off)",
+    "multifunction",
 ];
 /// Most virtqueues a virtio-pci device can have in QEMU (VIRTIO_QUEUE_MAX).
 const MAX_QUEUES: u64 = 1024;
@@ -307,7 +307,9 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         config_size: spec.config_size(v.config_size),
         num_queues: v.num_queues,
         queue_size: v.rx_queue_size.or(v.queue_size),
-        pci_slot: pci.map(|(slot, _)| slot),
+        pci_slot: pci.addr.map(|(slot, _)| slot),
+        pci_function: pci.addr.map_or(0, |(_, f)| f),
+        pci_bus: pci.bus,
         mac: v.mac,
         tag: v.tag,
         bootindex: v.bootindex,
@@ -321,32 +323,39 @@ pub(super) fn parse_device(mut props: Props) -> Result<Device, CliError> {
         driver,
         config,
         netdev: v.netdev.map(|n| (n, v.mq)),
-        pci_func: pci.map_or(0, |(_, f)| f),
+        pci_func: pci.addr.map_or(0, |(_, f)| f),
         builtin: None,
     })
 }
 
-/// The properties every `-device` takes: `addr=` (slot, function), `bus=`, and the
-/// transport switches accel only accepts at their modern-only values.
-pub(super) fn take_common_props(props: &mut Props) -> Result<Option<(u8, u8)>, CliError> {
-    let pci = props.take_with("addr", values::parse_pci_addr)?;
-    if let Some((0, _)) = pci {
+/// Where a `-device` goes: `addr=SLOT[.FN]` on `bus=` (`None`: the root bus).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct PciPlace {
+    pub addr: Option<(u8, u8)>,
+    pub bus: Option<String>,
+}
+
+/// `addr=` and `bus=` (the root bus `pci.0`/`pcie.0`, or a bridge's id, checked when the
+/// whole line is known).
+pub(super) fn take_pci_place(props: &mut Props) -> Result<PciPlace, CliError> {
+    let addr = props.take_with("addr", values::parse_pci_addr)?;
+    let bus = props
+        .take("bus")
+        .filter(|b| !matches!(b.as_str(), "pci.0" | "pcie.0"));
+    if let (Some((0, _)), None) = (addr, &bus) {
         return Err(props.unsupported(
             "addr",
             "0",
             "slot 0 holds the PCI host bridge; use slots 1..1f",
         ));
     }
-    match props.take("bus").as_deref() {
-        None | Some("pci.0") | Some("pcie.0") => {}
-        Some(other) => {
-            return Err(props.unsupported(
-                "bus",
-                other,
-                "accel has a single PCI bus (pci.0, or pcie.0 on q35)",
-            ));
-        }
-    }
+    Ok(PciPlace { addr, bus })
+}
+
+/// The properties every `-device` takes: `addr=` (slot, function), `bus=`, and the
+/// transport switches accel only accepts at their modern-only values.
+pub(super) fn take_common_props(props: &mut Props) -> Result<PciPlace, CliError> {
+    let pci = take_pci_place(props)?;
     if let Some(v) = props.take("disable-legacy") {
         match v.as_str() {
             "auto" => {}
@@ -404,13 +413,8 @@ pub(super) fn take_transport_props(props: &mut Props) -> Result<Transport, CliEr
     };
     let packed = props.take_bool("packed")?.unwrap_or(false);
     props.take_bool("page-per-vq")?;
-    if props.take_bool("multifunction")? == Some(true) {
-        return Err(props.unsupported(
-            "multifunction",
-            "on",
-            "accel puts one function in each PCI slot",
-        ));
-    }
+    // Function 0 says "multi-function" whenever its slot has other functions.
+    props.take_bool("multifunction")?;
     Ok(Transport { vectors, packed })
 }
 
@@ -465,8 +469,8 @@ fn check_chardevs_and_netdevs(
     Ok(())
 }
 
-/// Resolves netdevs, and checks that every chardev/netdev reference exists, each is used
-/// once, and PCI slots do not collide.
+/// Resolves netdevs, and checks that every chardev/netdev reference exists and each is used
+/// once (PCI placement is checked by `topology::resolve`).
 pub(super) fn resolve(
     chardevs: &[ChardevConfig],
     netdevs: Vec<Netdev>,
@@ -476,7 +480,6 @@ pub(super) fn resolve(
     let mut used_netdevs: Vec<String> = Vec::new();
     let mut used_chardevs: Vec<String> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
-    let mut slots: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     for dev in devices {
         let err = |message: String| CliError::Invalid {
@@ -516,17 +519,6 @@ pub(super) fn resolve(
                 return Err(err(format!("duplicate device id '{id}'")));
             }
             ids.push(id.clone());
-        }
-        if dev.pci_func != 0 {
-            return Err(err(
-                "multifunction PCI devices are not supported: use function 0 (addr=SLOT.0)".into(),
-            ));
-        }
-        if let Some(slot) = config.pci_slot {
-            if slots.contains(&slot) {
-                return Err(err(format!("PCI slot 0x{slot:02x} is already in use")));
-            }
-            slots.push(slot);
         }
         out.push(config);
     }

@@ -151,8 +151,15 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    the backend's socket; accel connects as a client
                                    (server=on and TCP sockets are refused)
 {devices}
-                                   all -device drivers also take id=, addr=SLOT[.0] (hex,
-                                   slot 1..1f, function 0 only), bus=pci.0|pcie.0,
+  -device pcie-root-port,id=ID,chassis=N[,port=N][,slot=N][,bus=pcie.0][,addr=S.F]
+                                   PCIe root port (q35); its bus holds one device
+  -device pci-bridge,id=ID,chassis_nr=N[,bus=ID][,addr=S.F]
+                                   PCI-to-PCI bridge; devices go in slots 1..1f behind it
+  -device pcie-pci-bridge,id=ID,bus=ROOTPORT[,addr=0]
+                                   PCIe-to-PCI bridge (q35); slots 1..1f behind it
+                                   all -device drivers also take id=, addr=SLOT[.FN] (hex,
+                                   slot 1..1f on the root bus, function 0..7; function 0
+                                   must exist), bus=pci.0|pcie.0|BRIDGE-ID,
                                    disable-legacy=on|auto (devices are modern-only, so off
                                    is refused), disable-modern=off and romfile= (empty);
                                    the -non-transitional driver names are accepted too.

@@ -24,6 +24,7 @@ mod platform;
 mod props;
 mod serial;
 mod smp;
+mod topology;
 mod values;
 
 #[cfg(test)]
@@ -136,6 +137,7 @@ struct State {
     chardevs: Vec<ChardevConfig>,
     netdevs: Vec<devices::Netdev>,
     devices: Vec<devices::Device>,
+    pci_bridges: Vec<crate::config::PciBridgeConfig>,
     builtin: builtin::Builtins,
 }
 
@@ -269,6 +271,8 @@ impl State {
                 let driver = props.peek("driver").unwrap_or_default().to_string();
                 if platform::is_platform(Some(&driver)) {
                     platform::parse(props, &mut self.platform, &mut self.isa_devices)?;
+                } else if topology::is_bridge(&driver) {
+                    self.pci_bridges.push(topology::parse(props)?);
                 } else if builtin::is_serial_bus(&driver) {
                     self.builtin
                         .serial_buses
@@ -452,7 +456,10 @@ impl State {
             &user_devices,
             &mut chardevs,
         )?;
+        let mut pci_bridges = self.pci_bridges;
+        topology::resolve(machine.kind, &mut pci_bridges, &mut user_devices)?;
         let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
+        platform.pcie = machine.kind == crate::config::MachineType::Q35;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);
         if !builtins.spawned.is_empty() && self.lifecycle.sandbox {
@@ -513,6 +520,7 @@ impl State {
             no_reboot: self.no_reboot,
             chardevs,
             devices,
+            pci_bridges,
             spawned: builtins.spawned,
             timing: self.timing,
             monitors,

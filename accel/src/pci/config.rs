@@ -235,6 +235,21 @@ impl PciConfig {
         self.regs.get(reg).copied().unwrap_or(0xffff_ffff)
     }
 
+    /// Sets which bits of register `reg` the guest may write (type-1 headers, dword-wide
+    /// capability registers).
+    pub fn set_wmask(&mut self, reg: usize, mask: u32) {
+        if let Some(r) = self.wmask.get_mut(reg) {
+            *r = mask;
+        }
+    }
+
+    /// Sets which bits of register `reg` a guest write of 1 clears (status registers).
+    pub fn set_w1cmask(&mut self, reg: usize, mask: u32) {
+        if let Some(r) = self.w1cmask.get_mut(reg) {
+            *r = mask;
+        }
+    }
+
     /// Overwrites register contents regardless of the write mask (device-side updates).
     pub fn set_reg(&mut self, reg: usize, value: u32) {
         if let Some(r) = self.regs.get_mut(reg) {

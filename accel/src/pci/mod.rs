@@ -3,13 +3,20 @@
 //!
 //! - [`config`]: one function's 256-byte configuration space (masks, BARs, capabilities).
 //! - [`msix`]: MSI-X table / PBA state.
-//! - [`root`]: bus 0 with its host bridge, config-port decoding, and BAR placement on the
-//!   MMIO/PIO [`Bus`](crate::devices::bus::Bus)es.
+//! - [`root`]: the buses with the host bridge on bus 0, config-port decoding (routed by bus
+//!   number through bridges), and BAR placement on the MMIO/PIO
+//!   [`Bus`](crate::devices::bus::Bus)es.
+//! - [`bridge`]: PCI-to-PCI bridges (PCIe root port, PCI bridge, PCIe-to-PCI bridge).
+//! - [`ecam`]: PCIe enhanced configuration access (MMCONFIG) on `-M q35`.
+//! - [`topology`]: what firmware does before the OS: bus numbers, bridge windows, BARs.
 
+pub mod bridge;
 pub mod config;
+pub mod ecam;
 pub mod interrupts;
 pub mod msix;
 pub mod root;
+pub mod topology;
 
 pub use config::{BarInfo, BarKind, ClassCode, PciConfig, PciHeader};
 pub use interrupts::{InterruptError, InterruptRouter, KvmInterruptRouter};
@@ -18,8 +25,9 @@ pub use root::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciRoot};
 
 /// Start of the 32-bit PCI MMIO window (kept out of RAM and e820 by the VMM).
 pub const PCI_MMIO_WINDOW_START: u64 = 0xc000_0000;
-/// End (exclusive) of the 32-bit PCI MMIO window: the IOAPIC follows.
-pub const PCI_MMIO_WINDOW_END: u64 = 0xfec0_0000;
+/// End (exclusive) of the 32-bit PCI MMIO window: the PCIe ECAM region follows (on `-M pc`
+/// the range up to the IOAPIC stays unused, so both machines place BARs alike).
+pub const PCI_MMIO_WINDOW_END: u64 = ecam::PCIE_ECAM_START;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {
@@ -33,8 +41,14 @@ pub enum PciError {
     CapabilitySpaceFull,
     #[error("PCI slot {0} is already used or out of range")]
     SlotUnavailable(u8),
-    #[error("no free PCI slot on bus 0")]
+    #[error("no free PCI slot on the bus")]
     NoFreeSlot,
+    #[error("no PCI bus with index {0}")]
+    NoSuchBus(usize),
+    #[error("no PCI bridge with id '{0}'")]
+    UnknownBus(String),
+    #[error("more than 255 PCI buses")]
+    TooManyBuses,
     #[error("out of PCI MMIO space for a {0:#x}-byte BAR")]
     OutOfMmioSpace(u64),
     #[error("PCI address allocator: {0}")]

@@ -13,6 +13,7 @@ use crate::devices::bus::{Bus, BusDevice};
 pub const PCI_CONFIG_IO_BASE: u64 = 0xcf8;
 pub const PCI_CONFIG_IO_LEN: u64 = 8;
 const NUM_SLOTS: usize = 32;
+const DEVFNS: usize = 256;
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
@@ -71,16 +72,47 @@ impl BusDevice for BarRegion {
     }
 }
 
-struct Slot {
-    device: SharedPciDevice,
+pub(super) struct Function {
+    pub(super) device: SharedPciDevice,
     /// Where each BAR is currently inserted on its bus.
     mapped: [Option<u64>; NUM_BARS],
+    /// Bridges: index of the bus behind them in [`Topology::buses`].
+    pub(super) secondary: Option<usize>,
 }
 
-/// PCI bus 0 with its devices and the MMIO window their BARs are allocated from.
+/// One bus: 256 device/function numbers, and the slots devices may take on it.
+pub(super) struct BusSlots {
+    pub(super) functions: Vec<Option<Function>>,
+    /// Slots that may hold devices (bus 0: 1..=31 after the host bridge; behind a PCIe root
+    /// port: slot 0 only; behind a conventional bridge: 1..=31, as QEMU's SHPC wants).
+    pub(super) slots: std::ops::RangeInclusive<u8>,
+}
+
+impl BusSlots {
+    fn new(slots: std::ops::RangeInclusive<u8>) -> Self {
+        BusSlots {
+            functions: (0..DEVFNS).map(|_| None).collect(),
+            slots,
+        }
+    }
+}
+
+/// Every bus: index 0 is the root bus, the others are behind bridges.
+pub(super) struct Topology {
+    pub(super) buses: Vec<BusSlots>,
+}
+
+/// A function's place: bus index in [`Topology::buses`] and device/function number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionRef {
+    pub bus: usize,
+    pub devfn: u8,
+}
+
+/// The PCI buses with their devices and the MMIO window their BARs are allocated from.
 pub struct PciRoot {
-    slots: Mutex<Vec<Option<Slot>>>,
-    mmio_alloc: Mutex<AddressAllocator>,
+    pub(super) topology: Mutex<Topology>,
+    pub(super) mmio_alloc: Mutex<AddressAllocator>,
     mmio_bus: Arc<Bus>,
     pio_bus: Arc<Bus>,
 }
@@ -94,109 +126,286 @@ impl PciRoot {
         )
         .map_err(|e| PciError::Allocator(e.to_string()))?;
         let root = PciRoot {
-            slots: Mutex::new((0..NUM_SLOTS).map(|_| None).collect()),
+            topology: Mutex::new(Topology {
+                buses: vec![BusSlots::new(0..=(NUM_SLOTS as u8 - 1))],
+            }),
             mmio_alloc: Mutex::new(alloc),
             mmio_bus,
             pio_bus,
         };
-        root.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
+        root.add_function(0, Some(0), 0, Arc::new(Mutex::new(HostBridge::new())))?;
+        root.topology.lock().unwrap().buses[0].slots = 1..=(NUM_SLOTS as u8 - 1);
         Ok(root)
     }
 
     /// Reserves a naturally aligned `size`-byte range in the PCI MMIO window for a BAR.
     pub fn allocate_mmio(&self, size: u64) -> Result<u64, PciError> {
+        self.allocate_mmio_aligned(size, size.max(4096))
+    }
+
+    pub(super) fn allocate_mmio_aligned(&self, size: u64, align: u64) -> Result<u64, PciError> {
         let range = self
             .mmio_alloc
             .lock()
             .unwrap()
-            .allocate(size, size.max(4096), AllocPolicy::FirstMatch)
+            .allocate(size, align, AllocPolicy::FirstMatch)
             .map_err(|_| PciError::OutOfMmioSpace(size))?;
         Ok(range.start())
     }
 
-    /// The first free slot at or after 1 (slot 0 is the host bridge).
-    pub fn free_slot(&self) -> Result<u8, PciError> {
-        let slots = self.slots.lock().unwrap();
-        (1..NUM_SLOTS)
-            .find(|&s| slots[s].is_none())
-            .map(|s| s as u8)
-            .ok_or(PciError::NoFreeSlot)
+    /// Gives back a range [`allocate_mmio`](Self::allocate_mmio) returned (ignored if it did
+    /// not come from there).
+    pub(super) fn free_mmio(&self, addr: u64, size: u64) {
+        if let Ok(range) = vm_allocator::RangeInclusive::new(addr, addr + size - 1) {
+            let _ = self.mmio_alloc.lock().unwrap().free(&range);
+        }
     }
 
-    /// Plugs `device` as function 0 of `slot` (or the next free slot); returns the slot.
+    /// The first free slot at or after 1 (slot 0 is the host bridge).
+    pub fn free_slot(&self) -> Result<u8, PciError> {
+        let topo = self.topology.lock().unwrap();
+        free_slot_on(&topo.buses[0]).ok_or(PciError::NoFreeSlot)
+    }
+
+    /// Plugs `device` as function 0 of `slot` (or the next free slot) on bus 0; returns the
+    /// slot.
     pub fn add_device(&self, slot: Option<u8>, device: SharedPciDevice) -> Result<u8, PciError> {
-        let slot = match slot {
-            Some(s) => s,
-            None => self.free_slot()?,
-        };
-        {
-            let mut slots = self.slots.lock().unwrap();
-            match slots.get_mut(usize::from(slot)) {
-                Some(entry @ None) => {
-                    *entry = Some(Slot {
-                        device,
-                        mapped: [None; NUM_BARS],
-                    })
-                }
-                _ => return Err(PciError::SlotUnavailable(slot)),
-            }
-        }
-        self.sync_bars(usize::from(slot));
+        self.add_function(0, slot, 0, device)
+    }
+
+    /// Plugs `device` as `function` of `slot` (or of the next free slot) on bus index `bus`;
+    /// returns the slot.
+    pub fn add_function(
+        &self,
+        bus: usize,
+        slot: Option<u8>,
+        function: u8,
+        device: SharedPciDevice,
+    ) -> Result<u8, PciError> {
+        let slot = self.insert(bus, slot, function, device, None)?;
+        self.sync_bars(FunctionRef {
+            bus,
+            devfn: devfn(slot, function),
+        });
         Ok(slot)
     }
 
-    fn device(&self, slot: usize) -> Option<SharedPciDevice> {
-        let slots = self.slots.lock().unwrap();
-        slots.get(slot)?.as_ref().map(|s| s.device.clone())
-    }
-
-    /// Calls `f` with each occupied slot and its function's configuration space (for
-    /// monitor queries; the guest's view, as last written).
-    pub fn for_each_function(&self, mut f: impl FnMut(u8, &crate::pci::PciConfig)) {
-        for slot in 0..NUM_SLOTS {
-            if let Some(dev) = self.device(slot) {
-                f(slot as u8, dev.lock().unwrap().config());
+    /// Plugs a bridge and creates the (empty) bus behind it, whose devices may use `slots`.
+    /// Returns the slot and the new bus index.
+    pub fn add_bridge(
+        &self,
+        bus: usize,
+        slot: Option<u8>,
+        function: u8,
+        device: SharedPciDevice,
+        slots: std::ops::RangeInclusive<u8>,
+    ) -> Result<(u8, usize), PciError> {
+        let mut topo = self.topology.lock().unwrap();
+        let secondary = topo.buses.len();
+        if secondary >= DEVFNS {
+            return Err(PciError::TooManyBuses);
+        }
+        topo.buses.push(BusSlots::new(slots));
+        drop(topo);
+        match self.insert(bus, slot, function, device, Some(secondary)) {
+            Ok(slot) => Ok((slot, secondary)),
+            Err(e) => {
+                self.topology.lock().unwrap().buses.pop();
+                Err(e)
             }
         }
     }
 
-    /// Config read of register `reg` of bus 0 / `slot` / `function`.
-    pub fn config_read(&self, slot: usize, function: usize, reg: usize) -> u32 {
-        match (function, self.device(slot)) {
-            (0, Some(dev)) => dev.lock().unwrap().read_config(reg),
-            _ => 0xffff_ffff,
+    fn insert(
+        &self,
+        bus: usize,
+        slot: Option<u8>,
+        function: u8,
+        device: SharedPciDevice,
+        secondary: Option<usize>,
+    ) -> Result<u8, PciError> {
+        let mut topo = self.topology.lock().unwrap();
+        let Some(b) = topo.buses.get_mut(bus) else {
+            return Err(PciError::NoSuchBus(bus));
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => free_slot_on(b).ok_or(PciError::NoFreeSlot)?,
+        };
+        if !b.slots.contains(&slot) || function > 7 {
+            return Err(PciError::SlotUnavailable(slot));
+        }
+        match b.functions.get_mut(usize::from(devfn(slot, function))) {
+            Some(entry @ None) => {
+                *entry = Some(Function {
+                    device,
+                    mapped: [None; NUM_BARS],
+                    secondary,
+                });
+                Ok(slot)
+            }
+            _ => Err(PciError::SlotUnavailable(slot)),
         }
     }
 
+    pub(super) fn function(&self, f: FunctionRef) -> Option<SharedPciDevice> {
+        let topo = self.topology.lock().unwrap();
+        let func = topo.buses.get(f.bus)?.functions.get(usize::from(f.devfn))?;
+        func.as_ref().map(|s| s.device.clone())
+    }
+
+    /// Calls `f` with each occupied slot of bus 0 and its function 0's configuration space
+    /// (for monitor queries; the guest's view, as last written).
+    pub fn for_each_function(&self, mut f: impl FnMut(u8, &crate::pci::PciConfig)) {
+        for slot in 0..NUM_SLOTS as u8 {
+            if let Some(dev) = self.function(FunctionRef {
+                bus: 0,
+                devfn: devfn(slot, 0),
+            }) {
+                f(slot, dev.lock().unwrap().config());
+            }
+        }
+    }
+
+    /// The bus index that bus number `number` is, following the bridges' secondary and
+    /// subordinate bus numbers from bus 0 as the guest programmed them.
+    fn resolve_bus(&self, number: u8) -> Option<usize> {
+        if number == 0 {
+            return Some(0);
+        }
+        let topo = self.topology.lock().unwrap();
+        let mut bus = 0usize;
+        let mut current = 0u8;
+        // Each step goes to a strictly higher bus number: at most 255 steps.
+        'down: for _ in 0..DEVFNS {
+            for func in topo.buses.get(bus)?.functions.iter().flatten() {
+                let Some(child) = func.secondary else {
+                    continue;
+                };
+                let numbers = func.device.lock().unwrap().config().read_reg(6);
+                let (sec, sub) = ((numbers >> 8) as u8, (numbers >> 16) as u8);
+                if sec <= current {
+                    continue;
+                }
+                if sec == number {
+                    return Some(child);
+                }
+                if sec < number && number <= sub {
+                    bus = child;
+                    current = sec;
+                    continue 'down;
+                }
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Config read of register `reg` of bus number `bus`, `slot`, `function`.
+    pub fn config_read(&self, bus: u8, slot: usize, function: usize, reg: usize) -> u32 {
+        let Some(f) = self.locate(bus, slot, function) else {
+            return 0xffff_ffff;
+        };
+        let Some(dev) = self.function(f) else {
+            return 0xffff_ffff;
+        };
+        let mut value = dev.lock().unwrap().read_config(reg);
+        // Header type: function 0 says "multi-function" when the slot has other functions.
+        if reg == 3 && function == 0 && self.slot_has_other_functions(f) {
+            value |= 0x0080_0000;
+        }
+        value
+    }
+
     /// Config write; moves BARs on the buses if the write changed where they decode.
-    pub fn config_write(&self, slot: usize, function: usize, reg: usize, offset: u64, data: &[u8]) {
-        let Some(dev) = self.device(slot).filter(|_| function == 0) else {
+    pub fn config_write(
+        &self,
+        bus: u8,
+        slot: usize,
+        function: usize,
+        reg: usize,
+        offset: u64,
+        data: &[u8],
+    ) {
+        let Some(f) = self.locate(bus, slot, function) else {
+            return;
+        };
+        let Some(dev) = self.function(f) else {
             return;
         };
         dev.lock().unwrap().write_config(reg, offset, data);
         // Only the command register and the BARs change decoding.
         if reg == 1 || (4..4 + NUM_BARS).contains(&reg) {
-            self.sync_bars(slot);
+            self.sync_bars(f);
         }
+    }
+
+    /// Whether bus number `bus`, `slot`, `function` names a present function.
+    pub fn function_present(&self, bus: u8, slot: usize, function: usize) -> bool {
+        self.locate(bus, slot, function)
+            .and_then(|f| self.function(f))
+            .is_some()
+    }
+
+    fn locate(&self, bus: u8, slot: usize, function: usize) -> Option<FunctionRef> {
+        if slot >= NUM_SLOTS || function > 7 {
+            return None;
+        }
+        Some(FunctionRef {
+            bus: self.resolve_bus(bus)?,
+            devfn: devfn(slot as u8, function as u8),
+        })
+    }
+
+    fn slot_has_other_functions(&self, f: FunctionRef) -> bool {
+        let topo = self.topology.lock().unwrap();
+        let Some(b) = topo.buses.get(f.bus) else {
+            return false;
+        };
+        let first = usize::from(f.devfn & !7);
+        b.functions[first + 1..first + 8]
+            .iter()
+            .any(Option::is_some)
     }
 
     /// Platform reset: every device back to power-on state (decoding off, so BARs leave the
     /// buses until the guest enables them again).
     pub fn reset(&self) {
-        for slot in 0..NUM_SLOTS {
-            if let Some(dev) = self.device(slot) {
+        for f in self.all_functions() {
+            if let Some(dev) = self.function(f) {
                 dev.lock().unwrap().reset();
-                self.sync_bars(slot);
+                self.sync_bars(f);
             }
         }
     }
 
+    pub(super) fn all_functions(&self) -> Vec<FunctionRef> {
+        let topo = self.topology.lock().unwrap();
+        let mut out = Vec::new();
+        for (bus, b) in topo.buses.iter().enumerate() {
+            for (i, func) in b.functions.iter().enumerate() {
+                if func.is_some() {
+                    out.push(FunctionRef {
+                        bus,
+                        devfn: i as u8,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Makes the buses match each BAR's current decode address.
-    fn sync_bars(&self, slot: usize) {
-        let mut slots = self.slots.lock().unwrap();
-        let Some(Some(entry)) = slots.get_mut(slot) else {
+    pub(super) fn sync_bars(&self, f: FunctionRef) {
+        let mut topo = self.topology.lock().unwrap();
+        let Some(Some(entry)) = topo
+            .buses
+            .get_mut(f.bus)
+            .and_then(|b| b.functions.get_mut(usize::from(f.devfn)))
+        else {
             return;
         };
+        let name = format!("{}:{:02x}.{}", f.bus, f.devfn >> 3, f.devfn & 7);
         let mut moved = Vec::new();
         {
             let dev = entry.device.lock().unwrap();
@@ -220,7 +429,7 @@ impl PciRoot {
             if let Some(old) = entry.mapped[bar].take()
                 && let Err(e) = bus.remove(old)
             {
-                log::warn!("pci 00:{slot:02x}.0: unmapping BAR{bar} at {old:#x}: {e}");
+                log::warn!("pci {name}: unmapping BAR{bar} at {old:#x}: {e}");
             }
             if let Some(addr) = want {
                 let region = Arc::new(Mutex::new(BarRegion {
@@ -229,11 +438,11 @@ impl PciRoot {
                 }));
                 match bus.insert(region, addr, info.size) {
                     Ok(()) => entry.mapped[bar] = Some(addr),
-                    Err(e) => log::warn!("pci 00:{slot:02x}.0: BAR{bar} at {addr:#x}: {e}"),
+                    Err(e) => log::warn!("pci {name}: BAR{bar} at {addr:#x}: {e}"),
                 }
             }
             log::debug!(
-                "pci 00:{slot:02x}.0: BAR{bar} now at {:?}",
+                "pci {name}: BAR{bar} now at {:?}",
                 entry.mapped[bar].map(|a| format!("{a:#x}"))
             );
             entry
@@ -243,6 +452,18 @@ impl PciRoot {
                 .bar_mapped(bar, entry.mapped[bar]);
         }
     }
+}
+
+/// Device/function number of `slot`.`function`.
+pub fn devfn(slot: u8, function: u8) -> u8 {
+    (slot << 3) | (function & 7)
+}
+
+fn free_slot_on(b: &BusSlots) -> Option<u8> {
+    b.slots.clone().find(|&s| {
+        let first = usize::from(devfn(s, 0));
+        b.functions[first..first + 8].iter().all(Option::is_none)
+    })
 }
 
 /// The configuration mechanism #1 ports (0xCF8 address, 0xCFC-0xCFF data) as a port-bus
@@ -257,12 +478,12 @@ impl PciConfigIo {
         PciConfigIo { root, address: 0 }
     }
 
-    /// `(slot, function, register)` CONFIG_ADDRESS selects, if enabled and on bus 0.
-    fn target(&self) -> Option<(usize, usize, usize)> {
+    /// `(bus, slot, function, register)` CONFIG_ADDRESS selects, if enabled.
+    fn target(&self) -> Option<(u8, usize, usize, usize)> {
         let a = self.address;
         let enabled = a & 0x8000_0000 != 0;
-        let bus = (a >> 16) & 0xff;
-        (enabled && bus == 0).then_some((
+        enabled.then_some((
+            ((a >> 16) & 0xff) as u8,
             ((a >> 11) & 0x1f) as usize,
             ((a >> 8) & 0x7) as usize,
             ((a >> 2) & 0x3f) as usize,
@@ -282,7 +503,7 @@ impl BusDevice for PciConfigIo {
             }
             _ => {
                 let value = match self.target() {
-                    Some((slot, func, reg)) => self.root.config_read(slot, func, reg),
+                    Some((bus, slot, func, reg)) => self.root.config_read(bus, slot, func, reg),
                     None => 0xffff_ffff,
                 };
                 let v = value.to_le_bytes();
@@ -302,8 +523,9 @@ impl BusDevice for PciConfigIo {
                 self.address = u32::from_le_bytes(b) & 0x80ff_fffc;
             }
             (4..=7, _) if (offset - 4) as usize + data.len() <= 4 => {
-                if let Some((slot, func, reg)) = self.target() {
-                    self.root.config_write(slot, func, reg, offset - 4, data);
+                if let Some((bus, slot, func, reg)) = self.target() {
+                    self.root
+                        .config_write(bus, slot, func, reg, offset - 4, data);
                 }
             }
             _ => log::debug!(

@@ -16,7 +16,9 @@ use super::vhost_user::{GuestRam, VhostUserBackend};
 use crate::config::{ChardevConfig, VhostUserDeviceConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::pci::config::ClassCode;
+use crate::pci::ecam::{PCIE_ECAM_SIZE, PCIE_ECAM_START, PciEcam};
 use crate::pci::interrupts::{InterruptRouter, KvmInterruptRouter};
+use crate::pci::topology::Bridges;
 use crate::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciError, PciRoot};
 use vu_spec::devices::{ConfigSource, DEFAULT_QUEUE_SIZE, FrontendInput};
 use vu_spec::transport::bit;
@@ -70,6 +72,8 @@ pub enum SetupError {
 /// The PCI bus, its devices and their backend monitors. Keep it alive as long as the VM.
 pub struct PciSetup {
     pub root: Arc<PciRoot>,
+    /// The bridges by id, with their bus index (and root ports' slot registers, for hotplug).
+    pub bridges: Bridges,
     pub devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
     monitors: Vec<BackendMonitor>,
     report_stats: bool,
@@ -239,11 +243,20 @@ pub fn setup_with_router<M: GuestRam>(
         PCI_CONFIG_IO_BASE,
         PCI_CONFIG_IO_LEN,
     )?;
+    if config.machine == crate::config::MachineType::Q35 {
+        mmio_bus.insert(
+            Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+            PCIE_ECAM_START,
+            PCIE_ECAM_SIZE,
+        )?;
+    }
+    let bridges = Bridges::create(&root, &config.pci_bridges)?;
     if !config.devices.is_empty() && config.memory.backends.iter().any(|b| !b.share) {
         return Err(SetupError::MemoryNotShared);
     }
     let mut setup = PciSetup {
         root: root.clone(),
+        bridges: Bridges::default(),
         devices: Vec::new(),
         monitors: Vec::new(),
         report_stats: config.timing,
@@ -273,6 +286,13 @@ pub fn setup_with_router<M: GuestRam>(
             config.smp.cpus,
             memory.clone(),
         )?;
+        let bus = match &dcfg.pci_bus {
+            None => 0,
+            Some(id) => bridges
+                .bus(id)
+                .ok_or_else(|| PciError::UnknownBus(id.clone()))?,
+        };
+        // Behind a bridge, the BAR moves into the bridge's window (`assign_resources`).
         let bar0 = root.allocate_mmio(BAR0_SIZE)?;
         let backend = Arc::new(Mutex::new(backend));
         let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
@@ -282,9 +302,11 @@ pub fn setup_with_router<M: GuestRam>(
                     device: name.clone(),
                     source,
                 })?;
-        let slot = root.add_device(dcfg.pci_slot, device.clone())?;
+        let slot = root.add_function(bus, dcfg.pci_slot, dcfg.pci_function, device.clone())?;
         log::info!(
-            "{name}: virtio-pci 00:{slot:02x}.0, virtio id {}, {} queue(s), backend {}",
+            "{name}: virtio-pci on {} {slot:02x}.{}, virtio id {}, {} queue(s), backend {}",
+            dcfg.pci_bus.as_deref().unwrap_or("pci.0"),
+            dcfg.pci_function,
             plan.params.virtio_id,
             plan.params.num_queues,
             chardev.path.display()
@@ -299,6 +321,10 @@ pub fn setup_with_router<M: GuestRam>(
         setup.monitors.push(mon);
         setup.devices.push(device);
     }
+    // As firmware: bus numbers, bridge windows, BARs behind bridges.
+    root.assign_resources()?;
+    bridges.update_presence(&root);
+    setup.bridges = bridges;
     Ok(setup)
 }
 
@@ -402,6 +428,8 @@ mod tests {
             num_queues,
             queue_size: None,
             pci_slot: None,
+            pci_function: 0,
+            pci_bus: None,
             mac: None,
             tag: None,
             bootindex: None,

@@ -5,15 +5,21 @@
 //! Scope (\_SB) {
 //!   Device (PCI0) {
 //!     Name (_HID, EisaId ("PNP0A03"))  Name (_ADR, 0)  Name (_SEG, 0)  Name (_UID, 0)
+//!     (q35: Name (_HID, EisaId ("PNP0A08")) Name (_CID, EisaId ("PNP0A03")): PCI Express)
 //!     Name (_CRS, ResourceTemplate () {
-//!       WordBusNumber  0x00-0x00                     bus 0 only (accel has no bridges)
+//!       WordBusNumber  0x00-0xFF                     buses behind bridges (and ECAM's)
 //!       IO             0x0CF8, 8 ports               configuration mechanism #1
 //!       WordIO         0x0000-0x0CF7, 0x0D00-0xFFFF  forwarded I/O (as QEMU's pc)
-//!       DWordMemory    0xC0000000-0xFEBFFFFF         the 32-bit window BARs come from
+//!       DWordMemory    0xC0000000-0xDFFFFFFF         the 32-bit window BARs come from
 //!     })
 //!   }
+//!   Device (PCI0.MRES) { q35: _HID PNP0C02, _CRS Memory32Fixed (the ECAM region) }
 //! }
 //! ```
+//!
+//! On q35 the ECAM region (MCFG table) is reserved as a motherboard resource, which is where
+//! Linux looks before it uses MMCONFIG ("MMCONFIG at ... reserved as ACPI motherboard
+//! resource").
 //!
 //! With `-device pvpanic`, `\_SB.PEVT` (`_HID` QEMU0001, `_CRS` its one I/O port, `_STA`
 //! present) is where Linux's pvpanic driver finds the port, as on QEMU's pc.
@@ -25,12 +31,13 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Name, Package, Path,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Memory32Fixed, Name, Package, Path,
     ResourceTemplate, Scope, ZERO,
 };
 
 use crate::config::PlatformConfig;
 use crate::devices::acpi_pm::S5_SLP_TYP;
+use crate::pci::ecam::{PCIE_ECAM_END_BUS, PCIE_ECAM_SIZE, PCIE_ECAM_START};
 use crate::pci::{
     PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PCI_MMIO_WINDOW_END, PCI_MMIO_WINDOW_START,
 };
@@ -47,7 +54,7 @@ pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
     .to_aml_bytes(&mut out);
 
     let config_base = PCI_CONFIG_IO_BASE as u16;
-    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let bus = AddressSpace::<u16>::new_bus_number(0, u16::from(PCIE_ECAM_END_BUS));
     let config_ports = IO::new(config_base, config_base, 1, PCI_CONFIG_IO_LEN as u8);
     let io_low = AddressSpace::<u16>::new_io(0, config_base - 1, None);
     let io_high = AddressSpace::<u16>::new_io(config_base + 8, 0xffff, None);
@@ -60,15 +67,34 @@ pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
         None,
     );
     let crs = ResourceTemplate::new(vec![&bus, &config_ports, &io_low, &io_high, &mmio]);
-    let hid = EISAName::new("PNP0A03");
-    let names = [
+    let hid = EISAName::new(if platform.pcie { "PNP0A08" } else { "PNP0A03" });
+    let cid = EISAName::new("PNP0A03");
+    let mut names = vec![
         Name::new(Path::new("_HID"), &hid),
         Name::new(Path::new("_ADR"), &ZERO),
         Name::new(Path::new("_SEG"), &ZERO),
         Name::new(Path::new("_UID"), &ZERO),
         Name::new(Path::new("_CRS"), &crs),
     ];
-    let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    if platform.pcie {
+        names.insert(1, Name::new(Path::new("_CID"), &cid));
+    }
+    let ecam = Memory32Fixed::new(true, PCIE_ECAM_START as u32, PCIE_ECAM_SIZE as u32);
+    let mres_crs = ResourceTemplate::new(vec![&ecam]);
+    let mres_hid = EISAName::new("PNP0C02");
+    let mres_names = [
+        Name::new(Path::new("_HID"), &mres_hid),
+        Name::new(Path::new("_UID"), &1u8),
+        Name::new(Path::new("_CRS"), &mres_crs),
+    ];
+    let mres = Device::new(
+        Path::new("MRES"),
+        mres_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    let mut children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    if platform.pcie {
+        children.push(&mres);
+    }
     let pci0 = Device::new(Path::new("PCI0"), children);
     let mut sb: Vec<&dyn Aml> = vec![&pci0];
     // `Device (PEVT) { _HID "QEMU0001", _CRS IO (port, 1), _STA 0x0F }`.

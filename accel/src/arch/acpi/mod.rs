@@ -16,7 +16,7 @@
 //! ```text
 //! 0xe0000  RSDP (ACPI 2.0, 36 bytes)   -> XSDT
 //! 0xe0040  FACS (64 bytes, 64-aligned)
-//! 0xe0080  DSDT, FADT, MADT, XSDT (16-byte aligned, in that order)
+//! 0xe0080  DSDT, FADT, MADT, MCFG (q35), XSDT (16-byte aligned, in that order)
 //! ```
 //!
 //! MADT: one enabled local APIC per vCPU (APIC id = processor UID = index), the IOAPIC (id =
@@ -32,6 +32,7 @@ use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -154,6 +155,14 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     bytes_of(&f.finalize())
 }
 
+/// MCFG (`-M q35`): the ECAM region of segment 0, buses 0-255.
+fn mcfg() -> Vec<u8> {
+    use crate::pci::ecam::{PCIE_ECAM_END_BUS, PCIE_ECAM_START};
+    let mut mcfg = MCFG::new(OEM_ID, *b"ACCELMCF", OEM_REVISION);
+    mcfg.add_ecam(PCIE_ECAM_START, 0, 0, PCIE_ECAM_END_BUS);
+    bytes_of(&mcfg)
+}
+
 fn align16(x: u64) -> u64 {
     (x + 15) & !15
 }
@@ -184,9 +193,13 @@ fn build(num_cpus: u8, platform: &PlatformConfig) -> Result<Vec<Placed>, AcpiErr
     let dsdt_addr = place(dsdt.as_slice().to_vec());
     let fadt_addr = place(fadt(dsdt_addr, FACS_START));
     let madt_addr = place(madt(num_cpus));
+    let mcfg_addr = platform.pcie.then(|| place(mcfg()));
     let mut xsdt = XSDT::new(OEM_ID, *b"ACCELXSD", OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some(mcfg) = mcfg_addr {
+        xsdt.add_entry(mcfg);
+    }
     let xsdt_addr = place(bytes_of(&xsdt));
     if next > ACPI_LIMIT {
         return Err(AcpiError::TooBig {

@@ -117,10 +117,10 @@ fn check(num_cpus: u8) {
     assert!(contains(aml, b"_SB_") && contains(aml, b"PCI0"));
     // EisaId("PNP0A03") = 0x030ad041, as a DWord constant.
     assert!(contains(aml, &[0x0c, 0x41, 0xd0, 0x0a, 0x03]));
-    // DWordMemory 0xc0000000-0xfebfffff.
+    // DWordMemory 0xc0000000-0xdfffffff (the ECAM region follows).
     assert!(contains(
         aml,
-        &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xbf, 0xfe]
+        &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xdf]
     ));
     // IO descriptor for the config ports: decode16, 0xcf8, 0xcf8, align 1, length 8.
     assert!(contains(
@@ -208,4 +208,46 @@ fn pvpanic_is_described_only_when_present() {
         &dsdt,
         &[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]
     ));
+}
+
+/// `-M q35`: the host bridge is PNP0A08 (PCI Express) compatible with PNP0A03, the ECAM
+/// region is a motherboard resource, and the XSDT's third entry is an MCFG describing it.
+#[test]
+fn q35_has_mcfg_and_a_pcie_host_bridge() {
+    let pc = dsdt_of(&Default::default());
+    // EisaId("PNP0A08") = 0x080ad041.
+    assert!(!contains(&pc, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]));
+    assert!(!contains(&pc, b"MRES"));
+    let platform = PlatformConfig {
+        pcie: true,
+        ..Default::default()
+    };
+    let dsdt = dsdt_of(&platform);
+    assert!(
+        contains(&dsdt, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]),
+        "_HID PNP0A08"
+    );
+    assert!(contains(&dsdt, b"_CID"));
+    assert!(
+        contains(&dsdt, &[0x0c, 0x41, 0xd0, 0x0a, 0x03]),
+        "_CID PNP0A03"
+    );
+    // Memory32Fixed (0x86), length 9, read-write, base 0xe0000000, length 0x10000000.
+    assert!(contains(
+        &dsdt,
+        &[0x86, 0x09, 0x00, 0x01, 0, 0, 0, 0xe0, 0, 0, 0, 0x10]
+    ));
+    // WordBusNumber 0x00-0xff.
+    assert!(contains(&dsdt, &[0x00, 0x00, 0xff, 0x00]));
+
+    let mem = guest_mem();
+    setup_acpi(&mem, 1, &platform).unwrap();
+    let rsdp = read(&mem, RSDP_START, 36);
+    let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+    assert_eq!(u32_at(&xsdt, 4), 36 + 3 * 8);
+    let mcfg = table(&mem, u64_at(&xsdt, 36 + 16), b"MCFG");
+    assert_eq!(mcfg.len(), 44 + 16);
+    assert_eq!(u64_at(&mcfg, 44), 0xe000_0000);
+    assert_eq!(u16_at(&mcfg, 52), 0, "segment");
+    assert_eq!((mcfg[54], mcfg[55]), (0, 0xff), "buses");
 }

@@ -21,6 +21,8 @@ fn blk(chardev: &str) -> VhostUserDeviceConfig {
         num_queues: None,
         queue_size: None,
         pci_slot: None,
+        pci_function: 0,
+        pci_bus: None,
         mac: None,
         tag: None,
         bootindex: None,
@@ -177,7 +179,7 @@ fn device_cross_checks() {
         &format!(
             "{pre} -device vhost-user-blk-pci,chardev=c0,addr=3 -device vhost-user-rng-pci,chardev=c1,addr=03.0"
         ),
-        &["-device", "slot 0x03 is already in use"],
+        &["-device", "addr=03.0: already in use"],
     );
     fail_with(
         &format!(
@@ -187,7 +189,7 @@ fn device_cross_checks() {
     );
     fail_with(
         &format!("{pre} -device vhost-user-blk-pci,chardev=c0,addr=3.1"),
-        &["-device", "multifunction"],
+        &["-device", "addr=03.1 has no function 0"],
     );
     fail_with(
         &format!("{pre} -chardev socket,id=c0,path=/x"),

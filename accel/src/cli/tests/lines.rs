@@ -53,6 +53,7 @@ fn readme_microvm_line() {
         no_reboot: true,
         chardevs: vec![],
         devices: vec![],
+        pci_bridges: vec![],
         spawned: vec![],
         timing: false,
         monitors: vec![],

@@ -7,6 +7,7 @@ mod lines;
 mod memory;
 mod monitor;
 mod platform;
+mod topology;
 mod values;
 
 use super::{CliAction, CliError, parse};
