@@ -145,6 +145,8 @@ pub struct MonitorConfig {
     pub pretty: bool,
     /// `wait=on` (QEMU's default): accel waits for the first client before the VM starts.
     pub wait: bool,
+    /// A human monitor (HMP, `-monitor` or `-mon mode=readline`) instead of QMP.
+    pub hmp: bool,
 }
 
 /// A listening socket for a monitor (QEMU's socket chardev in server mode).

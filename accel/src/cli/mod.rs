@@ -209,6 +209,12 @@ impl State {
                     ),
                 });
             }
+            // `-monitor unix:PATH,server,nowait` / `tcp:...`: a human monitor on a socket.
+            Opt::Monitor if value.starts_with("unix:") || value.starts_with("tcp:") => {
+                let label = format!("compat_monitor{}", self.qmps.len());
+                self.qmps
+                    .push(monitor::parse_qmp(option, &value, label, true)?);
+            }
             Opt::Display | Opt::Vga | Opt::Parallel | Opt::Monitor => {
                 serial::check_none(option, &value)?
             }
@@ -244,7 +250,8 @@ impl State {
             Opt::Qmp => {
                 // QEMU numbers the chardevs of -qmp/-monitor compat_monitor0, 1, ...
                 let label = format!("compat_monitor{}", self.qmps.len());
-                self.qmps.push(monitor::parse_qmp(option, &value, label)?);
+                self.qmps
+                    .push(monitor::parse_qmp(option, &value, label, false)?);
             }
             Opt::Mon => {
                 let props = kv(Some("chardev"), Flags::Allowed)?;

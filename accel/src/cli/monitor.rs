@@ -28,11 +28,13 @@ pub(super) struct ServerChardev {
     pub wait: bool,
 }
 
-/// One `-mon [chardev=]ID[,mode=control][,pretty=on|off]`.
+/// One `-mon [chardev=]ID[,mode=control|readline][,pretty=on|off]`.
 #[derive(Debug, Clone)]
 pub(super) struct Mon {
     pub chardev: String,
     pub pretty: bool,
+    /// `mode=readline` (QEMU's default): the human monitor.
+    pub hmp: bool,
 }
 
 /// Whether a `-chardev` occurrence asks for server mode (then [`parse_server_chardev`] takes
@@ -112,6 +114,7 @@ pub(super) fn parse_qmp(
     option: &'static str,
     value: &str,
     label: String,
+    hmp: bool,
 ) -> Result<MonitorConfig, CliError> {
     let invalid = || CliError::InvalidValue {
         option: option.into(),
@@ -158,10 +161,11 @@ pub(super) fn parse_qmp(
         listen,
         pretty,
         wait,
+        hmp,
     })
 }
 
-/// `-mon [chardev=]ID[,mode=control][,pretty=on|off]`.
+/// `-mon [chardev=]ID[,mode=control|readline][,pretty=on|off]`.
 pub(super) fn parse_mon(mut props: Props) -> Result<Mon, CliError> {
     let chardev = props
         .take_id("chardev")?
@@ -170,18 +174,20 @@ pub(super) fn parse_mon(mut props: Props) -> Result<Mon, CliError> {
             property: "chardev".into(),
         })?;
     let mode = props.take("mode").unwrap_or_else(|| "readline".into());
-    if mode != "control" {
-        return Err(props.unsupported(
-            "mode",
-            &mode,
-            "accel's monitors speak QMP only: use mode=control",
-        ));
-    }
+    let hmp = match mode.as_str() {
+        "control" => false,
+        "readline" => true,
+        _ => return Err(props.invalid("mode", &mode, "control or readline")),
+    };
     let pretty = props.take_bool("pretty")?.unwrap_or(false);
     // libvirt names its monitor (`id=monitor`); nothing refers to a monitor by id.
     props.take_id("id")?;
-    props.finish(&["chardev", "mode (control)", "pretty", "id"])?;
-    Ok(Mon { chardev, pretty })
+    props.finish(&["chardev", "mode (control/readline)", "pretty", "id"])?;
+    Ok(Mon {
+        chardev,
+        pretty,
+        hmp,
+    })
 }
 
 /// `-uuid xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` → its lower-case canonical form.
@@ -222,7 +228,8 @@ pub(super) fn resolve(
         let Some(i) = servers.iter().position(|s| s.id == mon.chardev) else {
             let message = if client_ids.contains(&mon.chardev) {
                 format!(
-                    "chardev '{}' is a client socket; a monitor needs server=on",
+                    "chardev '{}' is not a server=on socket: accel's monitors listen on one \
+                     (-chardev socket,id=ID,path=PATH,server=on,wait=off)",
                     mon.chardev
                 )
             } else {
@@ -246,6 +253,7 @@ pub(super) fn resolve(
             listen: s.listen.clone(),
             pretty: mon.pretty,
             wait: s.wait,
+            hmp: mon.hmp,
         });
     }
     if let Some(i) = used.iter().position(|u| !u) {

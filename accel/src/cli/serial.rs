@@ -92,12 +92,18 @@ pub(super) fn check_none(option: &'static str, value: &str) -> Result<(), CliErr
         "-display" => "accel has no display",
         "-vga" => "accel has no graphics card",
         "-parallel" => "accel has no parallel port",
-        _ => "accel has no monitor",
+        _ => {
+            "accel's human monitors listen on sockets: -monitor unix:PATH,server=on,wait=off (or tcp:HOST:PORT,...)"
+        }
     };
     Err(CliError::UnsupportedValue {
         option: option.into(),
         property: "type".into(),
         value: value.into(),
-        reason: format!("{what}; only '{option} none' is accepted"),
+        reason: if option == "-monitor" {
+            format!("{what}, or '-monitor none'")
+        } else {
+            format!("{what}; only '{option} none' is accepted")
+        },
     })
 }

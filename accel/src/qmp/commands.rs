@@ -230,6 +230,24 @@ fn pci_devices(shared: &QmpShared) -> Vec<Value> {
         .collect()
 }
 
+/// What `help` lists: the HMP commands accel has.
+const HMP_HELP: &str = "cont|c -- resume emulation\r\n\
+help|? -- show the help\r\n\
+info cpus|kvm|name|pci|status|uuid|version -- show information about the VM\r\n\
+quit|q -- quit the emulator\r\n\
+stop -- stop emulation\r\n\
+system_powerdown -- send system power down event\r\n\
+system_reset -- reset the system\r\n";
+
+/// One line typed at a human monitor (`-monitor`, `-mon mode=readline`): its output, or the
+/// error as QEMU's HMP prints it.
+pub(super) fn hmp_line(session: &mut Session, line: &str) -> String {
+    match hmp(session, line) {
+        Ok(text) => text,
+        Err(e) => format!("Error: {}\r\n", e.desc),
+    }
+}
+
 /// `human-monitor-command`: the HMP commands a management tool uses with accel.
 fn hmp(session: &mut Session, line: &str) -> Result<String, QmpError> {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -285,6 +303,7 @@ fn hmp(session: &mut Session, line: &str) -> Result<String, QmpError> {
         ["system_reset"] => cmd(VmCommand::SystemReset),
         ["system_powerdown"] => cmd(VmCommand::Powerdown),
         ["quit"] | ["q"] => cmd(VmCommand::Quit),
+        ["help"] | ["?"] | ["help", ..] => Ok(HMP_HELP.into()),
         [] => Ok(String::new()),
         _ => Ok(format!("unknown command: '{line}'\r\n")),
     }

@@ -59,7 +59,19 @@ struct Client {
     splitter: wire::Splitter,
     out: Vec<u8>,
     negotiated: bool,
+    /// A human monitor's unfinished input line (`None`: a QMP client).
+    hmp: Option<Vec<u8>>,
 }
+
+impl Client {
+    /// Input bytes received and not handled yet.
+    fn pending(&self) -> usize {
+        self.hmp.as_ref().map_or(self.splitter.pending(), Vec::len)
+    }
+}
+
+/// The human monitor's prompt, after its greeting and after each command's output.
+const HMP_PROMPT: &[u8] = b"(qemu) ";
 
 struct Monitor {
     config: MonitorConfig,
@@ -214,8 +226,17 @@ fn connect(mon: &mut Monitor, fd: OwnedFd) {
         splitter: wire::Splitter::default(),
         out: Vec::new(),
         negotiated: false,
+        hmp: mon.config.hmp.then(Vec::new),
     };
-    queue(&mut client, &commands::greeting(mon.config.pretty));
+    if mon.config.hmp {
+        let (a, b, c) = commands::QEMU_VERSION;
+        client.out.extend_from_slice(
+            format!("QEMU {a}.{b}.{c} monitor - type 'help' for more information\r\n").as_bytes(),
+        );
+        client.out.extend_from_slice(HMP_PROMPT);
+    } else {
+        queue(&mut client, &commands::greeting(mon.config.pretty));
+    }
     log::info!("QMP: client connected on {}", mon.config.label);
     mon.client = Some(client);
 }
@@ -256,7 +277,7 @@ fn serve(mut monitors: Vec<Monitor>, shared: &QmpShared) {
                     None => PollFd::new(m.listener.fd(), PollFlags::POLLIN),
                     Some(c) => {
                         let mut ev = PollFlags::empty();
-                        if deadline.is_none() && c.splitter.pending() < MAX_PENDING_INPUT {
+                        if deadline.is_none() && c.pending() < MAX_PENDING_INPUT {
                             ev |= PollFlags::POLLIN;
                         }
                         if !c.out.is_empty() {
@@ -321,7 +342,7 @@ fn service_client(
         {
             let mut buf = [0u8; 16 * 1024];
             let room = MAX_PENDING_INPUT
-                .saturating_sub(client.splitter.pending())
+                .saturating_sub(client.pending())
                 .min(buf.len());
             // No room means POLLIN was not asked for, so this is HUP/ERR: the client is gone.
             let result = if room == 0 {
@@ -331,7 +352,10 @@ fn service_client(
             };
             match result {
                 Ok(0) => return false,
-                Ok(n) => client.splitter.feed(&buf[..n]),
+                Ok(n) => match client.hmp.as_mut() {
+                    Some(line) => line.extend_from_slice(&buf[..n]),
+                    None => client.splitter.feed(&buf[..n]),
+                },
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return false,
@@ -360,6 +384,9 @@ fn service_client(
 /// Handles the complete requests the client of `monitors[i]` sent, while its output is below
 /// the high-water mark; false when the client is gone.
 fn handle_requests(monitors: &mut [Monitor], i: usize, shared: &QmpShared, pretty: bool) -> bool {
+    if monitors[i].config.hmp {
+        return handle_hmp_lines(monitors, i, shared);
+    }
     loop {
         let (piece, mut negotiated) = {
             let Some(client) = monitors[i].client.as_mut() else {
@@ -401,6 +428,54 @@ fn handle_requests(monitors: &mut [Monitor], i: usize, shared: &QmpShared, prett
         };
         client.negotiated = negotiated;
         queue(client, &line);
+    }
+    true
+}
+
+/// The human monitor: runs each complete input line, then prints the prompt again. A line
+/// longer than [`MAX_PENDING_INPUT`] is dropped with an error (its bytes are not kept).
+fn handle_hmp_lines(monitors: &mut [Monitor], i: usize, shared: &QmpShared) -> bool {
+    loop {
+        let line = {
+            let Some(client) = monitors[i].client.as_mut() else {
+                return false;
+            };
+            if client.out.len() >= OUTPUT_HIGH_WATER {
+                break;
+            }
+            let Some(buf) = client.hmp.as_mut() else {
+                return false;
+            };
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    String::from_utf8_lossy(&line).trim().to_string()
+                }
+                None if buf.len() >= MAX_PENDING_INPUT => {
+                    buf.clear();
+                    client.out.extend_from_slice(b"Error: line too long\r\n");
+                    client.out.extend_from_slice(HMP_PROMPT);
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let mut negotiated = false;
+        let mut session = Session {
+            shared,
+            monitors: monitors
+                .iter()
+                .map(|m| (m.config.label.clone(), m.filename(), m.client.is_some()))
+                .collect(),
+            negotiated: &mut negotiated,
+        };
+        let text = commands::hmp_line(&mut session, &line);
+        deliver_events(monitors, shared);
+        let Some(client) = monitors[i].client.as_mut() else {
+            return false;
+        };
+        client.out.extend_from_slice(text.as_bytes());
+        client.out.extend_from_slice(HMP_PROMPT);
     }
     true
 }

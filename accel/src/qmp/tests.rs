@@ -22,6 +22,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str, monitors: usize) -> Fixture {
+        Self::build(tag, &vec![false; monitors])
+    }
+
+    /// Monitors `m0`, `m1`, ...: a human monitor where `hmp[i]`, else QMP.
+    fn build(tag: &str, hmp: &[bool]) -> Fixture {
         let dir = std::env::temp_dir().join(format!("accel-qmp-{tag}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let info = VmInfo {
@@ -33,12 +38,15 @@ impl Fixture {
             pci: None,
         };
         let shared = Arc::new(QmpShared::new(info, RunState::Prelaunch).unwrap());
-        let configs: Vec<MonitorConfig> = (0..monitors)
-            .map(|i| MonitorConfig {
+        let configs: Vec<MonitorConfig> = hmp
+            .iter()
+            .enumerate()
+            .map(|(i, &hmp)| MonitorConfig {
                 label: format!("m{i}"),
                 listen: MonitorListen::Unix(dir.join(format!("m{i}.sock"))),
                 pretty: false,
                 wait: false,
+                hmp,
             })
             .collect();
         let server = MonitorServer::start(&configs, shared.clone()).unwrap();
@@ -207,4 +215,52 @@ fn oversized_and_deep_requests_are_answered_and_skipped() {
         c.send("{\"execute\": \"query-name\"}"),
         json!({"return": {"name": "t"}})
     );
+}
+
+/// Reads from a human monitor until `until` has arrived (or the timeout fails the read).
+fn read_until(stream: &mut UnixStream, until: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn human_monitor_greets_runs_lines_and_prompts_again() {
+    let f = Fixture::build("hmp", &[true, false]);
+    let mut h = UnixStream::connect(f.dir.join("m0.sock")).unwrap();
+    h.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let greeting = read_until(&mut h, "(qemu) ");
+    assert!(
+        greeting.starts_with("QEMU 7.2.0 monitor - type 'help' for more information\r\n"),
+        "{greeting:?}"
+    );
+    // Two commands in one write, the second split over two writes.
+    h.write_all(b"info status\r\ninfo na").unwrap();
+    let out = read_until(&mut h, "VM status: paused (prelaunch)\r\n(qemu) ");
+    assert!(!out.contains("name"), "{out:?}");
+    h.write_all(b"me\n").unwrap();
+    assert_eq!(read_until(&mut h, "(qemu) "), "t\r\n(qemu) ");
+    h.write_all(b"cont\ninfo status\n").unwrap();
+    read_until(&mut h, "VM status: running\r\n(qemu) ");
+    h.write_all(b"frobnicate\n").unwrap();
+    assert_eq!(
+        read_until(&mut h, "(qemu) "),
+        "unknown command: 'frobnicate'\r\n(qemu) "
+    );
+    // A line that never ends is bounded: dropped with an error, the monitor goes on.
+    let long = vec![b'x'; super::server::MAX_PENDING_INPUT + 10];
+    h.write_all(&long).unwrap();
+    h.write_all(b"\ninfo name\n").unwrap();
+    let out = read_until(&mut h, "t\r\n(qemu) ");
+    assert!(out.contains("Error: line too long"), "{out:?}");
+    // Events go to QMP clients only; the QMP monitor next to it works as before.
+    let mut q = f.connect(1);
+    q.send("{\"execute\":\"qmp_capabilities\"}");
+    let r = q.send("{\"execute\":\"query-status\"}");
+    assert_eq!(r["return"]["status"], "running");
 }

@@ -11,6 +11,7 @@ fn unix(label: &str, path: &str, wait: bool) -> MonitorConfig {
         listen: MonitorListen::Unix(PathBuf::from(path)),
         pretty: false,
         wait,
+        hmp: false,
     }
 }
 
@@ -33,6 +34,7 @@ fn qmp_spellings() {
                 },
                 pretty: false,
                 wait: false,
+                hmp: false,
             },
             unix("compat_monitor3", "/tmp/w", true),
         ]
@@ -56,6 +58,7 @@ fn chardev_and_mon() {
                 listen: MonitorListen::Fd(5),
                 pretty: false,
                 wait: false,
+                hmp: false,
             },
         ]
     );
@@ -85,16 +88,39 @@ fn monitor_errors() {
         &["-mon", "'nope'", "not found"],
     );
     fail_with(
-        "-chardev socket,id=m,path=/tmp/m,server=on,wait=off -mon chardev=m",
-        &["-mon", "mode=control"],
+        "-chardev socket,id=m,path=/tmp/m,server=on,wait=off -mon chardev=m,mode=bogus",
+        &["-mon", "bogus", "control or readline"],
     );
     fail_with(
         "-chardev socket,id=m,path=/tmp/m -mon chardev=m,mode=control",
-        &["-mon", "client socket"],
+        &["-mon", "not a server=on socket"],
     );
     fail_with("-uuid 1234", &["-uuid", "UUID"]);
     fail_with(
         "-chardev socket,id=m,path=/a,fd=3,server=on -mon m,mode=control",
         &["-chardev", "exactly one"],
     );
+}
+
+#[test]
+fn monitor_sockets_and_readline_mons_are_human_monitors() {
+    let c = run(
+        "-monitor unix:/tmp/h,server,nowait -qmp unix:/tmp/q,server=on,wait=off \
+                 -chardev socket,id=hm,path=/tmp/hm,server=on,wait=off -mon chardev=hm,mode=readline",
+    );
+    let hmp: Vec<(&str, bool)> = c
+        .monitors
+        .iter()
+        .map(|m| (m.label.as_str(), m.hmp))
+        .collect();
+    assert_eq!(
+        hmp,
+        [
+            ("compat_monitor0", true),
+            ("compat_monitor1", false),
+            ("hm", true)
+        ]
+    );
+    run("-monitor none");
+    super::fail_with("-monitor stdio", &["-monitor"]);
 }

@@ -111,7 +111,7 @@ fn chardevs_for_the_serial_port() {
     );
     fail_with(
         "-chardev stdio,id=con -mon chardev=con",
-        &["-mon", "control"],
+        &["-mon", "not a server=on socket"],
     );
 }
 
