@@ -67,19 +67,19 @@ fn wait_confined(pid: u32) -> (String, String) {
     }
 }
 
-#[test]
-fn every_backend_runs_with_seccomp_and_no_new_privs() {
-    let dir = TestDir::new("confined");
+/// Every backend program with the arguments it needs besides `--socket-path`, its files in
+/// `dir`.
+fn every_backend(dir: &TestDir) -> Vec<(&'static str, Vec<std::ffi::OsString>)> {
     let image = dir.join("img");
     std::fs::File::create(&image)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
     let s = |n: &str| dir.join(n).into_os_string();
-    let backends: Vec<(&str, Vec<std::ffi::OsString>)> = vec![
+    vec![
         (
             env!("CARGO_BIN_EXE_vhost-user-blk"),
-            vec!["--image".into(), image.clone().into_os_string()],
+            vec!["--image".into(), image.into_os_string()],
         ),
         (env!("CARGO_BIN_EXE_vhost-user-rng"), vec![]),
         (
@@ -99,7 +99,13 @@ fn every_backend_runs_with_seccomp_and_no_new_privs() {
             env!("CARGO_BIN_EXE_vhost-user-net"),
             vec!["--peer".into(), s("net-b")],
         ),
-    ];
+    ]
+}
+
+#[test]
+fn every_backend_runs_with_seccomp_and_no_new_privs() {
+    let dir = TestDir::new("confined");
+    let backends = every_backend(&dir);
     for (i, (exe, extra)) in backends.iter().enumerate() {
         for sandbox in ["on", "off"] {
             let sock = dir.join(&format!("s{i}-{sandbox}"));
@@ -150,36 +156,7 @@ fn every_backend_drops_root_with_user() {
         return;
     }
     let dir = TestDir::new("confined-user");
-    let image = dir.join("img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let s = |n: &str| dir.join(n).into_os_string();
-    let backends: Vec<(&str, Vec<std::ffi::OsString>)> = vec![
-        (
-            env!("CARGO_BIN_EXE_vhost-user-blk"),
-            vec!["--image".into(), image.clone().into_os_string()],
-        ),
-        (env!("CARGO_BIN_EXE_vhost-user-rng"), vec![]),
-        (
-            env!("CARGO_BIN_EXE_vhost-user-console"),
-            vec!["--output".into(), s("console.out")],
-        ),
-        (
-            env!("CARGO_BIN_EXE_vhost-user-vsock"),
-            vec![
-                "--uds-path".into(),
-                s("vsock"),
-                "--guest-cid".into(),
-                "3".into(),
-            ],
-        ),
-        (
-            env!("CARGO_BIN_EXE_vhost-user-net"),
-            vec!["--peer".into(), s("net-b")],
-        ),
-    ];
+    let backends = every_backend(&dir);
     for (i, (exe, extra)) in backends.iter().enumerate() {
         let sock = dir.join(&format!("u{i}"));
         let mut args: Vec<&OsStr> = vec![OsStr::new("--socket-path"), sock.as_os_str()];
