@@ -107,6 +107,10 @@ pub fn run(data: &[u8]) {
         num_queues: 2,
         queue_size: 128,
         config_size: 16,
+        control_queue_pairs: None,
+        odd_queue_size: None,
+        msix_vectors: None,
+        packed: false,
     };
     let dev = VirtioPciDevice::new(
         "fuzz".into(),

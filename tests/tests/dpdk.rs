@@ -132,29 +132,38 @@ fn replies(out: &RunOutput) -> usize {
         .count()
 }
 
-fn guest_vm(sock: &Path) -> VmCommand {
+/// The guest: `extra` properties on its virtio-net-pci; it prints `PACKED` and the
+/// VIRTIO_F_RING_PACKED bit (34) of the features it negotiated, then pings.
+fn guest_vm(sock: &Path, extra: &str) -> VmCommand {
     let ping = format!("ping -c 1 {PEER_IP}");
     let pings = vec![ping; PINGS].join(" && ");
     VmCommand::new()
         .chardev("c1", sock)
         .arg("-netdev", "vhost-user,id=n0,chardev=c1")
-        .device("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:60,disable-legacy=on")
+        .device(&format!(
+            "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:60,disable-legacy=on{extra}"
+        ))
         .gcmd(&format!(
-            "ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up && {pings}"
+            "echo PACKED $(cut -c35 /sys/class/net/eth0/device/features) && \
+             ip addr add {GUEST_IP}/24 dev eth0 && ip link set eth0 up && {pings}"
         ))
 }
 
 /// Boots `vm` under `program` against a fresh testpmd; asserts the pings came back through
-/// it and that its counters saw them.
-fn pings_through_testpmd(name: &str, run: impl FnOnce(VmCommand) -> RunOutput) {
+/// it and that its counters saw them. Returns the VMM's output and testpmd's log.
+fn pings_through_testpmd(
+    name: &str,
+    extra: &str,
+    run: impl FnOnce(VmCommand) -> RunOutput,
+) -> Option<(RunOutput, String)> {
     let Some(exe) = testpmd() else {
         eprintln!("SKIPPED {name}: {TESTPMD} not found (apt-get install dpdk-dev)");
-        return;
+        return None;
     };
     let dir = TestDir::new(name);
     let sock = dir.join("vhost.sock");
     let pmd = Testpmd::start(&exe, &dir, &sock);
-    let out = run(guest_vm(&sock));
+    let out = run(guest_vm(&sock, extra));
     let log = pmd.stop();
     let ctx = format!("{}\ntestpmd:\n{log}", out.both());
     assert_eq!(out.guest_rc(), Some(0), "guest command failed\n{ctx}");
@@ -163,6 +172,15 @@ fn pings_through_testpmd(name: &str, run: impl FnOnce(VmCommand) -> RunOutput) {
     let (rx, tx) = (packets(&log, "RX-packets:"), packets(&log, "TX-packets:"));
     assert!(rx > PINGS as u64, "testpmd received {rx} packets\n{ctx}");
     assert!(tx > PINGS as u64, "testpmd sent {tx} packets\n{ctx}");
+    Some((out, log))
+}
+
+/// The PACKED line the guest printed: its VIRTIO_F_RING_PACKED bit.
+fn packed_bit(out: &RunOutput) -> Option<&str> {
+    out.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PACKED "))
+        .map(str::trim)
 }
 
 /// An ARP request for `PEER_IP` from `mac` / `GUEST_IP` (padded to the 60-byte minimum).
@@ -223,9 +241,34 @@ fn frontend_session_gets_an_arp_reply_from_dpdk_testpmd() {
 
 #[test]
 fn accel_pings_through_dpdk_testpmd_vhost_pmd() {
-    pings_through_testpmd("dpdk-accel", |vm| {
+    if let Some((out, _)) = pings_through_testpmd("dpdk-accel", "", |vm| {
         vm.accel("kvm").run_accel(KVM_BOOT_TIMEOUT * 2)
-    });
+    }) {
+        assert_eq!(
+            packed_bit(&out),
+            Some("0"),
+            "split rings by default\n{}",
+            out.both()
+        );
+    }
+}
+
+/// `packed=on`: testpmd's vhost PMD offers packed rings, so accel offers them (as QEMU does)
+/// and the guest's driver takes them: the data queues are DPDK's packed rings, and the control
+/// queue, which accel serves itself, is a packed ring too (the guest's `ip link set up` sends
+/// its receive-mode commands through it and waits for the answers before the pings).
+#[test]
+fn accel_negotiates_packed_rings_with_dpdk_on_packed_on() {
+    if let Some((out, _)) = pings_through_testpmd("dpdk-accel-packed", ",packed=on", |vm| {
+        vm.accel("kvm").run_accel(KVM_BOOT_TIMEOUT * 2)
+    }) {
+        assert_eq!(
+            packed_bit(&out),
+            Some("1"),
+            "packed ring negotiated\n{}",
+            out.both()
+        );
+    }
 }
 
 /// The same testpmd line under QEMU 7.2 on this host's KVM (which needs
@@ -236,7 +279,7 @@ fn accel_pings_through_dpdk_testpmd_vhost_pmd() {
 /// could outlast the deadline. This test is about testpmd's data path, not ACPI.
 #[test]
 fn qemu_pings_through_dpdk_testpmd_vhost_pmd() {
-    pings_through_testpmd("dpdk-qemu", |vm| {
+    pings_through_testpmd("dpdk-qemu", "", |vm| {
         vm.accel("kvm")
             .arg("-cpu", "host,arch-capabilities=off")
             .arg("-machine", "acpi=off")

@@ -51,9 +51,11 @@ const PCI_CAP_ID_VNDR: u8 = 0x09;
 pub const F_RING_INDIRECT_DESC: u64 = bit(VIRTIO_RING_F_INDIRECT_DESC);
 pub const F_RING_EVENT_IDX: u64 = bit(VIRTIO_RING_F_EVENT_IDX);
 pub const F_VERSION_1: u64 = bit(VIRTIO_F_VERSION_1);
+pub const F_RING_PACKED: u64 = bit(vu_spec::transport::VIRTIO_F_RING_PACKED);
 /// Feature bits this transport can offer a guest: device-specific bits (0-23, 50-63),
-/// indirect descriptors, event index, VERSION_1. Not packed rings, not ACCESS_PLATFORM, not
-/// NOTIFICATION_DATA (the backend would need them and the notify path would change).
+/// indirect descriptors, event index, VERSION_1. Packed rings only with `packed=on`
+/// ([`VirtioPciParams::packed`]); not ACCESS_PLATFORM, not NOTIFICATION_DATA (the backend
+/// would need them and the notify path would change).
 pub const TRANSPORT_FEATURES: u64 =
     0x00ff_ffff | (0x3fff << 50) | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
 
@@ -110,6 +112,8 @@ pub struct VirtioPciParams {
     pub odd_queue_size: Option<u16>,
     /// MSI-X table size (`vectors=`); `None`: one vector per queue plus one for config changes.
     pub msix_vectors: Option<u16>,
+    /// `packed=on`: VIRTIO_F_RING_PACKED is offered when the backend offers it (QEMU's rule).
+    pub packed: bool,
 }
 
 /// A virtio capability (virtio 1.2 §4.1.4): vendor cap header, cfg_type, BAR 0, offset,
@@ -276,7 +280,7 @@ impl VirtioPciDevice {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .device_features()
-            & TRANSPORT_FEATURES;
+            & (TRANSPORT_FEATURES | if params.packed { F_RING_PACKED } else { 0 });
         if offered & F_VERSION_1 == 0 {
             return Err(VirtioPciError::NoVersion1);
         }

@@ -18,6 +18,7 @@ pub mod device;
 pub mod frontend_queue;
 pub mod monitor;
 pub mod net_ctrl;
+pub mod packed_ring;
 pub mod setup;
 pub mod vhost_user;
 

@@ -13,7 +13,8 @@
 //! (the caller asks again for the rest), virtio-queue's chain iterator stops after a ring's
 //! worth of descriptors (loops), at most [`HEAD_BYTES`] command bytes are read, a ring whose
 //! available index runs more than its size ahead is left alone (broken driver) instead of
-//! being served.
+//! being served. With VIRTIO_F_RING_PACKED the queue is a packed ring
+//! ([`super::packed_ring`]), bounded the same way.
 
 use std::sync::atomic::Ordering;
 
@@ -27,10 +28,11 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vu_spec::net::VIRTIO_NET_F_MQ;
-use vu_spec::transport::bit;
+use vu_spec::transport::{VIRTIO_F_RING_PACKED, bit};
 
 use super::backend::ActiveQueue;
 use super::device::F_RING_EVENT_IDX;
+use super::packed_ring::{PackedRing, Segment};
 
 /// Command bytes looked at: class, command and the largest fixed-size payload (a MAC
 /// address). Longer payloads (MAC tables) are checked by length only.
@@ -94,42 +96,83 @@ struct Command {
     malformed: bool,
 }
 
-fn read_command<M: GuestMemoryBackend>(chain: DescriptorChain<&M>) -> Command {
-    let mem = chain.memory();
+/// A split ring's chain as segments; the chain was cut short if its last descriptor still
+/// says NEXT (virtio-queue's iterator stops at loops and bad indices).
+fn split_segments<M: GuestMemoryBackend>(chain: DescriptorChain<&M>) -> (Vec<Segment>, bool) {
+    let mut last_has_next = true;
+    let segments = chain
+        .map(|desc| {
+            last_has_next = desc.has_next();
+            Segment {
+                addr: desc.addr(),
+                len: desc.len(),
+                write: desc.is_write_only(),
+            }
+        })
+        .collect();
+    (segments, last_has_next)
+}
+
+fn read_command<M: GuestMemoryBackend>(mem: &M, segments: &[Segment], cut_short: bool) -> Command {
     let mut c = Command {
         head: [0; HEAD_BYTES],
         readable: 0,
         status_at: None,
-        malformed: false,
+        malformed: cut_short,
     };
     let mut got = 0usize;
-    let mut last_has_next = true;
-    for desc in chain.clone() {
-        last_has_next = desc.has_next();
-        if desc.is_write_only() {
-            if c.status_at.is_none() && desc.len() > 0 {
-                c.status_at = Some(desc.addr());
+    for desc in segments {
+        if desc.write {
+            if c.status_at.is_none() && desc.len > 0 {
+                c.status_at = Some(desc.addr);
             }
             continue;
         }
         if c.status_at.is_some() {
             c.malformed = true;
         }
-        let take = (desc.len() as usize).min(HEAD_BYTES - got);
+        let take = (desc.len as usize).min(HEAD_BYTES - got);
         if take > 0
             && mem
-                .read_slice(&mut c.head[got..got + take], desc.addr())
+                .read_slice(&mut c.head[got..got + take], desc.addr)
                 .is_err()
         {
             c.malformed = true;
         }
         got += take;
-        c.readable = c.readable.saturating_add(desc.len());
-    }
-    if last_has_next {
-        c.malformed = true;
+        c.readable = c.readable.saturating_add(desc.len);
     }
     c
+}
+
+/// Carries out one command; returns how many status bytes were written (0 or 1).
+fn answer<M: GuestMemoryBackend>(
+    mem: &M,
+    c: &Command,
+    state: (&mut u16, bool, u16),
+    served: &mut Served,
+    set_pairs: &mut impl FnMut(u16) -> u8,
+) -> u32 {
+    let (pairs, multiqueue, max_pairs) = state;
+    let action = if c.malformed {
+        Action::Answer(STATUS_ERR)
+    } else {
+        decode(&c.head, c.readable, multiqueue, max_pairs)
+    };
+    let status = match action {
+        Action::Answer(s) => s,
+        Action::SetPairs(n) => {
+            if n != *pairs {
+                served.pairs_changed = Some(n);
+            }
+            *pairs = n;
+            set_pairs(n)
+        }
+    };
+    match c.status_at {
+        Some(at) if mem.write_obj(status, at).is_ok() => 1,
+        _ => 0,
+    }
 }
 
 /// What one pass over the queue came to.
@@ -160,8 +203,13 @@ pub enum ControlQueueError {
     Invalid { index: u16 },
 }
 
+enum Ring {
+    Split(Queue),
+    Packed(PackedRing),
+}
+
 struct Running {
-    queue: Queue,
+    ring: Ring,
     call: EventFd,
 }
 
@@ -209,6 +257,9 @@ impl NetControl {
         resume: bool,
     ) -> Result<(), ControlQueueError> {
         let index = q.index;
+        if features & bit(VIRTIO_F_RING_PACKED) != 0 {
+            return self.start_packed(mem, features, q, resume);
+        }
         let err = |source| ControlQueueError::Setup { index, source };
         let mut queue = Queue::new(q.size).map_err(err)?;
         queue
@@ -237,7 +288,48 @@ impl NetControl {
             .try_clone()
             .map_err(|source| ControlQueueError::EventFd { index, source })?;
         self.multiqueue = features & bit(VIRTIO_NET_F_MQ) != 0;
-        self.running = Some(Running { queue, call });
+        self.running = Some(Running {
+            ring: Ring::Split(queue),
+            call,
+        });
+        self.broken = false;
+        Ok(())
+    }
+
+    /// [`start`](Self::start) on a packed ring. A resumed activation keeps the position of
+    /// the ring it already serves (a packed ring's position cannot be read back from guest
+    /// memory as a split ring's used index can).
+    fn start_packed<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        features: u64,
+        q: &ActiveQueue<'_>,
+        resume: bool,
+    ) -> Result<(), ControlQueueError> {
+        let index = q.index;
+        let call = q
+            .call
+            .try_clone()
+            .map_err(|source| ControlQueueError::EventFd { index, source })?;
+        let kept = match self.running.take() {
+            Some(Running {
+                ring: Ring::Packed(r),
+                ..
+            }) if resume => Some(r),
+            _ => None,
+        };
+        if !resume {
+            self.pairs = 1;
+        }
+        let ring = kept.unwrap_or_else(|| PackedRing::new(GuestAddress(q.desc), q.size));
+        if !ring.is_valid(mem) {
+            return Err(ControlQueueError::Invalid { index });
+        }
+        self.multiqueue = features & bit(VIRTIO_NET_F_MQ) != 0;
+        self.running = Some(Running {
+            ring: Ring::Packed(ring),
+            call,
+        });
         self.broken = false;
         Ok(())
     }
@@ -268,64 +360,106 @@ impl NetControl {
         let Some(r) = self.running.as_mut().filter(|_| !self.broken) else {
             return Ok(served);
         };
-        let q = &mut r.queue;
-        let mut budget = q.size();
-        let mut used_any = false;
-        loop {
-            // An available index more than a ring ahead is a driver bug (virtio-queue would
-            // log an error per attempt): stop serving instead.
-            let avail = q.avail_idx(mem, Ordering::Acquire)?.0;
-            if avail.wrapping_sub(q.next_avail()) > q.size() {
-                log::warn!(
-                    "net control queue: available index {avail} is beyond the ring; not served until reset"
-                );
-                self.broken = true;
-                break;
+        let state = (&mut self.pairs, self.multiqueue, self.max_pairs);
+        let notify = match &mut r.ring {
+            Ring::Split(q) => {
+                let (notify, broken) = serve_split(q, mem, state, &mut served, &mut set_pairs)?;
+                self.broken = broken;
+                notify
             }
-            q.disable_notification(mem)?;
-            while budget > 0 {
-                let Some(chain) = q.pop_descriptor_chain(mem) else {
-                    break;
-                };
-                budget -= 1;
-                let head_index = chain.head_index();
-                let c = read_command(chain);
-                let action = if c.malformed {
-                    Action::Answer(STATUS_ERR)
-                } else {
-                    decode(&c.head, c.readable, self.multiqueue, self.max_pairs)
-                };
-                let status = match action {
-                    Action::Answer(s) => s,
-                    Action::SetPairs(n) => {
-                        if n != self.pairs {
-                            served.pairs_changed = Some(n);
-                        }
-                        self.pairs = n;
-                        set_pairs(n)
-                    }
-                };
-                let written = match c.status_at {
-                    Some(at) if mem.write_obj(status, at).is_ok() => 1,
-                    _ => 0,
-                };
-                q.add_used(mem, head_index, written)?;
-                used_any = true;
-            }
-            if budget == 0 {
-                q.enable_notification(mem)?;
-                served.more = true;
-                break;
-            }
-            if !q.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used_any && q.needs_notification(mem)? {
+            Ring::Packed(p) => serve_packed(p, mem, state, &mut served, &mut set_pairs)?,
+        };
+        if notify {
             let _ = r.call.write(1);
         }
         Ok(served)
     }
+}
+
+/// One pass over a split ring: whether to notify, and whether the ring is broken.
+fn serve_split<M: GuestMemoryBackend>(
+    q: &mut Queue,
+    mem: &M,
+    state: (&mut u16, bool, u16),
+    served: &mut Served,
+    set_pairs: &mut impl FnMut(u16) -> u8,
+) -> Result<(bool, bool), virtio_queue::Error> {
+    let (pairs, multiqueue, max_pairs) = state;
+    let mut budget = q.size();
+    let mut used_any = false;
+    let mut broken = false;
+    loop {
+        // An available index more than a ring ahead is a driver bug (virtio-queue would
+        // log an error per attempt): stop serving instead.
+        let avail = q.avail_idx(mem, Ordering::Acquire)?.0;
+        if avail.wrapping_sub(q.next_avail()) > q.size() {
+            log::warn!(
+                "net control queue: available index {avail} is beyond the ring; not served until reset"
+            );
+            broken = true;
+            break;
+        }
+        q.disable_notification(mem)?;
+        while budget > 0 {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            budget -= 1;
+            let head_index = chain.head_index();
+            let (segments, cut_short) = split_segments(chain);
+            let c = read_command(mem, &segments, cut_short);
+            let written = answer(
+                mem,
+                &c,
+                (&mut *pairs, multiqueue, max_pairs),
+                served,
+                set_pairs,
+            );
+            q.add_used(mem, head_index, written)?;
+            used_any = true;
+        }
+        if budget == 0 {
+            q.enable_notification(mem)?;
+            served.more = true;
+            break;
+        }
+        if !q.enable_notification(mem)? {
+            break;
+        }
+    }
+    Ok((used_any && q.needs_notification(mem)?, broken))
+}
+
+/// One pass over a packed ring (at most a ring's worth of chains): whether to notify.
+fn serve_packed<M: GuestMemoryBackend>(
+    ring: &mut PackedRing,
+    mem: &M,
+    state: (&mut u16, bool, u16),
+    served: &mut Served,
+    set_pairs: &mut impl FnMut(u16) -> u8,
+) -> Result<bool, virtio_queue::Error> {
+    let (pairs, multiqueue, max_pairs) = state;
+    let mut budget = ring.size();
+    let mut used_any = false;
+    while let Some(chain) = ring.pop(mem) {
+        let c = read_command(mem, &chain.segments, chain.malformed);
+        let written = answer(
+            mem,
+            &c,
+            (&mut *pairs, multiqueue, max_pairs),
+            served,
+            set_pairs,
+        );
+        ring.add_used(mem, &chain, written)
+            .map_err(virtio_queue::Error::GuestMemory)?;
+        used_any = true;
+        budget -= 1;
+        if budget == 0 {
+            served.more = true;
+            break;
+        }
+    }
+    Ok(used_any)
 }
 
 #[cfg(test)]
@@ -507,5 +641,67 @@ mod tests {
         assert_eq!(used_idx(&mem, &vq), 0);
         c.reset();
         assert_eq!(c.pairs(), 1);
+    }
+
+    /// The same command on a packed ring (VIRTIO_F_RING_PACKED): a chain of three ring
+    /// descriptors, answered OK, returned as one used descriptor, the driver interrupted; a
+    /// second command after it lands at the next slot.
+    #[test]
+    fn pairs_set_on_a_packed_ring() {
+        const RING: u64 = 0x1000;
+        const AVAIL: u16 = 1 << 7;
+        const USED: u16 = 1 << 15;
+        let mem = mem();
+        let put = |slot: u64, addr: u64, len: u32, id: u16, flags: u16| {
+            let at = RING + slot * 16;
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(id, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 14)).unwrap();
+        };
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let call = EventFd::new(EFD_NONBLOCK).unwrap();
+        let q = ActiveQueue {
+            index: 4,
+            size: SIZE,
+            desc: RING,
+            driver: 0x2000,
+            device: 0x2100,
+            kick: &kick,
+            call: &call,
+        };
+        let mut c = NetControl::new(2);
+        let features = bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_F_RING_PACKED);
+        c.start(&mem, features, &q, false).unwrap();
+        mem.write_slice(&[4, 0], GuestAddress(CMD)).unwrap();
+        mem.write_slice(&2u16.to_le_bytes(), GuestAddress(DATA))
+            .unwrap();
+        put(0, CMD, 2, 0, AVAIL | NEXT);
+        put(1, DATA, 2, 0, AVAIL | NEXT);
+        put(2, STATUS, 1, 9, AVAIL | WRITE);
+        let served = c.serve(&mem, |_| STATUS_OK).unwrap();
+        assert_eq!(served.pairs_changed, Some(2));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), STATUS_OK);
+        // Used: slot 0 carries id 9, one byte written, both flags set (wrap counter 1).
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(RING + 12)).unwrap(), 9);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(RING + 8)).unwrap(), 1);
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(RING + 14)).unwrap(),
+            AVAIL | USED
+        );
+        assert_eq!(call.read().unwrap(), 1);
+        // The next command starts at slot 3, and so does its used descriptor (the first
+        // chain took 3 slots).
+        mem.write_slice(&[0, 0, 1], GuestAddress(CMD)).unwrap();
+        put(3, CMD, 3, 0, AVAIL | NEXT);
+        put(4, STATUS, 1, 4, AVAIL | WRITE);
+        let served = c.serve(&mem, |_| panic!("not a pairs command")).unwrap();
+        assert_eq!(served.pairs_changed, None);
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(RING + 3 * 16 + 12))
+                .unwrap(),
+            4
+        );
+        assert_eq!(c.pairs(), 2);
     }
 }

@@ -10,7 +10,9 @@ use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 
 use super::backend::VirtioBackend;
-use super::device::{BAR0_SIZE, F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams};
+use super::device::{
+    BAR0_SIZE, F_RING_PACKED, F_VERSION_1, VirtioPciDevice, VirtioPciError, VirtioPciParams,
+};
 use super::monitor::{self, BackendMonitor, Reconnect};
 use super::vhost_user::{GuestRam, VhostUserBackend};
 use crate::config::{ChardevConfig, VhostUserDeviceConfig, VmConfig};
@@ -175,6 +177,7 @@ impl DevicePlan {
                 control_queue_pairs,
                 odd_queue_size: cfg.tx_queue_size,
                 msix_vectors: cfg.msix_vectors,
+                packed: cfg.packed,
             },
             feature_mask: !spec.features.masked & !cfg.hidden_features,
             feature_add,
@@ -381,17 +384,10 @@ fn connect<M: GuestRam>(
             source: VirtioPciError::NoVersion1,
         });
     }
-    if dcfg.packed {
-        // QEMU offers VIRTIO_F_RING_PACKED with packed=on when the backend does; accel's
-        // transport drives split rings only.
-        let backend_has = offered & (1 << vu_spec::transport::VIRTIO_F_RING_PACKED) != 0;
-        log::warn!(
-            "{name}: packed=on: the backend {} VIRTIO_F_RING_PACKED; accel uses split rings",
-            if backend_has {
-                "offers"
-            } else {
-                "does not offer"
-            }
+    if dcfg.packed && offered & F_RING_PACKED == 0 {
+        // QEMU offers VIRTIO_F_RING_PACKED with packed=on only when the backend does.
+        log::info!(
+            "{name}: packed=on: the backend has no packed rings; the guest gets split rings"
         );
     }
     let plan = DevicePlan::new(dcfg, vcpus, offered);

@@ -183,6 +183,7 @@ fn rig_with(msix_vectors: Option<u16>, odd_queue_size: Option<u16>) -> Rig {
             control_queue_pairs: None,
             odd_queue_size,
             msix_vectors,
+            packed: false,
         },
         addr,
         router.clone(),

@@ -15,6 +15,11 @@ use super::backend::{ActiveQueue, BackendError, Served, VirtioBackend};
 use super::net_ctrl::{NetControl, STATUS_ERR, STATUS_OK};
 use vu_spec::net::CONTROL_QUEUE_FEATURES;
 
+use super::device::F_RING_PACKED;
+
+/// SET_VRING_BASE of a fresh packed ring: avail index 0, wrap counter 1 (bit 15).
+const PACKED_RING_START: u16 = 1 << 15;
+
 /// Guest memory a vhost-user device can share with its backend and read itself (the queue the
 /// frontend serves).
 pub trait GuestRam: SharedMemory + GuestMemoryBackend + Clone + 'static {}
@@ -224,8 +229,12 @@ impl<M: GuestRam> VirtioBackend for VhostUserBackend<M> {
             };
             let i = usize::from(q.index);
             // A resumed activation may follow a backend that processed part of the ring:
-            // start where the used ring says (0 for a ring nobody served yet).
-            let base = if resume {
+            // start where the used ring says (0 for a ring nobody served yet). A packed
+            // ring starts at index 0 with the wrap counter (bit 15) set, as QEMU sends it;
+            // its position is not in guest memory, so a retried activation starts afresh.
+            let base = if features & F_RING_PACKED != 0 {
+                PACKED_RING_START
+            } else if resume {
                 self.memory
                     .load_u16(GuestAddress(q.device + 2))
                     .unwrap_or_default()

@@ -154,6 +154,8 @@ impl std::fmt::Debug for FrontendSession {
     }
 }
 
+/// VIRTIO_F_RING_PACKED (virtio 1.2 §6): its rings' positions are not in guest memory.
+const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 impl FrontendSession {
     /// Connects to the backend socket at `path` (retrying until `timeout`) and negotiates with
     /// default [`FrontendOptions`]: SET_OWNER, GET_FEATURES, protocol features (REPLY_ACK, MQ,
@@ -748,8 +750,18 @@ impl FrontendSession {
                 kick.try_clone().map_err(Error::EventFd)?,
             );
             let enabled = v.enabled;
+            let packed = self
+                .acked_features
+                .is_some_and(|f| f & VIRTIO_F_RING_PACKED != 0);
             let base = match v.saved_base {
                 Some(b) => b,
+                // A packed ring's position is only known to the backend that died.
+                None if packed => {
+                    self.gone = true;
+                    return Err(Error::State(
+                        "a running packed ring cannot be restored without GET_VRING_BASE",
+                    ));
+                }
                 None => self
                     .memory
                     .as_ref()
