@@ -332,8 +332,7 @@ pub struct VhostUserDeviceConfig {
     pub hidden_features: u64,
     /// `vectors=N`: MSI-X table size; `None` = one per queue plus one for config changes.
     pub msix_vectors: Option<u16>,
-    /// `packed=on`: QEMU offers VIRTIO_F_RING_PACKED when the backend does; accel's transport
-    /// uses split rings only, so this is recorded (and logged at setup) but never offered.
+    /// `packed=on`: VIRTIO_F_RING_PACKED is offered when the backend offers it, as QEMU does.
     pub packed: bool,
 }
 

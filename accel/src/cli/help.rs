@@ -164,8 +164,8 @@ vhost-user devices (the backend is a separate process listening on a unix socket
                                    is refused), disable-modern=off and romfile= (empty);
                                    the -non-transitional driver names are accepted too.
                                    bootindex is accepted and ignored. vectors=N sets the
-                                   MSI-X table size (0 is refused: no INTx); packed=on is
-                                   accepted but accel drives split rings only;
+                                   MSI-X table size (0 is refused: no INTx); packed=on
+                                   offers packed rings when the backend does;
                                    page-per-vq=on|off is accepted (the guest finds its
                                    notify addresses either way). vhost-user devices
                                    need shared guest RAM: -object memory-backend-memfd,
