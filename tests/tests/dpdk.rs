@@ -78,7 +78,12 @@ impl Testpmd {
     fn start(exe: &Path, dir: &TestDir, sock: &Path) -> Testpmd {
         let log = dir.join("testpmd.log");
         let file = File::create(&log).expect("testpmd log");
-        let prefix = format!("accel-test-{}", std::process::id());
+        // One prefix per testpmd (DPDK locks its runtime directory): the test's own directory
+        // name is unique, tests of one binary may run at once.
+        let prefix = format!(
+            "accel-test-{}",
+            dir.path().file_name().unwrap_or_default().to_string_lossy()
+        );
         let child = Command::new(exe)
             .args(testpmd_args(sock, &prefix))
             .stdin(Stdio::null())
