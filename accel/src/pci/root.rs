@@ -123,6 +123,12 @@ impl PciRoot {
             .ok_or(PciError::NoFreeSlot)
     }
 
+    /// Whether `slot` holds a device (or does not exist).
+    pub fn slot_taken(&self, slot: u8) -> bool {
+        let slots = self.slots.lock().unwrap();
+        !matches!(slots.get(usize::from(slot)), Some(None))
+    }
+
     /// Plugs `device` as function 0 of `slot` (or the next free slot); returns the slot.
     pub fn add_device(&self, slot: Option<u8>, device: SharedPciDevice) -> Result<u8, PciError> {
         let slot = match slot {
@@ -143,6 +149,40 @@ impl PciRoot {
         }
         self.sync_bars(usize::from(slot));
         Ok(slot)
+    }
+
+    /// Unplugs function 0 of `slot`: its BARs leave the buses and the slot is free again.
+    pub fn remove_device(&self, slot: u8) -> Option<SharedPciDevice> {
+        let entry = self.slots.lock().unwrap().get_mut(usize::from(slot))?.take()?;
+        let dev = entry.device.lock().unwrap();
+        for (bar, at) in entry.mapped.iter().enumerate() {
+            let (Some(addr), Some(info)) = (at, dev.config().bar_info(bar)) else {
+                continue;
+            };
+            let bus = if info.kind == BarKind::Io {
+                &self.pio_bus
+            } else {
+                &self.mmio_bus
+            };
+            if let Err(e) = bus.remove(*addr) {
+                log::warn!("pci 00:{slot:02x}.0: unmapping BAR{bar} at {addr:#x}: {e}");
+            }
+        }
+        drop(dev);
+        Some(entry.device)
+    }
+
+    /// Returns a range from [`Self::allocate_mmio`].
+    pub fn free_mmio(&self, start: u64, size: u64) {
+        let range = vm_allocator::RangeInclusive::new(start, start + size - 1);
+        match range {
+            Ok(r) => {
+                if let Err(e) = self.mmio_alloc.lock().unwrap().free(&r) {
+                    log::warn!("pci: freeing MMIO {start:#x}+{size:#x}: {e}");
+                }
+            }
+            Err(e) => log::warn!("pci: MMIO range {start:#x}+{size:#x}: {e}"),
+        }
     }
 
     fn device(&self, slot: usize) -> Option<SharedPciDevice> {
