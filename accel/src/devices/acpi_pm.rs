@@ -201,7 +201,10 @@ pub struct Gpe0Io(pub std::sync::Arc<std::sync::Mutex<AcpiPm>>);
 
 impl BusDevice for Gpe0Io {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let pm = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pm = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let [s0, s1] = pm.gpe_sts.to_le_bytes();
         let [e0, e1] = pm.gpe_en.to_le_bytes();
         let image = [s0, s1, e0, e1];
@@ -214,7 +217,10 @@ impl BusDevice for Gpe0Io {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let mut pm = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pm = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (i, &b) in data.iter().enumerate() {
             let v = u16::from(b);
             match offset + i as u64 {

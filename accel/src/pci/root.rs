@@ -153,7 +153,12 @@ impl PciRoot {
 
     /// Unplugs function 0 of `slot`: its BARs leave the buses and the slot is free again.
     pub fn remove_device(&self, slot: u8) -> Option<SharedPciDevice> {
-        let entry = self.slots.lock().unwrap().get_mut(usize::from(slot))?.take()?;
+        let entry = self
+            .slots
+            .lock()
+            .unwrap()
+            .get_mut(usize::from(slot))?
+            .take()?;
         let dev = entry.device.lock().unwrap();
         for (bar, at) in entry.mapped.iter().enumerate() {
             let (Some(addr), Some(info)) = (at, dev.config().bar_info(bar)) else {

@@ -697,7 +697,11 @@ impl VirtioPciDevice {
                 log::debug!("{}: {e}", self.name);
             }
             if let Err(e) = self.router.set_msi_route(v.gsi, None) {
-                log::warn!("{}: removing the MSI route of GSI {}: {e}", self.name, v.gsi);
+                log::warn!(
+                    "{}: removing the MSI route of GSI {}: {e}",
+                    self.name,
+                    v.gsi
+                );
             }
             self.router.release_gsi(v.gsi);
         }

@@ -142,15 +142,15 @@ impl PciSetup {
         };
         let reconnect =
             (chardev.reconnect_secs > 0).then(|| Duration::from_secs(chardev.reconnect_secs));
-        let monitor = match monitor::spawn(name.clone(), backend, Arc::downgrade(&device), reconnect)
-        {
-            Ok(m) => m,
-            Err(e) => {
-                device.lock().unwrap().unplug();
-                root.free_mmio(bar0, BAR0_SIZE);
-                return Err(SetupError::Monitor(e));
-            }
-        };
+        let monitor =
+            match monitor::spawn(name.clone(), backend, Arc::downgrade(&device), reconnect) {
+                Ok(m) => m,
+                Err(e) => {
+                    device.lock().unwrap().unplug();
+                    root.free_mmio(bar0, BAR0_SIZE);
+                    return Err(SetupError::Monitor(e));
+                }
+            };
         let slot = match root.add_device(Some(slot), device.clone()) {
             Ok(s) => s,
             Err(e) => {

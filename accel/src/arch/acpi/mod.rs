@@ -41,7 +41,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, Guest
 
 use crate::arch::mptable::{IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS};
 use crate::config::PlatformConfig;
-use crate::devices::acpi_pm::{GPE0_BLK, GPE0_BLK_LEN, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ};
+use crate::devices::acpi_pm::{
+    GPE0_BLK, GPE0_BLK_LEN, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ,
+};
 
 /// Guest-physical address of the RSDP.
 pub const RSDP_START: u64 = 0xe_0000;

@@ -75,13 +75,7 @@ pub(super) fn pci0_children() -> Vec<Raw> {
     let b0ej = Path::new("B0EJ");
     let shifted = ShiftLeft::new(&b0ej, &one, &Arg(0));
     let pcej = Method::new(Path::new("PCEJ"), 1, true, vec![&shifted]);
-    for aml in [
-        &pcst as &dyn Aml,
-        &pcst_fields,
-        &sej,
-        &sej_fields,
-        &pcej,
-    ] {
+    for aml in [&pcst as &dyn Aml, &pcst_fields, &sej, &sej_fields, &pcej] {
         out.push(encode(aml));
     }
     for slot in FIRST_HOTPLUG_SLOT..32u8 {

@@ -215,7 +215,15 @@ fn pvpanic_is_described_only_when_present() {
 #[test]
 fn pci_hotplug_objects_and_gpe0_block() {
     let dsdt = dsdt_of(&Default::default());
-    for name in [&b"PCNT"[..], b"PCEJ", b"B0EJ", b"S01_", b"S1F_", b"_E01", b"_GPE"] {
+    for name in [
+        &b"PCNT"[..],
+        b"PCEJ",
+        b"B0EJ",
+        b"S01_",
+        b"S1F_",
+        b"_E01",
+        b"_GPE",
+    ] {
         assert!(contains(&dsdt, name), "{}", String::from_utf8_lossy(name));
     }
     assert!(!contains(&dsdt, b"S00_"), "slot 0 is the host bridge");
@@ -243,7 +251,11 @@ fn pci_hotplug_objects_and_gpe0_block() {
         .unwrap();
     let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dsl.contains("Notify (S1F, 0x03)"), "{dsl}");
     assert!(dsl.contains("Method (_E01"), "{dsl}");
     assert!(dsl.contains("PCEJ (0x1F)"), "{dsl}");
