@@ -71,7 +71,7 @@ fn wait_log(path: &Path, pat: &str, timeout: Duration) -> bool {
 fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
     let dir = TestDir::new(&format!("hotplug-{accel}"));
     let image = dir.join("disk.img");
-    let bytes = xorshift_bytes(0x5eed_0f_d15c, IMAGE_LEN);
+    let bytes = xorshift_bytes(0x5eed_0fd1_5c00, IMAGE_LEN);
     std::fs::write(&image, &bytes).expect("image");
     let sock = dir.join("blk.sock");
     let log = dir.join("blk.log");

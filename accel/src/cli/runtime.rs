@@ -99,7 +99,9 @@ pub fn chardev(id: &str, backend: &Value) -> Result<ChardevConfig, CliError> {
                     .ok_or_else(|| invalid("backend.data.addr.data.path is missing"))?;
                 list.push(("path".into(), path.into()));
             }
-            Some(other) => list.push((other.to_string(), "?".into())),
+            // parse_chardev explains that vhost-user needs a unix socket.
+            Some("inet") => list.push(("host".into(), "inet".into())),
+            Some(other) => list.push(("fd".into(), other.to_string())),
             None => return Err(invalid("backend.data.addr.type is missing")),
         }
         for (key, value) in data {
@@ -109,12 +111,72 @@ pub fn chardev(id: &str, backend: &Value) -> Result<ChardevConfig, CliError> {
                 Value::String(s) => s.clone(),
                 _ => continue,
             };
-            match key.as_str() {
-                "addr" => {}
-                "server" | "reconnect" | "wait" => list.push((key.clone(), text)),
-                _ => list.push((key.clone(), text)),
+            if key != "addr" {
+                list.push((key.clone(), text));
             }
         }
     }
     devices::parse_chardev(Props::from_items("chardev-add", list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn qmp_arguments_go_through_the_command_line_parsers() {
+        let d = device(&map(serde_json::json!({
+            "driver": "vhost-user-blk-pci", "chardev": "c0", "id": "hd1",
+            "num-queues": 2, "addr": "0x5"})))
+        .unwrap();
+        assert_eq!(d.driver, "vhost-user-blk-pci");
+        assert_eq!(d.config.id.as_deref(), Some("hd1"));
+        assert_eq!(d.config.chardev, "c0");
+        assert_eq!(d.config.num_queues, Some(2));
+        assert_eq!(d.config.pci_slot, Some(5));
+        let e = device(&map(serde_json::json!({"driver": "vhost-user-blk-pci",
+            "chardev": "c0", "bogus": 1})))
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        let n = netdev(&map(serde_json::json!({"type": "vhost-user", "id": "n0",
+            "chardev": "c1", "queues": 2})))
+        .unwrap();
+        assert_eq!((n.id.as_str(), n.chardev.as_str()), ("n0", "c1"));
+        assert_eq!(n.device_queues(true), Some(4));
+        assert_eq!(n.device_queues(false), Some(2));
+        let nic = device(&map(serde_json::json!({"driver": "virtio-net-pci",
+            "netdev": "n0", "mq": true})))
+        .unwrap();
+        assert_eq!(nic.netdev, Some(("n0".to_string(), true)));
+        assert!(netdev(&map(serde_json::json!({"type": "user", "id": "n1"}))).is_err());
+
+        let c = chardev(
+            "c0",
+            &serde_json::json!({"type": "socket", "data": {"addr": {"type": "unix",
+                "data": {"path": "/tmp/x.sock"}}, "server": false, "reconnect": 3}}),
+        )
+        .unwrap();
+        assert_eq!(c.path, std::path::PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.reconnect_secs, 3);
+        let e = chardev(
+            "c0",
+            &serde_json::json!({"type": "socket", "data": {"addr": {"type": "inet",
+                "data": {"host": "h", "port": "1"}}}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unix socket"), "{e}");
+        let e = chardev(
+            "c0",
+            &serde_json::json!({"type": "socket", "data": {"addr": {"type": "unix",
+                "data": {"path": "/tmp/x"}}, "server": true}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server"), "{e}");
+        assert!(chardev("c0", &serde_json::json!({"type": "pty"})).is_err());
+    }
 }
