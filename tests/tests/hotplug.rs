@@ -231,6 +231,138 @@ fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
     );
 }
 
+/// The guest prints its virtio devices (ids) and network interfaces whenever they change
+/// (compared through an md5: no double quotes on the kernel command line).
+const GUEST_LIST: &str = "p=start; while :; do s=$(cat /sys/bus/virtio/devices/*/device \
+2>/dev/null); n=$(ls /sys/class/net); k=$(echo $s $n | md5sum | head -c 32); \
+if [ $k != $p ]; then echo DEVS $s NETS $n; p=$k; fi; sleep 1; done";
+
+/// Every other kind of the device table, added and removed on one running guest: a NIC on a
+/// `netdev_add`ed vhost-user netdev, an entropy source and a vsock device. The guest's
+/// drivers bind (virtio ids 1, 4 and 19 appear, `eth0` appears), then everything goes.
+#[test]
+fn accel_hotplugs_net_rng_and_vsock() {
+    let dir = TestDir::new("hotplug-kinds");
+    let net_sock = dir.join("net.sock");
+    let peer = dir.join("peer.sock");
+    let _net = Backend::spawn_logged(
+        "vhost-user-net",
+        &net_sock,
+        &["--peer", peer.to_str().unwrap()],
+        &dir.join("net.log"),
+    );
+    let source = dir.join("entropy");
+    std::fs::write(&source, vec![b'Z'; 1 << 20]).unwrap();
+    let rng_sock = dir.join("rng.sock");
+    let _rng = Backend::spawn(
+        "vhost-user-rng",
+        &rng_sock,
+        &["--source", source.to_str().unwrap()],
+    );
+    let vsock_sock = dir.join("vsock.sock");
+    let uds = dir.join("vsock.uds");
+    let _vsock = Backend::spawn_logged(
+        "vhost-user-vsock",
+        &vsock_sock,
+        &["--guest-cid", "7", "--uds-path", uds.to_str().unwrap()],
+        &dir.join("vsock.log"),
+    );
+    let qmp_sock = dir.join("qmp.sock");
+    let args = VmCommand::new()
+        .accel("kvm")
+        .arg(
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
+        )
+        .gcmd(GUEST_LIST)
+        .args();
+    let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
+    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, "accel");
+    let first = vm.expect_start("DEVS", 4 * KVM_BOOT_TIMEOUT);
+    assert!(!first.contains("0x0001"), "{first}");
+
+    for (id, sock) in [("cn", &net_sock), ("cr", &rng_sock), ("cv", &vsock_sock)] {
+        ok(&qmp.execute("chardev-add", chardev_add(id, sock)), id);
+    }
+    let r = qmp.execute(
+        "device_add",
+        json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic1"}),
+    );
+    let no_netdev = error(&r, "GenericError", "netdev not added yet");
+    assert_eq!(
+        no_netdev,
+        "Property 'virtio-net-device.netdev' can't find value 'n1'"
+    );
+    ok(
+        &qmp.execute(
+            "netdev_add",
+            json!({"type": "vhost-user", "id": "n1", "chardev": "cn"}),
+        ),
+        "netdev_add",
+    );
+    for dev in [
+        json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic1",
+               "mac": "52:54:00:12:34:99"}),
+        json!({"driver": "vhost-user-rng-pci", "chardev": "cr", "id": "rng1"}),
+        json!({"driver": "vhost-user-vsock-pci", "chardev": "cv", "id": "vs1"}),
+    ] {
+        ok(&qmp.execute("device_add", dev.clone()), &dev.to_string());
+    }
+    let ids = qdev_ids(&mut qmp);
+    for id in ["nic1", "rng1", "vs1"] {
+        assert!(ids.contains(&id.to_string()), "{ids:?}");
+    }
+    let all = vm
+        .try_expect_by(
+            |l| {
+                l.trim_start().starts_with("DEVS")
+                    && ["0x0001", "0x0004", "0x0013", "eth0"]
+                        .iter()
+                        .all(|w| l.contains(w))
+            },
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|| panic!("the guest did not bind all three\n{}", vm.seen.join("\n")));
+
+    for id in ["nic1", "rng1", "vs1"] {
+        ok(&qmp.execute("device_del", json!({"id": id})), id);
+    }
+    let mut gone = Vec::new();
+    while gone.len() < 3 {
+        let e = qmp
+            .wait_event("DEVICE_DELETED", Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("DEVICE_DELETED {gone:?}\n{}", vm.seen.join("\n")));
+        if let Some(d) = e["data"]["device"].as_str() {
+            assert_eq!(e["data"]["path"], format!("/machine/peripheral/{d}"));
+            gone.push(d.to_string());
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["nic1", "rng1", "vs1"]);
+    let none = vm
+        .try_expect_by(
+            |l| l.trim_start().starts_with("DEVS") && !l.contains("0x") && !l.contains("eth0"),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|| panic!("devices left in the guest\n{}", vm.seen.join("\n")));
+    assert!(qdev_ids(&mut qmp).is_empty());
+    ok(
+        &qmp.execute("netdev_del", json!({"id": "n1"})),
+        "netdev_del",
+    );
+    for id in ["cn", "cr", "cv"] {
+        ok(&qmp.execute("chardev-remove", json!({"id": id})), id);
+    }
+    ok(&qmp.execute("quit", json!({})), "quit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "quit did not end accel");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(vm.child.0.try_wait().unwrap().unwrap().success());
+    eprintln!("added: {all}; removed: {none}");
+}
+
 #[test]
 fn accel_hotplugs_a_disk_on_pc() {
     hotplug_disk(&bin("accel"), "kvm", 4 * KVM_BOOT_TIMEOUT);
