@@ -166,7 +166,7 @@ impl Rig {
         let (pio, mmio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
         let setup = setup_with_router(&config, Arc::new(NoRouter), memory, &pio, &mmio)
             .expect("device setup");
-        let dev = setup.devices[0].clone();
+        let dev = setup.plugged[0].device.clone();
         let ctl = dev.lock().unwrap().control();
         let rig = Rig {
             _dir: dir,

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 pub struct QmpClient {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// Events read while waiting for replies ([`QmpClient::execute`] keeps them).
+    pub events: Vec<Value>,
 }
 
 impl QmpClient {
@@ -24,6 +26,7 @@ impl QmpClient {
                 let mut q = QmpClient {
                     reader: BufReader::new(s.try_clone().unwrap()),
                     writer: s,
+                    events: Vec::new(),
                 };
                 let greeting = q.read();
                 assert!(greeting.get("QMP").is_some(), "{ctx}: {greeting}");
@@ -59,5 +62,51 @@ impl QmpClient {
                 return v;
             }
         }
+    }
+
+    /// Runs `cmd` with `args`; returns the reply, keeping the events read meanwhile.
+    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
+        let line = format!("{}\n", json!({ "execute": cmd, "arguments": args }));
+        self.writer.write_all(line.as_bytes()).unwrap();
+        loop {
+            let v = self.read();
+            if v.get("event").is_none() {
+                return v;
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// The next event named `name` (kept ones first), or `None` after `timeout`.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Option<Value> {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return Some(self.events.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        let stream = self.reader.get_ref().try_clone().unwrap();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            stream.set_read_timeout(Some(left)).unwrap();
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => break None,
+                Ok(_) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("QMP line {line:?}: {e}"));
+                    if v["event"] == name {
+                        break Some(v);
+                    }
+                    self.events.push(v);
+                }
+                Err(_) => break None,
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        result
     }
 }

@@ -419,7 +419,7 @@ pub(super) fn take_transport_props(props: &mut Props) -> Result<Transport, CliEr
 }
 
 /// Queues of a device on `netdev`: two per pair, all pairs only with `mq=on` (QEMU).
-fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
+pub(super) fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
     match (netdev.queues, mq) {
         (None, _) => None,
         (Some(q), true) => Some(q * 2),

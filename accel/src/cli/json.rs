@@ -34,6 +34,17 @@ pub(super) fn parse(option: &str, input: &str) -> Result<Vec<(String, String)>, 
     Ok(items)
 }
 
+/// Flattens a JSON object's members into `(key, value)` items (QMP arguments).
+pub(super) fn flatten_map(
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut items = Vec::new();
+    for (key, value) in map {
+        flatten(&key, value, &mut items)?;
+    }
+    Ok(items)
+}
+
 fn flatten(
     key: &str,
     value: serde_json::Value,

@@ -22,6 +22,7 @@ mod memory;
 mod monitor;
 mod platform;
 mod props;
+pub mod runtime;
 mod serial;
 mod smp;
 mod topology;

@@ -16,7 +16,11 @@
 //! PWRBTN_STS into a KEY_POWER input event. A write of SLP_EN with SLP_TYP = [`S5_SLP_TYP`]
 //! (the value of the DSDT's `\_S5` package) powers the VM off.
 //!
-//! There is no PM timer (FADT PM_TMR_BLK = 0: the guest has kvmclock/TSC) and no GPE block.
+//! There is no PM timer (FADT PM_TMR_BLK = 0: the guest has kvmclock/TSC).
+//!
+//! GPE0 ([`GPE0_BLK`], 2 bytes of status (write 1 to clear) then 2 of enable, as QEMU's
+//! pc at 0xafe0) carries the PCI hotplug event (bit 1); it shares the SCI with PM1a
+//! ([`Gpe0Io`] is its port device).
 
 use super::bus::BusDevice;
 
@@ -34,6 +38,11 @@ pub const PM_PORT_LEN: u64 = 6;
 pub const SCI_IRQ: u32 = 9;
 /// SLP_TYP value for S5 (soft off); the DSDT's `\_S5` package carries it.
 pub const S5_SLP_TYP: u16 = 5;
+
+/// The GPE0 block's first port (status, then enable at +2).
+pub const GPE0_BLK: u16 = 0xafe0;
+/// GPE0_BLK_LEN in the FADT.
+pub const GPE0_BLK_LEN: u8 = 4;
 
 /// PM1_STS / PM1_EN: power button.
 const PWRBTN: u16 = 1 << 8;
@@ -57,6 +66,8 @@ pub struct AcpiPm {
     sts: u16,
     en: u16,
     cnt: u16,
+    gpe_sts: u16,
+    gpe_en: u16,
     sci_level: bool,
     sci: SciLine,
     power_off: PowerOff,
@@ -69,6 +80,8 @@ impl AcpiPm {
             sts: 0,
             en: 0,
             cnt: SCI_EN,
+            gpe_sts: 0,
+            gpe_en: 0,
             sci_level: false,
             sci,
             power_off,
@@ -96,11 +109,19 @@ impl AcpiPm {
         self.sts = 0;
         self.en = 0;
         self.cnt = SCI_EN;
+        self.gpe_sts = 0;
+        self.gpe_en = 0;
+        self.update_sci();
+    }
+
+    /// Latches GPE0 status bit `bit`; the SCI rises once the guest enabled it.
+    pub fn raise_gpe(&mut self, bit: u8) {
+        self.gpe_sts |= 1 << bit;
         self.update_sci();
     }
 
     fn update_sci(&mut self) {
-        let level = self.sts & self.en != 0;
+        let level = self.sts & self.en != 0 || self.gpe_sts & self.gpe_en != 0;
         if level != self.sci_level {
             self.sci_level = level;
             (self.sci)(level);
@@ -172,6 +193,45 @@ impl BusDevice for AcpiPm {
         // WAK_STS is never raised here; keep it clear whatever was written.
         self.sts &= !WAK_STS;
         self.update_sci();
+    }
+}
+
+/// The GPE0 block's ports, on the same [`AcpiPm`] (one SCI for both).
+pub struct Gpe0Io(pub std::sync::Arc<std::sync::Mutex<AcpiPm>>);
+
+impl BusDevice for Gpe0Io {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let pm = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let [s0, s1] = pm.gpe_sts.to_le_bytes();
+        let [e0, e1] = pm.gpe_en.to_le_bytes();
+        let image = [s0, s1, e0, e1];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset + i as u64)
+                .ok()
+                .and_then(|j| image.get(j).copied())
+                .unwrap_or(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut pm = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, &b) in data.iter().enumerate() {
+            let v = u16::from(b);
+            match offset + i as u64 {
+                0 => pm.gpe_sts &= !v,
+                1 => pm.gpe_sts &= !(v << 8),
+                2 => pm.gpe_en = (pm.gpe_en & 0xff00) | v,
+                3 => pm.gpe_en = (pm.gpe_en & 0x00ff) | (v << 8),
+                _ => {}
+            }
+        }
+        pm.update_sci();
     }
 }
 
@@ -252,6 +312,22 @@ mod tests {
         dev.write(5, &[((s5 | SLP_EN) >> 8) as u8]);
         assert_eq!(p.offs.load(Ordering::SeqCst), 1);
         assert_eq!(read16(&mut dev, 4) & SLP_EN, 0, "SLP_EN reads as 0");
+    }
+
+    #[test]
+    fn gpe_raises_the_sci_while_enabled_and_set() {
+        let (dev, p) = pm();
+        let dev = std::sync::Arc::new(Mutex::new(dev));
+        let mut gpe = Gpe0Io(dev.clone());
+        dev.lock().unwrap().raise_gpe(1);
+        assert!(p.sci.lock().unwrap().is_empty(), "not enabled yet");
+        gpe.write(2, &[0x02]);
+        assert_eq!(*p.sci.lock().unwrap(), vec![true]);
+        let mut b = [0u8; 4];
+        gpe.read(0, &mut b);
+        assert_eq!(b, [2, 0, 2, 0]);
+        gpe.write(0, &[0x02]);
+        assert_eq!(*p.sci.lock().unwrap(), vec![true, false]);
     }
 
     #[test]

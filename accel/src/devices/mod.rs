@@ -1,5 +1,6 @@
 //! In-process platform devices and the port/MMIO bus they sit on.
 
+pub mod acpi_pcihp;
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;

@@ -45,6 +45,12 @@ pub trait InterruptRouter: Send + Sync {
     /// Guest writes of any size to MMIO address `addr` signal `fd` instead of exiting.
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<(), InterruptError>;
     fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> Result<(), InterruptError>;
+    /// Undoes [`Self::register_irqfd`] (device unplug).
+    fn unregister_irqfd(&self, _fd: &EventFd, _gsi: u32) -> Result<(), InterruptError> {
+        Ok(())
+    }
+    /// Returns a GSI from [`Self::allocate_gsi`] (its route already removed).
+    fn release_gsi(&self, _gsi: u32) {}
 }
 
 /// [`InterruptRouter`] on a KVM VM with an in-kernel irqchip (PIC + IOAPIC).
@@ -130,6 +136,18 @@ impl InterruptRouter for KvmInterruptRouter {
         self.vm
             .register_irqfd(fd, gsi)
             .map_err(|err| InterruptError::Irqfd { gsi, err })
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
+        self.vm
+            .unregister_irqfd(fd, gsi)
+            .map_err(|err| InterruptError::Irqfd { gsi, err })
+    }
+
+    fn release_gsi(&self, gsi: u32) {
+        if let Err(e) = self.gsis.lock().unwrap().free_id(gsi) {
+            log::warn!("freeing GSI {gsi}: {e}");
+        }
     }
 
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<(), InterruptError> {

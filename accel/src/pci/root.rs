@@ -155,7 +155,7 @@ impl PciRoot {
 
     /// Gives back a range [`allocate_mmio`](Self::allocate_mmio) returned (ignored if it did
     /// not come from there).
-    pub(super) fn free_mmio(&self, addr: u64, size: u64) {
+    pub fn free_mmio(&self, addr: u64, size: u64) {
         if let Ok(range) = vm_allocator::RangeInclusive::new(addr, addr + size - 1) {
             let _ = self.mmio_alloc.lock().unwrap().free(&range);
         }
@@ -165,6 +165,43 @@ impl PciRoot {
     pub fn free_slot(&self) -> Result<u8, PciError> {
         let topo = self.topology.lock().unwrap();
         free_slot_on(&topo.buses[0]).ok_or(PciError::NoFreeSlot)
+    }
+
+    /// Whether `slot` of bus 0 holds a device (or cannot hold one).
+    pub fn slot_taken(&self, slot: u8) -> bool {
+        let topo = self.topology.lock().unwrap();
+        let b = &topo.buses[0];
+        !b.slots.contains(&slot) || b.functions[usize::from(devfn(slot, 0))].is_some()
+    }
+
+    /// Unplugs function 0 of `slot` on bus 0: its BARs leave the buses and the slot is free
+    /// again.
+    pub fn remove_device(&self, slot: u8) -> Option<SharedPciDevice> {
+        let entry = self
+            .topology
+            .lock()
+            .unwrap()
+            .buses
+            .get_mut(0)?
+            .functions
+            .get_mut(usize::from(devfn(slot, 0)))?
+            .take()?;
+        let dev = entry.device.lock().unwrap();
+        for (bar, at) in entry.mapped.iter().enumerate() {
+            let (Some(addr), Some(info)) = (at, dev.config().bar_info(bar)) else {
+                continue;
+            };
+            let bus = if info.kind == BarKind::Io {
+                &self.pio_bus
+            } else {
+                &self.mmio_bus
+            };
+            if let Err(e) = bus.remove(*addr) {
+                log::warn!("pci 00:{slot:02x}.0: unmapping BAR{bar} at {addr:#x}: {e}");
+            }
+        }
+        drop(dev);
+        Some(entry.device)
     }
 
     /// Plugs `device` as function 0 of `slot` (or the next free slot) on bus 0; returns the

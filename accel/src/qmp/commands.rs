@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Map, Value, json};
 
 use super::wire::{QmpError, Request};
-use super::{QmpShared, RunState, VmCommand};
+use super::{HotplugCommand, QmpShared, RunState, VmCommand};
 
 /// Every command accel implements (what `query-commands` lists).
 pub const COMMANDS: &[&str] = &[
@@ -28,6 +28,12 @@ pub const COMMANDS: &[&str] = &[
     "system_powerdown",
     "quit",
     "human-monitor-command",
+    "chardev-add",
+    "chardev-remove",
+    "netdev_add",
+    "netdev_del",
+    "device_add",
+    "device_del",
 ];
 
 /// The QEMU release whose protocol accel speaks (reported by the greeting and query-version).
@@ -90,6 +96,9 @@ pub fn dispatch(session: &mut Session, req: &Request) -> Result<Value, QmpError>
         return Err(QmpError::not_found(format!(
             "The command {name} has not been found"
         )));
+    }
+    if let Some(command) = hotplug_command(name, &req.arguments)? {
+        return lifecycle(session.shared, VmCommand::Hotplug(command));
     }
     let mut args = Args::new(&req.arguments);
     if name == "human-monitor-command" {
@@ -162,6 +171,60 @@ pub fn dispatch(session: &mut Session, req: &Request) -> Result<Value, QmpError>
         "quit" => lifecycle(shared, VmCommand::Quit)?,
         _ => unreachable!("every name in COMMANDS is handled"),
     })
+}
+
+/// The hotplug commands' argument shapes (QAPI's checks); `None` for other commands.
+fn hotplug_command(
+    name: &str,
+    arguments: &Map<String, Value>,
+) -> Result<Option<HotplugCommand>, QmpError> {
+    let id_of = |args: &mut Args| -> Result<String, QmpError> {
+        match args.take("id") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(bad_type("id", "string")),
+            None => Err(QmpError::generic("Parameter 'id' is missing")),
+        }
+    };
+    let mut args = Args::new(arguments);
+    let command = match name {
+        "chardev-add" => {
+            let id = id_of(&mut args)?;
+            let backend = match args.take("backend") {
+                Some(v @ Value::Object(_)) => v.clone(),
+                Some(_) => return Err(bad_type("backend", "object")),
+                None => return Err(QmpError::generic("Parameter 'backend' is missing")),
+            };
+            HotplugCommand::ChardevAdd { id, backend }
+        }
+        "chardev-remove" => HotplugCommand::ChardevRemove {
+            id: id_of(&mut args)?,
+        },
+        "netdev_del" => HotplugCommand::NetdevDel {
+            id: id_of(&mut args)?,
+        },
+        "device_del" => HotplugCommand::DeviceDel {
+            id: id_of(&mut args)?,
+        },
+        "netdev_add" => {
+            for key in ["type", "id"] {
+                if !arguments.contains_key(key) {
+                    return Err(QmpError::generic(format!("Parameter '{key}' is missing")));
+                }
+            }
+            return Ok(Some(HotplugCommand::NetdevAdd(arguments.clone())));
+        }
+        "device_add" => {
+            match arguments.get("driver") {
+                Some(Value::String(_)) => {}
+                Some(_) => return Err(bad_type("driver", "string")),
+                None => return Err(QmpError::generic("Parameter 'driver' is missing")),
+            }
+            return Ok(Some(HotplugCommand::DeviceAdd(arguments.clone())));
+        }
+        _ => return Ok(None),
+    };
+    args.finish()?;
+    Ok(Some(command))
 }
 
 fn lifecycle(shared: &QmpShared, command: VmCommand) -> Result<Value, QmpError> {

@@ -78,13 +78,27 @@ impl RunState {
 }
 
 /// What the main thread is asked to do by a monitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum VmCommand {
     Stop,
     Cont,
     SystemReset,
     Powerdown,
     Quit,
+    /// A device or its backend comes or goes (`vmm::hotplug`).
+    Hotplug(HotplugCommand),
+}
+
+/// The hotplug commands, with their arguments as the client sent them (checked for shape;
+/// the main thread parses them with the command line's parsers).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HotplugCommand {
+    ChardevAdd { id: String, backend: Value },
+    ChardevRemove { id: String },
+    NetdevAdd(serde_json::Map<String, Value>),
+    NetdevDel { id: String },
+    DeviceAdd(serde_json::Map<String, Value>),
+    DeviceDel { id: String },
 }
 
 /// A command waiting for the main thread, with where its answer goes.

@@ -46,6 +46,14 @@ impl QmpError {
         }
     }
 
+    /// QEMU's `DeviceNotFound` (e.g. `device_del` of an unknown id).
+    pub fn device_not_found(desc: impl Into<String>) -> Self {
+        QmpError {
+            class: ErrorClass::DeviceNotFound,
+            desc: desc.into(),
+        }
+    }
+
     pub fn not_found(desc: impl Into<String>) -> Self {
         QmpError {
             class: ErrorClass::CommandNotFound,

@@ -689,6 +689,28 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Hot-unplug (the function is off the bus): every KVM registration the device holds is
+    /// undone (notify ioeventfds, irqfds, MSI routes) and its GSIs go back to the allocator.
+    /// The backend connection closes when the device is dropped.
+    pub fn unplug(&mut self) {
+        if let Some(base) = self.bar0.take() {
+            self.unregister_ioevents(base);
+        }
+        for v in self.vectors.drain(..) {
+            if let Err(e) = self.router.unregister_irqfd(&v.irqfd, v.gsi) {
+                log::debug!("{}: {e}", self.name);
+            }
+            if let Err(e) = self.router.set_msi_route(v.gsi, None) {
+                log::warn!(
+                    "{}: removing the MSI route of GSI {}: {e}",
+                    self.name,
+                    v.gsi
+                );
+            }
+            self.router.release_gsi(v.gsi);
+        }
+    }
+
     fn unregister_ioevents(&self, base: u64) {
         for (i, k) in self.kicks.iter().enumerate() {
             let addr = base + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);

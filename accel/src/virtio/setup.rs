@@ -71,13 +71,30 @@ pub enum SetupError {
     Monitor(std::io::Error),
 }
 
+/// One virtio-pci function on the bus, with what it holds.
+pub struct Plugged {
+    /// `id=` or the generated name.
+    pub name: String,
+    /// `id=` as given (QMP's qdev id).
+    pub id: Option<String>,
+    /// The chardev whose socket the backend listens on.
+    pub chardev: String,
+    /// Bus index (0: the root bus; others are behind bridges), slot and function.
+    pub bus: usize,
+    pub slot: u8,
+    pub function: u8,
+    pub device: Arc<Mutex<VirtioPciDevice>>,
+    bar0: u64,
+    monitor: BackendMonitor,
+}
+
 /// The PCI bus, its devices and their backend monitors. Keep it alive as long as the VM.
 pub struct PciSetup {
     pub root: Arc<PciRoot>,
     /// The bridges by id, with their bus index (and root ports' slot registers, for hotplug).
     pub bridges: Bridges,
-    pub devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
-    monitors: Vec<BackendMonitor>,
+    pub plugged: Vec<Plugged>,
+    router: Arc<dyn InterruptRouter>,
     report_stats: bool,
 }
 
@@ -90,8 +107,8 @@ impl PciSetup {
     /// One line per device: configuration-path accesses that reached accel.
     pub fn stats_report(&self) -> String {
         let mut out = format!("accel: vcpu exits: {}\n", crate::vmm::vcpu::EXITS.summary());
-        for d in &self.devices {
-            let d = d.lock().unwrap();
+        for p in &self.plugged {
+            let d = p.device.lock().unwrap();
             let s = d.stats();
             out.push_str(&format!(
                 "accel: {}: bar_accesses={} notify_exits={} injected={}\n",
@@ -103,12 +120,139 @@ impl PciSetup {
         }
         out
     }
+
+    /// Builds `dcfg`'s function, connected to `chardev`'s backend (the session negotiated,
+    /// the memory table sent), allocates its BAR and puts it in its slot (`addr=` or the
+    /// first free one): the same path at startup and for `device_add`. Returns the slot.
+    pub fn plug<M: GuestRam>(
+        &mut self,
+        name: String,
+        dcfg: &VhostUserDeviceConfig,
+        chardev: &ChardevConfig,
+        vcpus: u8,
+        memory: M,
+    ) -> Result<u8, SetupError> {
+        let root = &self.root;
+        let bus = match &dcfg.pci_bus {
+            None => 0,
+            Some(id) => self
+                .bridges
+                .bus(id)
+                .ok_or_else(|| PciError::UnknownBus(id.clone()))?,
+        };
+        // Checked first: nothing to undo when the slot is taken or the bus is full.
+        let slot = match dcfg.pci_slot {
+            Some(s) if bus == 0 && dcfg.pci_function == 0 && root.slot_taken(s) => {
+                return Err(PciError::SlotUnavailable(s).into());
+            }
+            Some(s) => Some(s),
+            None if bus == 0 => Some(root.free_slot()?),
+            None => None,
+        };
+        let listener = chardev
+            .server
+            .then(|| listen(&name, &chardev.path))
+            .transpose()?;
+        let (backend, plan) = connect(&name, dcfg, chardev, listener.as_ref(), vcpus, memory)?;
+        // Behind a bridge, the BAR moves into the bridge's window (`assign_resources`).
+        let bar0 = root.allocate_mmio(BAR0_SIZE)?;
+        let backend = Arc::new(Mutex::new(backend));
+        let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
+        let device = match VirtioPciDevice::new(
+            name.clone(),
+            plan.params,
+            bar0,
+            self.router.clone(),
+            dyn_backend,
+        ) {
+            Ok(d) => d,
+            Err(source) => {
+                root.free_mmio(bar0, BAR0_SIZE);
+                return Err(SetupError::Device {
+                    device: name,
+                    source,
+                });
+            }
+        };
+        let reconnect = match listener {
+            Some(l) => Some(Reconnect::Accept(l)),
+            None => (chardev.reconnect_secs > 0)
+                .then(|| Reconnect::Dial(Duration::from_secs(chardev.reconnect_secs))),
+        };
+        let monitor =
+            match monitor::spawn(name.clone(), backend, Arc::downgrade(&device), reconnect) {
+                Ok(m) => m,
+                Err(e) => {
+                    device.lock().unwrap().unplug();
+                    root.free_mmio(bar0, BAR0_SIZE);
+                    return Err(SetupError::Monitor(e));
+                }
+            };
+        let slot = match root.add_function(bus, slot, dcfg.pci_function, device.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(monitor);
+                device.lock().unwrap().unplug();
+                root.free_mmio(bar0, BAR0_SIZE);
+                return Err(e.into());
+            }
+        };
+        log::info!(
+            "{name}: virtio-pci on {} {slot:02x}.{}, virtio id {}, {} queue(s), backend {}",
+            dcfg.pci_bus.as_deref().unwrap_or("pci.0"),
+            dcfg.pci_function,
+            plan.params.virtio_id,
+            plan.params.num_queues,
+            chardev.path.display()
+        );
+        self.plugged.push(Plugged {
+            name,
+            id: dcfg.id.clone(),
+            chardev: chardev.id.clone(),
+            bus,
+            slot,
+            function: dcfg.pci_function,
+            device,
+            bar0,
+            monitor,
+        });
+        Ok(slot)
+    }
+
+    /// Takes the function in `slot` off the bus and undoes everything [`Self::plug`] did:
+    /// BAR unmapped and freed, KVM registrations removed, monitor stopped, and the
+    /// vhost-user connection closed (the backend sees the frontend leave). Returns it
+    /// (already dead) for the caller's bookkeeping.
+    pub fn unplug(&mut self, slot: u8) -> Option<Plugged> {
+        // Hotplug is on the root bus, function 0.
+        let i = self
+            .plugged
+            .iter()
+            .position(|p| p.bus == 0 && p.slot == slot && p.function == 0)?;
+        let p = self.plugged.remove(i);
+        self.root.remove_device(slot);
+        p.device.lock().unwrap().unplug();
+        self.root.free_mmio(p.bar0, BAR0_SIZE);
+        log::info!("{}: unplugged from 00:{slot:02x}.0", p.name);
+        Some(p)
+    }
+}
+
+impl Plugged {
+    /// Stops the monitor and drops the device: its control thread ends and the backend
+    /// connection closes.
+    pub fn close(self) {
+        drop(self.monitor);
+        drop(self.device);
+    }
 }
 
 impl Drop for PciSetup {
     fn drop(&mut self) {
-        self.monitors.clear();
         let report = self.stats_report();
+        for p in self.plugged.drain(..) {
+            drop(p.monitor);
+        }
         if self.report_stats {
             eprint!("{report}");
         } else {
@@ -259,9 +403,9 @@ pub fn setup_with_router<M: GuestRam>(
     }
     let mut setup = PciSetup {
         root: root.clone(),
-        bridges: Bridges::default(),
-        devices: Vec::new(),
-        monitors: Vec::new(),
+        bridges,
+        plugged: Vec::new(),
+        router,
         report_stats: config.timing,
     };
     for (n, dcfg) in config.devices.iter().enumerate() {
@@ -277,57 +421,11 @@ pub fn setup_with_router<M: GuestRam>(
                 device: name.clone(),
                 chardev: dcfg.chardev.clone(),
             })?;
-        let listener = chardev
-            .server
-            .then(|| listen(&name, &chardev.path))
-            .transpose()?;
-        let (backend, plan) = connect(
-            &name,
-            dcfg,
-            chardev,
-            listener.as_ref(),
-            config.smp.cpus,
-            memory.clone(),
-        )?;
-        let bus = match &dcfg.pci_bus {
-            None => 0,
-            Some(id) => bridges
-                .bus(id)
-                .ok_or_else(|| PciError::UnknownBus(id.clone()))?,
-        };
-        // Behind a bridge, the BAR moves into the bridge's window (`assign_resources`).
-        let bar0 = root.allocate_mmio(BAR0_SIZE)?;
-        let backend = Arc::new(Mutex::new(backend));
-        let dyn_backend: Arc<Mutex<dyn VirtioBackend>> = backend.clone();
-        let device =
-            VirtioPciDevice::new(name.clone(), plan.params, bar0, router.clone(), dyn_backend)
-                .map_err(|source| SetupError::Device {
-                    device: name.clone(),
-                    source,
-                })?;
-        let slot = root.add_function(bus, dcfg.pci_slot, dcfg.pci_function, device.clone())?;
-        log::info!(
-            "{name}: virtio-pci on {} {slot:02x}.{}, virtio id {}, {} queue(s), backend {}",
-            dcfg.pci_bus.as_deref().unwrap_or("pci.0"),
-            dcfg.pci_function,
-            plan.params.virtio_id,
-            plan.params.num_queues,
-            chardev.path.display()
-        );
-        let reconnect = match listener {
-            Some(l) => Some(Reconnect::Accept(l)),
-            None => (chardev.reconnect_secs > 0)
-                .then(|| Reconnect::Dial(Duration::from_secs(chardev.reconnect_secs))),
-        };
-        let mon = monitor::spawn(name, backend, Arc::downgrade(&device), reconnect)
-            .map_err(SetupError::Monitor)?;
-        setup.monitors.push(mon);
-        setup.devices.push(device);
+        setup.plug(name, dcfg, chardev, config.smp.cpus, memory.clone())?;
     }
     // As firmware: bus numbers, bridge windows, BARs behind bridges.
     root.assign_resources()?;
-    bridges.update_presence(&root);
-    setup.bridges = bridges;
+    setup.bridges.update_presence(&root);
     Ok(setup)
 }
 

@@ -270,9 +270,12 @@ pub fn vcpu_syscalls() -> Vec<Allow> {
     list(&[VCPU_CALLS])
 }
 
-/// The main thread's list once the vCPU threads are started.
+/// The main thread's list once the vCPU threads are started. QMP `device_add` runs here:
+/// it connects a backend (`RECONNECT_CALLS`), runs a vhost-user session and registers the
+/// device with KVM (`SESSION_CALLS`), and starts the device's monitor and control threads,
+/// which inherit this thread's filter and need those same calls.
 pub fn main_syscalls() -> Vec<Allow> {
-    list(&[MAIN_CALLS])
+    list(&[MAIN_CALLS, SESSION_CALLS, RECONNECT_CALLS])
 }
 
 /// The kinds of threads that exist when accel confines itself, by name.

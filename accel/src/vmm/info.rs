@@ -16,10 +16,10 @@ pub(super) fn vm_info(vm: &Vm) -> VmInfo {
         cpus: cpus(config),
         ram_size: config.memory.size,
         chardevs: chardevs(config),
-        pci: vm
-            .pci_root
-            .clone()
-            .map(|root| Box::new(move || pci_functions(&root)) as crate::qmp::PciLister),
+        pci: vm.pci_root.clone().map(|root| {
+            let ids = vm.hotplug.ids.clone();
+            Box::new(move || pci_functions(&root, &ids)) as crate::qmp::PciLister
+        }),
     }
 }
 
@@ -69,7 +69,11 @@ fn chardevs(config: &VmConfig) -> Vec<(String, String)> {
     out
 }
 
-fn pci_functions(root: &PciRoot) -> Vec<PciFunctionInfo> {
+fn pci_functions(
+    root: &PciRoot,
+    ids: &std::sync::Mutex<std::collections::BTreeMap<u8, String>>,
+) -> Vec<PciFunctionInfo> {
+    let ids = ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut out = Vec::new();
     root.for_each_function(|slot, config| {
         let id = config.read_reg(0);
@@ -98,7 +102,7 @@ fn pci_functions(root: &PciRoot) -> Vec<PciFunctionInfo> {
             class: (class >> 16) as u16,
             irq_line: irq as u8,
             irq_pin: (irq >> 8) as u8,
-            qdev_id: String::new(),
+            qdev_id: ids.get(&slot).cloned().unwrap_or_default(),
             bars,
         });
     });

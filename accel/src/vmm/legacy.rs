@@ -10,7 +10,10 @@ use super::VmmError;
 use super::vm::Vm;
 use crate::arch::layout::ram_split;
 use crate::config::IsaDeviceConfig;
-use crate::devices::acpi_pm::{AcpiPm, PM_PORT_LEN, PM1A_EVT_BLK, SCI_IRQ};
+use crate::devices::acpi_pcihp::{PCIHP_BASE, PCIHP_LEN, PciHotplug, PciHotplugIo};
+use crate::devices::acpi_pm::{
+    AcpiPm, GPE0_BLK, GPE0_BLK_LEN, Gpe0Io, PM_PORT_LEN, PM1A_EVT_BLK, SCI_IRQ,
+};
 use crate::devices::bus::{BusDevice, SharedDevice};
 use crate::devices::cmos::{CMOS_PORT_BASE, CMOS_PORT_LEN, Cmos};
 use crate::devices::debug::{DebugCon, DebugExit};
@@ -147,6 +150,25 @@ impl Vm {
         self.pio_bus
             .insert(pm.clone(), PM1A_EVT_BLK.into(), PM_PORT_LEN)
             .map_err(bus_err("acpi-pm"))?;
+        self.pio_bus
+            .insert(
+                Arc::new(Mutex::new(Gpe0Io(pm.clone()))),
+                GPE0_BLK.into(),
+                GPE0_BLK_LEN.into(),
+            )
+            .map_err(bus_err("acpi-gpe0"))?;
+        let hotplug = PciHotplug::new().map_err(io_err("creating the PCI hotplug eventfd"))?;
+        self.pio_bus
+            .insert(
+                Arc::new(Mutex::new(PciHotplugIo(hotplug.clone()))),
+                PCIHP_BASE.into(),
+                PCIHP_LEN,
+            )
+            .map_err(bus_err("acpi-pci-hotplug"))?;
+        let hp = hotplug.clone();
+        self.add_reset_hook(Box::new(move || hp.reset()));
+        self.pci_hotplug = Some(hotplug);
+        self.acpi_pm = Some(pm.clone());
         let button = pm.clone();
         self.set_power_button(Box::new(move || {
             button

@@ -27,6 +27,8 @@ use super::{ExitReason, Vm, VmmError};
 use crate::qmp::{PendingCommand, QmpError, QmpShared, RunState, VmCommand};
 
 enum Wake {
+    /// The guest ejected PCI slots (ACPI hotplug).
+    Eject,
     Request(VmRequest),
     Command(PendingCommand),
     Signal(i32),
@@ -64,12 +66,13 @@ pub(super) fn run_loop(
                 lc.qmp.emit_shutdown(false, "host-signal");
                 return Ok(ExitReason::Signal(sig));
             }
+            Wake::Eject => super::hotplug::ejected(lc.vm, lc.qmp),
             Wake::Request(req) => {
                 if let Some(exit) = lc.guest_request(req)? {
                     return Ok(exit);
                 }
             }
-            Wake::Command(cmd) => match lc.command(cmd.command) {
+            Wake::Command(cmd) => match lc.command(cmd.command.clone()) {
                 Ok(exit) => {
                     cmd.reply(Ok(()));
                     if let Some(exit) = exit {
@@ -239,6 +242,9 @@ impl Lifecycle<'_> {
                 self.qmp.emit_shutdown(false, "host-qmp-quit");
                 return Ok(Some(ExitReason::Shutdown));
             }
+            VmCommand::Hotplug(h) => {
+                super::hotplug::run(self.vm, h).map_err(CommandFailure::Client)?;
+            }
         }
         Ok(None)
     }
@@ -251,11 +257,16 @@ fn wait(vm: &Vm, qmp: &QmpShared, sigfd: &SignalFd) -> Result<Wake, VmmError> {
         let req_fd = unsafe { BorrowedFd::borrow_raw(control.request_evt.as_raw_fd()) };
         // SAFETY: as above.
         let cmd_fd = unsafe { BorrowedFd::borrow_raw(qmp.command_evt.as_raw_fd()) };
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(req_fd, PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(cmd_fd, PollFlags::POLLIN),
         ];
+        if let Some(hp) = &vm.pci_hotplug {
+            // SAFETY: the eventfd is owned by `vm`, which outlives this borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(hp.eject_evt.as_raw_fd()) };
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(source) => {
@@ -271,6 +282,9 @@ fn wait(vm: &Vm, qmp: &QmpShared, sigfd: &SignalFd) -> Result<Wake, VmmError> {
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN))
         };
         let (req_ready, sig_ready, cmd_ready) = (ready(0), ready(1), ready(2));
+        if fds.len() > 3 && ready(3) {
+            return Ok(Wake::Eject);
+        }
         if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
             return Ok(Wake::Signal(info.ssi_signo as i32));
         }

@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod dump;
 pub mod host;
+mod hotplug;
 mod info;
 mod legacy;
 mod lifecycle;

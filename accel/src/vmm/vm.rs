@@ -66,6 +66,14 @@ pub struct Vm {
     pub(super) vcpus: Vec<Arc<Mutex<Vcpu>>>,
     /// The PCI bus, for monitor queries.
     pub pci_root: Option<Arc<crate::pci::PciRoot>>,
+    /// The virtio-pci functions and their backends (hotplug adds and removes here).
+    pub pci: Option<crate::virtio::PciSetup>,
+    /// The ACPI PM device (SCI, GPE0), without `acpi=off`.
+    pub acpi_pm: Option<Arc<Mutex<crate::devices::acpi_pm::AcpiPm>>>,
+    /// The ACPI PCI hotplug registers, without `acpi=off`.
+    pub pci_hotplug: Option<Arc<crate::devices::acpi_pcihp::PciHotplug>>,
+    /// QMP hotplug bookkeeping (chardevs, netdevs, pending removals).
+    pub(super) hotplug: super::hotplug::HotplugState,
     /// What QMP `system_powerdown` presses (`None`: the machine has no power button, e.g.
     /// `acpi=off`); the ACPI PM device registers it with [`Vm::set_power_button`].
     pub power_button: Option<PowerButton>,
@@ -120,6 +128,10 @@ impl Vm {
         let mut vm = Vm {
             vcpus: Vec::new(),
             pci_root: None,
+            pci: None,
+            acpi_pm: None,
+            pci_hotplug: None,
+            hotplug: Default::default(),
             power_button: None,
             pio_bus: Arc::new(Bus::new()),
             mmio_bus: Arc::new(Bus::new()),
@@ -167,8 +179,15 @@ impl Vm {
             self.gsi_allocator.clone(),
         )?;
         self.pci_root = Some(pci.root.clone());
-        // Owned by the hook: lives (monitor threads, backend connections) as long as the VM.
-        self.add_reset_hook(Box::new(move || pci.reset()));
+        let root = pci.root.clone();
+        self.add_reset_hook(Box::new(move || root.reset()));
+        self.hotplug = super::hotplug::HotplugState::new(&self.config, &pci);
+        if let Some(hp) = &self.pci_hotplug {
+            for p in &pci.plugged {
+                hp.coldplugged(p.slot);
+            }
+        }
+        self.pci = Some(pci);
         Ok(())
     }
 

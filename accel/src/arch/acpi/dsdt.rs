@@ -28,6 +28,8 @@
 //! PWR_BUTTON flag clear, PWRBTN_STS in PM1a), which is what QEMU's pc does too, so no GPE, no
 //! `Notify` and no `PNP0C0C` object are needed. There is no `_PRT`: accel's PCI functions have
 //! no INTx pin (MSI-X only).
+//!
+//! PCI0 also holds the ACPI PCI hotplug slots and `\\_GPE._E01` (see [`super::pcihp`]).
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
@@ -95,6 +97,8 @@ pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
     if platform.pcie {
         children.push(&mres);
     }
+    let hotplug = super::pcihp::pci0_children();
+    children.extend(hotplug.iter().map(|h| h as &dyn Aml));
     let pci0 = Device::new(Path::new("PCI0"), children);
     let mut sb: Vec<&dyn Aml> = vec![&pci0];
     // `Device (PEVT) { _HID "QEMU0001", _CRS IO (port, 1), _STA 0x0F }`.
@@ -115,5 +119,6 @@ pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
         sb.push(&pevt);
     }
     Scope::new(Path::new("\\_SB_"), sb).to_aml_bytes(&mut out);
+    out.extend(super::pcihp::gpe_scope());
     out
 }

@@ -26,6 +26,7 @@
 //! (IRQ0 on pin 0: see [`crate::arch::mptable`] for why).
 
 mod dsdt;
+mod pcihp;
 
 use acpi_tables::Aml;
 use acpi_tables::facs::FACS;
@@ -41,7 +42,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, Guest
 
 use crate::arch::mptable::{IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS};
 use crate::config::PlatformConfig;
-use crate::devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ};
+use crate::devices::acpi_pm::{
+    GPE0_BLK, GPE0_BLK_LEN, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK, PM1A_EVT_BLK, SCI_IRQ,
+};
 
 /// Guest-physical address of the RSDP.
 pub const RSDP_START: u64 = 0xe_0000;
@@ -150,6 +153,16 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         0,
         AccessSize::WordAccess,
         PM1A_CNT_BLK.into(),
+    );
+    // GPE0 (status then enable, 2 bytes each): bit 1 is PCI hotplug, as on QEMU's pc.
+    f.gpe0_blk = u32::from(GPE0_BLK).into();
+    f.gpe0_blk_len = GPE0_BLK_LEN;
+    f.x_gpe0_blk = GAS::new(
+        AddressSpace::SystemIo,
+        GPE0_BLK_LEN * 8,
+        0,
+        AccessSize::ByteAccess,
+        GPE0_BLK.into(),
     );
     f.iapc_boot_arch = IAPC_BOOT_ARCH.into();
     bytes_of(&f.finalize())

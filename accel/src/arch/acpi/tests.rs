@@ -73,7 +73,7 @@ fn check(num_cpus: u8) {
     assert_eq!(u32_at(&fadt, 56), 0x600, "PM1a_EVT_BLK");
     assert_eq!(u32_at(&fadt, 64), 0x604, "PM1a_CNT_BLK");
     assert_eq!(u32_at(&fadt, 76), 0, "no PM timer");
-    assert_eq!(u32_at(&fadt, 80), 0, "no GPE0 block");
+    assert_eq!(u32_at(&fadt, 80), 0xafe0, "GPE0 block (PCI hotplug)");
     assert_eq!((fadt[88], fadt[89]), (4, 2), "PM1_EVT_LEN, PM1_CNT_LEN");
     let flags = u32_at(&fadt, 112);
     assert_eq!(
@@ -250,4 +250,55 @@ fn q35_has_mcfg_and_a_pcie_host_bridge() {
     assert_eq!(u64_at(&mcfg, 44), 0xe000_0000);
     assert_eq!(u16_at(&mcfg, 52), 0, "segment");
     assert_eq!((mcfg[54], mcfg[55]), (0, 0xff), "buses");
+}
+
+/// The PCI hotplug objects are there, and when `iasl` is installed the DSDT disassembles
+/// with them (slots, PCNT, the GPE handler) and the FADT describes GPE0 at 0xafe0.
+#[test]
+fn pci_hotplug_objects_and_gpe0_block() {
+    let dsdt = dsdt_of(&Default::default());
+    for name in [
+        &b"PCNT"[..],
+        b"PCEJ",
+        b"B0EJ",
+        b"S01_",
+        b"S1F_",
+        b"_E01",
+        b"_GPE",
+    ] {
+        assert!(contains(&dsdt, name), "{}", String::from_utf8_lossy(name));
+    }
+    assert!(!contains(&dsdt, b"S00_"), "slot 0 is the host bridge");
+    let mem = guest_mem();
+    setup_acpi(&mem, 1, &Default::default()).unwrap();
+    let rsdp = read(&mem, RSDP_START, 36);
+    let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+    let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+    assert_eq!(u32_at(&fadt, 80), 0xafe0, "GPE0_BLK");
+    assert_eq!(fadt[92], 4, "GPE0_BLK_LEN");
+    let Ok(out) = std::process::Command::new("iasl").arg("-v").output() else {
+        return;
+    };
+    if !out.status.success() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("accel-dsdt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dsdt.dat");
+    std::fs::write(&path, &dsdt).unwrap();
+    let out = std::process::Command::new("iasl")
+        .arg("-d")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dsl.contains("Notify (S1F, 0x03)"), "{dsl}");
+    assert!(dsl.contains("Method (_E01"), "{dsl}");
+    assert!(dsl.contains("PCEJ (0x1F)"), "{dsl}");
 }

@@ -1,0 +1,374 @@
+//! Hotplug over QMP on `-M pc` (ACPI PCI hotplug): a vhost-user-blk disk is added to a
+//! running guest (chardev-add + device_add), the guest finds it and reads it (md5 of the
+//! image's bytes), it is removed (device_del), `DEVICE_DELETED` arrives once the guest has
+//! ejected it, the guest no longer has it, and the backend logs that the frontend left. Then
+//! a `device_del` the guest cannot answer (the VM is paused) must not hang the VMM: the
+//! command returns at once, a repeat returns `{}` too (QEMU 7.2 on pc asks the guest
+//! again), no event comes, QMP still answers and `quit` exits 0. The same script runs against QEMU 7.2 (TCG) for the
+//! replies' and events' shape.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    Backend, KVM_BOOT_TIMEOUT, QmpClient, Streaming, TestDir, VmCommand, bin, md5_hex, qemu,
+    xorshift_bytes,
+};
+use serde_json::{Value, json};
+
+const IMAGE_LEN: usize = 1 << 20;
+
+/// The guest prints the state of /sys/block/vda whenever it changes (and the disk's md5
+/// when it appears), once a second, until the host ends the VM.
+const GUEST: &str = "p=start; while :; do if [ -e /sys/block/vda ]; then s=vda; else s=none; \
+fi; if [ $s != $p ]; then echo STATE $s; [ $s = vda ] && echo MD5 $(md5sum /dev/vda); p=$s; fi; \
+sleep 1; done";
+
+fn ok(reply: &Value, what: &str) {
+    assert_eq!(reply.get("return"), Some(&json!({})), "{what}: {reply}");
+}
+
+fn error(reply: &Value, class: &str, what: &str) -> String {
+    let e = reply
+        .get("error")
+        .unwrap_or_else(|| panic!("{what}: no error: {reply}"));
+    assert_eq!(e["class"], class, "{what}: {reply}");
+    e["desc"].as_str().unwrap_or_default().to_string()
+}
+
+fn chardev_add(id: &str, path: &Path) -> Value {
+    json!({"id": id, "backend": {"type": "socket", "data": {
+        "addr": {"type": "unix", "data": {"path": path.display().to_string()}},
+        "server": false}}})
+}
+
+fn qdev_ids(qmp: &mut QmpClient) -> Vec<String> {
+    let r = qmp.execute("query-pci", json!({}));
+    r["return"][0]["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("query-pci: {r}"))
+        .iter()
+        .filter_map(|d| d["qdev_id"].as_str().map(str::to_string))
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+fn wait_log(path: &Path, pat: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(pat)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
+    let dir = TestDir::new(&format!("hotplug-{accel}"));
+    let image = dir.join("disk.img");
+    let bytes = xorshift_bytes(0x5eed_0fd1_5c00, IMAGE_LEN);
+    std::fs::write(&image, &bytes).expect("image");
+    let sock = dir.join("blk.sock");
+    let log = dir.join("blk.log");
+    let _backend = Backend::spawn_logged(
+        "vhost-user-blk",
+        &sock,
+        &["--image", image.to_str().unwrap(), "--num-queues", "1"],
+        &log,
+    );
+    let qmp_sock = dir.join("qmp.sock");
+    let args = VmCommand::new()
+        .accel(accel)
+        .arg(
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
+        )
+        .gcmd(GUEST)
+        .args();
+    let mut vm = Streaming::spawn(Command::new(vmm).args(&args));
+    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, accel);
+    vm.expect("STATE none", boot);
+
+    // Errors first, with QEMU's classes.
+    let r = qmp.execute("device_add", json!({"driver": "no-such-device", "id": "x"}));
+    let unknown = error(&r, "GenericError", "unknown driver");
+    let r = qmp.execute("device_del", json!({"id": "nothing"}));
+    let not_found = error(&r, "DeviceNotFound", "device_del unknown id");
+    let r = qmp.execute(
+        "device_add",
+        json!({"driver": "vhost-user-blk-pci", "chardev": "nochardev", "id": "x"}),
+    );
+    let no_chardev = error(&r, "GenericError", "unknown chardev");
+    assert_eq!(
+        no_chardev,
+        "Property 'vhost-user-blk.chardev' can't find value 'nochardev'"
+    );
+    assert_eq!(unknown, "'no-such-device' is not a valid device model name");
+    assert_eq!(not_found, "Device 'nothing' not found");
+
+    // Add: the guest sees the disk and reads the image's bytes.
+    ok(
+        &qmp.execute("chardev-add", chardev_add("c0", &sock)),
+        "chardev-add",
+    );
+    let r = qmp.execute("chardev-add", chardev_add("c0", &sock));
+    let dup_chardev = error(&r, "GenericError", "duplicate chardev");
+    assert_eq!(dup_chardev, "Chardev with id 'c0' already exists");
+    let blk = json!({"driver": "vhost-user-blk-pci", "chardev": "c0", "id": "hd1",
+                     "num-queues": 1});
+    ok(&qmp.execute("device_add", blk.clone()), "device_add");
+    let r = qmp.execute("device_add", blk);
+    let dup_id = error(&r, "GenericError", "duplicate id");
+    assert_eq!(dup_id, "Duplicate device ID 'hd1'");
+    let r = qmp.execute("chardev-remove", json!({"id": "c0"}));
+    let busy = error(&r, "GenericError", "chardev in use");
+    assert_eq!(busy, "Chardev 'c0' is busy");
+    assert!(qdev_ids(&mut qmp).contains(&"hd1".to_string()));
+    vm.expect("STATE vda", Duration::from_secs(300));
+    let md5 = vm.expect_start("MD5 ", Duration::from_secs(300));
+    assert!(
+        md5.contains(&md5_hex(&bytes)),
+        "guest md5 {md5:?}, image {}",
+        md5_hex(&bytes)
+    );
+    assert!(
+        wait_log(&log, "frontend connected", Duration::from_secs(10)),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // Remove: {} at once, DEVICE_DELETED once the guest ejected it, the backend sees us go.
+    ok(
+        &qmp.execute("device_del", json!({"id": "hd1"})),
+        "device_del",
+    );
+    let deleted = qmp
+        .wait_event("DEVICE_DELETED", Duration::from_secs(300))
+        .unwrap_or_else(|| panic!("no DEVICE_DELETED\n{}", vm.seen.join("\n")));
+    let mut events = vec![deleted.clone()];
+    if deleted["data"].get("device").is_none() {
+        // virtio-pci: the virtio child goes first, then the proxy with the id.
+        let proxy = qmp
+            .wait_event("DEVICE_DELETED", Duration::from_secs(60))
+            .expect("the proxy's DEVICE_DELETED");
+        events.push(proxy);
+    }
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["data"],
+        json!({"device": "hd1", "path": "/machine/peripheral/hd1"}),
+        "{events:?}"
+    );
+    vm.expect("STATE none", Duration::from_secs(120));
+    assert!(!qdev_ids(&mut qmp).contains(&"hd1".to_string()));
+    // accel closes the connection when the device goes; QEMU keeps the chardev's socket
+    // open until chardev-remove. Either way the backend sees the frontend leave.
+    let left_at_unplug = wait_log(&log, "frontend disconnected", Duration::from_secs(5));
+    ok(
+        &qmp.execute("chardev-remove", json!({"id": "c0"})),
+        "chardev-remove",
+    );
+    assert!(
+        wait_log(&log, "frontend disconnected", Duration::from_secs(30)),
+        "the backend did not see the frontend leave:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // A device_del the guest cannot answer: paused VM.
+    ok(
+        &qmp.execute("chardev-add", chardev_add("c1", &sock)),
+        "chardev-add c1",
+    );
+    let blk = json!({"driver": "vhost-user-blk-pci", "chardev": "c1", "id": "hd2",
+                     "num-queues": 1});
+    ok(&qmp.execute("device_add", blk), "device_add hd2");
+    vm.expect("STATE vda", Duration::from_secs(300));
+    ok(&qmp.execute("stop", json!({})), "stop");
+    let t = Instant::now();
+    ok(
+        &qmp.execute("device_del", json!({"id": "hd2"})),
+        "device_del hd2",
+    );
+    ok(
+        &qmp.execute("device_del", json!({"id": "hd2"})),
+        "second device_del",
+    );
+    let took = t.elapsed();
+    assert!(
+        qmp.wait_event("DEVICE_DELETED", Duration::from_secs(3))
+            .is_none(),
+        "a paused guest ejected the disk"
+    );
+    let status = qmp.execute("query-status", json!({}));
+    assert_eq!(status["return"]["status"], "paused", "{status}");
+    assert!(qdev_ids(&mut qmp).contains(&"hd2".to_string()));
+    ok(&qmp.execute("quit", json!({})), "quit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = vm.child.0.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{accel}: quit: {exit:?}\n{}",
+        vm.seen.join("\n")
+    );
+    eprintln!(
+        "{accel}: errors: unknown driver {unknown:?}; device_del unknown {not_found:?}; \
+         unknown chardev {no_chardev:?}; duplicate chardev {dup_chardev:?}; duplicate id \
+         {dup_id:?}; chardev busy {busy:?}; both device_dels took {took:?}; DEVICE_DELETED events {events:?}; backend left at unplug (before \
+         chardev-remove): {left_at_unplug}"
+    );
+}
+
+/// The guest prints its virtio devices (ids) and network interfaces whenever they change
+/// (compared through an md5: no double quotes on the kernel command line).
+const GUEST_LIST: &str = "p=start; while :; do s=$(cat /sys/bus/virtio/devices/*/device \
+2>/dev/null); n=$(ls /sys/class/net); k=$(echo $s $n | md5sum | head -c 32); \
+if [ $k != $p ]; then echo DEVS $s NETS $n; p=$k; fi; sleep 1; done";
+
+/// Every other kind of the device table, added and removed on one running guest: a NIC on a
+/// `netdev_add`ed vhost-user netdev, an entropy source and a vsock device. The guest's
+/// drivers bind (virtio ids 1, 4 and 19 appear, `eth0` appears), then everything goes.
+#[test]
+fn accel_hotplugs_net_rng_and_vsock() {
+    let dir = TestDir::new("hotplug-kinds");
+    let net_sock = dir.join("net.sock");
+    let peer = dir.join("peer.sock");
+    let _net = Backend::spawn_logged(
+        "vhost-user-net",
+        &net_sock,
+        &["--peer", peer.to_str().unwrap()],
+        &dir.join("net.log"),
+    );
+    let source = dir.join("entropy");
+    std::fs::write(&source, vec![b'Z'; 1 << 20]).unwrap();
+    let rng_sock = dir.join("rng.sock");
+    let _rng = Backend::spawn(
+        "vhost-user-rng",
+        &rng_sock,
+        &["--source", source.to_str().unwrap()],
+    );
+    let vsock_sock = dir.join("vsock.sock");
+    let uds = dir.join("vsock.uds");
+    let _vsock = Backend::spawn_logged(
+        "vhost-user-vsock",
+        &vsock_sock,
+        &["--guest-cid", "7", "--uds-path", uds.to_str().unwrap()],
+        &dir.join("vsock.log"),
+    );
+    let qmp_sock = dir.join("qmp.sock");
+    let args = VmCommand::new()
+        .accel("kvm")
+        .arg(
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
+        )
+        .gcmd(GUEST_LIST)
+        .args();
+    let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
+    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, "accel");
+    let first = vm.expect_start("DEVS", 4 * KVM_BOOT_TIMEOUT);
+    assert!(!first.contains("0x0001"), "{first}");
+
+    for (id, sock) in [("cn", &net_sock), ("cr", &rng_sock), ("cv", &vsock_sock)] {
+        ok(&qmp.execute("chardev-add", chardev_add(id, sock)), id);
+    }
+    let r = qmp.execute(
+        "device_add",
+        json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic1"}),
+    );
+    let no_netdev = error(&r, "GenericError", "netdev not added yet");
+    assert_eq!(
+        no_netdev,
+        "Property 'virtio-net-device.netdev' can't find value 'n1'"
+    );
+    ok(
+        &qmp.execute(
+            "netdev_add",
+            json!({"type": "vhost-user", "id": "n1", "chardev": "cn"}),
+        ),
+        "netdev_add",
+    );
+    for dev in [
+        json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic1",
+               "mac": "52:54:00:12:34:99"}),
+        json!({"driver": "vhost-user-rng-pci", "chardev": "cr", "id": "rng1"}),
+        json!({"driver": "vhost-user-vsock-pci", "chardev": "cv", "id": "vs1"}),
+    ] {
+        ok(&qmp.execute("device_add", dev.clone()), &dev.to_string());
+    }
+    let ids = qdev_ids(&mut qmp);
+    for id in ["nic1", "rng1", "vs1"] {
+        assert!(ids.contains(&id.to_string()), "{ids:?}");
+    }
+    let all = vm
+        .try_expect_by(
+            |l| {
+                l.trim_start().starts_with("DEVS")
+                    && ["0x0001", "0x0004", "0x0013", "eth0"]
+                        .iter()
+                        .all(|w| l.contains(w))
+            },
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|| panic!("the guest did not bind all three\n{}", vm.seen.join("\n")));
+
+    for id in ["nic1", "rng1", "vs1"] {
+        ok(&qmp.execute("device_del", json!({"id": id})), id);
+    }
+    let mut gone = Vec::new();
+    while gone.len() < 3 {
+        let e = qmp
+            .wait_event("DEVICE_DELETED", Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("DEVICE_DELETED {gone:?}\n{}", vm.seen.join("\n")));
+        if let Some(d) = e["data"]["device"].as_str() {
+            assert_eq!(e["data"]["path"], format!("/machine/peripheral/{d}"));
+            gone.push(d.to_string());
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["nic1", "rng1", "vs1"]);
+    let none = vm
+        .try_expect_by(
+            |l| l.trim_start().starts_with("DEVS") && !l.contains("0x") && !l.contains("eth0"),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|| panic!("devices left in the guest\n{}", vm.seen.join("\n")));
+    assert!(qdev_ids(&mut qmp).is_empty());
+    ok(
+        &qmp.execute("netdev_del", json!({"id": "n1"})),
+        "netdev_del",
+    );
+    for id in ["cn", "cr", "cv"] {
+        ok(&qmp.execute("chardev-remove", json!({"id": id})), id);
+    }
+    ok(&qmp.execute("quit", json!({})), "quit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "quit did not end accel");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(vm.child.0.try_wait().unwrap().unwrap().success());
+    eprintln!("added: {all}; removed: {none}");
+}
+
+#[test]
+fn accel_hotplugs_a_disk_on_pc() {
+    hotplug_disk(&bin("accel"), "kvm", 4 * KVM_BOOT_TIMEOUT);
+}
+
+#[test]
+fn qemu_hotplugs_a_disk_on_pc() {
+    hotplug_disk(&qemu(), "tcg", Duration::from_secs(120));
+}
