@@ -293,6 +293,29 @@ impl PciRoot {
 
     /// Calls `f` with each occupied slot of bus 0 and its function 0's configuration space
     /// (for monitor queries; the guest's view, as last written).
+    /// Calls `f` with each function on bus index `bus`: its device/function number, its
+    /// configuration space and, for a bridge, the index of the bus behind it (monitor
+    /// queries walk the tree with it).
+    pub fn functions_on(
+        &self,
+        bus: usize,
+        mut f: impl FnMut(u8, &crate::pci::PciConfig, Option<usize>),
+    ) {
+        let topo = self.topology.lock().unwrap();
+        let Some(b) = topo.buses.get(bus) else {
+            return;
+        };
+        for (devfn, func) in b.functions.iter().enumerate() {
+            if let Some(func) = func {
+                f(
+                    devfn as u8,
+                    func.device.lock().unwrap().config(),
+                    func.secondary,
+                );
+            }
+        }
+    }
+
     pub fn for_each_function(&self, mut f: impl FnMut(u8, &crate::pci::PciConfig)) {
         for slot in 0..NUM_SLOTS as u8 {
             if let Some(dev) = self.function(FunctionRef {

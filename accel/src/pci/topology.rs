@@ -20,7 +20,7 @@ use super::root::{FunctionRef, PciRoot};
 use crate::config::{PciBridgeConfig, PciBridgeKind};
 
 /// The bridges of a VM by `id=`, with the bus index behind each.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Bridges {
     by_id: Vec<(String, usize, Arc<Mutex<PciBridge>>)>,
 }
@@ -59,6 +59,14 @@ impl Bridges {
             .iter()
             .find(|(i, _, _)| i == id)
             .map(|(_, bus, _)| *bus)
+    }
+
+    /// The id of the bridge whose secondary bus is bus index `bus`.
+    pub fn id_of_bus(&self, bus: usize) -> Option<&str> {
+        self.by_id
+            .iter()
+            .find(|(_, b, _)| *b == bus)
+            .map(|(id, _, _)| id.as_str())
     }
 
     /// The bridge with `id=id` (root ports: their slot registers, for native hotplug).
@@ -296,7 +304,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::config::PciBridgeKind;
+    use crate::config::{PciBridgeConfig, PciBridgeKind};
     use crate::devices::bus::Bus;
     use crate::devices::bus::BusDevice;
     use crate::pci::bridge::PciBridge;
@@ -423,5 +431,47 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(mmio.read(bar, &mut b));
         assert_eq!(b, [0xab]);
+    }
+
+    /// `query-pci`'s view (what `vmm::info` builds): a device behind a root port is listed
+    /// under the port's `pci_bridge`, with the bus numbers and window the port forwards, and
+    /// the port carries its `id=` as qdev id.
+    #[test]
+    fn query_pci_nests_devices_under_their_bridge() {
+        let root = Arc::new(PciRoot::new(Arc::new(Bus::new()), Arc::new(Bus::new())).unwrap());
+        let config = PciBridgeConfig {
+            id: "rp1".into(),
+            kind: PciBridgeKind::RootPort {
+                chassis: 1,
+                port: 0x10,
+                slot: 0,
+            },
+            bus: None,
+            slot: Some(0x1c),
+            function: 0,
+        };
+        let bridges = Bridges::create(&root, &[config]).unwrap();
+        let bus = bridges.bus("rp1").unwrap();
+        root.add_function(bus, None, 0, dev(0x4000)).unwrap();
+        root.add_function(0, Some(3), 0, dev(0x4000)).unwrap();
+        root.assign_resources().unwrap();
+        let ids = Default::default();
+        let top = crate::vmm::info::pci_functions(&root, &bridges, &ids);
+        let slots: Vec<(u8, u8)> = top.iter().map(|f| (f.bus, f.slot)).collect();
+        assert_eq!(slots, [(0, 0), (0, 3), (0, 0x1c)]);
+        let port = &top[2];
+        assert_eq!(port.qdev_id, "rp1");
+        let b = port.bridge.as_ref().expect("pci_bridge");
+        assert_eq!((b.primary, b.secondary, b.subordinate), (0, 1, 1));
+        assert!(
+            b.memory.0 <= b.memory.1,
+            "memory window open: {:?}",
+            b.memory
+        );
+        assert_eq!(b.devices.len(), 1);
+        let d = &b.devices[0];
+        assert_eq!((d.bus, d.slot, d.function, d.vendor), (1, 0, 0, 0x1af4));
+        // The guest has not turned decoding on: the BAR is listed, not mapped.
+        assert_eq!((d.bars.len(), d.bars[0].address), (1, None));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Map, Value, json};
 
 use super::wire::{QmpError, Request};
-use super::{HotplugCommand, QmpShared, RunState, VmCommand};
+use super::{HotplugCommand, PciFunctionInfo, QmpShared, RunState, VmCommand};
 
 /// Every command accel implements (what `query-commands` lists).
 pub const COMMANDS: &[&str] = &[
@@ -256,41 +256,50 @@ fn pci_devices(shared: &QmpShared) -> Vec<Value> {
     let Some(list) = &shared.info.pci else {
         return Vec::new();
     };
-    list()
-        .into_iter()
-        .map(|f| {
-            let mut class_info = json!({"class": f.class});
-            if let Some(desc) = class_desc(f.class) {
-                class_info["desc"] = json!(desc);
+    list().iter().map(pci_device).collect()
+}
+
+/// One function as QEMU's `PciDeviceInfo` (a bridge with `pci_bridge` and what is behind it).
+fn pci_device(f: &PciFunctionInfo) -> Value {
+    let mut class_info = json!({"class": f.class});
+    if let Some(desc) = class_desc(f.class) {
+        class_info["desc"] = json!(desc);
+    }
+    let regions: Vec<Value> = f
+        .bars
+        .iter()
+        .map(|b| {
+            let address = b.address.map_or(-1, |a| a as i64);
+            if b.io {
+                json!({"bar": b.index, "type": "io", "address": address, "size": b.size})
+            } else {
+                json!({"bar": b.index, "type": "memory", "address": address,
+                       "size": b.size, "prefetch": b.prefetch, "mem_type_64": b.mem64})
             }
-            let regions: Vec<Value> = f
-                .bars
-                .iter()
-                .map(|b| {
-                    let address = b.address.map_or(-1, |a| a as i64);
-                    if b.io {
-                        json!({"bar": b.index, "type": "io", "address": address, "size": b.size})
-                    } else {
-                        json!({"bar": b.index, "type": "memory", "address": address,
-                               "size": b.size, "prefetch": b.prefetch, "mem_type_64": b.mem64})
-                    }
-                })
-                .collect();
-            let mut dev = json!({
-                "bus": 0, "slot": f.slot, "function": 0,
-                "class_info": class_info,
-                "id": {"vendor": f.vendor, "device": f.device,
-                       "subsystem-vendor": f.subsystem_vendor, "subsystem": f.subsystem},
-                "irq_pin": f.irq_pin,
-                "qdev_id": f.qdev_id,
-                "regions": regions,
-            });
-            if f.irq_pin != 0 {
-                dev["irq"] = json!(f.irq_line);
-            }
-            dev
         })
-        .collect()
+        .collect();
+    let mut dev = json!({
+        "bus": f.bus, "slot": f.slot, "function": f.function,
+        "class_info": class_info,
+        "id": {"vendor": f.vendor, "device": f.device,
+               "subsystem-vendor": f.subsystem_vendor, "subsystem": f.subsystem},
+        "irq_pin": f.irq_pin,
+        "qdev_id": f.qdev_id,
+        "regions": regions,
+    });
+    if f.irq_pin != 0 {
+        dev["irq"] = json!(f.irq_line);
+    }
+    if let Some(b) = &f.bridge {
+        let range = |(base, limit): (u64, u64)| json!({"base": base, "limit": limit});
+        dev["pci_bridge"] = json!({
+            "bus": {"number": b.primary, "secondary": b.secondary, "subordinate": b.subordinate,
+                    "io_range": range(b.io), "memory_range": range(b.memory),
+                    "prefetchable_range": range(b.prefetch)},
+            "devices": b.devices.iter().map(pci_device).collect::<Vec<_>>(),
+        });
+    }
+    dev
 }
 
 /// What `help` lists: the HMP commands accel has.
@@ -376,9 +385,23 @@ fn hmp_info_pci(shared: &QmpShared) -> String {
     let Some(list) = &shared.info.pci else {
         return String::new();
     };
+    let mut all = list();
+    // Depth-first, each bridge before what is behind it, as QEMU's `info pci` lists them.
+    let mut flat = Vec::new();
+    while !all.is_empty() {
+        let mut f = all.remove(0);
+        if let Some(b) = f.bridge.as_mut() {
+            let behind = std::mem::take(&mut b.devices);
+            all.splice(0..0, behind);
+        }
+        flat.push(f);
+    }
     let mut out = String::new();
-    for f in list() {
-        out.push_str(&format!("  Bus  0, device {:3}, function 0:\r\n", f.slot));
+    for f in flat {
+        out.push_str(&format!(
+            "  Bus {:2}, device {:3}, function {}:\r\n",
+            f.bus, f.slot, f.function
+        ));
         let what =
             class_desc(f.class).map_or_else(|| format!("Class {:04x}", f.class), str::to_string);
         out.push_str(&format!(

@@ -126,7 +126,12 @@ pub struct CpuInfo {
 /// One PCI function as `query-pci` reports it.
 #[derive(Clone, Debug)]
 pub struct PciFunctionInfo {
+    /// The bus number the guest gave its bus (0: the root bus).
+    pub bus: u8,
     pub slot: u8,
+    pub function: u8,
+    /// A bridge: its bus numbers, windows and the functions behind it.
+    pub bridge: Option<PciBridgeInfo>,
     pub vendor: u16,
     pub device: u16,
     pub subsystem_vendor: u16,
@@ -137,6 +142,19 @@ pub struct PciFunctionInfo {
     pub irq_pin: u8,
     pub qdev_id: String,
     pub bars: Vec<PciBarInfo>,
+}
+
+/// What a PCI-to-PCI bridge forwards, as the guest programmed it (QEMU's `PciBusInfo`).
+#[derive(Clone, Debug)]
+pub struct PciBridgeInfo {
+    pub primary: u8,
+    pub secondary: u8,
+    pub subordinate: u8,
+    /// `(base, limit)` of the I/O, memory and prefetchable windows (base > limit: closed).
+    pub io: (u64, u64),
+    pub memory: (u64, u64),
+    pub prefetch: (u64, u64),
+    pub devices: Vec<PciFunctionInfo>,
 }
 
 #[derive(Clone, Debug)]

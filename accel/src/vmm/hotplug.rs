@@ -15,6 +15,7 @@
 //! - Chardevs added here are recorded only: accel connects to the backend's socket when a
 //!   device uses the chardev (`device_add`), as it does for `-chardev` at startup.
 
+use crate::pci::root::devfn;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -35,8 +36,8 @@ pub struct HotplugState {
     netdevs: Vec<RuntimeNetdev>,
     /// Slots whose device the guest was asked to release (and how many times).
     pending: BTreeMap<u8, u32>,
-    /// qdev ids by slot (for `query-pci`).
-    pub ids: Arc<Mutex<BTreeMap<u8, String>>>,
+    /// qdev ids by (bus index, device/function number), for `query-pci`.
+    pub ids: Arc<Mutex<BTreeMap<(usize, u8), String>>>,
     added: u32,
 }
 
@@ -46,7 +47,7 @@ impl HotplugState {
         let ids = pci
             .plugged
             .iter()
-            .filter_map(|p| Some((p.slot, p.id.clone()?)))
+            .filter_map(|p| Some(((p.bus, devfn(p.slot, p.function)), p.id.clone()?)))
             .collect();
         HotplugState {
             chardevs: config.chardevs.clone(),
@@ -55,7 +56,7 @@ impl HotplugState {
         }
     }
 
-    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<u8, String>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, u8), String>> {
         self.ids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -235,7 +236,7 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
         .plug(name, &config, &chardev, vm.config.smp.cpus, memory)
         .map_err(|e| generic(e.to_string()))?;
     if let Some(id) = &config.id {
-        vm.hotplug.ids().insert(slot, id.clone());
+        vm.hotplug.ids().insert((0, devfn(slot, 0)), id.clone());
     }
     hp.plugged(slot);
     raise_gpe(vm);
@@ -282,7 +283,7 @@ pub(super) fn ejected(vm: &mut Vm, qmp: &QmpShared) {
             continue;
         }
         vm.hotplug.pending.remove(&slot);
-        let id = vm.hotplug.ids().remove(&slot);
+        let id = vm.hotplug.ids().remove(&(0, devfn(slot, 0)));
         let Some(plugged) = vm.pci.as_mut().and_then(|p| p.unplug(slot)) else {
             continue;
         };

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use super::Vm;
 use crate::config::{SerialConfig, VmConfig};
+use crate::pci::topology::Bridges;
 use crate::pci::{BarKind, PciRoot};
-use crate::qmp::{CpuInfo, PciBarInfo, PciFunctionInfo, VmInfo};
+use crate::qmp::{CpuInfo, PciBarInfo, PciBridgeInfo, PciFunctionInfo, VmInfo};
 
 /// The static facts of `vm` for queries.
 pub(super) fn vm_info(vm: &Vm) -> VmInfo {
@@ -18,7 +19,8 @@ pub(super) fn vm_info(vm: &Vm) -> VmInfo {
         chardevs: chardevs(config),
         pci: vm.pci_root.clone().map(|root| {
             let ids = vm.hotplug.ids.clone();
-            Box::new(move || pci_functions(&root, &ids)) as crate::qmp::PciLister
+            let bridges = vm.pci_bridges.clone();
+            Box::new(move || pci_functions(&root, &bridges, &ids)) as crate::qmp::PciLister
         }),
     }
 }
@@ -69,17 +71,33 @@ fn chardevs(config: &VmConfig) -> Vec<(String, String)> {
     out
 }
 
-fn pci_functions(
+/// qdev ids by (bus index, device/function number).
+pub(crate) type QdevIds = std::sync::Mutex<std::collections::BTreeMap<(usize, u8), String>>;
+
+pub(crate) fn pci_functions(
     root: &PciRoot,
-    ids: &std::sync::Mutex<std::collections::BTreeMap<u8, String>>,
+    bridges: &Bridges,
+    ids: &QdevIds,
 ) -> Vec<PciFunctionInfo> {
     let ids = ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    bus_functions(root, bridges, &ids, 0, 0, 0)
+}
+
+/// The functions on bus index `bus` (bus number `number` for the guest), bridges with what is
+/// behind them; `depth` bounds the walk (buses form a tree, at most 256 deep).
+fn bus_functions(
+    root: &PciRoot,
+    bridges: &Bridges,
+    ids: &std::collections::BTreeMap<(usize, u8), String>,
+    bus: usize,
+    number: u8,
+    depth: usize,
+) -> Vec<PciFunctionInfo> {
     let mut out = Vec::new();
-    root.for_each_function(|slot, config| {
-        let id = config.read_reg(0);
-        let class = config.read_reg(2);
-        let subsystem = config.read_reg(0x2c / 4);
-        let irq = config.read_reg(0x3c / 4);
+    let mut behind = Vec::new();
+    root.functions_on(bus, |devfn, config, secondary| {
+        let reg = |r: usize| config.read_reg(r);
+        let (id, class, subsystem, irq) = (reg(0), reg(2), reg(0x2c / 4), reg(0x3c / 4));
         let bars = (0..6)
             .filter_map(|i| {
                 let info = config.bar_info(i)?;
@@ -93,8 +111,19 @@ fn pci_functions(
                 })
             })
             .collect();
+        let qdev_id = match secondary {
+            Some(b) => bridges.id_of_bus(b).map(str::to_string),
+            None => ids.get(&(bus, devfn)).cloned(),
+        };
+        let bridge = secondary.map(|b| {
+            behind.push((out.len(), b, (reg(6) >> 8) as u8));
+            bridge_windows(&reg)
+        });
         out.push(PciFunctionInfo {
-            slot,
+            bus: number,
+            slot: devfn >> 3,
+            function: devfn & 7,
+            bridge,
             vendor: id as u16,
             device: (id >> 16) as u16,
             subsystem_vendor: subsystem as u16,
@@ -102,11 +131,41 @@ fn pci_functions(
             class: (class >> 16) as u16,
             irq_line: irq as u8,
             irq_pin: (irq >> 8) as u8,
-            qdev_id: ids.get(&slot).cloned().unwrap_or_default(),
+            qdev_id: qdev_id.unwrap_or_default(),
             bars,
         });
     });
+    for (i, b, secondary) in behind {
+        if depth < 256
+            && let Some(info) = out[i].bridge.as_mut()
+        {
+            info.devices = bus_functions(root, bridges, ids, b, secondary, depth + 1);
+        }
+    }
     out
+}
+
+/// A type-1 header's bus numbers and windows (PCI-to-PCI bridge spec 3.2.5).
+fn bridge_windows(reg: &dyn Fn(usize) -> u32) -> PciBridgeInfo {
+    let buses = reg(6);
+    let io = reg(7);
+    let (mem, pref) = (reg(8), reg(9));
+    let io_base = u64::from(io & 0xf0) << 8;
+    let io_limit = (u64::from((io >> 8) & 0xf0) << 8) | 0xfff;
+    let mem_base = u64::from(mem & 0xfff0) << 16;
+    let mem_limit = (u64::from((mem >> 16) & 0xfff0) << 16) | 0xf_ffff;
+    let pref_base = (u64::from(pref & 0xfff0) << 16) | (u64::from(reg(10)) << 32);
+    let pref_limit =
+        (u64::from((pref >> 16) & 0xfff0) << 16) | 0xf_ffff | (u64::from(reg(11)) << 32);
+    PciBridgeInfo {
+        primary: buses as u8,
+        secondary: (buses >> 8) as u8,
+        subordinate: (buses >> 16) as u8,
+        io: (io_base, io_limit),
+        memory: (mem_base, mem_limit),
+        prefetch: (pref_base, pref_limit),
+        devices: Vec::new(),
+    }
 }
 
 /// `-pidfile PATH`: holds the process id while accel runs; removed when dropped.

@@ -19,7 +19,7 @@ pub mod daemon;
 pub mod dump;
 pub mod host;
 mod hotplug;
-mod info;
+pub(crate) mod info;
 mod legacy;
 mod lifecycle;
 pub mod memory;

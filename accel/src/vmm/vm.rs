@@ -66,6 +66,8 @@ pub struct Vm {
     pub(super) vcpus: Vec<Arc<Mutex<Vcpu>>>,
     /// The PCI bus, for monitor queries.
     pub pci_root: Option<Arc<crate::pci::PciRoot>>,
+    /// The bridges by id, for monitor queries.
+    pub pci_bridges: crate::pci::topology::Bridges,
     /// The virtio-pci functions and their backends (hotplug adds and removes here).
     pub pci: Option<crate::virtio::PciSetup>,
     /// The ACPI PM device (SCI, GPE0), without `acpi=off`.
@@ -128,6 +130,7 @@ impl Vm {
         let mut vm = Vm {
             vcpus: Vec::new(),
             pci_root: None,
+            pci_bridges: Default::default(),
             pci: None,
             acpi_pm: None,
             pci_hotplug: None,
@@ -179,6 +182,7 @@ impl Vm {
             self.gsi_allocator.clone(),
         )?;
         self.pci_root = Some(pci.root.clone());
+        self.pci_bridges = pci.bridges.clone();
         let root = pci.root.clone();
         self.add_reset_hook(Box::new(move || root.reset()));
         self.hotplug = super::hotplug::HotplugState::new(&self.config, &pci);
