@@ -152,6 +152,8 @@ const MAIN_CALLS: &[Allow] = &[
     Any("fcntl"),
     Any("unlink"),
     Any("unlinkat"),
+    // At exit: reaping the backend launcher (`crate::backends::launcher`), which it waits for.
+    Any("wait4"),
     // -daemonize: /dev/null onto the standard fds once running.
     Any("dup2"),
     Any("dup3"),
