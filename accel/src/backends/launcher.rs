@@ -30,9 +30,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::{ForkResult, fork, pipe2};
 
+use super::BackendsError;
 use super::spawn;
 use super::supervise::{Managed, supervise};
-use super::BackendsError;
 
 /// The name the launcher process gets (`/proc/PID/comm`).
 const NAME: &[u8] = b"accel-launcher\0";

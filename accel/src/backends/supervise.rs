@@ -432,7 +432,12 @@ mod tests {
 
     fn parent_of(pid: i32) -> Option<i32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     /// The launcher (a forked process, not accel) starts the backend, restarts it when it is
@@ -448,7 +453,11 @@ mod tests {
         assert!(wait_for(|| pids(&file).len() == 1));
         let first = pids(&file)[0];
         let launcher_pid = parent_of(first).unwrap();
-        assert_ne!(launcher_pid, std::process::id() as i32, "started by the test itself");
+        assert_ne!(
+            launcher_pid,
+            std::process::id() as i32,
+            "started by the test itself"
+        );
         assert_eq!(parent_of(launcher_pid), Some(std::process::id() as i32));
         let comm = std::fs::read_to_string(format!("/proc/{launcher_pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "accel-launcher");
