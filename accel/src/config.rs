@@ -114,7 +114,7 @@ pub enum IsaDeviceConfig {
 }
 
 /// Process and VM-lifecycle options (QEMU's spelling in the field docs).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LifecycleConfig {
     /// `-S`: create the vCPUs but run them only after QMP `cont`.
     pub start_paused: bool,
@@ -128,11 +128,26 @@ pub struct LifecycleConfig {
     pub uuid: Option<String>,
     /// `-name ...,debug-threads=on`: name vCPU threads `CPU N/KVM` as QEMU does.
     pub debug_threads: bool,
-    /// `-sandbox on|off`: confine the process once set up. Off by default (QEMU's default
-    /// too) until the whole boot suite has run with it on: see the README, Confinement.
+    /// `-sandbox on|off`: confine the process once set up. On by default (unlike QEMU):
+    /// `-sandbox off` is for debugging. See the README, Confinement.
     pub sandbox: bool,
     /// `-run-with user=NAME|UID:GID` or `-runas NAME`: the user to switch to once set up.
     pub run_as: Option<String>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            start_paused: false,
+            no_shutdown: false,
+            pidfile: None,
+            daemonize: false,
+            uuid: None,
+            debug_threads: false,
+            sandbox: true,
+            run_as: None,
+        }
+    }
 }
 
 /// One QMP monitor: where it listens.

@@ -105,6 +105,25 @@ fn confined_child() {
             unsafe { libc::ioctl(0, request, buf.as_mut_ptr()) };
             Ok(())
         }
+        // What a device reset does on the main thread: start a thread (glibc tries clone3,
+        // gets ENOSYS, and clones with pthread_create's flags).
+        "thread-main" => {
+            vu_sandbox::confine_thread(&accel::vmm::confine::main_syscalls()).unwrap();
+            std::thread::spawn(|| 7)
+                .join()
+                .map(|v| assert_eq!(v, 7))
+                .map_err(|_| std::io::Error::other("thread panicked"))
+        }
+        "fork-main" => {
+            vu_sandbox::confine_thread(&accel::vmm::confine::main_syscalls()).unwrap();
+            // SAFETY: fork in a single-threaded child process; the child exits at once.
+            match unsafe { libc::fork() } {
+                // SAFETY: the forked child ends at once without running anything.
+                0 => unsafe { libc::_exit(0) },
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        }
         "kvm-run-vcpu" => {
             vu_sandbox::confine_thread(&accel::vmm::confine::vcpu_syscalls()).unwrap();
             // SAFETY: KVM_RUN on stdin, which is not a vCPU: ENOTTY, not SIGSYS.
@@ -143,6 +162,8 @@ fn policy_kills_inet_sockets_execve_and_kvm_run_off_vcpu_threads() {
         ("inet", "41 (socket)"),
         ("exec", "59 (execve)"),
         ("kvm-run-main", "16 (ioctl)"),
+        // A fork: clone without CLONE_THREAD.
+        ("fork-main", "56 (clone)"),
     ] {
         let (status, stderr) = child(&dir.0, action);
         assert_eq!(
@@ -158,7 +179,8 @@ fn policy_kills_inet_sockets_execve_and_kvm_run_off_vcpu_threads() {
         );
     }
     // The same ioctl call with an allowed request number, and KVM_RUN on a vCPU thread's list.
-    for action in ["tcgets-main", "kvm-run-vcpu"] {
+    // A new thread on the main thread's list (clone with pthread_create's flags).
+    for action in ["tcgets-main", "kvm-run-vcpu", "thread-main"] {
         let (status, stderr) = child(&dir.0, action);
         assert_eq!(status.code(), Some(DONE), "{action}: {status:?} {stderr}");
     }

@@ -11,6 +11,10 @@
 //!
 //! then a SIGKILL of the `-drive` disk's backend: accel restarts it, the guest's writes and reads after that
 //! complete, and every backend is gone once accel exits.
+//!
+//! accel runs with its default confinement (no `-sandbox` option: seccomp, no_new_privs): the
+//! backends are children of its launcher process (`accel-launcher`), which restarts the
+//! killed one, not of accel, which cannot fork.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -78,6 +82,22 @@ fn served_pids(output: &str, label: &str) -> Vec<u32> {
         .filter(|l| l.contains(label) && l.contains("served by"))
         .filter_map(|l| l.rsplit("(pid ").next()?.strip_suffix(')')?.parse().ok())
         .collect()
+}
+
+/// A field of /proc/PID/status (`Seccomp`, `PPid`, ...).
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn alive(pid: u32) -> bool {
@@ -193,6 +213,19 @@ fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
     assert_eq!(pids.len(), 1, "{}", vm.output());
     let all_pids: Vec<u32> = served_pids(&vm.output(), ": ");
     assert_eq!(all_pids.len(), 6, "six backends\n{}", vm.output());
+    // accel is confined by default; the backends' parent is the launcher, accel's child.
+    let accel = vm.child.0.id();
+    assert_eq!(status_field(accel, "Seccomp").as_deref(), Some("2"));
+    assert_eq!(status_field(accel, "NoNewPrivs").as_deref(), Some("1"));
+    let launcher: u32 = status_field(pids[0], "PPid").unwrap().parse().unwrap();
+    assert_eq!(comm(launcher), "accel-launcher");
+    assert_eq!(
+        status_field(launcher, "PPid").as_deref(),
+        Some(accel.to_string().as_str())
+    );
+    for p in &all_pids {
+        assert_eq!(status_field(*p, "PPid"), Some(launcher.to_string()), "{p}");
+    }
     let status = Command::new("kill")
         .args(["-9", &pids[0].to_string()])
         .status()
@@ -238,5 +271,10 @@ fn accel_serves_builtin_spellings_and_restarts_a_killed_backend() {
     assert!(
         all.iter().all(|&p| !alive(p)),
         "backends left after accel exited: {all:?}"
+    );
+    assert_ne!(
+        comm(launcher),
+        "accel-launcher",
+        "the launcher outlived accel"
     );
 }

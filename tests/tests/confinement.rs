@@ -1,4 +1,4 @@
-//! accel confines itself once the VM is built (`-sandbox on`; off by default, as QEMU): every thread runs
+//! accel confines itself once the VM is built (by default, no `-sandbox` option): every thread runs
 //! with no_new_privs and seccomp (`/proc/PID/task/TID/status`), each kind of thread with its
 //! own second filter; `-sandbox off` leaves it unconfined; `-run-with user=` / `-runas` switch
 //! to another user with no capability left. The VM is built with a vhost-user-blk device (so
@@ -77,8 +77,6 @@ impl Vm {
                 "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "2", "-S",
             ])
             .args(["-display", "none", "-nodefaults", "-serial", "none"])
-            // Off by default (as QEMU); a later -sandbox in `extra` wins.
-            .args(["-sandbox", "on"])
             .args(["-object", "memory-backend-memfd,id=mem,size=128M,share=on"])
             .args(["-numa", "node,memdev=mem"])
             .args([
@@ -185,6 +183,7 @@ impl Vm {
     }
 }
 
+/// Started without any -sandbox option: confinement is the default.
 #[test]
 fn accel_confines_every_thread_each_with_its_kind_s_filter() {
     let dir = TestDir::new("accel-confined");

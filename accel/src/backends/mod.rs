@@ -7,14 +7,17 @@
 //!   program's arguments.
 //! - [`spawn`]: finding a program (next to accel's executable, then `PATH`) and starting it
 //!   with the fds it needs, tied to accel's life (`PR_SET_PDEATHSIG`).
-//! - [`supervise`]: the listening sockets, the supervisor thread that restarts a backend that
-//!   dies, and stopping them all when accel ends.
+//! - [`supervise`]: the listening sockets, the loop that restarts a backend that dies, and
+//!   stopping them all when accel ends.
+//! - [`launcher`]: the process accel forks at setup that runs that loop, so that accel itself
+//!   never forks or executes (its seccomp filter forbids both).
 //!
 //! Each backend gets a listening unix socket accel creates (`--fd N`) in a private runtime
 //! directory; accel keeps its copy, so a restarted backend serves the same socket and the
 //! frontend's reconnect (chardev `reconnect=1`, see [`crate::virtio::monitor`]) finds it.
 
 pub mod argv;
+pub mod launcher;
 pub mod spawn;
 pub mod supervise;
 

@@ -1,23 +1,17 @@
-//! The backends accel runs: their listening sockets, the supervisor thread that restarts one
-//! that dies, and their end when accel ends.
+//! The backends accel runs: their listening sockets (created by accel), the supervision loop
+//! that restarts one that dies, and their end when accel ends.
 //!
-//! Restarting needs fork/exec, so it happens on one dedicated thread (`accel-backends`),
-//! started at setup: a sandbox for the rest of accel must leave that thread (and the
-//! children it starts, which inherit its filter) unconfined. Its syscalls: poll/ppoll,
-//! waitid/wait4, kill, pidfd_open, clone/clone3 (fork), pipe2/read/close (std's exec-error
-//! pipe), openat(/dev/null), and in the child before exec prctl, getppid, rt_sigprocmask,
-//! close_range, fcntl, setpgid, dup2 and execve.
+//! Starting, restarting and stopping them needs fork/exec, which accel's seccomp filter
+//! denies: it all happens in the launcher ([`super::launcher`]), a process accel forks at
+//! setup, which runs [`supervise`].
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::argv;
 use super::spawn::{self, Ended, Program};
@@ -63,15 +57,15 @@ pub enum BackendsError {
         program: String,
         source: std::io::Error,
     },
-    #[error("starting the backend supervisor thread: {0}")]
-    Thread(std::io::Error),
+    #[error("starting the backend launcher: {0}")]
+    Launcher(std::io::Error),
 }
 
 /// One backend.
-struct Managed {
-    label: String,
+pub(super) struct Managed {
+    pub(super) label: String,
     name: &'static str,
-    program: Program,
+    pub(super) program: Program,
     /// Kept open for restarts: connects made while the backend is down wait in its backlog.
     _listener: UnixListener,
     /// The running process, if any.
@@ -82,7 +76,7 @@ struct Managed {
 }
 
 impl Managed {
-    fn start(&mut self) -> std::io::Result<()> {
+    pub(super) fn start(&mut self) -> std::io::Result<()> {
         let s = spawn::start(&self.program)?;
         log::info!("{}: served by {} (pid {})", self.label, self.name, s.pid);
         self.running = Some(s);
@@ -136,9 +130,9 @@ impl Managed {
 /// The backends of one VM. Dropping it stops them (SIGTERM, then SIGKILL) and removes their
 /// sockets.
 pub struct Backends {
+    /// Removed by the launcher when it ends (by accel if it never started).
     dir: Option<PathBuf>,
-    stop: Option<Arc<EventFd>>,
-    thread: Option<JoinHandle<()>>,
+    launcher: Option<super::launcher::Launcher>,
 }
 
 /// A directory only accel's user can enter, for the backends' sockets.
@@ -164,13 +158,13 @@ fn runtime_dir() -> Result<PathBuf, BackendsError> {
 }
 
 impl Backends {
-    /// Starts a backend for each of `config.spawned` and points its chardev at the backend's
-    /// socket. Call before the devices connect.
+    /// Starts a backend for each of `config.spawned` (through the launcher, which it forks:
+    /// call while accel has a single thread) and points its chardev at the backend's socket.
+    /// Call before the devices connect.
     pub fn start(config: &mut VmConfig) -> Result<Backends, BackendsError> {
         let mut backends = Backends {
             dir: None,
-            stop: None,
-            thread: None,
+            launcher: None,
         };
         if config.spawned.is_empty() {
             return Ok(backends);
@@ -178,40 +172,27 @@ impl Backends {
         let dir = runtime_dir()?;
         backends.dir = Some(dir.clone());
         let mut managed = Vec::new();
-        if let Err(e) = start_all(config, &dir, &mut managed) {
-            stop_all(&mut managed);
-            return Err(e);
-        }
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(BackendsError::Thread)?);
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("accel-backends".into())
-            .spawn(move || supervise(managed, &stop2))
-            // The closure (and the processes' records) is gone: they end with accel
-            // (PR_SET_PDEATHSIG of the main thread that started them).
-            .map_err(BackendsError::Thread)?;
-        backends.stop = Some(stop);
-        backends.thread = Some(thread);
+        prepare_all(config, &dir, &mut managed)?;
+        // From here on the launcher owns the directory (and removes it when it ends).
+        backends.launcher = Some(super::launcher::start(managed, &dir)?);
+        backends.dir = None;
         Ok(backends)
     }
 }
 
 impl Drop for Backends {
     fn drop(&mut self) {
-        if let Some(stop) = &self.stop {
-            let _ = stop.write(1);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Waits until the launcher has stopped the backends and removed their directory.
+        drop(self.launcher.take());
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
 
-/// Starts every backend of `config.spawned` into `managed`.
-fn start_all(
+/// Prepares every backend of `config.spawned` into `managed`: its program, its listening
+/// socket (which its chardev now names), its arguments; the launcher starts them.
+fn prepare_all(
     config: &mut VmConfig,
     dir: &std::path::Path,
     managed: &mut Vec<Managed>,
@@ -251,7 +232,7 @@ fn start_all(
         if let Some(c) = config.chardevs.iter_mut().find(|c| c.id == s.chardev) {
             c.path = sock.clone();
         }
-        let mut m = Managed {
+        managed.push(Managed {
             label: s.label.clone(),
             name: row.name,
             program: Program {
@@ -265,19 +246,14 @@ fn start_all(
             started: Instant::now(),
             quick_deaths: 0,
             restart_at: None,
-        };
-        m.start().map_err(|source| BackendsError::Start {
-            label: s.label.clone(),
-            program: m.program.path.display().to_string(),
-            source,
-        })?;
-        managed.push(m);
+        });
     }
     Ok(())
 }
 
-/// The supervisor thread: restarts backends that die, until `stop`; then stops them all.
-fn supervise(mut managed: Vec<Managed>, stop: &EventFd) {
+/// The supervision loop (the launcher's): restarts backends that die, until one of `stop` is
+/// readable or hung up; then stops them all.
+pub(super) fn supervise(mut managed: Vec<Managed>, stop: &[BorrowedFd<'_>]) {
     loop {
         let now = Instant::now();
         for m in managed.iter_mut() {
@@ -288,9 +264,10 @@ fn supervise(mut managed: Vec<Managed>, stop: &EventFd) {
             PollTimeout::try_from(t.saturating_duration_since(now) + Duration::from_millis(1))
                 .unwrap_or(PollTimeout::MAX)
         });
-        // SAFETY: `stop` outlives this borrow (it is borrowed by this function).
-        let stop_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stop.as_raw_fd()) };
-        let mut fds = vec![PollFd::new(stop_fd, PollFlags::POLLIN)];
+        let mut fds: Vec<PollFd> = stop
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
         fds.extend(
             managed
                 .iter()
@@ -304,7 +281,10 @@ fn supervise(mut managed: Vec<Managed>, stop: &EventFd) {
                 break;
             }
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[..stop.len()]
+            .iter()
+            .any(|f| f.revents().is_some_and(|r| !r.is_empty()))
+        {
             break;
         }
         drop(fds);
@@ -316,7 +296,7 @@ fn supervise(mut managed: Vec<Managed>, stop: &EventFd) {
 }
 
 /// SIGTERM to every backend, SIGKILL to those still there after [`STOP_GRACE`]; all reaped.
-fn stop_all(managed: &mut [Managed]) {
+pub(super) fn stop_all(managed: &mut [Managed]) {
     let signal = |m: &Managed, sig| {
         if let Some(s) = &m.running {
             // SAFETY: kill(2) of our own, not yet reaped child.
@@ -368,6 +348,8 @@ fn stop_all(managed: &mut [Managed]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     fn pids(file: &std::path::Path) -> Vec<i32> {
         std::fs::read_to_string(file)
@@ -392,19 +374,16 @@ mod tests {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     }
 
-    /// A process that dies is restarted on the same listening socket, and stopping the
-    /// supervisor ends (and reaps) the current one.
-    #[test]
-    fn restarts_a_killed_backend_and_stops_it_at_the_end() {
-        let dir = runtime_dir().unwrap();
-        let file = dir.join("pids");
+    /// A backend running `sh` that appends its pid to `file` (after checking it got the
+    /// listening socket) and then sleeps.
+    fn sh_backend(dir: &std::path::Path, file: &std::path::Path) -> Managed {
         let listener = UnixListener::bind(dir.join("s")).unwrap();
         let fd = listener.as_raw_fd();
         let script = format!(
             "[ -e /proc/self/fd/{fd} ] || exit 9; echo $$ >> {}; exec sleep 100",
             file.display()
         );
-        let mut m = Managed {
+        Managed {
             label: "-device test".into(),
             name: "sh",
             program: Program {
@@ -418,11 +397,24 @@ mod tests {
             started: Instant::now(),
             quick_deaths: 0,
             restart_at: None,
-        };
+        }
+    }
+
+    /// A process that dies is restarted on the same listening socket, and stopping the
+    /// supervisor ends (and reaps) the current one.
+    #[test]
+    fn restarts_a_killed_backend_and_stops_it_at_the_end() {
+        let dir = runtime_dir().unwrap();
+        let file = dir.join("pids");
+        let mut m = sh_backend(&dir, &file);
         m.start().unwrap();
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let stop2 = stop.clone();
-        let t = std::thread::spawn(move || supervise(vec![m], &stop2));
+        let t = std::thread::spawn(move || {
+            // SAFETY: the eventfd outlives the loop (the closure owns an Arc of it).
+            let fd = unsafe { BorrowedFd::borrow_raw(stop2.as_raw_fd()) };
+            supervise(vec![m], &[fd])
+        });
         assert!(wait_for(|| pids(&file).len() == 1));
         let first = pids(&file)[0];
         // SAFETY: kill(2) of the child started above.
@@ -436,5 +428,65 @@ mod tests {
         assert!(gone(second), "still running after the supervisor stopped");
         assert_eq!(pids(&file).len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn parent_of(pid: i32) -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// The launcher (a forked process, not accel) starts the backend, restarts it when it is
+    /// killed, and when accel drops it stops the backend, removes the socket directory and is
+    /// reaped.
+    #[test]
+    fn the_launcher_process_starts_restarts_and_stops_backends() {
+        let dir = runtime_dir().unwrap();
+        let out = runtime_dir().unwrap();
+        let file = out.join("pids");
+        let m = sh_backend(&dir, &file);
+        let launcher = super::super::launcher::start(vec![m], &dir).unwrap();
+        assert!(wait_for(|| pids(&file).len() == 1));
+        let first = pids(&file)[0];
+        let launcher_pid = parent_of(first).unwrap();
+        assert_ne!(
+            launcher_pid,
+            std::process::id() as i32,
+            "started by the test itself"
+        );
+        assert_eq!(parent_of(launcher_pid), Some(std::process::id() as i32));
+        let comm = std::fs::read_to_string(format!("/proc/{launcher_pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "accel-launcher");
+        // SAFETY: kill(2) of the backend started by the launcher.
+        unsafe { libc::kill(first, libc::SIGKILL) };
+        assert!(wait_for(|| pids(&file).len() == 2), "not restarted");
+        let second = pids(&file)[1];
+        assert_ne!(first, second);
+        assert_eq!(parent_of(second), Some(launcher_pid));
+        drop(launcher);
+        assert!(gone(second), "the backend outlived the launcher");
+        assert!(gone(launcher_pid), "the launcher was not reaped");
+        assert!(!dir.exists(), "the socket directory is left");
+        assert_eq!(pids(&file).len(), 2);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    /// A backend that cannot be started fails accel's setup, naming it.
+    #[test]
+    fn a_backend_the_launcher_cannot_start_is_an_error() {
+        let dir = runtime_dir().unwrap();
+        let mut m = sh_backend(&dir, &dir.join("pids"));
+        m.program.path = dir.join("no-such-program");
+        let err = match super::super::launcher::start(vec![m], &dir) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("started"),
+        };
+        assert!(err.contains("-device test: starting"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+        assert!(!dir.exists(), "the socket directory is left");
     }
 }

@@ -470,15 +470,6 @@ impl State {
         platform.pcie = machine.kind == crate::config::MachineType::Q35;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);
-        if !builtins.spawned.is_empty() && self.lifecycle.sandbox {
-            return Err(CliError::Invalid {
-                option: "-sandbox".into(),
-                message: "on: accel restarts the backends it starts for built-in devices \
-                          (-drive, -netdev tap, ...) with fork and exec, which its filters forbid; \
-                          use vhost-user devices with -sandbox on, or -sandbox off"
-                    .into(),
-            });
-        }
         if !builtins.spawned.is_empty() {
             // Plain -m RAM is a memfd accel maps shared anyway: the backends accel starts for
             // built-in devices may map it (a QEMU line with built-in devices needs no share=on).
@@ -587,11 +578,13 @@ fn parse_audiodev(mut props: Props) -> Result<(), CliError> {
 /// `-sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]`: whether
 /// accel confines itself once set up (on by default; `off` for debugging). The QEMU
 /// sub-options are accepted as libvirt passes them: accel's confinement denies all four
-/// (old system calls, privilege gain, process creation, resource control) whatever they say.
+/// (old system calls, privilege gain, process creation, resource control) whatever they say
+/// (the backends for built-in devices are started and restarted by a separate launcher
+/// process, see [`crate::backends`]).
 fn parse_sandbox(mut props: Props) -> Result<bool, CliError> {
     let on = props
         .take_with("enable", values::parse_bool)?
-        .unwrap_or(false);
+        .unwrap_or(true);
     for key in ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"] {
         if let Some(v) = props.take(key)
             && !matches!(v.as_str(), "allow" | "deny" | "children")

@@ -12,6 +12,10 @@
 //!    allowed KVM_RUN; started parked just before). The main thread then narrows itself to
 //!    `MAIN_CALLS`.
 //!
+//! accel never forks or executes once confined: the backends of built-in devices are started
+//! and restarted by the launcher process forked at setup ([`crate::backends::launcher`]),
+//! which accel only waits for at exit (`wait4`).
+//!
 //! Landlock leaves accel: reading the kernel and initrd (a guest reboot loads them again),
 //! removing the files it removes at exit (QMP and serial sockets, the pidfile: the right to
 //! remove entries of their directories), and `/dev/null` with `-daemonize`. Connecting to the
@@ -152,12 +156,14 @@ const MAIN_CALLS: &[Allow] = &[
     Any("fcntl"),
     Any("unlink"),
     Any("unlinkat"),
+    // At exit: reaping the backend launcher (`crate::backends::launcher`), which it waits for.
+    Any("wait4"),
     // -daemonize: /dev/null onto the standard fds once running.
     Any("dup2"),
     Any("dup3"),
-    // A device reset may start a new vhost-user session, and with it a reply watchdog.
-    Any("clone3"),
-    Any("clone"),
+    // A device reset may start a new vhost-user session, and with it a reply watchdog: threads,
+    // never a process (no fork).
+    Allow::NewThreads,
     Any("recvmsg"),
     Any("sendmsg"),
     Any("shutdown"),
@@ -207,8 +213,7 @@ const SESSION_CALLS: &[Allow] = &[
     Any("ftruncate"),
     Any("fstat"),
     Any("dup"),
-    Any("clone3"),
-    Any("clone"),
+    Allow::NewThreads,
     ArgEq("ioctl", 1, KVM_IRQFD),
     ArgEq("ioctl", 1, KVM_IOEVENTFD),
     ArgEq("ioctl", 1, KVM_SET_GSI_ROUTING),
@@ -410,5 +415,15 @@ mod tests {
             assert!(!k.syscalls.contains(&Any("execve")), "{}", k.name_prefix);
         }
         assert!(!process_syscalls().contains(&Any("socket")));
+        // Threads, not processes: clone only with pthread_create's flags.
+        for forks in [
+            Any("clone"),
+            Any("clone3"),
+            Any("fork"),
+            Any("vfork"),
+            Any("execve"),
+        ] {
+            assert!(!process_syscalls().contains(&forks), "{forks:?}");
+        }
     }
 }

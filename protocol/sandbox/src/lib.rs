@@ -103,6 +103,11 @@ pub enum Allow {
     Any(&'static str),
     /// `(name, argument index, value)`: the argument compared as a 32-bit value.
     ArgEq(&'static str, u8, u32),
+    /// Starting threads, not processes: `clone` only with the flags glibc's `pthread_create`
+    /// passes (`CLONE_THREAD` among them), and `clone3` (whose flags are in memory, out of a
+    /// filter's reach) failing with `ENOSYS`, which makes glibc fall back to `clone`. A fork
+    /// (`clone` without `CLONE_THREAD`) raises SIGSYS.
+    NewThreads,
 }
 
 /// Everything a confined process may still do.

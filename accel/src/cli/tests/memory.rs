@@ -299,8 +299,8 @@ fn libvirt_boilerplate_is_accepted() {
 }
 
 #[test]
-fn sandbox_is_off_unless_turned_on() {
-    assert!(!parse_argv(&[]).unwrap().lifecycle.sandbox);
+fn sandbox_is_on_unless_turned_off() {
+    assert!(parse_argv(&[]).unwrap().lifecycle.sandbox);
     assert!(parse_argv(&["-sandbox", "on"]).unwrap().lifecycle.sandbox);
     assert!(!parse_argv(&["-sandbox", "off"]).unwrap().lifecycle.sandbox);
     assert!(
@@ -311,6 +311,12 @@ fn sandbox_is_off_unless_turned_on() {
     );
     assert!(
         parse_argv(&["-sandbox", "off", "-sandbox", "on"])
+            .unwrap()
+            .lifecycle
+            .sandbox
+    );
+    assert!(
+        !parse_argv(&["-sandbox", "on", "-sandbox", "off"])
             .unwrap()
             .lifecycle
             .sandbox
