@@ -222,8 +222,9 @@ const SESSION_CALLS: &[Allow] = &[
     ArgEq("ioctl", 1, FIOCLEX),
 ];
 
-/// The backend monitors reconnect: a new socket connected to the backend's path.
-const RECONNECT_CALLS: &[Allow] = &[ArgEq("socket", 0, AF_UNIX), Any("connect")];
+/// The backend monitors reconnect: a new socket connected to the backend's path, or (with a
+/// `server=on` chardev) the backend's next connection accepted on accel's socket.
+const RECONNECT_CALLS: &[Allow] = &[ArgEq("socket", 0, AF_UNIX), Any("connect"), Any("accept4")];
 
 /// The vhost-user reply watchdog: waits, and shuts a silent backend's socket down.
 const WATCHDOG_CALLS: &[Allow] = &[Any("shutdown")];
