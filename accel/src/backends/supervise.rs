@@ -143,7 +143,11 @@ fn runtime_dir() -> Result<PathBuf, BackendsError> {
         .unwrap_or_else(std::env::temp_dir);
     let pid = std::process::id();
     let mut last = None;
-    for n in 0..100 {
+    // A name never used before in this process (tests create several: a directory one of
+    // them removed must not come back under the same name for another).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = base.join(format!("accel-{pid}-{n}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => return Ok(path),
