@@ -405,14 +405,7 @@ fn handle_requests(monitors: &mut [Monitor], i: usize, shared: &QmpShared, prett
             Piece::Value(bytes) => match wire::parse_request(&bytes) {
                 Err((id, err)) => wire::reply_err(&err, id.as_ref(), pretty),
                 Ok(req) => {
-                    let mut session = Session {
-                        shared,
-                        monitors: monitors
-                            .iter()
-                            .map(|m| (m.config.label.clone(), m.filename(), m.client.is_some()))
-                            .collect(),
-                        negotiated: &mut negotiated,
-                    };
+                    let mut session = session(monitors, shared, &mut negotiated);
                     let result = commands::dispatch(&mut session, &req);
                     // Events the command caused go out before its return, as in QEMU.
                     deliver_events(monitors, shared);
@@ -430,6 +423,22 @@ fn handle_requests(monitors: &mut [Monitor], i: usize, shared: &QmpShared, prett
         queue(client, &line);
     }
     true
+}
+
+/// What a command sees of the monitors (for `query-chardev`) and of its client.
+fn session<'a>(
+    monitors: &[Monitor],
+    shared: &'a QmpShared,
+    negotiated: &'a mut bool,
+) -> Session<'a> {
+    Session {
+        shared,
+        monitors: monitors
+            .iter()
+            .map(|m| (m.config.label.clone(), m.filename(), m.client.is_some()))
+            .collect(),
+        negotiated,
+    }
 }
 
 /// The human monitor: runs each complete input line, then prints the prompt again. A line
@@ -461,14 +470,7 @@ fn handle_hmp_lines(monitors: &mut [Monitor], i: usize, shared: &QmpShared) -> b
             }
         };
         let mut negotiated = false;
-        let mut session = Session {
-            shared,
-            monitors: monitors
-                .iter()
-                .map(|m| (m.config.label.clone(), m.filename(), m.client.is_some()))
-                .collect(),
-            negotiated: &mut negotiated,
-        };
+        let mut session = session(monitors, shared, &mut negotiated);
         let text = commands::hmp_line(&mut session, &line);
         deliver_events(monitors, shared);
         let Some(client) = monitors[i].client.as_mut() else {
