@@ -9,6 +9,7 @@
 //! Each pass copies the other half of the source disk, so a write repeated from an earlier
 //! pass (a request completed twice) would show in the image.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -207,7 +208,14 @@ fn crash_copy(vmm: &Path, accel: &str, boot: Duration) {
     let mut stop = b"STOP".to_vec();
     stop.resize(512, 0);
     source[STOP_SECTOR * 512..STOP_SECTOR * 512 + 512].copy_from_slice(&stop);
-    std::fs::write(&source_image, &source).expect("write STOP");
+    // In place: the guest is reading this image. `fs::write` truncates it first, and a read
+    // landing in that window meets the end of the file; the backend then (rightly) fails it,
+    // and the guest logs "I/O error, dev vda" (seen once in CI, on the disk nobody killed).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&source_image)
+        .and_then(|f| f.write_all_at(&stop, (STOP_SECTOR * 512) as u64))
+        .expect("write STOP");
     let finish = Duration::from_secs(if accel == "kvm" { 600 } else { 180 });
     let final_line = vm.expect("FINAL", finish);
     let kerr = vm.expect("KERR", Duration::from_secs(120));
