@@ -257,10 +257,11 @@ impl Vm {
     fn load_and_reset_vcpus(&mut self) -> Result<(), VmmError> {
         let mem = self.ram.memory.memory();
         let ncpus = self.config.smp.cpus.max(1);
+        // The MP table also with ACPI (the guest then prefers the MADT): without one Linux
+        // looks for it in the F segment, remapping 64 KiB once per 16-byte step.
+        crate::arch::mptable::setup_mptable(&mem, ncpus)?;
         if self.config.acpi {
             crate::arch::acpi::setup_acpi(&mem, ncpus, &self.config.platform)?;
-        } else {
-            crate::arch::mptable::setup_mptable(&mem, ncpus)?;
         }
         self.boot = load_boot(&*mem, &self.config.boot, self.ram.size)?;
         for vcpu in &self.vcpus {
