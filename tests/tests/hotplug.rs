@@ -54,6 +54,26 @@ fn qdev_ids(qmp: &mut QmpClient) -> Vec<String> {
         .collect()
 }
 
+/// The qdev ids `query-pci` lists behind the bridge whose qdev id is `bridge`.
+fn qdev_ids_behind(qmp: &mut QmpClient, bridge: &str) -> Vec<String> {
+    let r = qmp.execute("query-pci", json!({}));
+    let top = r["return"][0]["devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let port = top
+        .iter()
+        .find(|d| d["qdev_id"] == bridge)
+        .unwrap_or_else(|| panic!("query-pci has no {bridge}: {r}"));
+    port["pci_bridge"]["devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| d["qdev_id"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn wait_log(path: &Path, pat: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -457,6 +477,8 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
     let blk = json!({"driver": "vhost-user-blk-pci", "chardev": "c0", "id": "hd1",
                      "num-queues": 1, "bus": "rp2"});
     ok(&qmp.execute("device_add", blk), "device_add");
+    assert_eq!(qdev_ids_behind(&mut qmp, "rp2"), ["hd1"]);
+    assert!(qdev_ids_behind(&mut qmp, "rp1").is_empty());
     vm.expect("STATE vda", Duration::from_secs(300));
     let md5 = vm.expect_start("MD5 ", Duration::from_secs(300));
     assert!(
@@ -507,6 +529,7 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     vm.expect("STATE none", Duration::from_secs(120));
+    assert!(qdev_ids_behind(&mut qmp, "rp2").is_empty());
     ok(
         &qmp.execute("chardev-remove", json!({"id": "c0"})),
         "chardev-remove",
@@ -520,6 +543,18 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
     let blk = json!({"driver": "vhost-user-blk-pci", "chardev": "c1", "id": "hd2",
                      "num-queues": 1, "bus": "rp2"});
     ok(&qmp.execute("device_add", blk), "device_add hd2");
+    ok(
+        &qmp.execute("chardev-add", chardev_add("c2", &sock)),
+        "chardev-add c2",
+    );
+    let r = qmp.execute(
+        "device_add",
+        json!({"driver": "vhost-user-blk-pci", "chardev": "c2", "id": "hd3", "bus": "rp2"}),
+    );
+    assert_eq!(
+        error(&r, "GenericError", "a second device on rp2"),
+        "PCI: slot 0 function 0 not available for vhost-user-blk-pci, in use"
+    );
     vm.expect("STATE vda", Duration::from_secs(300));
     // pciehp turns the power indicator on after the driver bound; while it blinks QEMU
     // (and accel) refuse the unplug: stop until the request is taken.
