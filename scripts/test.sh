@@ -51,7 +51,7 @@ declare -A COST=(
   [memory_file]=70 [net]=150 [net_crash]=140 [qmp]=210 [qsd_accel]=70 [rng]=70
   [rng_hostile]=160 [vhost_user_accel]=350 [vsock]=95 [vsock_crash]=90
   [qmp_python]=420 [builtin_devices]=150 [dpdk]=230 [confinement]=60
-  [corpus]=170 [cmdline_options]=110 [elf32_pvh]=30 [virtiofs]=90 [server_chardev]=200 [pcie_topology]=180 [hotplug]=300
+  [corpus]=170 [cmdline_options]=110 [elf32_pvh]=30 [virtiofs]=90 [server_chardev]=200 [pcie_topology]=180 [hotplug]=420
 )
 ALONE=smp_stress
 LANES=${TEST_LANES:-2}

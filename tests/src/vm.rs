@@ -20,6 +20,7 @@ pub struct VmCommand {
     devices: Vec<String>,
     initrd: PathBuf,
     gcmd: String,
+    kernel_args: Vec<String>,
 }
 
 impl Default for VmCommand {
@@ -41,6 +42,7 @@ impl VmCommand {
             devices: Vec::new(),
             initrd: guest_file("lean.cpio"),
             gcmd: String::new(),
+            kernel_args: Vec::new(),
         }
     }
 
@@ -115,6 +117,12 @@ impl VmCommand {
         self
     }
 
+    /// One more guest kernel parameter (after the test guest's own).
+    pub fn kernel_arg(mut self, arg: &str) -> Self {
+        self.kernel_args.push(arg.into());
+        self
+    }
+
     /// The argument list.
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
@@ -150,7 +158,10 @@ impl VmCommand {
             "-initrd".into(),
             self.initrd.display().to_string(),
             "-append".into(),
-            guest_append(&self.gcmd),
+            std::iter::once(guest_append(&self.gcmd))
+                .chain(self.kernel_args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
         ]);
         a
     }

@@ -7,14 +7,17 @@
 //! windows: BARs decode on the flat MMIO bus wherever they are programmed.
 //!
 //! Root ports carry a PCIe capability (version 2, root port, slot implemented) whose slot
-//! registers follow the PCIe base spec: slot capabilities as QEMU declares them (attention
-//! button, power/attention indicators, hot-plug surprise and capable, physical slot number),
-//! slot control with "command completed" set after each write (no NCCS), slot status with its
-//! write-1-to-clear event bits and the presence-detect state. There is no interrupt yet (no MSI
-//! on the port), so nothing signals the events: native hotplug needs that next.
+//! registers follow the PCIe base spec and QEMU's `pcie_cap_slot_init`: slot capabilities
+//! (attention button, power controller, power/attention indicators, electromechanical
+//! interlock, hot-plug surprise and capable, physical slot number), slot control with
+//! "command completed" set after each write (no NCCS), slot status with its
+//! write-1-to-clear event bits and the presence-detect state, and an MSI capability for the
+//! hot-plug interrupt. Native hot-plug (events, the interrupt, the guest powering the slot
+//! off) is in [`super::pcie_slot`].
 
 use super::PciDevice;
 use super::config::{ClassCode, PciConfig, PciHeader};
+use super::pcie_slot::SlotWiring;
 use crate::config::PciBridgeKind;
 
 pub const PCI_VENDOR_ID_REDHAT_QUMRANET: u16 = 0x1b36;
@@ -45,7 +48,7 @@ const EXP_DEVCAP: usize = 0x04;
 const EXP_DEVCTL: usize = 0x08;
 const EXP_LNKCAP: usize = 0x0c;
 const EXP_LNKCTL: usize = 0x10;
-const EXP_LNKSTA: usize = 0x12;
+pub const EXP_LNKSTA: usize = 0x12;
 pub const EXP_SLTCAP: usize = 0x14;
 pub const EXP_SLTCTL: usize = 0x18;
 pub const EXP_SLTSTA: usize = 0x1a;
@@ -56,6 +59,7 @@ const EXP_LNKCTL2: usize = 0x30;
 
 // Slot capabilities.
 pub const SLTCAP_ABP: u32 = 1 << 0;
+pub const SLTCAP_PCP: u32 = 1 << 1;
 pub const SLTCAP_AIP: u32 = 1 << 3;
 pub const SLTCAP_PIP: u32 = 1 << 4;
 pub const SLTCAP_HPS: u32 = 1 << 5;
@@ -67,37 +71,53 @@ pub const SLTCTL_ABPE: u16 = 1 << 0;
 pub const SLTCTL_PDCE: u16 = 1 << 3;
 pub const SLTCTL_CCIE: u16 = 1 << 4;
 pub const SLTCTL_HPIE: u16 = 1 << 5;
+/// Attention indicator control (2 bits): on 01, blink 10, off 11.
+pub const SLTCTL_AIC: u16 = 3 << 6;
 pub const SLTCTL_AIC_OFF: u16 = 3 << 6;
+/// Power indicator control (2 bits): on 01, blink 10, off 11.
+pub const SLTCTL_PIC: u16 = 3 << 8;
+pub const SLTCTL_PIC_ON: u16 = 1 << 8;
+pub const SLTCTL_PIC_BLINK: u16 = 2 << 8;
 pub const SLTCTL_PIC_OFF: u16 = 3 << 8;
+/// Power controller control: 1 is off.
 pub const SLTCTL_PCC: u16 = 1 << 10;
+/// Electromechanical interlock control: writing 1 toggles the lock; reads 0.
 pub const SLTCTL_EIC: u16 = 1 << 11;
 pub const SLTCTL_DLLSCE: u16 = 1 << 12;
+/// What the guest may write: QEMU's set (no power-fault, MRL or link-state-change enables).
 const SLTCTL_WRITABLE: u16 = SLTCTL_ABPE
-    | (1 << 1)
-    | (1 << 2)
     | SLTCTL_PDCE
     | SLTCTL_CCIE
     | SLTCTL_HPIE
-    | SLTCTL_AIC_OFF
-    | SLTCTL_PIC_OFF
+    | SLTCTL_AIC
+    | SLTCTL_PIC
     | SLTCTL_PCC
-    | SLTCTL_EIC
-    | SLTCTL_DLLSCE;
+    | SLTCTL_EIC;
 // Slot status.
 pub const SLTSTA_ABP: u16 = 1 << 0;
+pub const SLTSTA_PFD: u16 = 1 << 1;
+pub const SLTSTA_MRLSC: u16 = 1 << 2;
 pub const SLTSTA_PDC: u16 = 1 << 3;
 pub const SLTSTA_CC: u16 = 1 << 4;
 pub const SLTSTA_PDS: u16 = 1 << 6;
 pub const SLTSTA_DLLSC: u16 = 1 << 8;
-/// Status bits cleared by writing 1: ABP, PFD, MRLSC, PDC, CC, DLLSC.
-const SLTSTA_W1C: u16 = 0x1f | SLTSTA_DLLSC;
-const LNKSTA_DLLLA: u16 = 1 << 13;
+/// The hot-plug events the slot reports (QEMU's PCI_EXP_HP_EV_SUPPORTED): attention button,
+/// presence detect changed, command completed. They are write-1-to-clear.
+pub const SLTSTA_EVENTS: u16 = SLTSTA_ABP | SLTSTA_PDC | SLTSTA_CC;
+pub const LNKSTA_DLLLA: u16 = 1 << 13;
 
 /// One bridge function.
 pub struct PciBridge {
-    config: PciConfig,
+    pub(super) config: PciConfig,
     /// Offset of the PCIe capability (root ports and the PCIe-to-PCI bridge).
     pcie_cap: Option<usize>,
+    /// Offset of the MSI capability (root ports: the hot-plug interrupt).
+    pub(super) msi_cap: Option<usize>,
+    /// Whether the slot's hot-plug interrupt condition was true when last evaluated (QEMU's
+    /// `hpev_notified`): the MSI goes on a change from false to true.
+    pub(super) hpev_notified: bool,
+    /// Native hot-plug: where the interrupt goes and the main thread hears of power-offs.
+    pub(super) wiring: Option<SlotWiring>,
 }
 
 impl PciBridge {
@@ -139,13 +159,22 @@ impl PciBridge {
         let mut bridge = PciBridge {
             config,
             pcie_cap: None,
+            msi_cap: None,
+            hpev_notified: false,
+            wiring: None,
         };
         match kind {
             PciBridgeKind::RootPort {
                 chassis: _,
                 port,
                 slot,
-            } => bridge.add_pcie_cap(PCIE_TYPE_ROOT_PORT, port, Some(slot)),
+            } => {
+                bridge.add_pcie_cap(PCIE_TYPE_ROOT_PORT, port, Some(slot));
+                match super::msi::add_msi_capability(&mut bridge.config) {
+                    Ok(cap) => bridge.msi_cap = Some(cap),
+                    Err(e) => log::error!("pci root port: MSI capability: {e}"),
+                }
+            }
             PciBridgeKind::PciePciBridge => bridge.add_pcie_cap(PCIE_TYPE_PCI_BRIDGE, 0, None),
             PciBridgeKind::PciBridge { chassis_nr } => {
                 // Slot numbering: no expansion slots, first in chassis; the chassis number is
@@ -177,6 +206,7 @@ impl PciBridge {
         body[EXP_LNKSTA..EXP_LNKSTA + 2].copy_from_slice(&lnksta.to_le_bytes());
         if let Some(psn) = slot {
             let sltcap = SLTCAP_ABP
+                | SLTCAP_PCP
                 | SLTCAP_AIP
                 | SLTCAP_PIP
                 | SLTCAP_HPS
@@ -200,7 +230,7 @@ impl PciBridge {
                     // Slot status shares the slot control dword: its event bits are
                     // write-1-to-clear.
                     let reg = (cap + EXP_SLTCTL) / 4;
-                    self.config.set_w1cmask(reg, u32::from(SLTSTA_W1C) << 16);
+                    self.config.set_w1cmask(reg, u32::from(SLTSTA_EVENTS) << 16);
                 }
             }
             Err(e) => log::error!("pci bridge: PCIe capability: {e}"),
@@ -212,11 +242,11 @@ impl PciBridge {
         self.pcie_cap
     }
 
-    fn read16(&self, pos: usize) -> u16 {
+    pub(super) fn read16(&self, pos: usize) -> u16 {
         u16::from_le_bytes([self.config.read_byte(pos), self.config.read_byte(pos + 1)])
     }
 
-    fn write16_device(&mut self, pos: usize, value: u16) {
+    pub(super) fn write16_device(&mut self, pos: usize, value: u16) {
         let reg = pos / 4;
         let shift = (pos % 4) * 8;
         let old = self.config.read_reg(reg);
@@ -234,13 +264,14 @@ impl PciBridge {
         self.slot_cap_offset().map(|c| self.read16(c + EXP_SLTCTL))
     }
 
-    fn slot_cap_offset(&self) -> Option<usize> {
+    pub(super) fn slot_cap_offset(&self) -> Option<usize> {
         let cap = self.pcie_cap?;
         (self.read16(cap + EXP_FLAGS) & (1 << 8) != 0).then_some(cap)
     }
 
     /// Presence detect state (and data link layer active) of the slot; `changed` also
-    /// latches the presence-detect-changed and link-state-changed events.
+    /// latches the presence-detect-changed event (no interrupt: see
+    /// [`Self::hot_added`](super::pcie_slot) for the hot-plug path).
     pub fn set_presence(&mut self, present: bool, changed: bool) {
         let Some(cap) = self.slot_cap_offset() else {
             return;
@@ -252,7 +283,7 @@ impl PciBridge {
             lnk |= LNKSTA_DLLLA;
         }
         if changed {
-            sta |= SLTSTA_PDC | SLTSTA_DLLSC;
+            sta |= SLTSTA_PDC;
         }
         self.write16_device(cap + EXP_SLTSTA, sta);
         self.write16_device(cap + EXP_LNKSTA, lnk);
@@ -260,9 +291,8 @@ impl PciBridge {
 
     /// Whether the slot asks for a hot-plug interrupt now (PCIe base spec 6.7.3.4): hot-plug
     /// interrupts enabled (HPIE) and an event latched in slot status whose enable bit in slot
-    /// control is set (attention button, presence detect changed, data link layer state
-    /// changed; command completed with CCIE). The caller (native hotplug, once root ports
-    /// have MSI) signals on a change from false to true.
+    /// control is set (attention button, presence detect changed; command completed with
+    /// CCIE). [`super::pcie_slot`] signals the MSI on a change from false to true.
     pub fn hotplug_interrupt_pending(&self) -> bool {
         let (Some(ctl), Some(sta)) = (self.slot_control(), self.slot_status()) else {
             return false;
@@ -273,7 +303,6 @@ impl PciBridge {
         let pairs = [
             (SLTSTA_ABP, SLTCTL_ABPE),
             (SLTSTA_PDC, SLTCTL_PDCE),
-            (SLTSTA_DLLSC, SLTCTL_DLLSCE),
             (SLTSTA_CC, SLTCTL_CCIE),
         ];
         pairs
@@ -281,12 +310,10 @@ impl PciBridge {
             .any(|&(event, enable)| sta & event != 0 && ctl & enable != 0)
     }
 
-    /// The attention button was pressed: latches ABP in the slot status.
+    /// The attention button was pressed: latches ABP in the slot status (and interrupts,
+    /// if enabled).
     pub fn press_attention_button(&mut self) {
-        if let Some(cap) = self.slot_cap_offset() {
-            let sta = self.read16(cap + EXP_SLTSTA) | SLTSTA_ABP;
-            self.write16_device(cap + EXP_SLTSTA, sta);
-        }
+        self.slot_event(SLTSTA_ABP);
     }
 }
 
@@ -296,18 +323,13 @@ impl PciDevice for PciBridge {
     }
 
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
+        let Some(cap) = self.slot_cap_offset() else {
+            self.config.write(reg, offset, data);
+            return;
+        };
+        let (old_ctl, old_sta) = (self.read16(cap + EXP_SLTCTL), self.read16(cap + EXP_SLTSTA));
         self.config.write(reg, offset, data);
-        // A write to slot control completes at once: set "command completed" (the slot
-        // capability does not claim NCCS).
-        if let Some(cap) = self.slot_cap_offset() {
-            let ctl = cap + EXP_SLTCTL;
-            let start = reg * 4 + offset as usize;
-            let end = start + data.len();
-            if start < ctl + 2 && ctl < end {
-                let sta = self.read16(cap + EXP_SLTSTA) | SLTSTA_CC;
-                self.write16_device(cap + EXP_SLTSTA, sta);
-            }
-        }
+        self.slot_registers_written(reg * 4 + offset as usize, data, old_ctl, old_sta);
     }
 
     fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
@@ -318,6 +340,10 @@ impl PciDevice for PciBridge {
 
     fn reset(&mut self) {
         self.config.reset_command();
+        if let Some(cap) = self.msi_cap {
+            super::msi::reset_msi(&mut self.config, cap);
+        }
+        self.slot_reset();
     }
 }
 
@@ -338,9 +364,10 @@ mod tests {
         assert_eq!(c.read_reg(2) >> 8, 0x06_0400);
         assert_eq!((c.read_reg(3) >> 16) & 0x7f, 1, "type-1 header");
         let cap = rp.pcie_cap().unwrap();
+        let msi = rp.msi_cap.unwrap();
         assert_eq!(
             capabilities(|p| rp.config().read_byte(p)),
-            vec![(cap, 0x10)]
+            vec![(cap, 0x10), (msi, super::super::msi::CAP_ID_MSI)]
         );
         assert_eq!(rp.read16(cap + EXP_FLAGS), 0x0142);
         assert_eq!(rp.config().read_byte(cap + EXP_LNKCAP + 3), 0x10);

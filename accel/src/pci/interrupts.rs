@@ -32,6 +32,10 @@ pub enum InterruptError {
     Irqfd { gsi: u32, err: kvm_ioctls::Error },
     #[error("KVM_IOEVENTFD at {addr:#x}: {err}")]
     Ioevent { addr: u64, err: kvm_ioctls::Error },
+    #[error("KVM_SIGNAL_MSI: {0}")]
+    SignalMsi(kvm_ioctls::Error),
+    #[error("this interrupt router cannot inject MSIs")]
+    NoMsiInjection,
 }
 
 /// What a device needs from the interrupt controller and the doorbell machinery.
@@ -51,6 +55,11 @@ pub trait InterruptRouter: Send + Sync {
     }
     /// Returns a GSI from [`Self::allocate_gsi`] (its route already removed).
     fn release_gsi(&self, _gsi: u32) {}
+    /// Delivers one MSI now (a function with a plain MSI capability, such as a root port's
+    /// hot-plug interrupt, which has no irqfd of its own).
+    fn signal_msi(&self, _msg: MsiMessage) -> Result<(), InterruptError> {
+        Err(InterruptError::NoMsiInjection)
+    }
 }
 
 /// [`InterruptRouter`] on a KVM VM with an in-kernel irqchip (PIC + IOAPIC).
@@ -148,6 +157,19 @@ impl InterruptRouter for KvmInterruptRouter {
         if let Err(e) = self.gsis.lock().unwrap().free_id(gsi) {
             log::warn!("freeing GSI {gsi}: {e}");
         }
+    }
+
+    fn signal_msi(&self, msg: MsiMessage) -> Result<(), InterruptError> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(InterruptError::SignalMsi)
     }
 
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<(), InterruptError> {

@@ -7,6 +7,7 @@
 //!   number through bridges), and BAR placement on the MMIO/PIO
 //!   [`Bus`](crate::devices::bus::Bus)es.
 //! - [`bridge`]: PCI-to-PCI bridges (PCIe root port, PCI bridge, PCIe-to-PCI bridge).
+//! - [`pcie_slot`]: PCIe native hot-plug on a root port's slot; [`msi`]: its MSI capability.
 //! - [`ecam`]: PCIe enhanced configuration access (MMCONFIG) on `-M q35`.
 //! - [`topology`]: what firmware does before the OS: bus numbers, bridge windows, BARs.
 
@@ -14,7 +15,9 @@ pub mod bridge;
 pub mod config;
 pub mod ecam;
 pub mod interrupts;
+pub mod msi;
 pub mod msix;
+pub mod pcie_slot;
 pub mod root;
 pub mod topology;
 

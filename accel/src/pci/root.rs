@@ -177,12 +177,17 @@ impl PciRoot {
     /// Unplugs function 0 of `slot` on bus 0: its BARs leave the buses and the slot is free
     /// again.
     pub fn remove_device(&self, slot: u8) -> Option<SharedPciDevice> {
+        self.remove_function(0, slot)
+    }
+
+    /// [`Self::remove_device`] of function 0 of `slot` on bus index `bus`.
+    pub fn remove_function(&self, bus: usize, slot: u8) -> Option<SharedPciDevice> {
         let entry = self
             .topology
             .lock()
             .unwrap()
             .buses
-            .get_mut(0)?
+            .get_mut(bus)?
             .functions
             .get_mut(usize::from(devfn(slot, 0)))?
             .take()?;
@@ -191,13 +196,13 @@ impl PciRoot {
             let (Some(addr), Some(info)) = (at, dev.config().bar_info(bar)) else {
                 continue;
             };
-            let bus = if info.kind == BarKind::Io {
+            let on = if info.kind == BarKind::Io {
                 &self.pio_bus
             } else {
                 &self.mmio_bus
             };
-            if let Err(e) = bus.remove(*addr) {
-                log::warn!("pci 00:{slot:02x}.0: unmapping BAR{bar} at {addr:#x}: {e}");
+            if let Err(e) = on.remove(*addr) {
+                log::warn!("pci {bus}:{slot:02x}.0: unmapping BAR{bar} at {addr:#x}: {e}");
             }
         }
         drop(dev);

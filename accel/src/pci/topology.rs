@@ -13,10 +13,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::PciError;
 use super::bridge::PciBridge;
 use super::config::{BarKind, NUM_BARS};
+use super::pcie_slot::{SlotEvents, SlotWiring};
 use super::root::{FunctionRef, PciRoot};
+use super::{InterruptRouter, PciError};
 use crate::config::{PciBridgeConfig, PciBridgeKind};
 
 /// The bridges of a VM by `id=`, with the bus index behind each.
@@ -77,11 +78,35 @@ impl Bridges {
             .map(|(_, _, b)| b.clone())
     }
 
-    /// Sets each root port's presence-detect state from whether its bus has a device.
+    /// The bridge whose secondary bus is bus index `bus`.
+    pub fn bridge_of_bus(&self, bus: usize) -> Option<Arc<Mutex<PciBridge>>> {
+        self.by_id
+            .iter()
+            .find(|(_, b, _)| *b == bus)
+            .map(|(_, _, br)| br.clone())
+    }
+
+    /// Sets each root port's presence-detect state from whether its bus has a device, then
+    /// its slot's power-on state (QEMU's reset: occupied slots powered, empty ones off).
     pub fn update_presence(&self, root: &PciRoot) {
         for (_, bus, bridge) in &self.by_id {
             let present = root.bus_occupied(*bus);
-            bridge.lock().unwrap().set_presence(present, false);
+            let mut b = bridge.lock().unwrap();
+            b.set_presence(present, false);
+            b.slot_reset();
+        }
+    }
+
+    /// Native hot-plug on every root port (q35): interrupts through `router`, power-offs
+    /// reported on `events`.
+    pub fn wire_slots(&self, router: &Arc<dyn InterruptRouter>, events: &Arc<SlotEvents>) {
+        for (_, bus, bridge) in &self.by_id {
+            bridge.lock().unwrap().wire_slot(SlotWiring {
+                router: router.clone(),
+                events: events.clone(),
+                bus: *bus,
+                msi_error_logged: false,
+            });
         }
     }
 }
@@ -272,6 +297,46 @@ impl PciRoot {
         let window = ((base >> 16) as u32 & 0xfff0) | (((limit >> 16) as u32 & 0xfff0) << 16);
         self.firmware_write(f, 8, window);
         self.firmware_write(f, 1, COMMAND_MEMORY_MASTER);
+        self.place_items(child, base);
+    }
+
+    /// A device was hot-plugged on bus index `bus`: its BARs go into the memory window the
+    /// bus's bridge forwards now (as firmware placed it, or as the guest reprogrammed it), so
+    /// the guest finds them where it can reach them. Returns false (BARs left where they
+    /// were created) if the window is closed or too small; the guest may then assign them.
+    pub fn place_in_window(&self, bus: usize) -> bool {
+        let Some(f) = self.bridge_of(bus) else {
+            return false;
+        };
+        let Some(dev) = self.function(f) else {
+            return false;
+        };
+        let w = dev.lock().unwrap().config().read_reg(8);
+        let base = u64::from(w & 0xfff0) << 16;
+        let limit = (u64::from(w >> 16 & 0xfff0) << 16) | 0xf_ffff;
+        let (_, end) = Self::layout(&self.items(bus));
+        if limit < base || end > limit - base + 1 {
+            log::warn!(
+                "pci: bus index {bus}: the bridge window [{base:#x}, {limit:#x}] cannot hold                  {end:#x} bytes of BARs; the guest has to assign them"
+            );
+            return false;
+        }
+        self.place_items(bus, base);
+        true
+    }
+
+    /// The bridge whose secondary bus is bus index `bus`.
+    fn bridge_of(&self, bus: usize) -> Option<FunctionRef> {
+        self.all_functions().into_iter().find(|&f| {
+            let topo = self.topology.lock().unwrap();
+            topo.buses[f.bus].functions[usize::from(f.devfn)]
+                .as_ref()
+                .is_some_and(|func| func.secondary == Some(bus))
+        })
+    }
+
+    /// Places what is behind bus index `child` from `base` on (BARs, nested windows).
+    fn place_items(&self, child: usize, base: u64) {
         let items = self.items(child);
         let (offsets, _) = Self::layout(&items);
         for (item, off) in items.iter().zip(offsets) {

@@ -20,6 +20,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::pci::config::ClassCode;
 use crate::pci::ecam::{PCIE_ECAM_SIZE, PCIE_ECAM_START, PciEcam};
 use crate::pci::interrupts::{InterruptRouter, KvmInterruptRouter};
+use crate::pci::pcie_slot::SlotEvents;
 use crate::pci::topology::Bridges;
 use crate::pci::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciError, PciRoot};
 use vu_spec::devices::{ConfigSource, DEFAULT_QUEUE_SIZE, FrontendInput};
@@ -69,6 +70,8 @@ pub enum SetupError {
     Bus(#[from] BusError),
     #[error("starting the backend monitor: {0}")]
     Monitor(std::io::Error),
+    #[error("creating the PCIe hot-plug slot eventfd: {0}")]
+    SlotEvents(std::io::Error),
 }
 
 /// One virtio-pci function on the bus, with what it holds.
@@ -84,7 +87,9 @@ pub struct Plugged {
     pub slot: u8,
     pub function: u8,
     pub device: Arc<Mutex<VirtioPciDevice>>,
-    bar0: u64,
+    /// The BAR's range in the root window, while the device holds it (`None` once the BAR
+    /// moved into a bridge window, which gave the range back).
+    bar0: Option<u64>,
     monitor: BackendMonitor,
 }
 
@@ -94,6 +99,8 @@ pub struct PciSetup {
     /// The bridges by id, with their bus index (and root ports' slot registers, for hotplug).
     pub bridges: Bridges,
     pub plugged: Vec<Plugged>,
+    /// Root-port slots the guest powered off (q35 native hot-plug), for the main thread.
+    pub slot_events: Arc<SlotEvents>,
     router: Arc<dyn InterruptRouter>,
     report_stats: bool,
 }
@@ -213,10 +220,20 @@ impl PciSetup {
             slot,
             function: dcfg.pci_function,
             device,
-            bar0,
+            bar0: Some(bar0),
             monitor,
         });
         Ok(slot)
+    }
+
+    /// After a hot-plug behind a bridge: the new function's BAR goes into the bridge's
+    /// window (see [`PciRoot::place_in_window`]).
+    pub fn place_hotplugged(&mut self, bus: usize) {
+        if self.root.place_in_window(bus) {
+            for p in self.plugged.iter_mut().filter(|p| p.bus == bus) {
+                p.bar0 = None;
+            }
+        }
     }
 
     /// Takes the function in `slot` off the bus and undoes everything [`Self::plug`] did:
@@ -224,16 +241,22 @@ impl PciSetup {
     /// vhost-user connection closed (the backend sees the frontend leave). Returns it
     /// (already dead) for the caller's bookkeeping.
     pub fn unplug(&mut self, slot: u8) -> Option<Plugged> {
-        // Hotplug is on the root bus, function 0.
+        self.unplug_at(0, slot)
+    }
+
+    /// [`Self::unplug`] of function 0 of `slot` on bus index `bus`.
+    pub fn unplug_at(&mut self, bus: usize, slot: u8) -> Option<Plugged> {
         let i = self
             .plugged
             .iter()
-            .position(|p| p.bus == 0 && p.slot == slot && p.function == 0)?;
+            .position(|p| p.bus == bus && p.slot == slot && p.function == 0)?;
         let p = self.plugged.remove(i);
-        self.root.remove_device(slot);
+        self.root.remove_function(bus, slot);
         p.device.lock().unwrap().unplug();
-        self.root.free_mmio(p.bar0, BAR0_SIZE);
-        log::info!("{}: unplugged from 00:{slot:02x}.0", p.name);
+        if let Some(bar0) = p.bar0 {
+            self.root.free_mmio(bar0, BAR0_SIZE);
+        }
+        log::info!("{}: unplugged from bus index {bus} {slot:02x}.0", p.name);
         Some(p)
     }
 }
@@ -398,6 +421,10 @@ pub fn setup_with_router<M: GuestRam>(
         )?;
     }
     let bridges = Bridges::create(&root, &config.pci_bridges)?;
+    let slot_events = SlotEvents::new().map_err(SetupError::SlotEvents)?;
+    if config.machine == crate::config::MachineType::Q35 {
+        bridges.wire_slots(&router, &slot_events);
+    }
     if !config.devices.is_empty() && config.memory.backends.iter().any(|b| !b.share) {
         return Err(SetupError::MemoryNotShared);
     }
@@ -405,6 +432,7 @@ pub fn setup_with_router<M: GuestRam>(
         root: root.clone(),
         bridges,
         plugged: Vec::new(),
+        slot_events,
         router,
         report_stats: config.timing,
     };
@@ -425,6 +453,10 @@ pub fn setup_with_router<M: GuestRam>(
     }
     // As firmware: bus numbers, bridge windows, BARs behind bridges.
     root.assign_resources()?;
+    for p in setup.plugged.iter_mut().filter(|p| p.bus != 0) {
+        // Moved into their bridge's window, which gave the creation-time range back.
+        p.bar0 = None;
+    }
     setup.bridges.update_presence(&root);
     Ok(setup)
 }

@@ -14,6 +14,10 @@
 //!   `pc` (measured: tests/tests/hotplug.rs runs the same script against it).
 //! - Chardevs added here are recorded only: accel connects to the backend's socket when a
 //!   device uses the chardev (`device_add`), as it does for `-chardev` at startup.
+//! - On `-M q35`, `device_add` with `bus=` a `pcie-root-port` and `device_del` of a device
+//!   on one use PCIe native hot-plug instead ([`pcie`]).
+
+mod pcie;
 
 use crate::pci::root::devfn;
 use std::collections::BTreeMap;
@@ -36,6 +40,8 @@ pub struct HotplugState {
     netdevs: Vec<RuntimeNetdev>,
     /// Slots whose device the guest was asked to release (and how many times).
     pending: BTreeMap<u8, u32>,
+    /// Root ports (by bus index behind them) whose attention button was pressed, and when.
+    pending_native: BTreeMap<usize, std::time::Instant>,
     /// qdev ids by (bus index, device/function number), for `query-pci`.
     pub ids: Arc<Mutex<BTreeMap<(usize, u8), String>>>,
     added: u32,
@@ -58,6 +64,15 @@ impl HotplugState {
 
     fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<(usize, u8), String>> {
         self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The device's name: its id, or a generated one.
+    fn name_for(&mut self, config: &crate::config::VhostUserDeviceConfig) -> String {
+        self.added += 1;
+        config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-hot{}", config.spec.name, self.added))
     }
 }
 
@@ -146,9 +161,6 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
             "'{driver}' is not a valid device model name"
         )));
     }
-    let Some(hp) = vm.pci_hotplug.clone() else {
-        return Err(no_hotplug());
-    };
     let dev = runtime::device(args).map_err(|e| generic(e.to_string()))?;
     let driver = dev.driver.clone();
     // QEMU names the virtio child in property errors ("vhost-user-blk.chardev").
@@ -212,6 +224,12 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
              memory-backend-memfd,share=on",
         ));
     }
+    if let Some(bus) = config.pci_bus.clone() {
+        return pcie::device_add(vm, &driver, &bus, &config, &chardev);
+    }
+    let Some(hp) = vm.pci_hotplug.clone() else {
+        return Err(no_hotplug());
+    };
     let pci = vm.pci.as_mut().ok_or_else(no_hotplug)?;
     match config.pci_slot {
         Some(slot) if pci.root.slot_taken(slot) => {
@@ -226,11 +244,7 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
         }
         _ => {}
     }
-    vm.hotplug.added += 1;
-    let name = config
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("{}-hot{}", config.spec.name, vm.hotplug.added));
+    let name = vm.hotplug.name_for(&config);
     let memory = (*vm.ram.memory.memory()).clone();
     let slot = pci
         .plug(name, &config, &chardev, vm.config.smp.cpus, memory)
@@ -253,12 +267,15 @@ fn raise_gpe(vm: &Vm) {
 }
 
 fn device_del(vm: &mut Vm, id: &str) -> Result<(), QmpError> {
-    let slot = vm
+    let (bus, slot) = vm
         .pci
         .as_ref()
         .and_then(|p| p.plugged.iter().find(|d| d.id.as_deref() == Some(id)))
-        .map(|d| d.slot)
+        .map(|d| (d.bus, d.slot))
         .ok_or_else(|| QmpError::device_not_found(format!("Device '{id}' not found")))?;
+    if bus != 0 {
+        return pcie::device_del(vm, id, bus);
+    }
     let Some(hp) = vm.pci_hotplug.clone() else {
         return Err(no_hotplug());
     };
@@ -288,21 +305,32 @@ pub(super) fn ejected(vm: &mut Vm, qmp: &QmpShared) {
             continue;
         };
         hp.removed(slot);
-        let name = plugged.name.clone();
-        plugged.close();
-        let path = match &id {
-            Some(id) => format!("/machine/peripheral/{id}"),
-            None => format!("/machine/peripheral-anon/{name}"),
-        };
-        log::info!("{name}: ejected by the guest from slot {slot}");
-        qmp.emit(
-            "DEVICE_DELETED",
-            Some(json!({"path": format!("{path}/virtio-backend")})),
-        );
-        let mut data = json!({"path": path});
-        if let Some(id) = id {
-            data["device"] = json!(id);
-        }
-        qmp.emit("DEVICE_DELETED", Some(data));
+        log::info!("{}: ejected by the guest from slot {slot}", plugged.name);
+        deleted(qmp, plugged, id);
     }
+}
+
+/// A device left the bus: its backend connection closes and QMP hears `DEVICE_DELETED`, the
+/// virtio child first, then the proxy with its id (as QEMU's virtio-pci does).
+fn deleted(qmp: &QmpShared, plugged: crate::virtio::setup::Plugged, id: Option<String>) {
+    let name = plugged.name.clone();
+    plugged.close();
+    let path = match &id {
+        Some(id) => format!("/machine/peripheral/{id}"),
+        None => format!("/machine/peripheral-anon/{name}"),
+    };
+    qmp.emit(
+        "DEVICE_DELETED",
+        Some(json!({"path": format!("{path}/virtio-backend")})),
+    );
+    let mut data = json!({"path": path});
+    if let Some(id) = id {
+        data["device"] = json!(id);
+    }
+    qmp.emit("DEVICE_DELETED", Some(data));
+}
+
+/// The guest powered root-port slots off: their devices go, with `DEVICE_DELETED`.
+pub(super) fn slots_powered_off(vm: &mut Vm, qmp: &QmpShared) {
+    pcie::powered_off(vm, qmp);
 }

@@ -29,6 +29,8 @@ use crate::qmp::{PendingCommand, QmpError, QmpShared, RunState, VmCommand};
 enum Wake {
     /// The guest ejected PCI slots (ACPI hotplug).
     Eject,
+    /// The guest powered root-port slots off (PCIe native hotplug).
+    SlotPowerOff,
     Request(VmRequest),
     Command(PendingCommand),
     Signal(i32),
@@ -67,6 +69,7 @@ pub(super) fn run_loop(
                 return Ok(ExitReason::Signal(sig));
             }
             Wake::Eject => super::hotplug::ejected(lc.vm, lc.qmp),
+            Wake::SlotPowerOff => super::hotplug::slots_powered_off(lc.vm, lc.qmp),
             Wake::Request(req) => {
                 if let Some(exit) = lc.guest_request(req)? {
                     return Ok(exit);
@@ -262,9 +265,18 @@ fn wait(vm: &Vm, qmp: &QmpShared, sigfd: &SignalFd) -> Result<Wake, VmmError> {
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(cmd_fd, PollFlags::POLLIN),
         ];
+        let mut eject_at = None;
         if let Some(hp) = &vm.pci_hotplug {
             // SAFETY: the eventfd is owned by `vm`, which outlives this borrow.
             let fd = unsafe { BorrowedFd::borrow_raw(hp.eject_evt.as_raw_fd()) };
+            eject_at = Some(fds.len());
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let mut power_off_at = None;
+        if let Some(pci) = &vm.pci {
+            // SAFETY: the eventfd is owned by `vm`, which outlives this borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(pci.slot_events.evt.as_raw_fd()) };
+            power_off_at = Some(fds.len());
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::NONE) {
@@ -282,8 +294,11 @@ fn wait(vm: &Vm, qmp: &QmpShared, sigfd: &SignalFd) -> Result<Wake, VmmError> {
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN))
         };
         let (req_ready, sig_ready, cmd_ready) = (ready(0), ready(1), ready(2));
-        if fds.len() > 3 && ready(3) {
+        if eject_at.is_some_and(ready) {
             return Ok(Wake::Eject);
+        }
+        if power_off_at.is_some_and(ready) {
+            return Ok(Wake::SlotPowerOff);
         }
         if sig_ready && let Ok(Some(info)) = sigfd.read_signal() {
             return Ok(Wake::Signal(info.ssi_signo as i32));

@@ -14,6 +14,7 @@
 //!     })
 //!   }
 //!   Device (PCI0.MRES) { q35: _HID PNP0C02, _CRS Memory32Fixed (the ECAM region) }
+//!   PCI0._OSC: q35 only, grants the OS native PCIe hot-plug (see [`super::osc`])
 //! }
 //! ```
 //!
@@ -93,9 +94,11 @@ pub(super) fn aml(platform: &PlatformConfig) -> Vec<u8> {
         Path::new("MRES"),
         mres_names.iter().map(|n| n as &dyn Aml).collect(),
     );
+    let osc = super::pcihp::Raw(super::osc::method());
     let mut children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
     if platform.pcie {
         children.push(&mres);
+        children.push(&osc);
     }
     let hotplug = super::pcihp::pci0_children();
     children.extend(hotplug.iter().map(|h| h as &dyn Aml));

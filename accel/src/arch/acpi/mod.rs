@@ -26,6 +26,7 @@
 //! (IRQ0 on pin 0: see [`crate::arch::mptable`] for why).
 
 mod dsdt;
+mod osc;
 mod pcihp;
 
 use acpi_tables::Aml;

@@ -302,3 +302,54 @@ fn pci_hotplug_objects_and_gpe0_block() {
     assert!(dsl.contains("Method (_E01"), "{dsl}");
     assert!(dsl.contains("PCEJ (0x1F)"), "{dsl}");
 }
+
+/// q35's PCI0 has `_OSC` granting native PCIe hotplug (and pc's has none); with `iasl`, it
+/// disassembles to QEMU's method.
+#[test]
+fn q35_osc_grants_native_pcie_hotplug() {
+    assert!(!contains(&dsdt_of(&Default::default()), b"_OSC"));
+    let dsdt = dsdt_of(&PlatformConfig {
+        pcie: true,
+        ..Default::default()
+    });
+    assert!(contains(&dsdt, b"_OSC"));
+    // ToUUID("33DB4D5B-1FF7-401C-9657-7441C03DD766") as its 16 buffer bytes.
+    let uuid = [
+        0x5b, 0x4d, 0xdb, 0x33, 0xf7, 0x1f, 0x1c, 0x40, 0x96, 0x57, 0x74, 0x41, 0xc0, 0x3d, 0xd7,
+        0x66,
+    ];
+    assert!(contains(&dsdt, &uuid));
+    let Ok(out) = std::process::Command::new("iasl").arg("-v").output() else {
+        return;
+    };
+    if !out.status.success() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("accel-osc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dsdt.dat");
+    std::fs::write(&path, &dsdt).unwrap();
+    let out = std::process::Command::new("iasl")
+        .arg("-d")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Method (_OSC, 4, NotSerialized)",
+        "CreateDWordField (Arg3, Zero, CDW1)",
+        "ToUUID (\"33db4d5b-1ff7-401c-9657-7441c03dd766\")",
+        "CreateDWordField (Arg3, 0x08, CDW3)",
+        "Local0 &= 0x1F",
+        "CDW3 = Local0",
+        "Return (Arg3)",
+    ] {
+        assert!(dsl.contains(line), "{line}\n{dsl}");
+    }
+}
