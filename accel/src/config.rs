@@ -31,6 +31,8 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// `-chardev socket,...`: the sockets vhost-user devices connect to.
     pub chardevs: Vec<ChardevConfig>,
+    /// `-netdev vhost-user` (their devices already name the chardev; kept for `netdev_del`).
+    pub netdevs: Vec<NetdevConfig>,
     /// `-device vhost-user-*-pci` and `-netdev vhost-user` + `-device virtio-net-pci`.
     pub devices: Vec<VhostUserDeviceConfig>,
     /// `-device pcie-root-port|pci-bridge|pcie-pci-bridge`, in command-line order (a bridge's
@@ -297,6 +299,14 @@ pub enum SerialConfig {
     /// `-chardev pipe,path=P`: output to `P.out`, input from `P.in` (named pipes), or both on
     /// `P` when those do not exist, as QEMU does.
     Pipe(PathBuf),
+}
+
+/// `-netdev vhost-user,id=ID,chardev=CHR[,queues=N]`, or a `netdev_add` of that type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetdevConfig {
+    pub id: String,
+    pub chardev: String,
+    pub queues: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -294,6 +294,9 @@ fn accel_hotplugs_net_rng_and_vsock() {
             "-qmp",
             &format!("unix:{},server=on,wait=off", qmp_sock.display()),
         )
+        // A command-line netdev no NIC uses: QMP knows it as well as the ones it added.
+        .chardev("c0", &dir.join("unused.sock"))
+        .arg("-netdev", "vhost-user,id=n0,chardev=c0")
         .gcmd(GUEST_LIST)
         .args();
     let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
@@ -370,6 +373,21 @@ fn accel_hotplugs_net_rng_and_vsock() {
         &qmp.execute("netdev_del", json!({"id": "n1"})),
         "netdev_del",
     );
+    // The command line's netdev: a duplicate id is refused, then it goes like n1.
+    let r = qmp.execute(
+        "netdev_add",
+        json!({"type": "vhost-user", "id": "n0", "chardev": "cn"}),
+    );
+    assert_eq!(
+        error(&r, "GenericError", "netdev_add n0"),
+        "Duplicate ID 'n0' for netdev"
+    );
+    ok(&qmp.execute("netdev_del", json!({"id": "n0"})), "netdev_del n0");
+    let r = qmp.execute("netdev_del", json!({"id": "n0"}));
+    assert_eq!(
+        error(&r, "DeviceNotFound", "netdev_del n0 again"),
+        "Device 'n0' not found"
+    );
     for id in ["cn", "cr", "cv"] {
         ok(&qmp.execute("chardev-remove", json!({"id": id})), id);
     }
@@ -423,12 +441,6 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
             &format!("unix:{},server=on,wait=off", qmp_sock.display()),
         )
         .gcmd(GUEST_Q35)
-        // The test guest's kernel has no CONFIG_PCIEASPM, and Linux asks `_OSC` for PCIe
-        // control only when it supports ASPM ("_OSC: not requesting OS control; OS
-        // requires [ExtendedConfig ASPM ClockPM MSI]"), so it would never get native
-        // hot-plug from accel's `_OSC`. `pcie_ports=native` takes it regardless (`_OSC` is
-        // still evaluated: checked below).
-        .kernel_arg("pcie_ports=native")
         .args();
     let started = Instant::now();
     let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
@@ -451,6 +463,14 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
     // The DSDT's _OSC ran (without it: "platform retains control of PCIe features
     // (AE_NOT_FOUND)").
     assert!(vm.seen.iter().any(|l| l.contains("_OSC: OS supports")));
+    // ... and granted the OS native hot-plug (Linux's pciehp binds only then).
+    assert!(
+        vm.seen
+            .iter()
+            .any(|l| l.contains("_OSC: OS now controls") && l.contains("PCIeHotplug")),
+        "_OSC did not hand PCIe hot-plug to the guest\n{}",
+        vm.seen.join("\n")
+    );
     assert!(
         !vm.seen
             .iter()

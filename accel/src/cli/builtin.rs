@@ -14,11 +14,11 @@ use vu_spec::devices::{DeviceSpec, PropKind};
 use super::CliError;
 use super::block::{self, Image};
 use super::chardev::LocalChardev;
-use super::devices::{self, Device, Netdev};
+use super::devices::{self, Device};
 use super::monitor::ServerChardev;
 use super::props::Props;
 use crate::config::{
-    BuiltinBackend, ChardevConfig, ConsoleEndpoint, MonitorListen, SerialConfig,
+    BuiltinBackend, ChardevConfig, ConsoleEndpoint, MonitorListen, NetdevConfig, SerialConfig,
     SpawnedBackendConfig, TapSource, VhostUserDeviceConfig,
 };
 
@@ -440,7 +440,7 @@ pub(super) fn drive_device(drive: &block::Drive) -> Device {
 /// What `resolve` adds to the configuration.
 pub(super) struct Resolved {
     pub chardevs: Vec<ChardevConfig>,
-    pub netdevs: Vec<Netdev>,
+    pub netdevs: Vec<NetdevConfig>,
     pub spawned: Vec<SpawnedBackendConfig>,
 }
 
@@ -481,7 +481,7 @@ pub(super) fn resolve(
                         tap: tap.source,
                     },
                 );
-                out.netdevs.push(Netdev {
+                out.netdevs.push(NetdevConfig {
                     id: tap.id,
                     chardev,
                     queues: tap.queues,

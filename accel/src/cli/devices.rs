@@ -9,7 +9,7 @@ use super::values;
 use vu_spec::devices::{DEVICES, DeviceSpec, Prop, PropKind, find_driver};
 use vu_spec::fs;
 
-use crate::config::{ChardevConfig, VhostUserDeviceConfig};
+use crate::config::{ChardevConfig, NetdevConfig, VhostUserDeviceConfig};
 
 pub(super) const CHARDEV_PROPS: &[&str] = &["backend (socket)", "id", "path", "reconnect"];
 pub(super) const NETDEV_PROPS: &[&str] =
@@ -82,7 +82,7 @@ pub(super) fn parse_chardev(mut props: Props) -> Result<ChardevConfig, CliError>
 /// `dpdkvhostuserclient`, DPDK and SPDK client mode, libvirt's `mode='server'`).
 pub(super) fn take_server_chardevs(
     servers: &mut Vec<super::monitor::ServerChardev>,
-    netdevs: &[Netdev],
+    netdevs: &[NetdevConfig],
     devices: &[Device],
     chardevs: &mut Vec<ChardevConfig>,
 ) -> Result<(), CliError> {
@@ -115,15 +115,7 @@ pub(super) fn take_server_chardevs(
     Ok(())
 }
 
-/// One `-netdev vhost-user,id=ID,chardev=CHR[,queues=N]`.
-#[derive(Debug)]
-pub(super) struct Netdev {
-    pub id: String,
-    pub chardev: String,
-    pub queues: Option<u16>,
-}
-
-pub(super) fn parse_netdev(mut props: Props) -> Result<Netdev, CliError> {
+pub(super) fn parse_netdev(mut props: Props) -> Result<NetdevConfig, CliError> {
     let kind = props.take_required("type")?;
     if kind != "vhost-user" {
         return Err(props.unsupported(
@@ -138,7 +130,7 @@ pub(super) fn parse_netdev(mut props: Props) -> Result<Netdev, CliError> {
     // vhost-user is the only net backend accel has: "force vhost" asks for what it does.
     props.take_bool("vhostforce")?;
     props.finish(NETDEV_PROPS)?;
-    Ok(Netdev {
+    Ok(NetdevConfig {
         id,
         chardev,
         // In range by the check above.
@@ -419,7 +411,7 @@ pub(super) fn take_transport_props(props: &mut Props) -> Result<Transport, CliEr
 }
 
 /// Queues of a device on `netdev`: two per pair, all pairs only with `mq=on` (QEMU).
-pub(super) fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
+pub(super) fn netdev_queues(netdev: &NetdevConfig, mq: bool) -> Option<u16> {
     match (netdev.queues, mq) {
         (None, _) => None,
         (Some(q), true) => Some(q * 2),
@@ -439,7 +431,7 @@ pub(super) fn netdev_queues(netdev: &Netdev, mq: bool) -> Option<u16> {
 /// Chardev and netdev ids are unique, and every netdev's chardev exists.
 fn check_chardevs_and_netdevs(
     chardevs: &[ChardevConfig],
-    netdevs: &[Netdev],
+    netdevs: &[NetdevConfig],
 ) -> Result<(), CliError> {
     for (i, chardev) in chardevs.iter().enumerate() {
         if chardevs[..i].iter().any(|c| c.id == chardev.id) {
@@ -473,10 +465,10 @@ fn check_chardevs_and_netdevs(
 /// once (PCI placement is checked by `topology::resolve`).
 pub(super) fn resolve(
     chardevs: &[ChardevConfig],
-    netdevs: Vec<Netdev>,
+    netdevs: &[NetdevConfig],
     devices: Vec<Device>,
 ) -> Result<Vec<VhostUserDeviceConfig>, CliError> {
-    check_chardevs_and_netdevs(chardevs, &netdevs)?;
+    check_chardevs_and_netdevs(chardevs, netdevs)?;
     let mut used_netdevs: Vec<String> = Vec::new();
     let mut used_chardevs: Vec<String> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
@@ -522,7 +514,7 @@ pub(super) fn resolve(
         }
         out.push(config);
     }
-    for netdev in &netdevs {
+    for netdev in netdevs {
         if !used_netdevs.contains(&netdev.id) {
             log::warn!("-netdev {}: no virtio-net-pci device uses it", netdev.id);
         }

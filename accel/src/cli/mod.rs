@@ -136,7 +136,7 @@ struct State {
     no_acpi: bool,
     timing: bool,
     chardevs: Vec<ChardevConfig>,
-    netdevs: Vec<devices::Netdev>,
+    netdevs: Vec<crate::config::NetdevConfig>,
     devices: Vec<devices::Device>,
     pci_bridges: Vec<crate::config::PciBridgeConfig>,
     builtin: builtin::Builtins,
@@ -466,7 +466,7 @@ impl State {
         )?;
         let mut pci_bridges = self.pci_bridges;
         topology::resolve(machine.kind, &mut pci_bridges, &mut user_devices)?;
-        let devices = devices::resolve(&chardevs, netdevs, user_devices)?;
+        let devices = devices::resolve(&chardevs, &netdevs, user_devices)?;
         platform.pcie = machine.kind == crate::config::MachineType::Q35;
         let mut monitors = self.qmps;
         monitors.extend(monitor::resolve(server_chardevs, self.mons, &client_ids)?);
@@ -518,6 +518,7 @@ impl State {
             serial,
             no_reboot: self.no_reboot,
             chardevs,
+            netdevs,
             devices,
             pci_bridges,
             spawned: builtins.spawned,

@@ -5,9 +5,9 @@
 use serde_json::{Map, Value};
 
 use super::CliError;
-use super::devices::{self, Netdev};
+use super::devices;
 use super::props::Props;
-use crate::config::{ChardevConfig, VhostUserDeviceConfig};
+use crate::config::{ChardevConfig, NetdevConfig, VhostUserDeviceConfig};
 
 /// A `device_add` before its netdev (if any) is resolved.
 #[derive(Debug)]
@@ -19,26 +19,9 @@ pub struct RuntimeDevice {
     pub pci_func: u8,
 }
 
-/// A `netdev_add` of type vhost-user.
-#[derive(Clone, Debug)]
-pub struct RuntimeNetdev {
-    pub id: String,
-    pub chardev: String,
-    pub queues: Option<u16>,
-}
-
-impl RuntimeNetdev {
-    /// Queues of a virtio-net-pci on this netdev (`-netdev`'s rule: all pairs only with mq=on).
-    pub fn device_queues(&self, mq: bool) -> Option<u16> {
-        devices::netdev_queues(
-            &Netdev {
-                id: self.id.clone(),
-                chardev: self.chardev.clone(),
-                queues: self.queues,
-            },
-            mq,
-        )
-    }
+/// Queues of a virtio-net-pci on `netdev` (`-netdev`'s rule: all pairs only with mq=on).
+pub fn netdev_queues(netdev: &NetdevConfig, mq: bool) -> Option<u16> {
+    devices::netdev_queues(netdev, mq)
 }
 
 fn items(option: &'static str, map: &Map<String, Value>) -> Result<Props, CliError> {
@@ -61,13 +44,8 @@ pub fn device(args: &Map<String, Value>) -> Result<RuntimeDevice, CliError> {
 }
 
 /// `netdev_add`'s arguments: `-netdev`'s properties (`type` vhost-user only).
-pub fn netdev(args: &Map<String, Value>) -> Result<RuntimeNetdev, CliError> {
-    let n = devices::parse_netdev(items("netdev_add", args)?)?;
-    Ok(RuntimeNetdev {
-        id: n.id,
-        chardev: n.chardev,
-        queues: n.queues,
-    })
+pub fn netdev(args: &Map<String, Value>) -> Result<NetdevConfig, CliError> {
+    devices::parse_netdev(items("netdev_add", args)?)
 }
 
 /// `chardev-add`'s `ChardevBackend` (QAPI: `{"type": "socket", "data": {"addr": {"type":
@@ -147,8 +125,8 @@ mod tests {
             "chardev": "c1", "queues": 2})))
         .unwrap();
         assert_eq!((n.id.as_str(), n.chardev.as_str()), ("n0", "c1"));
-        assert_eq!(n.device_queues(true), Some(4));
-        assert_eq!(n.device_queues(false), Some(2));
+        assert_eq!(netdev_queues(&n, true), Some(4));
+        assert_eq!(netdev_queues(&n, false), Some(2));
         let nic = device(&map(serde_json::json!({"driver": "virtio-net-pci",
             "netdev": "n0", "mq": true})))
         .unwrap();

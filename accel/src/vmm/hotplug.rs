@@ -27,8 +27,8 @@ use serde_json::{Map, Value, json};
 use vm_memory::GuestAddressSpace;
 
 use super::Vm;
-use crate::cli::runtime::{self, RuntimeNetdev};
-use crate::config::{ChardevConfig, VmConfig};
+use crate::cli::runtime;
+use crate::config::{ChardevConfig, NetdevConfig, VmConfig};
 use crate::devices::acpi_pcihp::PCIHP_GPE_BIT;
 use crate::qmp::{HotplugCommand, QmpError, QmpShared};
 use crate::virtio::PciSetup;
@@ -37,7 +37,7 @@ use crate::virtio::PciSetup;
 #[derive(Default)]
 pub struct HotplugState {
     chardevs: Vec<ChardevConfig>,
-    netdevs: Vec<RuntimeNetdev>,
+    netdevs: Vec<NetdevConfig>,
     /// Slots whose device the guest was asked to release (and how many times).
     pending: BTreeMap<u8, u32>,
     /// Root ports (by bus index behind them) whose attention button was pressed, and when.
@@ -57,6 +57,7 @@ impl HotplugState {
             .collect();
         HotplugState {
             chardevs: config.chardevs.clone(),
+            netdevs: config.netdevs.clone(),
             ids: Arc::new(Mutex::new(ids)),
             ..Default::default()
         }
@@ -197,7 +198,7 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
             )));
         }
         config.chardev = netdev.chardev.clone();
-        config.num_queues = netdev.device_queues(*mq);
+        config.num_queues = runtime::netdev_queues(netdev, *mq);
     } else {
         let c = &config.chardev;
         if !vm.hotplug.chardevs.iter().any(|x| &x.id == c) {

@@ -52,6 +52,7 @@ fn readme_microvm_line() {
         serial: SerialConfig::Stdio,
         no_reboot: true,
         chardevs: vec![],
+        netdevs: vec![],
         devices: vec![],
         pci_bridges: vec![],
         spawned: vec![],
