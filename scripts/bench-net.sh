@@ -119,7 +119,7 @@ dd if=/dev/zero bs=65536 count=$count 2>/dev/null | nc $hostip 5001; echo done"
         -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
         "${nic[@]}" -device "virtio-net-pci,netdev=n0,mac=$mac,disable-legacy=on,romfile=$dev" \
         -kernel "$guest/vmlinux" -initrd "$guest/initramfs.cpio" \
-        -append "console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$gcmd\"" \
+        -append "console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$gcmd\"" \
         -display none -nodefaults -serial stdio -no-reboot > "$tmp/vm-$b-$2.log" 2>&1 || true
     wait "$hp" 2>/dev/null || true
     local bytes secs pps

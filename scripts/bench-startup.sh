@@ -51,7 +51,7 @@ echo "accel peak RSS: $(awk -v k="$ar" 'BEGIN { printf "%.2f", k / 1024 }') MiB,
 
 [ "$SKIP_BOOT" = 1 ] && exit 0
 GUEST=$("$ROOT/scripts/guest.sh")
-APPEND="console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm"
+APPEND="console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm"
 echo "== test guest (vmlinux + lean.cpio, -m 128 -smp 1): exec -> GUEST UP, $BOOT_RUNS runs each"
 BOOT=(-m 128 -smp 1 -nodefaults -display none -serial stdio -no-reboot -kernel "$GUEST/vmlinux" -initrd "$GUEST/lean.cpio" -append "$APPEND")
 a=$($RUNNER --label accel --runs "$BOOT_RUNS" --marker "GUEST UP" --stop-at-marker --timeout 300 -- "$ACCEL" -accel kvm -M microvm "${BOOT[@]}")

@@ -92,7 +92,7 @@ if [ -z "$GCMD" ]; then
   [ "$VMM" = accel ] && GCMD+=" echo hello through virtio-console > /dev/hvc0;"
   GCMD+=" $NETCMD"
 fi
-APPEND="console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$GCMD\""
+APPEND="console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$GCMD\""
 
 # QEMU 7.2 under TCG crashes starting a vhost-user-net device with MSI-X (NULL vector_irqfd in
 # its unmask path): give it no MSI-X vectors there. accel uses MSI-X.

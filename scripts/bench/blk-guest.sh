@@ -37,7 +37,7 @@ for _ in $(seq 500); do [ -S "$WORK/blk.sock" ] && break; sleep 0.01; done
 GCMD="read t0 x < /proc/uptime; dd if=/dev/vda of=/dev/null bs=1M count=$MIB iflag=direct; read t1 x < /proc/uptime;"
 GCMD+=" dd if=/dev/zero of=/dev/vda bs=1M count=$MIB oflag=direct; read t2 x < /proc/uptime;"
 GCMD+=" echo BENCH read \$t0 \$t1 write \$t1 \$t2"
-APPEND="console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$GCMD\""
+APPEND="console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm gcmd=\"$GCMD\""
 COMMON=(-m 256 -smp 1 -nodefaults -display none -serial stdio -no-reboot
   -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem
   -chardev socket,id=c0,path="$WORK/blk.sock" -device vhost-user-blk-pci,chardev=c0,num-queues=1,disable-legacy=on

@@ -31,7 +31,7 @@ import time
 
 from qemu.qmp import ExecuteError, QMPClient
 
-CMDLINE = ("console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase "
+CMDLINE = ("console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase "
            "clearcpuid=popcnt,cx16,smap,erms,fsrm")
 BOOT_DEADLINE = 600  # seconds; TCG and a loaded 2-core host are slow
 

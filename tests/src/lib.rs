@@ -31,7 +31,7 @@ use std::time::Duration;
 
 /// Kernel command-line options every test guest gets: what this machine's `kvm_pvm` needs
 /// (harmless under TCG and on real KVM), see ../shared/guest/README.md.
-pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k quiet noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
 
 /// Generous deadline for one KVM boot of the test guest on this (emulating) host.
 pub const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
