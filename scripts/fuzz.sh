@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh [SECONDS]            # every target, SECONDS each (default 30)
 #   scripts/fuzz.sh SECONDS TARGET...    # only these targets
 #   FUZZ_JOBS=N                          # run N targets at once (default 1)
+#   FUZZ_RUNS=N                          # stop a target after N executions (SECONDS still
+#                                        # bounds it)
 #   FUZZ_HANG_DUMP=S                     # an input running over S s gets every thread's stack
 #                                        # printed to the log (gdb), before the 10 s timeout
 #
@@ -49,14 +51,17 @@ failed=()
 run_one() {
   local t=$1 log="$SCRATCH/$1.log"
   mkdir -p "$SCRATCH/corpus/$t" "artifacts/$t" "$SCRATCH/tmp/$t"
+  local start
+  start=$(date +%s)
   # The devices' scratch files (image, sockets) go under TMPDIR.
   if TMPDIR="$SCRATCH/tmp/$t" "$BIN/$t" -max_total_time="$SECONDS_EACH" \
-       -timeout=10 -rss_limit_mb=2048 -max_len=16384 -print_final_stats=1 \
+       -timeout=10 -rss_limit_mb=2048 -max_len=16384 -print_final_stats=1 -runs="${FUZZ_RUNS:--1}" \
        -artifact_prefix="artifacts/$t/" "$SCRATCH/corpus/$t" "corpus/$t" >"$log" 2>&1; then
     local runs rss
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log")
-    echo "fuzz.sh: $t: ok, ${runs:-?} executions in ${SECONDS_EACH}s, peak RSS ${rss:-?} MB"
+    local secs=$(( $(date +%s) - start ))
+    echo "fuzz.sh: $t: ok, ${runs:-?} executions in ${secs}s, peak RSS ${rss:-?} MB"
   else
     cp "$log" "artifacts/$t/fuzz.log"
     echo "fuzz.sh: $t: FAILED (input and whole log in fuzz/artifacts/$t/); log tail:" >&2

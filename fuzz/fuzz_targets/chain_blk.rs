@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use vhost_user_backend::VhostUserBackend;
 use vhost_user_devices::blk::{BlkDevice, backend::BlkBackend};
 use vu_daemon::VhostUserDevice;
 
@@ -15,4 +16,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         (device, backend)
     });
     accel_fuzz::ring::run(&**backend, &accel_fuzz::ring::RingInput::parse(data));
+    // Large requests complete on the I/O threads: wait for them (what a ring stop or device
+    // reset does), so that none writes into the guest memory of the next input.
+    backend.reset_device();
 });

@@ -13,8 +13,10 @@
 //! The thread's vring `k` has its descriptor table at `k * 0x400`, its avail ring 0x100 and its
 //! used ring 0x200 further ([`ring_addrs`]); buffers can be anywhere, also outside memory.
 
+use std::sync::OnceLock;
+
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vu_daemon::BackendVring;
 
@@ -84,11 +86,23 @@ pub fn run<B>(backend: &B, input: &RingInput<'_>)
 where
     B: VhostUserBackend<Bitmap = (), Vring = BackendVring>,
 {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("memory");
+    // One mapping per process, rewritten whole for each input: the image, zeros after it
+    // (the previous input's backend may have written anywhere).
+    static MEM: OnceLock<GuestMemoryAtomic<GuestMemoryMmap<()>>> = OnceLock::new();
+    static ZEROS: [u8; MEM_SIZE] = [0; MEM_SIZE];
+    let mem = MEM.get_or_init(|| {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]);
+        GuestMemoryAtomic::new(mem.expect("memory"))
+    });
     let image = &input.memory[..input.memory.len().min(MEM_SIZE)];
-    mem.write_slice(image, GuestAddress(0))
+    let guest = mem.memory();
+    guest
+        .write_slice(image, GuestAddress(0))
         .expect("memory image");
-    let mem = GuestMemoryAtomic::new(mem);
+    guest
+        .write_slice(&ZEROS[image.len()..], GuestAddress(image.len() as u64))
+        .expect("memory image");
+    drop(guest);
 
     let event_idx = input.event_idx();
     backend.acked_features(backend.features());
