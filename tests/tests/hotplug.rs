@@ -382,7 +382,10 @@ fn accel_hotplugs_net_rng_and_vsock() {
         error(&r, "GenericError", "netdev_add n0"),
         "Duplicate ID 'n0' for netdev"
     );
-    ok(&qmp.execute("netdev_del", json!({"id": "n0"})), "netdev_del n0");
+    ok(
+        &qmp.execute("netdev_del", json!({"id": "n0"})),
+        "netdev_del n0",
+    );
     let r = qmp.execute("netdev_del", json!({"id": "n0"}));
     assert_eq!(
         error(&r, "DeviceNotFound", "netdev_del n0 again"),
