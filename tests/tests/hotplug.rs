@@ -37,6 +37,21 @@ fn error(reply: &Value, class: &str, what: &str) -> String {
     e["desc"].as_str().unwrap_or_default().to_string()
 }
 
+/// Sends `quit` and waits up to 60 s for the VMM to exit; its exit status, if it did.
+fn quit(qmp: &mut QmpClient, vm: &mut Streaming) -> Option<std::process::ExitStatus> {
+    ok(&qmp.execute("quit", json!({})), "quit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = vm.child.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn chardev_add(id: &str, path: &Path) -> Value {
     json!({"id": id, "backend": {"type": "socket", "data": {
         "addr": {"type": "unix", "data": {"path": path.display().to_string()}},
@@ -227,17 +242,7 @@ fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
     let status = qmp.execute("query-status", json!({}));
     assert_eq!(status["return"]["status"], "paused", "{status}");
     assert!(qdev_ids(&mut qmp).contains(&"hd2".to_string()));
-    ok(&qmp.execute("quit", json!({})), "quit");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = vm.child.0.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = quit(&mut qmp, &mut vm);
     assert!(
         exit.is_some_and(|s| s.success()),
         "{accel}: quit: {exit:?}\n{}",
@@ -394,13 +399,8 @@ fn accel_hotplugs_net_rng_and_vsock() {
     for id in ["cn", "cr", "cv"] {
         ok(&qmp.execute("chardev-remove", json!({"id": id})), id);
     }
-    ok(&qmp.execute("quit", json!({})), "quit");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while vm.child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "quit did not end accel");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(vm.child.0.try_wait().unwrap().unwrap().success());
+    let exit = quit(&mut qmp, &mut vm);
+    assert!(exit.is_some_and(|s| s.success()), "quit: {exit:?}");
     eprintln!("added: {all}; removed: {none}");
 }
 
@@ -612,17 +612,7 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
     );
     let status = qmp.execute("query-status", json!({}));
     assert_eq!(status["return"]["status"], "paused", "{status}");
-    ok(&qmp.execute("quit", json!({})), "quit");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = vm.child.0.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = quit(&mut qmp, &mut vm);
     assert!(
         exit.is_some_and(|s| s.success()),
         "quit: {exit:?}\n{}",
