@@ -103,19 +103,45 @@ fn wait_log(path: &Path, pat: &str, timeout: Duration) -> bool {
     false
 }
 
+/// A vhost-user-blk backend serving an image of [`IMAGE_LEN`] seeded bytes, with its log.
+struct HotDisk {
+    bytes: Vec<u8>,
+    sock: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _backend: Backend,
+}
+
+impl HotDisk {
+    fn start(dir: &TestDir, seed: u64) -> HotDisk {
+        let image = dir.join("disk.img");
+        let bytes = xorshift_bytes(seed, IMAGE_LEN);
+        std::fs::write(&image, &bytes).expect("image");
+        let sock = dir.join("blk.sock");
+        let log = dir.join("blk.log");
+        let backend = Backend::spawn_logged(
+            "vhost-user-blk",
+            &sock,
+            &["--image", image.to_str().unwrap(), "--num-queues", "1"],
+            &log,
+        );
+        HotDisk {
+            bytes,
+            sock,
+            log,
+            _backend: backend,
+        }
+    }
+}
+
 fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
     let dir = TestDir::new(&format!("hotplug-{accel}"));
-    let image = dir.join("disk.img");
-    let bytes = xorshift_bytes(0x5eed_0fd1_5c00, IMAGE_LEN);
-    std::fs::write(&image, &bytes).expect("image");
-    let sock = dir.join("blk.sock");
-    let log = dir.join("blk.log");
-    let _backend = Backend::spawn_logged(
-        "vhost-user-blk",
-        &sock,
-        &["--image", image.to_str().unwrap(), "--num-queues", "1"],
-        &log,
-    );
+    // `_backend` (not `_`) keeps the backend running to the end of the test.
+    let HotDisk {
+        bytes,
+        sock,
+        log,
+        _backend,
+    } = HotDisk::start(&dir, 0x5eed_0fd1_5c00);
     let qmp_sock = dir.join("qmp.sock");
     let args = VmCommand::new()
         .accel(accel)
@@ -422,17 +448,13 @@ p=$s; fi; sleep 1; done";
 #[test]
 fn accel_hotplugs_a_disk_on_a_q35_root_port() {
     let dir = TestDir::new("hotplug-q35");
-    let image = dir.join("disk.img");
-    let bytes = xorshift_bytes(0x9e35_0fd1_5c00, IMAGE_LEN);
-    std::fs::write(&image, &bytes).expect("image");
-    let sock = dir.join("blk.sock");
-    let log = dir.join("blk.log");
-    let _backend = Backend::spawn_logged(
-        "vhost-user-blk",
-        &sock,
-        &["--image", image.to_str().unwrap(), "--num-queues", "1"],
-        &log,
-    );
+    // `_backend` (not `_`) keeps the backend running to the end of the test.
+    let HotDisk {
+        bytes,
+        sock,
+        log,
+        _backend,
+    } = HotDisk::start(&dir, 0x9e35_0fd1_5c00);
     let qmp_sock = dir.join("qmp.sock");
     let args = VmCommand::new()
         .accel("kvm")

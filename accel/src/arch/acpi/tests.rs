@@ -276,16 +276,25 @@ fn pci_hotplug_objects_and_gpe0_block() {
     let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
     assert_eq!(u32_at(&fadt, 80), 0xafe0, "GPE0_BLK");
     assert_eq!(fadt[92], 4, "GPE0_BLK_LEN");
-    let Ok(out) = std::process::Command::new("iasl").arg("-v").output() else {
+    let Some(dsl) = disassemble(&dsdt, "dsdt") else {
         return;
     };
+    assert!(dsl.contains("Notify (S1F, 0x03)"), "{dsl}");
+    assert!(dsl.contains("Method (_E01"), "{dsl}");
+    assert!(dsl.contains("PCEJ (0x1F)"), "{dsl}");
+}
+
+/// The DSDT disassembled by `iasl -d` (scratch files under a name with `tag`), or `None`
+/// when `iasl` is not installed; a failed disassembly fails the test.
+fn disassemble(dsdt: &[u8], tag: &str) -> Option<String> {
+    let out = std::process::Command::new("iasl").arg("-v").output().ok()?;
     if !out.status.success() {
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("accel-dsdt-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("accel-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dsdt.dat");
-    std::fs::write(&path, &dsdt).unwrap();
+    std::fs::write(&path, dsdt).unwrap();
     let out = std::process::Command::new("iasl")
         .arg("-d")
         .arg(&path)
@@ -298,9 +307,7 @@ fn pci_hotplug_objects_and_gpe0_block() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dsl.contains("Notify (S1F, 0x03)"), "{dsl}");
-    assert!(dsl.contains("Method (_E01"), "{dsl}");
-    assert!(dsl.contains("PCEJ (0x1F)"), "{dsl}");
+    Some(dsl)
 }
 
 /// q35's PCI0 has `_OSC` granting native PCIe hotplug (and pc's has none); with `iasl`, it
@@ -319,28 +326,9 @@ fn q35_osc_grants_native_pcie_hotplug() {
         0x66,
     ];
     assert!(contains(&dsdt, &uuid));
-    let Ok(out) = std::process::Command::new("iasl").arg("-v").output() else {
+    let Some(dsl) = disassemble(&dsdt, "osc") else {
         return;
     };
-    if !out.status.success() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("accel-osc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dsdt.dat");
-    std::fs::write(&path, &dsdt).unwrap();
-    let out = std::process::Command::new("iasl")
-        .arg("-d")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     for line in [
         "Method (_OSC, 4, NotSerialized)",
         "CreateDWordField (Arg3, Zero, CDW1)",
