@@ -33,7 +33,9 @@ use std::time::Duration;
 /// (harmless under TCG and on real KVM), see ../shared/guest/README.md.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k quiet noreplace-smp noxsave nofsgsbase clearcpuid=popcnt,cx16,smap,erms,fsrm";
 
-/// Generous deadline for one KVM boot of the test guest on this (emulating) host.
+/// Deadline for one KVM boot of the test guest on this (emulating) host, idle (about 75 s).
+/// With both cores busy (two test lanes, or testpmd polling) a boot takes up to 2.5 min, so a
+/// whole guest run (boot, command, shutdown) gets `4 *` this.
 pub const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workspace root (parent of this crate).

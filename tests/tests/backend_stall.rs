@@ -184,7 +184,7 @@ fn guest_reset_while_a_reconnect_is_pending() {
     // Boot 2 probes the device with the backend away: its activation waits for it.
     vm.expect("retried after a reconnect", KVM_BOOT_TIMEOUT * 3);
     let _backend2 = blk(&sock, &image, &log);
-    let size = vm.expect_start("SIZE ", KVM_BOOT_TIMEOUT * 2);
+    let size = vm.expect_start("SIZE ", KVM_BOOT_TIMEOUT * 4);
     assert_eq!(
         word_after(&size, "SIZE "),
         (IMAGE_SIZE / 512).to_string(),

@@ -110,7 +110,7 @@ fn serve_host_port(uds: &std::path::Path) -> std::thread::JoinHandle<String> {
     let listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let deadline = Instant::now() + KVM_BOOT_TIMEOUT * 2;
+        let deadline = Instant::now() + KVM_BOOT_TIMEOUT * 4;
         while Instant::now() < deadline {
             if let Ok((mut s, _)) = listener.accept() {
                 s.set_nonblocking(false).unwrap();

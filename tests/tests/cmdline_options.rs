@@ -98,7 +98,7 @@ fn platform_options_have_their_effect_in_one_boot() {
         .arg("-initrd")
         .arg(guest_file("lean.cpio"))
         .args(["-append", &guest_append(gcmd)]);
-    let out = run_with_timeout(&mut cmd, KVM_BOOT_TIMEOUT * 2 + Duration::from_secs(60));
+    let out = run_with_timeout(&mut cmd, KVM_BOOT_TIMEOUT * 4 + Duration::from_secs(60));
     let after = utc_hour();
     let console = std::fs::read_to_string(&serial).unwrap_or_default();
     let ctx = format!("{}\n--- serial.log ---\n{console}", out.both());

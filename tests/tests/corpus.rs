@@ -402,7 +402,7 @@ fn the_boot_line_boots_with_the_same_devices_under_both() {
         };
         let out = run_with_timeout(
             Command::new(&program).args(&args).args(&extra),
-            KVM_BOOT_TIMEOUT * 2,
+            KVM_BOOT_TIMEOUT * 4,
         );
         assert_eq!(out.code(), Some(0), "{vmm} {}\n{}", line.name, out.both());
         let ids = guest_virtio_ids(&out.stdout);

@@ -76,7 +76,7 @@ fn qemu_storage_daemon_export_as_accel_disk() {
         .chardev("c0", &sock)
         .device("vhost-user-blk-pci,chardev=c0,num-queues=1")
         .gcmd(&gcmd)
-        .run_accel(KVM_BOOT_TIMEOUT * 2);
+        .run_accel(KVM_BOOT_TIMEOUT * 4);
     let qsd_said = std::fs::read_to_string(&qsd_log).unwrap_or_default();
     let ctx = format!("{}\nqemu-storage-daemon:\n{qsd_said}", out.both());
     assert_eq!(out.guest_rc(), Some(0), "guest command failed\n{ctx}");

@@ -58,7 +58,7 @@ fn accel_listens_and_a_restarted_client_backend_serves_the_guest_again() {
     .unwrap_or_else(|out| panic!("no first read\n{}", out.both()));
     first.kill();
     let _second = client_backend(dir.path(), &sock, b'B', "second.log");
-    let out = running.finish_within(KVM_BOOT_TIMEOUT * 2);
+    let out = running.finish_within(KVM_BOOT_TIMEOUT * 4);
     let ctx = format!(
         "{}\nfirst backend:\n{}\nsecond backend:\n{}",
         out.both(),

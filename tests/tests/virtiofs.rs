@@ -55,7 +55,7 @@ fn guest_mounts_virtiofsd_share_reads_and_writes_host_files() {
         .chardev("fs0", &sock)
         .device("vhost-user-fs-pci,chardev=fs0,tag=hostshare,queue-size=512")
         .gcmd(gcmd)
-        .run_accel(KVM_BOOT_TIMEOUT * 2);
+        .run_accel(KVM_BOOT_TIMEOUT * 4);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     let ctx = format!("{}\nvirtiofsd:\n{said}", out.both());
     assert_eq!(out.guest_rc(), Some(0), "guest command failed\n{ctx}");

@@ -152,10 +152,10 @@ fn guest_round_trips_under_accel_kvm() {
     let dir = TestDir::new("vsock-accel");
     let initrd = build_initrd(&dir);
     let (backend, uds) = start_backend(&dir);
-    let host = host_side(&uds, KVM_BOOT_TIMEOUT * 2);
+    let host = host_side(&uds, KVM_BOOT_TIMEOUT * 4);
     let out = vm(backend.socket(), &initrd, "1")
         .accel("kvm")
-        .run_accel(KVM_BOOT_TIMEOUT * 2);
+        .run_accel(KVM_BOOT_TIMEOUT * 4);
     let host = host.join().unwrap();
     check("accel", &out, &host, &dir);
     assert_eq!(out.code(), Some(0), "{}", out.both());
