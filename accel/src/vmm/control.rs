@@ -4,13 +4,13 @@
 //! `stop` (which every vCPU checks after each exit, so no guest instruction runs after a reset
 //! request is seen) and wake the main thread through an eventfd.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// What the main thread is asked to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum VmRequest {
     /// Guest reset (i8042 0xFE, ...): reboot, or exit 0 with `-no-reboot`.
     Reset,
@@ -21,10 +21,48 @@ pub enum VmRequest {
     Panicked,
     /// pvpanic: the guest panicked and handles it itself (`GUEST_CRASHLOADED`; runs on).
     CrashLoaded,
-    /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this message.
-    Fatal(String),
+    /// A vCPU hit a fatal state (already dumped to stderr): exit non-zero with this error.
+    Fatal(Arc<VcpuFault>),
     /// `isa-debug-exit`: end the process at once with this status, as QEMU does.
     Exit(i32),
+}
+
+/// Why a vCPU ended the VM (QEMU's `internal-error` run state).
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFault {
+    /// The guest reached a state KVM cannot run (its registers are dumped to stderr).
+    #[error("vCPU {vcpu}: {exit}")]
+    Exit { vcpu: usize, exit: FatalExit },
+    #[error("vCPU {vcpu}: cannot narrow its system calls: {source}")]
+    Confine {
+        vcpu: usize,
+        #[source]
+        source: vu_sandbox::SandboxError,
+    },
+    #[error("a vCPU thread panicked")]
+    Panicked,
+}
+
+/// A `KVM_RUN` outcome that ends the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalExit {
+    #[error("triple fault (KVM_EXIT_SHUTDOWN)")]
+    TripleFault,
+    #[error("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}")]
+    FailEntry { reason: u64, cpu: u32 },
+    #[error("KVM_EXIT_INTERNAL_ERROR")]
+    InternalError,
+    #[error("unexpected exit (KVM exit reason {0})")]
+    Unexpected(u32),
+    #[error("KVM_RUN failed: {0}")]
+    Run(#[source] kvm_ioctls::Error),
+}
+
+impl VmRequest {
+    /// A fatal request for `fault`.
+    pub fn fatal(fault: VcpuFault) -> Self {
+        VmRequest::Fatal(Arc::new(fault))
+    }
 }
 
 pub struct VmControl {
@@ -107,14 +145,17 @@ mod tests {
     fn first_request_wins_but_fatal_overrides_reset() {
         let c = VmControl::new().unwrap();
         assert!(!c.should_stop());
-        assert_eq!(c.take(), None);
+        assert!(c.take().is_none());
         c.request(VmRequest::Reset);
         assert!(c.should_stop());
         c.request(VmRequest::Shutdown);
-        assert_eq!(c.take(), Some(VmRequest::Reset));
+        assert!(matches!(c.take(), Some(VmRequest::Reset)));
         c.request(VmRequest::Reset);
-        c.request(VmRequest::Fatal("x".into()));
-        assert_eq!(c.take(), Some(VmRequest::Fatal("x".into())));
+        c.request(VmRequest::fatal(VcpuFault::Panicked));
+        assert!(matches!(
+            c.take().as_ref(),
+            Some(VmRequest::Fatal(f)) if matches!(**f, VcpuFault::Panicked)
+        ));
         c.clear_stop();
         assert!(!c.should_stop());
     }
@@ -125,6 +166,6 @@ mod tests {
         let c = std::sync::Arc::new(VmControl::new().unwrap());
         ResetLine(c.clone()).trigger().unwrap();
         assert!(c.should_stop());
-        assert_eq!(c.take(), Some(VmRequest::Reset));
+        assert!(matches!(c.take(), Some(VmRequest::Reset)));
     }
 }

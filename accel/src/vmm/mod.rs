@@ -101,7 +101,7 @@ pub enum VmmError {
         source: nix::Error,
     },
     #[error("guest stopped: {0}")]
-    GuestFault(String),
+    GuestFault(Arc<control::VcpuFault>),
     #[error("QMP monitor: {0}")]
     Qmp(#[from] QmpStartError),
     #[error(transparent)]

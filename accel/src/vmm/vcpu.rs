@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
-use super::control::{VmControl, VmRequest};
+use super::control::{FatalExit, VcpuFault, VmControl, VmRequest};
 use super::dump::{code_bytes, format_registers, hex};
 use super::memory::GuestMemMmap;
 use crate::arch::boot::BootEntry;
@@ -266,11 +266,9 @@ impl Vcpu {
                         None
                     }
                     VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
-                    VcpuExit::Shutdown => Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
-                    VcpuExit::FailEntry(reason, cpu) => Some(format!(
-                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
-                    )),
-                    VcpuExit::InternalError => Some("KVM_EXIT_INTERNAL_ERROR".to_string()),
+                    VcpuExit::Shutdown => Some(FatalExit::TripleFault),
+                    VcpuExit::FailEntry(reason, cpu) => Some(FatalExit::FailEntry { reason, cpu }),
+                    VcpuExit::InternalError => Some(FatalExit::InternalError),
                     VcpuExit::SystemEvent(kind, _) => {
                         match kind {
                             KVM_SYSTEM_EVENT_SHUTDOWN => control.request(VmRequest::Shutdown),
@@ -281,7 +279,8 @@ impl Vcpu {
                         }
                         None
                     }
-                    other => Some(format!("unexpected exit {other:?}")),
+                    // The exit reason is read below, once `other` no longer borrows the run.
+                    _ => Some(FatalExit::Unexpected(0)),
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     // A kick (see `kick_signal_handler`): re-arm KVM_RUN, then the stop flag
@@ -290,19 +289,25 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }
-                Err(e) => Some(format!("KVM_RUN failed: {e}")),
+                Err(e) => Some(FatalExit::Run(e)),
             };
-            if let Some(reason) = fatal {
-                let report = self.crash_report(&reason, shared);
+            if let Some(mut exit) = fatal {
+                if let FatalExit::Unexpected(reason) = &mut exit {
+                    *reason = self.fd.get_kvm_run().exit_reason;
+                }
+                let report = self.crash_report(&exit, shared);
                 eprint!("{report}");
-                control.request(VmRequest::Fatal(format!("vCPU {}: {reason}", self.index)));
+                control.request(VmRequest::fatal(VcpuFault::Exit {
+                    vcpu: usize::from(self.index),
+                    exit,
+                }));
                 return;
             }
         }
     }
 
     /// Registers, internal-error data and the instruction bytes at CS:RIP.
-    fn crash_report(&mut self, reason: &str, shared: &VcpuShared) -> String {
+    fn crash_report(&mut self, reason: &FatalExit, shared: &VcpuShared) -> String {
         let mut out = format!("accel: vCPU {} stopped: {reason}\n", self.index);
         let run = self.fd.get_kvm_run();
         if run.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {

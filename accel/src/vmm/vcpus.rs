@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use super::VmmError;
-use super::control::{VmControl, VmRequest};
+use super::control::{VcpuFault, VmControl, VmRequest};
 use super::vcpu::{Vcpu, VcpuShared};
 use crate::qmp::QmpShared;
 
@@ -67,9 +67,9 @@ impl VcpuThreads {
                     let _guard = PanicReporter(&shared.control);
                     // The only threads allowed KVM_RUN (a no-op with -sandbox off).
                     if let Err(e) = vu_sandbox::confine_thread(&super::confine::vcpu_syscalls()) {
-                        shared.control.request(VmRequest::Fatal(format!(
-                            "vCPU {i}: cannot narrow its system calls: {e}"
-                        )));
+                        shared
+                            .control
+                            .request(VmRequest::fatal(VcpuFault::Confine { vcpu: i, source: e }));
                         return;
                     }
                     if let Some(t) = qmp.vcpu_tids.get(i) {
@@ -164,8 +164,7 @@ struct PanicReporter<'a>(&'a VmControl);
 impl Drop for PanicReporter<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0
-                .request(VmRequest::Fatal("a vCPU thread panicked".into()));
+            self.0.request(VmRequest::fatal(VcpuFault::Panicked));
         }
     }
 }
