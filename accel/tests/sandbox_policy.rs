@@ -7,12 +7,13 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use accel::cli::{CliAction, parse};
 
-const DONE: i32 = 0;
-const EACCES: i32 = 13;
+// The confined-child harness the backends' policy tests share, by path (see backend_stop.rs).
+#[path = "../../protocol/testkit/src/confined.rs"]
+mod confined;
+use confined::{DONE, EACCES, common_attempt, exit_with};
 
 struct Dir(PathBuf);
 
@@ -35,21 +36,10 @@ impl Drop for Dir {
 }
 
 fn child(dir: &Path, action: &str) -> (std::process::ExitStatus, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "confined_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ACCEL_CONFINED_ACTION", action)
-        .env("ACCEL_CONFINED_DIR", dir)
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    confined::run_child([
+        ("ACCEL_CONFINED_ACTION", action.as_ref()),
+        ("ACCEL_CONFINED_DIR", dir.as_os_str()),
+    ])
 }
 
 /// The child side (does nothing in a normal test run).
@@ -76,22 +66,15 @@ fn confined_child() {
     };
     vu_sandbox::confine(&accel::vmm::confine::policy(&config)).unwrap();
     let open = |p: &Path| std::fs::File::open(p).map(drop);
+    if let Some(result) = common_attempt(&action) {
+        exit_with(result);
+    }
     let result = match action.as_str() {
         "kernel" => open(&dir.join("vmlinux")),
         "initrd" => open(&dir.join("initrd")),
         "beside" => open(&dir.join("beside")),
         "create" => std::fs::write(dir.join("new"), b"x"),
         "remove-pidfile" => std::fs::remove_file(dir.join("beside")),
-        "shadow" => open(Path::new("/etc/shadow")),
-        "inet" => std::net::TcpStream::connect("127.0.0.1:9").map(drop),
-        "exec" => {
-            let sh = c"/bin/sh";
-            let argv = [sh.as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null()];
-            // SAFETY: execve with NUL-terminated strings and arrays that outlive the call.
-            unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            Err(std::io::Error::last_os_error())
-        }
         "tcgets-main" | "kvm-run-main" => {
             vu_sandbox::confine_thread(&accel::vmm::confine::main_syscalls()).unwrap();
             let request: libc::c_ulong = if action == "tcgets-main" {
@@ -132,10 +115,7 @@ fn confined_child() {
         }
         other => panic!("unknown action {other}"),
     };
-    std::process::exit(match result {
-        Ok(()) => DONE,
-        Err(e) => e.raw_os_error().unwrap_or(99),
-    });
+    exit_with(result);
 }
 
 #[test]

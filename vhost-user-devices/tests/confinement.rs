@@ -8,15 +8,12 @@
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use vu_testkit::confined::{self, DONE, EACCES, common_attempt, exit_with};
 
 mod common;
 use common::{KillOnDrop, TestDir, wait_for};
-
-/// The child's exit code when the attempt succeeded, or failed with EACCES (landlock).
-const DONE: i32 = 0;
-const EACCES: i32 = 13;
 
 fn status_fields(pid: u32) -> (String, String) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -197,22 +194,11 @@ fn confined_blk_child(
     read_only: bool,
     action: &str,
 ) -> (std::process::ExitStatus, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "confined_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("VU_CONFINED_ACTION", action)
-        .env("VU_CONFINED_IMAGE", image)
-        .env("VU_CONFINED_RO", if read_only { "1" } else { "0" })
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    confined::run_child([
+        ("VU_CONFINED_ACTION", action.as_ref()),
+        ("VU_CONFINED_IMAGE", image.as_os_str()),
+        ("VU_CONFINED_RO", if read_only { "1" } else { "0" }.as_ref()),
+    ])
 }
 
 /// The child side of the policy tests (does nothing in a normal test run).
@@ -240,28 +226,18 @@ fn confined_child() {
     let device = BlkDevice::open(&config).unwrap();
     let policy = vu_daemon::confine::policy("vhost-user-blk", &[&device], &[sock]);
     vu_daemon::sandbox::confine(&policy).unwrap();
+    if let Some(result) = common_attempt(&action) {
+        exit_with(result);
+    }
     let open = |p: &Path, write: bool| std::fs::OpenOptions::new().read(true).write(write).open(p);
     let result = match action.as_str() {
         "image-rw" => open(Path::new(&image), true).map(drop),
         "image-ro" => open(Path::new(&image), false).map(drop),
         "beside" => open(&dir.join("beside"), false).map(drop),
-        "shadow" => open(Path::new("/etc/shadow"), false).map(drop),
         "unix" => std::os::unix::net::UnixDatagram::unbound().map(drop),
-        "inet" => std::net::TcpStream::connect("127.0.0.1:9").map(drop),
-        "exec" => {
-            let sh = c"/bin/sh";
-            let argv = [sh.as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null()];
-            // SAFETY: execve with NUL-terminated strings and arrays that outlive the call.
-            unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            Err(std::io::Error::last_os_error())
-        }
         other => panic!("unknown action {other}"),
     };
-    std::process::exit(match result {
-        Ok(()) => DONE,
-        Err(e) => e.raw_os_error().unwrap_or(99),
-    });
+    exit_with(result);
 }
 
 fn blk_dir(tag: &str) -> (TestDir, std::path::PathBuf) {

@@ -6,6 +6,8 @@
 //!   runs against our backend and qemu-storage-daemon.
 //! - [`support`]: scratch directories, children killed on drop, waiting for sockets and exits,
 //!   running a program with a deadline: what every test suite needs around processes.
+//! - [`confined`]: a policy test's confined child process and what it tries.
 
+pub mod confined;
 pub mod driver;
 pub mod support;
