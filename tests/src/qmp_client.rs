@@ -22,16 +22,7 @@ impl QmpClient {
         let start = Instant::now();
         loop {
             if let Ok(s) = UnixStream::connect(path) {
-                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let mut q = QmpClient {
-                    reader: BufReader::new(s.try_clone().unwrap()),
-                    writer: s,
-                    events: Vec::new(),
-                };
-                let greeting = q.read();
-                assert!(greeting.get("QMP").is_some(), "{ctx}: {greeting}");
-                q.call("qmp_capabilities");
-                return q;
+                return Self::handshake(s, ctx);
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("{ctx}: exited with {status} before its QMP socket listened");
@@ -42,6 +33,27 @@ impl QmpClient {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Connects to a monitor that already listens (a daemonized VMM's, whose parent returned
+    /// once it did): greeting, then `qmp_capabilities`.
+    pub fn connect_listening(path: &Path, ctx: &str) -> QmpClient {
+        let s = UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("{ctx}: connecting to {}: {e}", path.display()));
+        Self::handshake(s, ctx)
+    }
+
+    fn handshake(s: UnixStream, ctx: &str) -> QmpClient {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut q = QmpClient {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+            events: Vec::new(),
+        };
+        let greeting = q.read();
+        assert!(greeting.get("QMP").is_some(), "{ctx}: {greeting}");
+        q.call("qmp_capabilities");
+        q
     }
 
     pub fn read(&mut self) -> Value {

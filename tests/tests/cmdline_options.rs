@@ -17,10 +17,12 @@
 //! -m 128M,slots=2,maxmem=1G -echr 0x14`) has no guest-visible effect beyond booting.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{
-    KVM_BOOT_TIMEOUT, QmpClient, TestDir, bin, guest_append, guest_file, run_with_timeout,
+    GUEST_CMDLINE, KVM_BOOT_TIMEOUT, QmpClient, TestDir, bin, guest_append, guest_file,
+    run_with_timeout,
 };
 
 fn utc_hour() -> u64 {
@@ -192,4 +194,109 @@ fn machine_none_answers_a_capability_probe_and_quits() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+/// The processes whose parent is `pid`, with their `comm`.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push((child, stat[open + 1..close].to_string()));
+        }
+    }
+    out
+}
+
+fn gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `-daemonize` with a device accel serves through a backend it starts (QEMU's `rng-builtin`):
+/// the command returns 0 once the VM is built and its monitor listens, and the caller's
+/// stdout/stderr pipes end then, although the daemon, its backend launcher and the backend run
+/// on (none of them keeps the caller's pipes, as with QEMU: a script reading the output to its
+/// end is not held up). `quit` over QMP then ends all three. `-S`: no guest code needs to run.
+#[test]
+fn daemonize_returns_and_lets_go_of_the_callers_output() {
+    let dir = TestDir::new("daemonize");
+    let sock = dir.join("qmp.sock");
+    let pidfile = dir.join("accel.pid");
+    let mut cmd = Command::new(bin("accel"));
+    cmd.args(["-accel", "kvm", "-m", "128", "-S", "-daemonize"])
+        .args(["-display", "none", "-nodefaults", "-serial", "null"])
+        .arg("-kernel")
+        .arg(guest_file("vmlinux"))
+        .arg("-initrd")
+        .arg(guest_file("lean.cpio"))
+        .args(["-append", GUEST_CMDLINE])
+        .args([
+            "-object",
+            "rng-builtin,id=r0",
+            "-device",
+            "virtio-rng-pci,rng=r0",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .env("RUST_LOG", "info");
+    // run_with_timeout returns once the parent exited AND both pipes reached end-of-file.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(run_with_timeout(&mut cmd, KVM_BOOT_TIMEOUT)));
+    let out = rx.recv_timeout(KVM_BOOT_TIMEOUT + Duration::from_secs(60));
+    let daemon: Option<u32> = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let Ok(out) = out else {
+        if let Some(pid) = daemon {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        panic!("the caller's pipes stayed open while the daemon ran");
+    };
+    assert_eq!(out.code(), Some(0), "{}", out.both());
+    let daemon = daemon.unwrap_or_else(|| panic!("no pidfile\n{}", out.both()));
+    let launcher: Vec<u32> = children_of(daemon)
+        .into_iter()
+        .filter(|(_, comm)| comm == "accel-launcher")
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(launcher.len(), 1, "the daemon's launcher");
+    let backends = children_of(launcher[0]);
+    assert!(
+        backends.iter().any(|(_, comm)| comm == "vhost-user-rng"),
+        "the launcher's children: {backends:?}"
+    );
+    let mut q = QmpClient::connect_listening(&sock, "accel -daemonize");
+    let status = q.call("query-status");
+    assert_eq!(status["return"]["status"], "prelaunch", "{status}");
+    assert!(q.call("quit").get("return").is_some());
+    assert!(
+        gone(daemon, Duration::from_secs(30)),
+        "the daemon ran on after quit"
+    );
+    for (pid, comm) in backends.iter().chain([&(launcher[0], String::new())]) {
+        assert!(
+            gone(*pid, Duration::from_secs(10)),
+            "{pid} {comm} outlived the daemon"
+        );
+    }
 }

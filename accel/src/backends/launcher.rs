@@ -20,6 +20,12 @@
 //! the user accel was started as, unconfined (it executes the backends, which confine
 //! themselves), so a restarted backend gets the rights of the first one (`-run-with user=`
 //! applies to accel only). Its log lines (`served by`, restarts) go to accel's stderr.
+//!
+//! With `-daemonize` the launcher points its stdin, stdout and stderr at /dev/null before it
+//! starts anything, so the backends inherit those: once the daemon is ready and has done the
+//! same with its own, no process of the VM holds the caller's terminal or pipes (a caller
+//! reading accel's output to its end gets it when the parent exits, as with QEMU). A backend
+//! that fails to start is still named by accel (the launcher's report, or the connection).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -52,8 +58,13 @@ struct Named {
 }
 
 /// Forks the launcher, which starts every backend of `managed` and supervises them; returns
-/// once each has been started once. Call while the process has a single thread (fork).
-pub(super) fn start(managed: Vec<Managed>, dir: &Path) -> Result<Launcher, BackendsError> {
+/// once each has been started once. `detach` (`-daemonize`): the launcher and the backends
+/// get /dev/null as stdio. Call while the process has a single thread (fork).
+pub(super) fn start(
+    managed: Vec<Managed>,
+    dir: &Path,
+    detach: bool,
+) -> Result<Launcher, BackendsError> {
     let sys = |source: nix::Error| BackendsError::Launcher(std::io::Error::from(source));
     let names: Vec<Named> = managed
         .iter()
@@ -72,6 +83,9 @@ pub(super) fn start(managed: Vec<Managed>, dir: &Path) -> Result<Launcher, Backe
         ForkResult::Child => {
             drop(control_wr);
             drop(report_rd);
+            if detach {
+                crate::vmm::daemon::stdio_to_null();
+            }
             let code = launcher_main(managed, control_rd, report_wr, dir.to_path_buf(), accel);
             // SAFETY: ends the launcher without running accel's exit handlers or destructors
             // (they belong to accel's state, copied by fork).

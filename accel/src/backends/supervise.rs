@@ -178,7 +178,8 @@ impl Backends {
         let mut managed = Vec::new();
         prepare_all(config, &dir, &mut managed)?;
         // From here on the launcher owns the directory (and removes it when it ends).
-        backends.launcher = Some(super::launcher::start(managed, &dir)?);
+        let detach = config.lifecycle.daemonize;
+        backends.launcher = Some(super::launcher::start(managed, &dir, detach)?);
         backends.dir = None;
         Ok(backends)
     }
@@ -453,7 +454,7 @@ mod tests {
         let out = runtime_dir().unwrap();
         let file = out.join("pids");
         let m = sh_backend(&dir, &file);
-        let launcher = super::super::launcher::start(vec![m], &dir).unwrap();
+        let launcher = super::super::launcher::start(vec![m], &dir, false).unwrap();
         assert!(wait_for(|| pids(&file).len() == 1));
         let first = pids(&file)[0];
         let launcher_pid = parent_of(first).unwrap();
@@ -485,7 +486,7 @@ mod tests {
         let dir = runtime_dir().unwrap();
         let mut m = sh_backend(&dir, &dir.join("pids"));
         m.program.path = dir.join("no-such-program");
-        let err = match super::super::launcher::start(vec![m], &dir) {
+        let err = match super::super::launcher::start(vec![m], &dir, false) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("started"),
         };

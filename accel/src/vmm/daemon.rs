@@ -51,17 +51,23 @@ impl ReadyPipe {
     /// The VM is built and its monitors listen: release the parent and detach from the
     /// terminal (stdio to /dev/null).
     pub fn ready(self) {
-        if let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            for fd in 0..3 {
-                // SAFETY: dup2 onto the standard descriptors of this process; `null` is open.
-                unsafe { libc::dup2(null.as_raw_fd(), fd) };
-            }
-        }
+        stdio_to_null();
         let mut file = std::fs::File::from(self.0);
         let _ = file.write_all(&[0]);
+    }
+}
+
+/// /dev/null onto this process's stdin, stdout and stderr (the daemon once ready; the backend
+/// launcher of a daemon from its start).
+pub fn stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process; `null` is open.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
     }
 }
