@@ -47,10 +47,10 @@ cargo test -q --no-fail-fast -p integration-tests --lib "$@" || status=1
 # last full run (about 60 s per one-vCPU accel boot); only the balance depends on them. A
 # binary not listed counts as 120 s.
 declare -A COST=(
-  [backend_stall]=330 [blk_crash]=170 [blk_qemu]=10 [boot]=320 [console]=120
+  [backend_stall]=330 [blk_crash]=170 [blk_qemu]=10 [boot]=270 [console]=120
   [memory_file]=70 [net]=150 [net_crash]=140 [qmp]=210 [qsd_accel]=70 [rng]=70
   [rng_hostile]=160 [vhost_user_accel]=350 [vsock]=95 [vsock_crash]=90
-  [qmp_python]=420 [builtin_devices]=150 [dpdk]=230 [confinement]=60
+  [qmp_python]=420 [builtin_devices]=150 [dpdk]=180 [confinement]=60
   [corpus]=170 [cmdline_options]=110 [elf32_pvh]=30 [virtiofs]=90 [server_chardev]=200 [pcie_topology]=180 [hotplug]=420
 )
 ALONE=smp_stress
