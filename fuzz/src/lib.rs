@@ -79,7 +79,7 @@ pub fn hang_watch() {
                 std::thread::sleep(Duration::from_millis(200));
                 let started = STARTED.load(Ordering::Relaxed);
                 let now = epoch.elapsed().as_millis() as u64;
-                if started != dumped && now.saturating_sub(started) > limit * 1000 {
+                if started != dumped && now.saturating_sub(started - 1) > limit * 1000 {
                     dumped = started;
                     let pid = std::process::id().to_string();
                     let _ = std::process::Command::new("gdb")
@@ -92,5 +92,6 @@ pub fn hang_watch() {
     }) else {
         return;
     };
-    STARTED.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    // +1: 0 means "no input yet" (an input starting in the first millisecond was never dumped).
+    STARTED.store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
 }

@@ -1,6 +1,6 @@
 //! One vhost-user connection per input, served by `vu_daemon::serve_stream` (what the backend
-//! programs run per frontend: a fresh backend, `VhostUserDaemon`, its worker threads), with
-//! forged messages and file descriptors.
+//! programs run per frontend: a fresh backend and `VhostUserDaemon` with its worker threads,
+//! requests handled on the calling thread), with forged messages and file descriptors.
 //!
 //! Input: `mem_len u16, memory[mem_len]`, then chunks `h u8, len u16, bytes[len]` to the end:
 //! - `memory`: contents of the memfd ([`MEM_SIZE`] bytes) offered as guest RAM;
@@ -8,13 +8,20 @@
 //!   `h` picks a fresh eventfd (1) or the memfd (0). Message boundaries are the fuzzer's
 //!   business: chunks may split or join messages.
 //!
-//! The frontend end is shut down for writing after the last chunk (the backend sees
-//! end-of-file) and drained by a thread, so the backend's replies never block it.
+//! Everything is sent before the backend starts, then the frontend end is shut down for
+//! writing (the backend sees end-of-file after the last chunk). No thread of ours runs beside
+//! the backend: thread creation is most of an input's cost on this kind of host. The
+//! backend's end is non-blocking, so a backend whose replies fill the socket buffer (the
+//! frontend never reads them) gets `EAGAIN` and ends the connection instead of waiting for
+//! ever; inputs are at most 16 KiB, and their replies fit the buffer unless they are almost
+//! all reply-producing headers.
 
-use std::io::{IoSlice, Read, Write};
+use std::io::IoSlice;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -33,19 +40,32 @@ enum Fd {
     Event(EventFd),
 }
 
-/// Serves one connection whose frontend sends what `data` says; returns when the backend
+/// The memfd offered as guest RAM: one per process, its whole contents rewritten by each
+/// input (so no input sees what an earlier one or its backend left there).
+fn guest_ram(contents: &[u8]) -> &'static std::fs::File {
+    static RAM: OnceLock<std::fs::File> = OnceLock::new();
+    let file = RAM.get_or_init(|| {
+        let fd: OwnedFd = memfd_create("fuzz-guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd");
+        let file = std::fs::File::from(fd);
+        file.set_len(MEM_SIZE as u64).expect("memfd size");
+        file
+    });
+    let mut image = vec![0u8; MEM_SIZE];
+    image[..contents.len()].copy_from_slice(contents);
+    file.write_all_at(&image, 0).expect("memfd contents");
+    file
+}
+
+/// Serves one connection whose frontend sent what `data` says; returns when the backend
 /// closed it (end-of-file or a protocol error).
 pub fn run<D: VhostUserDevice>(device: &D, data: &[u8]) {
     crate::hang_watch();
     let mut r = Reader::new(data);
     let mem_len = usize::from(r.u16());
-    let memory = r.bytes(mem_len.min(MEM_SIZE));
-    let memfd: OwnedFd = memfd_create("fuzz-guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd");
-    let mut file = std::fs::File::from(memfd);
-    file.set_len(MEM_SIZE as u64).expect("memfd size");
-    file.write_all(memory).expect("memfd contents");
+    let file = guest_ram(r.bytes(mem_len.min(MEM_SIZE)));
 
-    let mut chunks = Vec::new();
+    let (frontend, backend_end) = UnixStream::pair().expect("socketpair");
+    backend_end.set_nonblocking(true).expect("non-blocking");
     while !r.is_empty() {
         let h = r.u8();
         let len = usize::from(r.u16());
@@ -59,49 +79,38 @@ pub fn run<D: VhostUserDevice>(device: &D, data: &[u8]) {
                 }
             })
             .collect();
-        chunks.push((bytes, fds));
+        let raw: Vec<RawFd> = fds
+            .iter()
+            .map(|f| match f {
+                Fd::Mem => file.as_raw_fd(),
+                Fd::Event(e) => e.as_raw_fd(),
+            })
+            .collect();
+        // fds ride on at least one byte; a zero-length chunk carries none.
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() || bytes.is_empty() {
+            &[]
+        } else {
+            &cmsg
+        };
+        let iov = [IoSlice::new(bytes)];
+        // A full socket or too many fds in flight: the rest of the input is not sent.
+        if sendmsg::<()>(
+            frontend.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .is_err()
+        {
+            break;
+        }
     }
-
-    let (mut frontend, backend_end) = UnixStream::pair().expect("socketpair");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for (bytes, fds) in &chunks {
-                let raw: Vec<RawFd> = fds
-                    .iter()
-                    .map(|f| match f {
-                        Fd::Mem => file.as_raw_fd(),
-                        Fd::Event(e) => e.as_raw_fd(),
-                    })
-                    .collect();
-                // fds ride on at least one byte; a zero-length chunk carries none.
-                let cmsg = [ControlMessage::ScmRights(&raw)];
-                let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() || bytes.is_empty() {
-                    &[]
-                } else {
-                    &cmsg
-                };
-                let iov = [IoSlice::new(bytes)];
-                // The backend may hang up at any point: stop sending then (no SIGPIPE).
-                if sendmsg::<()>(
-                    frontend.as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
-                .is_err()
-                {
-                    break;
-                }
-            }
-            let _ = frontend.shutdown(Shutdown::Write);
-            // Replies (and any fds in them, which the kernel closes) until the backend closes.
-            let mut buf = [0u8; 4096];
-            while matches!(frontend.read(&mut buf), Ok(n) if n > 0) {}
-        });
-        // Ok(Disconnected / Dropped) or an error creating the backend: all fine here.
-        let _ = vu_daemon::serve_stream(device, backend_end);
-    });
+    let _ = frontend.shutdown(Shutdown::Write);
+    // Ok(Disconnected / Dropped) or an error creating the backend: all fine here.
+    let _ = vu_daemon::serve_stream(device, backend_end);
+    // Dropping `frontend` closes the replies and any fds in them.
 }
 
 /// An eventfd that is already signalled: as a kick fd it makes the worker look at its ring

@@ -226,6 +226,25 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// PATCH(serve-inline): serve a connection the caller accepted on the calling thread,
+    /// until the frontend hangs up or a request fails: what [`start_stream`](Self::start_stream)
+    /// followed by [`wait`](Self::wait) do, without starting (and joining) a thread per
+    /// connection. The connection is shut down when this returns.
+    pub fn serve_stream_inline(&mut self, stream: UnixStream) -> Result<()> {
+        let conn = stream.try_clone().map_err(Error::StartDaemon)?;
+        let mut handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        let error = loop {
+            if let Err(e) = handler.handle_request() {
+                break e;
+            }
+        };
+        let _ = conn.shutdown(Shutdown::Both);
+        match error {
+            VhostUserError::SocketBroken(_) => Ok(()),
+            e => Err(Error::HandleRequest(e)),
+        }
+    }
+
     fn accept(
         &self,
         backend_listener: &mut BackendListener<Mutex<VhostUserHandler<T>>>,

@@ -255,6 +255,21 @@ impl<M: GuestAddressSpace> VringState<M> {
         self.kick = file.map(|f| unsafe { EventConsumer::from_raw_fd(f.into_raw_fd()) });
     }
 
+    /// PATCH(kick-again): signals the kick eventfd from the backend's side, so that the
+    /// worker comes back to this ring on its next event-loop round, after the events already
+    /// pending (its exit event among them). For a backend that stops processing a ring that
+    /// still has requests (a bounded round): without the signal those requests would wait for
+    /// a kick the driver has no reason to send.
+    pub fn kick_again(&self) -> io::Result<()> {
+        if let Some(kick) = &self.kick {
+            let fd = kick.try_clone()?;
+            // SAFETY: `fd` is a duplicate made just above, owned by nothing else.
+            let notifier = unsafe { EventNotifier::from_raw_fd(fd.into_raw_fd()) };
+            notifier.notify()?;
+        }
+        Ok(())
+    }
+
     /// Read event from the kick `EventFd`.
     fn read_kick(&self) -> io::Result<bool> {
         if let Some(kick) = &self.kick {

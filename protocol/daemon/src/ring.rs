@@ -18,8 +18,12 @@ use std::num::Wrapping;
 use std::ops::Deref;
 use std::sync::atomic::Ordering;
 
+use vhost_user_backend::VringState;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{GuestMemory, GuestMemoryMmap};
+
+use crate::BackendMemory;
+use crate::backend_util::reenable_notifications;
 
 /// The next available descriptor chain of `queue`, or `None` when there is none or the
 /// queue is not (or no longer) running. A broken ring stops the queue (see the module
@@ -57,6 +61,85 @@ where
     );
     queue.set_ready(false);
     None
+}
+
+/// Chains a worker takes off one queue in one processing round, before it lets its event loop
+/// run again.
+pub const ROUND_CHAINS: u32 = 512;
+
+/// The allowance of one processing round of one queue ([`ROUND_CHAINS`] chains).
+///
+/// A queue that always has another chain (a guest that keeps it full, or a ring whose used
+/// entries or status bytes land on its own avail index, as a fuzzer found for
+/// vhost-user-blk) kept a worker inside one `handle_event` for ever: holding the vring lock,
+/// so `GET_VRING_BASE` waited for ever, and deaf to its exit event, so the end of the
+/// connection (which joins the workers) never completed and no later frontend was served.
+/// A round takes at most its allowance; then [`again`](Self::again) makes the worker come
+/// back to the queue after its event loop has looked at the events pending meanwhile, by
+/// signalling the queue's kick eventfd.
+pub struct Round {
+    left: u32,
+}
+
+impl Round {
+    pub fn new() -> Self {
+        Round { left: ROUND_CHAINS }
+    }
+
+    /// [`pop_chain`], or `None` once this round has taken its allowance.
+    pub fn pop<M>(&mut self, queue: &mut Queue, mem: M) -> Option<DescriptorChain<M>>
+    where
+        M: Clone + Deref,
+        M::Target: GuestMemory,
+    {
+        self.left = self.left.checked_sub(1)?;
+        pop_chain(queue, mem)
+    }
+
+    /// Counts one unit of work that is not a [`pop`](Self::pop) (a frame from the host side,
+    /// whose chains are taken elsewhere); false once the allowance is spent.
+    pub fn take(&mut self) -> bool {
+        self.left.checked_sub(1).map(|l| self.left = l).is_some()
+    }
+
+    /// Whether this round has taken its allowance.
+    pub fn spent(&self) -> bool {
+        self.left == 0
+    }
+
+    /// The end of a pass over the queue: true if the worker must go over it again now (with
+    /// EVENT_IDX, chains arrived while notifications were re-enabled). Once the allowance is
+    /// spent it answers false and signals the queue's kick, so the rest is served on the
+    /// event loop's next round.
+    pub fn again(
+        &self,
+        state: &mut VringState<BackendMemory>,
+        mem: &GuestMemoryMmap<()>,
+        event_idx: bool,
+    ) -> bool {
+        if self.spent() {
+            self.finish(state);
+            return false;
+        }
+        event_idx && reenable_notifications(state, mem)
+    }
+
+    /// For a worker that stops taking chains by itself (no more data to deliver, a full
+    /// output): if the allowance is what stopped it, signals the queue's kick so that it
+    /// comes back.
+    pub fn finish(&self, state: &VringState<BackendMemory>) {
+        if self.spent()
+            && let Err(e) = state.kick_again()
+        {
+            crate::log_limited!(log::Level::Error, "cannot signal the queue again: {e}");
+        }
+    }
+}
+
+impl Default for Round {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +189,29 @@ mod tests {
         assert!(!q.ready());
         // Stays stopped, silently.
         assert!(pop_chain(&mut q, &mem).is_none());
+    }
+
+    #[test]
+    fn a_round_takes_at_most_its_allowance() {
+        let (mem, mut q) = setup(AVAIL);
+        // One descriptor, offered again and again: the avail index always one ahead.
+        mem.write_obj(0x4000u64, GuestAddress(DESC)).unwrap();
+        mem.write_obj(16u32, GuestAddress(DESC + 8)).unwrap();
+        let mut round = Round::new();
+        let mut taken = 0;
+        loop {
+            let next = q.next_avail();
+            mem.write_obj(next.wrapping_add(1), GuestAddress(AVAIL + 2))
+                .unwrap();
+            if round.pop(&mut q, &mem).is_none() {
+                break;
+            }
+            q.add_used(&mem, 0, 0).unwrap();
+            taken += 1;
+        }
+        assert_eq!(taken, ROUND_CHAINS);
+        assert!(round.spent());
+        assert!(q.ready());
     }
 
     #[test]

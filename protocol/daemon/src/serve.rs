@@ -270,11 +270,9 @@ where
         .attach_workers(&backend, &daemon.get_epoll_handlers())
         .map_err(DaemonError::NewBackend)?;
     drop(backend);
-    daemon
-        .start_stream(stream)
-        .map_err(|e| DaemonError::Accept(e.to_string()))?;
     crate::log_limited!(log::Level::Info, "{}: frontend connected", device.name());
-    let end = match daemon.wait() {
+    // On this thread: the caller has nothing else to do meanwhile.
+    let end = match daemon.serve_stream_inline(stream) {
         Ok(())
         | Err(DaemonLibError::HandleRequest(
             VhostUserError::Disconnected | VhostUserError::PartialMessage,

@@ -14,10 +14,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vu_daemon::backend_util::{
     self, EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    read_config, reenable_notifications,
+    read_config,
 };
 use vu_daemon::inflight::{self, Tracker, read_chain};
-use vu_daemon::ring::pop_chain;
+use vu_daemon::ring::Round;
 use vu_daemon::{BackendMemory, BackendVring};
 use vu_spec::blk::{
     BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
@@ -267,12 +267,13 @@ impl BlkBackend {
         {
             resumed = self.resume(t, &done, opts, &mem, &mut state);
         }
+        let mut round = Round::new();
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
             let mut completed = std::mem::take(&mut resumed);
-            while let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) {
+            while let Some(chain) = round.pop(state.get_queue_mut(), mem.clone()) {
                 let head = chain.head_index();
                 if let Some(t) = &done.tracker {
                     t.get(queue, head);
@@ -287,10 +288,7 @@ impl BlkBackend {
             if completed {
                 notify_used(&mut state, &mem);
             }
-            if !event_idx {
-                break;
-            }
-            if completed && !self.settings.poll.is_zero() {
+            if event_idx && completed && !round.spent() && !self.settings.poll.is_zero() {
                 // The driver is busy with short requests: it will likely submit again soon.
                 // (Not after offloading only: the I/O threads need the CPU more.) Watching the avail
                 // index for a moment (ring lock released, so I/O threads can complete) saves
@@ -304,7 +302,7 @@ impl BlkBackend {
                     continue;
                 }
             }
-            if !reenable_notifications(&mut state, &mem) {
+            if !round.again(&mut state, &mem, event_idx) {
                 break;
             }
         }

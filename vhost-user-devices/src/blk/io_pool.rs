@@ -4,7 +4,7 @@
 //! faster than one, and the worker keeps taking new requests meanwhile.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
@@ -65,11 +65,16 @@ struct Shared {
     idle: Condvar,
 }
 
-/// Persistent I/O threads of one backend (one connection), shared by all its queues.
-/// Dropping the pool lets the threads finish what is queued and exit.
+/// Persistent I/O threads of one backend (one connection), shared by all its queues, started
+/// by the first request that goes to them (a connection that never sends one, such as a
+/// probe or a guest that only reads its partition table, costs no thread). Dropping the pool
+/// lets the threads finish what is queued and exit.
 pub struct IoPool {
     shared: Arc<Shared>,
+    disk: Arc<Disk>,
     threads: usize,
+    /// How many threads really started (set by the first [`submit`](Self::submit)).
+    started: OnceLock<usize>,
     min_bytes: u64,
 }
 
@@ -114,32 +119,40 @@ impl Completion {
 }
 
 impl IoPool {
-    /// Starts up to `threads` threads (fewer if the system refuses; 0 runs everything inline)
-    /// for requests of at least `min_bytes` of data.
+    /// A pool of up to `threads` threads (0 runs everything inline) for requests of at least
+    /// `min_bytes` of data; none starts before the first such request.
     pub fn new(disk: Arc<Disk>, threads: usize, min_bytes: u64) -> Self {
-        let shared = Arc::new(Shared::default());
-        let mut started = 0;
-        for _ in 0..threads {
-            let (shared, disk) = (shared.clone(), disk.clone());
-            let spawned = std::thread::Builder::new()
-                .name("blk-io".into())
-                .spawn(move || io_thread(&shared, &disk));
-            match spawned {
-                Ok(_) => started += 1,
-                Err(e) => {
-                    vu_daemon::log_limited!(
-                        log::Level::Warn,
-                        "cannot start an I/O thread ({e}); continuing with fewer"
-                    );
-                    break;
-                }
-            }
-        }
         IoPool {
-            shared,
-            threads: started,
+            shared: Arc::new(Shared::default()),
+            disk,
+            threads,
+            started: OnceLock::new(),
             min_bytes,
         }
+    }
+
+    /// Starts the threads on first use (fewer if the system refuses); returns how many run.
+    fn start(&self) -> usize {
+        *self.started.get_or_init(|| {
+            let mut started = 0;
+            for _ in 0..self.threads {
+                let (shared, disk) = (self.shared.clone(), self.disk.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("blk-io".into())
+                    .spawn(move || io_thread(&shared, &disk));
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => {
+                        vu_daemon::log_limited!(
+                            log::Level::Warn,
+                            "cannot start an I/O thread ({e}); continuing with fewer"
+                        );
+                        break;
+                    }
+                }
+            }
+            started
+        })
     }
 
     /// Whether `req` should run on the pool rather than inline.
@@ -159,13 +172,17 @@ impl IoPool {
     }
 
     /// Queues `req`; an I/O thread executes it and completes it through `done`. Gives the
-    /// request back if the pool is unusable, for the caller to run inline.
+    /// request back if the pool is unusable (no thread could start), for the caller to run
+    /// inline.
     pub fn submit(
         &self,
         req: Request,
         opts: RequestOptions,
         done: &Completion,
     ) -> Result<(), Request> {
+        if self.start() == 0 {
+            return Err(req);
+        }
         match self.shared.state.lock() {
             Ok(mut s) if !s.shutdown => {
                 s.jobs.push_back(Job {

@@ -13,9 +13,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
-    protocol_features, read_config, reenable_notifications,
+    protocol_features, read_config,
 };
-use vu_daemon::ring::pop_chain;
+use vu_daemon::ring::Round;
 use vu_daemon::{BackendMemory, BackendVring};
 use vu_spec::console::{CONSOLE_NUM_QUEUES, CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE, ConsoleConfig};
 
@@ -74,12 +74,13 @@ impl ConsoleBackend {
             return;
         }
         let mut completed = false;
+        let mut round = Round::new();
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
             while wanted() {
-                let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
+                let Some(chain) = round.pop(state.get_queue_mut(), mem.clone()) else {
                     break;
                 };
                 let head = chain.head_index();
@@ -100,10 +101,7 @@ impl ConsoleBackend {
                 }
                 completed = true;
             }
-            if !event_idx {
-                break;
-            }
-            if !(reenable_notifications(&mut state, &mem) && wanted()) {
+            if !(round.again(&mut state, &mem, event_idx) && wanted()) {
                 break;
             }
         }

@@ -16,7 +16,7 @@ use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, ignore_config_write, new_exit_event, notify_used,
     read_config, reenable_notifications,
 };
-use vu_daemon::ring::pop_chain;
+use vu_daemon::ring::Round;
 use vu_daemon::{BackendMemory, BackendVring};
 use vu_spec::net::{
     NetConfig, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
@@ -186,12 +186,13 @@ impl NetBackend {
         let event_idx = self.event_idx.get();
         let stats = &self.shared.stats;
         let mut state = vring.get_mut();
+        let mut round = Round::new();
         loop {
             if event_idx {
                 let _ = state.disable_notification();
             }
             let mut completed = false;
-            while let Some(chain) = pop_chain(state.get_queue_mut(), &*mem) {
+            while let Some(chain) = round.pop(state.get_queue_mut(), &*mem) {
                 let head = chain.head_index();
                 match gather_tx(chain, &mem, hdr_len, strip, &mut frame) {
                     Ok(()) => match send_frame(fd, &frame) {
@@ -227,10 +228,7 @@ impl NetBackend {
             if completed {
                 notify_used(&mut state, &mem);
             }
-            if !event_idx {
-                break;
-            }
-            if !reenable_notifications(&mut state, &mem) {
+            if !round.again(&mut state, &mem, event_idx) {
                 break;
             }
         }
@@ -263,7 +261,15 @@ impl NetBackend {
             return;
         }
         let mut unsignalled = 0u32;
+        // Bounded like the guest's side: a peer that keeps the link busy must not keep the
+        // worker from its other events (the link is edge-triggered, so the rest is picked up
+        // by the receive queue's kick that `finish` signals).
+        let mut round = Round::new();
         loop {
+            if !round.take() {
+                round.finish(&state);
+                break;
+            }
             if rx.pending == 0 {
                 match recv_frame(fd, &mut rx.buf) {
                     Ok(Some(n)) if n < 12 => {

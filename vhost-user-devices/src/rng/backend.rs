@@ -17,9 +17,8 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::timerfd::TimerFd;
 use vu_daemon::backend_util::{
     EventIdx, MemorySlot, RING_FEATURES, new_exit_event, notify_used, protocol_features,
-    reenable_notifications,
 };
-use vu_daemon::ring::pop_chain;
+use vu_daemon::ring::Round;
 use vu_daemon::{BackendMemory, BackendVring};
 use vu_spec::rng::RNG_NUM_QUEUES;
 
@@ -128,16 +127,14 @@ impl RngBackend {
         }
         let event_idx = self.event_idx.get();
         let mut completed = false;
+        let mut round = Round::new();
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&*mem);
             }
-            let limited = self.fill_requests(&mut state, &mem, &mut completed);
-            if limited || !event_idx {
-                break;
-            }
+            let limited = self.fill_requests(&mut state, &mem, &mut round, &mut completed);
             // Re-enable notifications; a request that arrived meanwhile is served now.
-            if !reenable_notifications(&mut state, &mem) {
+            if limited || !round.again(&mut state, &mem, event_idx) {
                 break;
             }
         }
@@ -152,6 +149,7 @@ impl RngBackend {
         &self,
         state: &mut VringState<BackendMemory>,
         mem: &Arc<Mem>,
+        round: &mut Round,
         completed: &mut bool,
     ) -> bool {
         loop {
@@ -161,7 +159,7 @@ impl RngBackend {
                 self.arm_timer(wait);
                 return true;
             }
-            let Some(chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
+            let Some(chain) = round.pop(state.get_queue_mut(), mem.clone()) else {
                 self.entropy.grant_back(budget);
                 return false;
             };

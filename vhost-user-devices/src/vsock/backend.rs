@@ -15,7 +15,7 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vu_daemon::backend_util::{self, MemorySlot, ignore_config_write, new_exit_event, read_config};
-use vu_daemon::ring::pop_chain;
+use vu_daemon::ring::Round;
 use vu_daemon::{BackendMemory, BackendVring};
 use vu_spec::vsock::{NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig};
 
@@ -94,8 +94,10 @@ impl VsockBackend {
             return;
         }
         let mut used = false;
+        let mut round = Round::new();
         while !muxer.throttled() {
-            let Some(mut chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
+            let Some(mut chain) = round.pop(state.get_queue_mut(), mem.clone()) else {
+                round.finish(&state);
                 break;
             };
             let head = chain.head_index();
@@ -135,8 +137,10 @@ impl VsockBackend {
         if !state.get_queue().ready() {
             return sent;
         }
+        let mut round = Round::new();
         while muxer.has_rx() {
-            let Some(mut chain) = pop_chain(state.get_queue_mut(), mem.clone()) else {
+            let Some(mut chain) = round.pop(state.get_queue_mut(), mem.clone()) else {
+                round.finish(&state);
                 break;
             };
             let head = chain.head_index();
