@@ -21,8 +21,8 @@ pub use streaming::Streaming;
 pub use tap::{Tap, byte_sink};
 pub use vm::VmCommand;
 pub use vu_testkit::support::{
-    KillOnDrop, RunOutput, Running, TestDir, run_with_timeout, spawn_until, wait_for_path,
-    wait_with_timeout,
+    KillOnDrop, ProcStat, RunOutput, Running, TestDir, children_of, proc_stat, run_with_timeout,
+    spawn_until, wait_for_path, wait_gone, wait_with_timeout,
 };
 
 use std::path::{Path, PathBuf};

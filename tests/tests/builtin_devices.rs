@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     GUEST_CMDLINE, KVM_BOOT_TIMEOUT, Streaming, Tap, TestDir, bin, guest_file, guest_tools_initrd,
+    proc_stat,
 };
 
 const GUEST_CID: u32 = 7;
@@ -101,8 +102,7 @@ fn comm(pid: u32) -> String {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.contains(") Z ") && s.contains("(vhost-user-"))
+    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.comm.starts_with("vhost-user-"))
 }
 
 /// Host port 6000 (`<uds>_6000`): reads what the guest sends, answers.

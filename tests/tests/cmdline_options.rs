@@ -18,11 +18,11 @@
 
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration_tests::{
-    GUEST_CMDLINE, KVM_BOOT_TIMEOUT, QmpClient, TestDir, bin, guest_append, guest_file,
-    run_with_timeout,
+    GUEST_CMDLINE, KVM_BOOT_TIMEOUT, QmpClient, TestDir, bin, children_of, guest_append,
+    guest_file, run_with_timeout, wait_gone,
 };
 
 fn utc_hour() -> u64 {
@@ -196,40 +196,6 @@ fn machine_none_answers_a_capability_probe_and_quits() {
     assert!(status.success(), "{status}");
 }
 
-/// The processes whose parent is `pid`, with their `comm`.
-fn children_of(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            out.push((child, stat[open + 1..close].to_string()));
-        }
-    }
-    out
-}
-
-fn gone(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z ") {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// `-daemonize` with a device accel serves through a backend it starts (QEMU's `rng-builtin`):
 /// the command returns 0 once the VM is built and its monitor listens, and the caller's
 /// stdout/stderr pipes end then, although the daemon, its backend launcher and the backend run
@@ -290,12 +256,12 @@ fn daemonize_returns_and_lets_go_of_the_callers_output() {
     assert_eq!(status["return"]["status"], "prelaunch", "{status}");
     assert!(q.call("quit").get("return").is_some());
     assert!(
-        gone(daemon, Duration::from_secs(30)),
+        wait_gone(daemon, Duration::from_secs(30)),
         "the daemon ran on after quit"
     );
     for (pid, comm) in backends.iter().chain([&(launcher[0], String::new())]) {
         assert!(
-            gone(*pid, Duration::from_secs(10)),
+            wait_gone(*pid, Duration::from_secs(10)),
             "{pid} {comm} outlived the daemon"
         );
     }

@@ -94,6 +94,14 @@ pub struct VcpuShared {
     pub first_run_seen: AtomicBool,
 }
 
+/// What one `KVM_RUN` exit leads to.
+enum Step {
+    Go,
+    Stop(FatalExit),
+    /// An exit accel does not handle (its reason number is in the run structure).
+    Unexpected,
+}
+
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
@@ -235,40 +243,42 @@ impl Vcpu {
             if control.should_stop() {
                 return;
             }
-            let fatal = match self.fd.run() {
+            let step = match self.fd.run() {
                 Ok(exit) => match EXITS.record(exit) {
                     VcpuExit::IoIn(port, data) => {
                         if !shared.pio.read(u64::from(port), data) {
                             log::debug!("unhandled port read {port:#x} ({} bytes)", data.len());
                         }
-                        None
+                        Step::Go
                     }
                     VcpuExit::IoOut(port, data) => {
                         if !shared.pio.write(u64::from(port), data) {
                             log::debug!("unhandled port write {port:#x} <- {data:x?}");
                         }
-                        None
+                        Step::Go
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         if !shared.mmio.read(addr, data) {
                             log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
                         }
-                        None
+                        Step::Go
                     }
                     VcpuExit::MmioWrite(addr, data) => {
                         if !shared.mmio.write(addr, data) {
                             log::debug!("unhandled MMIO write {addr:#x} <- {data:x?}");
                         }
-                        None
+                        Step::Go
                     }
                     VcpuExit::Hlt => {
                         log::debug!("vCPU {}: HLT exit", self.index);
-                        None
+                        Step::Go
                     }
-                    VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
-                    VcpuExit::Shutdown => Some(FatalExit::TripleFault),
-                    VcpuExit::FailEntry(reason, cpu) => Some(FatalExit::FailEntry { reason, cpu }),
-                    VcpuExit::InternalError => Some(FatalExit::InternalError),
+                    VcpuExit::Intr | VcpuExit::IrqWindowOpen => Step::Go,
+                    VcpuExit::Shutdown => Step::Stop(FatalExit::TripleFault),
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        Step::Stop(FatalExit::FailEntry { reason, cpu })
+                    }
+                    VcpuExit::InternalError => Step::Stop(FatalExit::InternalError),
                     VcpuExit::SystemEvent(kind, _) => {
                         match kind {
                             KVM_SYSTEM_EVENT_SHUTDOWN => control.request(VmRequest::Shutdown),
@@ -277,32 +287,32 @@ impl Vcpu {
                                 log::warn!("vCPU {}: system event {other} ignored", self.index)
                             }
                         }
-                        None
+                        Step::Go
                     }
-                    // The exit reason is read below, once `other` no longer borrows the run.
-                    _ => Some(FatalExit::Unexpected(0)),
+                    // Its number is read below, once the exit no longer borrows the run.
+                    _ => Step::Unexpected,
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     // A kick (see `kick_signal_handler`): re-arm KVM_RUN, then the stop flag
                     // is checked at the top of the loop. The stopper sets the flag before it
                     // signals, so a kick after this store still finds it set.
                     self.fd.set_kvm_immediate_exit(0);
-                    None
+                    Step::Go
                 }
-                Err(e) => Some(FatalExit::Run(e)),
+                Err(e) => Step::Stop(FatalExit::Run(e)),
             };
-            if let Some(mut exit) = fatal {
-                if let FatalExit::Unexpected(reason) = &mut exit {
-                    *reason = self.fd.get_kvm_run().exit_reason;
-                }
-                let report = self.crash_report(&exit, shared);
-                eprint!("{report}");
-                control.request(VmRequest::fatal(VcpuFault::Exit {
-                    vcpu: usize::from(self.index),
-                    exit,
-                }));
-                return;
-            }
+            let exit = match step {
+                Step::Go => continue,
+                Step::Stop(exit) => exit,
+                Step::Unexpected => FatalExit::Unexpected(self.fd.get_kvm_run().exit_reason),
+            };
+            let report = self.crash_report(&exit, shared);
+            eprint!("{report}");
+            control.request(VmRequest::fatal(VcpuFault::Exit {
+                vcpu: usize::from(self.index),
+                exit,
+            }));
+            return;
         }
     }
 

@@ -1,7 +1,8 @@
 //! Process and file helpers every test suite shares (integration tests, backend process and
 //! socket tests, the test kit's own tests): scratch directories, children killed on drop,
 //! waiting for a socket path, a connection or an exit, running a program with a deadline
-//! while collecting its output, and workspace binaries built before they run.
+//! while collecting its output, other processes as `/proc` shows them, and workspace binaries
+//! built before they run.
 //!
 //! Only std, nix and vmm-sys-util: accel's own tests include this file by path
 //! (`#[path = ...] mod support;`), since a dev-dependency on vu-testkit would put the bench
@@ -134,6 +135,60 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// A process as `/proc/PID/stat` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub comm: String,
+    /// `R`, `S`, `D`, `Z`, ...
+    pub state: char,
+    pub ppid: u32,
+}
+
+/// `pid`'s `/proc/PID/stat`; `None` once the process is gone (reaped).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split at the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcStat {
+        comm: stat.get(open + 1..close)?.to_string(),
+        state,
+        ppid,
+    })
+}
+
+/// Whether `pid` runs: it exists and is not a zombie.
+pub fn running(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// Waits up to `timeout` for `pid` to stop running (exited, reaped or not); true if it did.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while running(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+    true
+}
+
+/// The processes whose parent is `pid`, with their command names.
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| proc_stat(child).map(|s| (child, s)))
+        .filter(|(_, s)| s.ppid == pid)
+        .map(|(child, s)| (child, s.comm))
+        .collect()
 }
 
 /// What a finished (or killed) process left behind.

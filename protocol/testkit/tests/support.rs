@@ -76,3 +76,21 @@ fn paths_connections_and_signals() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(Signal::SIGTERM as i32));
 }
+
+#[test]
+fn other_processes_through_proc() {
+    let me = std::process::id();
+    let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = child.id();
+    let stat = proc_stat(pid).expect("the child's stat");
+    assert_eq!((stat.comm.as_str(), stat.ppid), ("sleep", me));
+    assert!(running(pid));
+    assert!(children_of(me).contains(&(pid, "sleep".to_string())));
+    assert!(!wait_gone(pid, Duration::from_millis(50)));
+    child.kill().unwrap();
+    // Exited but not reaped (a zombie) counts as gone; reaped, its stat is gone too.
+    assert!(wait_gone(pid, Duration::from_secs(10)));
+    assert_eq!(proc_stat(pid).map(|s| s.state), Some('Z'));
+    child.wait().unwrap();
+    assert_eq!(proc_stat(pid), None);
+}
