@@ -80,7 +80,10 @@ fn paths_connections_and_signals() {
 #[test]
 fn other_processes_through_proc() {
     let me = std::process::id();
-    let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let stat = proc_stat(pid).expect("the child's stat");
     assert_eq!((stat.comm.as_str(), stat.ppid), ("sleep", me));
