@@ -140,7 +140,17 @@ fn accel_kvm_vsock_backend_killed_new_connection_works() {
     std::thread::sleep(DOWN);
     let _backend2 = start_backend(&dir);
     restarted.store(true, Ordering::SeqCst);
-    let line = vm.expect_start("NEW-CONN ", Duration::from_secs(180));
+    let Some(line) = vm.try_expect_by(
+        |l| l.trim_start().starts_with("NEW-CONN "),
+        Duration::from_secs(180),
+    ) else {
+        vm.drain(Duration::from_secs(1));
+        panic!(
+            "no NEW-CONN line within 180 s after the restart\n{}\n--- backend log ---\n{}",
+            vm.output(),
+            log()
+        );
+    };
     assert!(
         line.contains("REPLY: hello-from-host"),
         "{line}\n{}\n{}",
