@@ -46,13 +46,13 @@ struct Seen {
     old_write_after_kill: String,
     /// Data of the connections that arrived after the restart and got `hello-from-host`.
     new: Vec<String>,
-    /// Connections before the restart beyond the first (closed without a reply).
+    /// Connections other than `old-conn` before the restart (closed without a reply).
     early: usize,
 }
 
-/// Serves host port 6000: keeps the first connection open without replying (reporting on
-/// `old_tx` once its data is in), closes the later ones unanswered until `restarted`, then
-/// answers `hello-from-host` to the first one with data.
+/// Serves host port 6000: keeps the `old-conn` connection open without replying (reporting on
+/// `old_tx` once its data is in), closes the others unanswered until `restarted`, then answers
+/// `hello-from-host` to the first one with data.
 fn host_server(
     uds: &std::path::Path,
     restarted: Arc<AtomicBool>,
@@ -74,7 +74,11 @@ fn host_server(
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut data = String::new();
             let _ = c.read_to_string(&mut data);
-            if old.is_none() {
+            // By its data, not by arrival: the guest starts `old-conn` in the background and
+            // its `new-conn` loop at once, so under load a `new-conn` may arrive first. Taken
+            // for the old connection, it was kept open without a reply, and that `vsock-tool`
+            // (and the guest's loop with it) waited for ever.
+            if old.is_none() && data == "old-conn" {
                 seen.old = data;
                 old = Some(c);
                 let _ = old_tx.send(());
