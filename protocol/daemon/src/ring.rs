@@ -92,7 +92,9 @@ impl Round {
         M: Clone + Deref,
         M::Target: GuestMemory,
     {
-        self.left = self.left.checked_sub(1)?;
+        if !self.take() {
+            return None;
+        }
         pop_chain(queue, mem)
     }
 
