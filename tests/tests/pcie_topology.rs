@@ -255,11 +255,17 @@ fn pc_nested_pci_bridges_match_qemu() {
     );
     check_disks(&qemu, &images, "QEMU");
     check_disks(&accel, &images, "accel");
-    assert!(
-        !accel.stdout.contains("MMCONFIG"),
-        "pc has no ECAM\n{}",
-        accel.both()
-    );
+    // pc has no ECAM: the kernel must not have found an MCFG. On an Intel host it still
+    // names MMCONFIG ("fail to add MMCONFIG information, can't access extended PCI
+    // configuration space under this bridge": it looks for an ECAM for the root bridge and
+    // finds none); on AMD (family 10h+) it uses conf1 for extended access and says nothing.
+    for found in ["MMCONFIG for domain", "MMCONFIG at "] {
+        assert!(
+            !accel.stdout.contains(found),
+            "pc has no ECAM, yet the guest says {found:?}\n{}",
+            accel.both()
+        );
+    }
     for bad in ["no space", "failed to assign", "can't assign"] {
         assert!(
             !accel.stdout.contains(bad),
