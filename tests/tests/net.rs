@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use integration_tests::{
     Backend, GuestOutput, KVM_BOOT_TIMEOUT, RunOutput, Tap, TestDir, VmCommand, bin, byte_sink,
-    guest_file, qemu, run_with_timeout, spawn_until, wait_for_path,
+    qemu, run_with_timeout, spawn_until, wait_for_path,
 };
 
 const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
@@ -55,7 +55,6 @@ fn vm(
         .device(&format!(
             "virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on{device_opts}"
         ))
-        .initrd(&guest_file("initramfs.cpio"))
         .gcmd(gcmd)
 }
 

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Backend, KVM_BOOT_TIMEOUT, Streaming, Tap, TestDir, VmCommand, bin, byte_sink, guest_file, qemu,
+    Backend, KVM_BOOT_TIMEOUT, Streaming, Tap, TestDir, VmCommand, bin, byte_sink, qemu,
 };
 
 /// What the guest sends: 16 blocks of 4 KiB before the host kills the backend, 48 after
@@ -45,7 +45,6 @@ fn vm(sock: &Path, device_opts: &str, gcmd: &str) -> VmCommand {
         .device(&format!(
             "virtio-net-pci,netdev=n0,mac={MAC},disable-legacy=on{device_opts}"
         ))
-        .initrd(&guest_file("initramfs.cpio"))
         .gcmd(gcmd)
 }
 
