@@ -52,6 +52,21 @@ fn quit(qmp: &mut QmpClient, vm: &mut Streaming) -> Option<std::process::ExitSta
     }
 }
 
+/// Starts `vmm` with `vm` and a QMP socket in `dir`: the running VM and its QMP client.
+fn start_with_qmp(vmm: &Path, accel: &str, vm: VmCommand, dir: &TestDir) -> (Streaming, QmpClient) {
+    let qmp_sock = dir.join("qmp.sock");
+    let args = vm
+        .accel(accel)
+        .arg(
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
+        )
+        .args();
+    let mut vm = Streaming::spawn(Command::new(vmm).args(&args));
+    let qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, accel);
+    (vm, qmp)
+}
+
 fn chardev_add(id: &str, path: &Path) -> Value {
     json!({"id": id, "backend": {"type": "socket", "data": {
         "addr": {"type": "unix", "data": {"path": path.display().to_string()}},
@@ -142,17 +157,8 @@ fn hotplug_disk(vmm: &Path, accel: &str, boot: Duration) {
         log,
         _backend,
     } = HotDisk::start(&dir, 0x5eed_0fd1_5c00);
-    let qmp_sock = dir.join("qmp.sock");
-    let args = VmCommand::new()
-        .accel(accel)
-        .arg(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
-        )
-        .gcmd(GUEST)
-        .args();
-    let mut vm = Streaming::spawn(Command::new(vmm).args(&args));
-    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, accel);
+    let vm_cmd = VmCommand::new().gcmd(GUEST);
+    let (mut vm, mut qmp) = start_with_qmp(vmm, accel, vm_cmd, &dir);
     vm.expect("STATE none", boot);
 
     // Errors first, with QEMU's classes.
@@ -318,20 +324,12 @@ fn accel_hotplugs_net_rng_and_vsock() {
         &["--guest-cid", "7", "--uds-path", uds.to_str().unwrap()],
         &dir.join("vsock.log"),
     );
-    let qmp_sock = dir.join("qmp.sock");
-    let args = VmCommand::new()
-        .accel("kvm")
-        .arg(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
-        )
+    let vm_cmd = VmCommand::new()
         // A command-line netdev no NIC uses: QMP knows it as well as the ones it added.
         .chardev("c0", &dir.join("unused.sock"))
         .arg("-netdev", "vhost-user,id=n0,chardev=c0")
-        .gcmd(GUEST_LIST)
-        .args();
-    let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
-    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, "accel");
+        .gcmd(GUEST_LIST);
+    let (mut vm, mut qmp) = start_with_qmp(&bin("accel"), "kvm", vm_cmd, &dir);
     let first = vm.expect_start("DEVS", 4 * KVM_BOOT_TIMEOUT);
     assert!(!first.contains("0x0001"), "{first}");
 
@@ -456,21 +454,13 @@ fn accel_hotplugs_a_disk_on_a_q35_root_port() {
         log,
         _backend,
     } = HotDisk::start(&dir, 0x9e35_0fd1_5c00);
-    let qmp_sock = dir.join("qmp.sock");
-    let args = VmCommand::new()
-        .accel("kvm")
+    let vm_cmd = VmCommand::new()
         .machine("q35")
         .device("pcie-root-port,id=rp1,bus=pcie.0,chassis=1,port=0x10,addr=0x1c.0,multifunction=on")
         .device("pcie-root-port,id=rp2,bus=pcie.0,chassis=2,port=0x11,addr=0x1c.1")
-        .arg(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_sock.display()),
-        )
-        .gcmd(GUEST_Q35)
-        .args();
+        .gcmd(GUEST_Q35);
     let started = Instant::now();
-    let mut vm = Streaming::spawn(Command::new(bin("accel")).args(&args));
-    let mut qmp = QmpClient::connect(&qmp_sock, &mut vm.child.0, "accel");
+    let (mut vm, mut qmp) = start_with_qmp(&bin("accel"), "kvm", vm_cmd, &dir);
     vm.expect("STATE none", 4 * KVM_BOOT_TIMEOUT);
     let booted = started.elapsed();
     let dmesg: Vec<String> = vm
@@ -665,4 +655,103 @@ fn accel_hotplugs_a_disk_on_pc() {
 #[test]
 fn qemu_hotplugs_a_disk_on_pc() {
     hotplug_disk(&qemu(), "tcg", Duration::from_secs(120));
+}
+
+/// The guest waits for a virtio-rng to bind, then prints 1024 bytes' md5 once.
+const GUEST_RNG: &str = "echo WAIT-$((1+1)); until ls /sys/bus/virtio/drivers/virtio_rng \
+2>/dev/null | grep -q virtio; do sleep 1; done; echo RNG-$((40+2)); head -c 1024 /dev/hwrng | \
+md5sum; while :; do sleep 1; done";
+
+/// `chardev-add` with `"server": true`, as libvirt sends for a `mode='server'` vhost-user
+/// interface (OVS-DPDK's `dpdkvhostuserclient`): the VMM listens when the command returns,
+/// a client-mode backend connects, `device_add` of a vhost-user-rng-pci on the chardev gives
+/// the guest the backend's bytes, `device_del` removes it and `chardev-remove` removes the
+/// socket file (QEMU 7.2 does). Under accel this runs confined (the default): binding in the
+/// directory of the command line's QMP socket is allowed.
+fn hotplug_on_server_chardev(vmm: &Path, accel: &str, boot: Duration) {
+    let dir = TestDir::new(&format!("hotplug-server-{accel}"));
+    let sock = dir.join("rng.sock");
+    let source = dir.join("entropy");
+    std::fs::write(&source, vec![b'S'; 1 << 20]).unwrap();
+    let vm_cmd = VmCommand::new().gcmd(GUEST_RNG);
+    let (mut vm, mut qmp) = start_with_qmp(vmm, accel, vm_cmd, &dir);
+    vm.expect("WAIT-2", boot);
+
+    let server = json!({"id": "cs", "backend": {"type": "socket", "data": {
+        "addr": {"type": "unix", "data": {"path": sock.display().to_string()}},
+        "server": true}}});
+    ok(&qmp.execute("chardev-add", server), "chardev-add server");
+    assert!(sock.exists(), "chardev-add returned before listening");
+    let log = dir.join("rng.log");
+    let _backend = Backend::spawn_logged(
+        "vhost-user-rng",
+        &sock,
+        &["--client", "--source", source.to_str().unwrap()],
+        &log,
+    );
+    if accel == "tcg" {
+        // QEMU accepts in its main loop and its vhost-user-rng-pci realize does not wait
+        // for a connection (7.2 aborts on an unconnected one); the chardev's filename loses
+        // its "disconnected:" prefix once it has accepted. accel accepts in device_add.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while {
+            let r = qmp.execute("query-chardev", json!({}));
+            let cs = r["return"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|c| c["label"] == "cs")
+                    .map(|c| c["filename"].to_string())
+            });
+            cs.is_none_or(|f| f.contains("disconnected:"))
+        } {
+            assert!(Instant::now() < deadline, "the backend never connected");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ok(
+        &qmp.execute(
+            "device_add",
+            json!({"driver": "vhost-user-rng-pci", "chardev": "cs", "id": "rng0"}),
+        ),
+        "device_add",
+    );
+    let r = qmp.execute("chardev-remove", json!({"id": "cs"}));
+    assert_eq!(error(&r, "GenericError", "busy"), "Chardev 'cs' is busy");
+    vm.expect("RNG-42", Duration::from_secs(300));
+    let want = format!("{}  -", md5_hex(&[b'S'; 1024]));
+    let got = vm.expect_start(&want, Duration::from_secs(120));
+    assert_eq!(got.trim(), want);
+
+    ok(
+        &qmp.execute("device_del", json!({"id": "rng0"})),
+        "device_del",
+    );
+    loop {
+        let e = qmp
+            .wait_event("DEVICE_DELETED", Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no DEVICE_DELETED\n{}", vm.seen.join("\n")));
+        if e["data"]["device"] == "rng0" {
+            break;
+        }
+    }
+    ok(
+        &qmp.execute("chardev-remove", json!({"id": "cs"})),
+        "chardev-remove",
+    );
+    assert!(!sock.exists(), "chardev-remove left {}", sock.display());
+    let exit = quit(&mut qmp, &mut vm);
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "quit: {exit:?}\n{}",
+        vm.seen.join("\n")
+    );
+}
+
+#[test]
+fn accel_hotplugs_on_a_server_chardev() {
+    hotplug_on_server_chardev(&bin("accel"), "kvm", 4 * KVM_BOOT_TIMEOUT);
+}
+
+#[test]
+fn qemu_hotplugs_on_a_server_chardev() {
+    hotplug_on_server_chardev(&qemu(), "tcg", Duration::from_secs(120));
 }

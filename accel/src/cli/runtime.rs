@@ -49,7 +49,8 @@ pub fn netdev(args: &Map<String, Value>) -> Result<NetdevConfig, CliError> {
 }
 
 /// `chardev-add`'s `ChardevBackend` (QAPI: `{"type": "socket", "data": {"addr": {"type":
-/// "unix", "data": {"path": P}}, "server": false, "reconnect": N}}`), as `-chardev socket`.
+/// "unix", "data": {"path": P}}, "server": false, "reconnect": N}}`), as `-chardev socket`;
+/// with `"server": true`, accel listens on P (the caller binds) and the backend connects.
 pub fn chardev(id: &str, backend: &Value) -> Result<ChardevConfig, CliError> {
     let invalid = |message: &str| CliError::Invalid {
         option: "chardev-add".into(),
@@ -64,8 +65,11 @@ pub fn chardev(id: &str, backend: &Value) -> Result<ChardevConfig, CliError> {
         ("backend".to_string(), kind.to_string()),
         ("id".to_string(), id.to_string()),
     ];
+    let mut server = false;
     if kind == "socket" {
         let data = data.ok_or_else(|| invalid("backend.data is missing"))?;
+        // QAPI's defaults: server false; `wait` (server only) false.
+        server = data.get("server").and_then(Value::as_bool) == Some(true);
         let addr = data
             .get("addr")
             .ok_or_else(|| invalid("backend.data.addr is missing"))?;
@@ -89,12 +93,24 @@ pub fn chardev(id: &str, backend: &Value) -> Result<ChardevConfig, CliError> {
                 Value::String(s) => s.clone(),
                 _ => continue,
             };
-            if key != "addr" {
+            // A server socket is listening when chardev-add returns; `wait` (for the first
+            // connection) is not needed: device_add takes the connection from the backlog.
+            let server_only = server && (key == "server" || key == "wait");
+            if key != "addr" && !server_only {
                 list.push((key.clone(), text));
             }
         }
     }
-    devices::parse_chardev(Props::from_items("chardev-add", list))
+    let mut chardev = devices::parse_chardev(Props::from_items("chardev-add", list))?;
+    if server {
+        if chardev.reconnect_secs > 0 {
+            return Err(invalid(
+                "'reconnect' option is incompatible with socket in server listen mode",
+            ));
+        }
+        chardev.server = true;
+    }
+    Ok(chardev)
 }
 
 #[cfg(test)]
@@ -148,13 +164,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("unix socket"), "{e}");
+        let c = chardev(
+            "c0",
+            &serde_json::json!({"type": "socket", "data": {"addr": {"type": "unix",
+                "data": {"path": "/tmp/x"}}, "server": true, "wait": false}}),
+        )
+        .unwrap();
+        assert!(c.server && c.reconnect_secs == 0, "{c:?}");
         let e = chardev(
             "c0",
             &serde_json::json!({"type": "socket", "data": {"addr": {"type": "unix",
-                "data": {"path": "/tmp/x"}}, "server": true}}),
+                "data": {"path": "/tmp/x"}}, "server": true, "reconnect": 1}}),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("server"), "{e}");
+        assert!(
+            e.to_string().contains("incompatible with socket in server"),
+            "{e}"
+        );
+        let e = chardev(
+            "c0",
+            &serde_json::json!({"type": "socket", "data": {"addr": {"type": "unix",
+                "data": {"path": "/tmp/x"}}, "wait": true}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("client connect mode"), "{e}");
         assert!(chardev("c0", &serde_json::json!({"type": "pty"})).is_err());
     }
 }

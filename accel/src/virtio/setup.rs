@@ -1,12 +1,14 @@
 //! Builds the PCI bus and the vhost-user virtio-pci devices a [`VmConfig`] asks for.
 
-use std::os::unix::net::UnixListener;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vm_allocator::IdAllocator;
 
 use super::backend::VirtioBackend;
@@ -47,6 +49,13 @@ pub enum SetupError {
     },
     #[error("-device {device}: cannot listen for the vhost-user backend on {path}: {source}")]
     Listen {
+        device: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("-device {device}: waiting for the vhost-user backend to connect to {path}: {source}")]
+    Accept {
         device: String,
         path: String,
         #[source]
@@ -136,6 +145,7 @@ impl PciSetup {
         name: String,
         dcfg: &VhostUserDeviceConfig,
         chardev: &ChardevConfig,
+        listening: Option<Listening>,
         vcpus: u8,
         memory: M,
     ) -> Result<u8, SetupError> {
@@ -156,11 +166,7 @@ impl PciSetup {
             None if bus == 0 => Some(root.free_slot()?),
             None => None,
         };
-        let listener = chardev
-            .server
-            .then(|| listen(&name, &chardev.path))
-            .transpose()?;
-        let (backend, plan) = connect(&name, dcfg, chardev, listener.as_ref(), vcpus, memory)?;
+        let (backend, plan) = connect(&name, dcfg, chardev, listening.as_ref(), vcpus, memory)?;
         // Behind a bridge, the BAR moves into the bridge's window (`assign_resources`).
         let bar0 = root.allocate_mmio(BAR0_SIZE)?;
         let backend = Arc::new(Mutex::new(backend));
@@ -181,8 +187,8 @@ impl PciSetup {
                 });
             }
         };
-        let reconnect = match listener {
-            Some(l) => Some(Reconnect::Accept(l)),
+        let reconnect = match listening {
+            Some(l) => Some(Reconnect::Accept(l.listener)),
             None => (chardev.reconnect_secs > 0)
                 .then(|| Reconnect::Dial(Duration::from_secs(chardev.reconnect_secs))),
         };
@@ -449,7 +455,22 @@ pub fn setup_with_router<M: GuestRam>(
                 device: name.clone(),
                 chardev: dcfg.chardev.clone(),
             })?;
-        setup.plug(name, dcfg, chardev, config.smp.cpus, memory.clone())?;
+        let listening = chardev
+            .server
+            .then(|| listen(&name, &chardev.path))
+            .transpose()?
+            .map(|listener| Listening {
+                listener,
+                wait: None,
+            });
+        setup.plug(
+            name,
+            dcfg,
+            chardev,
+            listening,
+            config.smp.cpus,
+            memory.clone(),
+        )?;
     }
     // As firmware: bus numbers, bridge windows, BARs behind bridges.
     root.assign_resources()?;
@@ -461,8 +482,43 @@ pub fn setup_with_router<M: GuestRam>(
     Ok(setup)
 }
 
+/// A `server=on` chardev's listening socket, and how long plugging a device on it waits for
+/// the backend to connect.
+pub struct Listening {
+    pub listener: UnixListener,
+    /// `None`: as long as it takes, as QEMU does (at startup, before the guest runs). QMP's
+    /// `device_add` waits a bounded time: the main thread must not hang on an absent peer.
+    pub wait: Option<Duration>,
+}
+
+impl Listening {
+    /// The next connection, within `wait`.
+    fn accept(&self) -> std::io::Result<UnixStream> {
+        let Some(wait) = self.wait else {
+            return self.listener.accept().map(|(s, _)| s);
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no backend connected within {} s", wait.as_secs()),
+                    ));
+                }
+                Ok(_) => return self.listener.accept().map(|(s, _)| s),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// `server=on`: listens on `path` (replacing a stale socket file), as QEMU does.
-fn listen(name: &str, path: &Path) -> Result<UnixListener, SetupError> {
+pub fn listen(name: &str, path: &Path) -> Result<UnixListener, SetupError> {
     let err = |source| SetupError::Listen {
         device: name.to_string(),
         path: path.display().to_string(),
@@ -479,7 +535,7 @@ fn connect<M: GuestRam>(
     name: &str,
     dcfg: &VhostUserDeviceConfig,
     chardev: &ChardevConfig,
-    listener: Option<&UnixListener>,
+    listener: Option<&Listening>,
     vcpus: u8,
     memory: M,
 ) -> Result<(VhostUserBackend<M>, DevicePlan), SetupError> {
@@ -498,7 +554,7 @@ fn connect<M: GuestRam>(
                 "{name}: waiting for the vhost-user backend to connect to {} (server=on)",
                 path.display()
             );
-            let (stream, _) = listener.accept().map_err(|source| SetupError::Listen {
+            let stream = listener.accept().map_err(|source| SetupError::Accept {
                 device: name.to_string(),
                 path: path.display().to_string(),
                 source,
@@ -679,5 +735,22 @@ mod tests {
         assert_eq!(p.params.odd_queue_size, Some(512));
         let p = DevicePlan::new(&cfg("virtio-net-pci", None), 2, VERSION_1 | MRG_RXBUF);
         assert_eq!(p.feature_mask & MRG_RXBUF, MRG_RXBUF);
+    }
+
+    /// `device_add` on a `server=on` chardev: a bounded wait fails with a timeout when no
+    /// backend comes, and takes a connection that waited in the backlog at once.
+    #[test]
+    fn a_bounded_accept_times_out_and_takes_a_queued_connection() {
+        let path = std::env::temp_dir().join(format!("accel-listen-{}.sock", std::process::id()));
+        let listener = listen("t", &path).unwrap();
+        let l = Listening {
+            listener,
+            wait: Some(Duration::from_millis(50)),
+        };
+        let e = l.accept().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        let _client = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().is_ok());
+        std::fs::remove_file(&path).unwrap();
     }
 }

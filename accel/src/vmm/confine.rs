@@ -17,8 +17,10 @@
 //! which accel only waits for at exit (`wait4`).
 //!
 //! Landlock leaves accel: reading the kernel and initrd (a guest reboot loads them again),
-//! removing the files it removes at exit (QMP and serial sockets, the pidfile: the right to
-//! remove entries of their directories), and `/dev/null` with `-daemonize`. Connecting to the
+//! creating and removing sockets in the directories the command line puts sockets in (QMP,
+//! `-serial unix:`, vhost-user chardevs: accel removes its own at exit, and QMP `chardev-add`
+//! with `"server": true` binds one there), removing the pidfile (the right to remove entries
+//! of its directory), and `/dev/null` with `-daemonize`. Connecting to the
 //! vhost-user sockets again is not a filesystem access landlock (ABI 7) controls; TCP bind and
 //! connect are denied (accepting on an already bound QMP TCP socket still works).
 //!
@@ -156,6 +158,9 @@ const MAIN_CALLS: &[Allow] = &[
     Any("fcntl"),
     Any("unlink"),
     Any("unlinkat"),
+    // QMP chardev-add with `"server": true`: a unix socket bound (where landlock lets it).
+    Any("bind"),
+    Any("listen"),
     // At exit: reaping the backend launcher (`crate::backends::launcher`), which it waits for.
     Any("wait4"),
     // -daemonize: /dev/null onto the standard fds once running.
@@ -329,24 +334,33 @@ pub fn paths(config: &VmConfig) -> Vec<PathRule> {
     if let Some(initrd) = &config.boot.initrd {
         paths.push(PathRule::new(initrd, FsAccess::Read));
     }
-    let mut removed: Vec<&Path> = Vec::new();
+    // The directories the command line puts sockets in: QMP `chardev-add` with `"server":
+    // true` may bind more there (a VM's sockets live together: libvirt's domain directory,
+    // Kata's sandbox directory), and accel removes its own at exit.
+    let mut sockets: Vec<&Path> = Vec::new();
     for m in &config.monitors {
         if let MonitorListen::Unix(p) = &m.listen {
-            removed.push(p);
+            sockets.push(p);
         }
     }
     if let SerialConfig::UnixServer { path, .. } = &config.serial {
-        removed.push(path);
+        sockets.push(path);
     }
-    if let Some(p) = &config.lifecycle.pidfile {
-        removed.push(p);
-    }
-    for p in removed {
-        let rule = PathRule::new(parent_dir(p), FsAccess::RemoveEntries);
-        if !paths.contains(&rule) {
-            paths.push(rule);
+    sockets.extend(config.chardevs.iter().map(|c| c.path.as_path()));
+    let mut dirs: Vec<(PathBuf, FsAccess)> = Vec::new();
+    for p in sockets {
+        let dir = parent_dir(p);
+        if !dirs.iter().any(|(d, _)| *d == dir) {
+            dirs.push((dir, FsAccess::Sockets));
         }
     }
+    if let Some(p) = &config.lifecycle.pidfile {
+        let dir = parent_dir(p);
+        if !dirs.iter().any(|(d, _)| *d == dir) {
+            dirs.push((dir, FsAccess::RemoveEntries));
+        }
+    }
+    paths.extend(dirs.into_iter().map(|(d, a)| PathRule::new(d, a)));
     if config.lifecycle.daemonize {
         paths.push(PathRule::new("/dev/null", FsAccess::ReadWrite));
     }

@@ -12,8 +12,10 @@
 //!   that ignores the request costs nothing: nothing waits for it. A repeated `device_del`
 //!   of a device still waiting asks the guest again and returns `{}`, as QEMU 7.2 does on
 //!   `pc` (measured: tests/tests/hotplug.rs runs the same script against it).
-//! - Chardevs added here are recorded only: accel connects to the backend's socket when a
-//!   device uses the chardev (`device_add`), as it does for `-chardev` at startup.
+//! - Client chardevs added here are recorded only: accel connects to the backend's socket
+//!   when a device uses the chardev (`device_add`), as it does for `-chardev` at startup. A
+//!   `"server": true` one listens at once (as QEMU's does); `device_add` takes the backend's
+//!   connection, waiting at most [`ACCEPT_WAIT`], and `chardev-remove` removes the socket file.
 //! - On `-M q35`, `device_add` with `bus=` a `pcie-root-port` and `device_del` of a device
 //!   on one use PCIe native hot-plug instead ([`pcie`]).
 
@@ -21,7 +23,9 @@ mod pcie;
 
 use crate::pci::root::devfn;
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use vm_memory::GuestAddressSpace;
@@ -32,7 +36,12 @@ use crate::config::{ChardevConfig, NetdevConfig, VmConfig};
 use crate::devices::acpi_pcihp::PCIHP_GPE_BIT;
 use crate::qmp::{HotplugCommand, QmpError, QmpShared};
 use crate::virtio::PciSetup;
+use crate::virtio::setup::{Listening, listen};
 
+/// How long `device_add` of a device on a `server=on` chardev waits for its backend to
+/// connect. QEMU waits as long as it takes, with its monitor blocked; accel's main thread
+/// answers QMP and must not hang on a peer that never comes.
+const ACCEPT_WAIT: Duration = Duration::from_secs(60);
 /// What QMP added or asked for, kept by the main thread.
 #[derive(Default)]
 pub struct HotplugState {
@@ -44,6 +53,8 @@ pub struct HotplugState {
     pending_native: BTreeMap<usize, std::time::Instant>,
     /// qdev ids by (bus index, device/function number), for `query-pci`.
     pub ids: Arc<Mutex<BTreeMap<(usize, u8), String>>>,
+    /// The sockets `chardev-add` with `"server": true` listens on, by chardev id.
+    listeners: BTreeMap<String, UnixListener>,
     added: u32,
 }
 
@@ -103,9 +114,41 @@ fn chardev_add(vm: &mut Vm, id: String, backend: &Value) -> Result<(), QmpError>
         return Err(generic(format!("Chardev with id '{id}' already exists")));
     }
     let chardev = runtime::chardev(&id, backend).map_err(|e| generic(e.to_string()))?;
-    log::info!("chardev-add {id}: unix socket {}", chardev.path.display());
+    if chardev.server {
+        // Listening when the command returns, as QEMU's: a client-mode backend that is
+        // already retrying connects into the backlog, and device_add takes it from there.
+        let listener = listen(&id, &chardev.path).map_err(|e| generic(e.to_string()))?;
+        state.listeners.insert(id.clone(), listener);
+        log::info!("chardev-add {id}: listening on {}", chardev.path.display());
+    } else {
+        log::info!("chardev-add {id}: unix socket {}", chardev.path.display());
+    }
     state.chardevs.push(chardev);
     Ok(())
+}
+
+/// The listening socket for a device on `chardev` (`server=on`): a duplicate of the one
+/// `chardev-add` bound, which stays with the chardev when the device goes; for a command-line
+/// chardev whose first device was removed (its socket went with it), a new one.
+fn listening(
+    state: &mut HotplugState,
+    chardev: &ChardevConfig,
+) -> Result<Option<Listening>, QmpError> {
+    if !chardev.server {
+        return Ok(None);
+    }
+    let id = &chardev.id;
+    if !state.listeners.contains_key(id) {
+        let listener = listen(id, &chardev.path).map_err(|e| generic(e.to_string()))?;
+        state.listeners.insert(id.clone(), listener);
+    }
+    let listener = state.listeners[id]
+        .try_clone()
+        .map_err(|e| generic(format!("chardev '{id}': {e}")))?;
+    Ok(Some(Listening {
+        listener,
+        wait: Some(ACCEPT_WAIT),
+    }))
 }
 
 /// Whether a device or a netdev uses chardev `id`.
@@ -125,7 +168,14 @@ fn chardev_remove(vm: &mut Vm, id: &str) -> Result<(), QmpError> {
     if chardev_users(vm, id) != (false, false) {
         return Err(generic(format!("Chardev '{id}' is busy")));
     }
-    vm.hotplug.chardevs.retain(|c| c.id != id);
+    let state = &mut vm.hotplug;
+    if state.listeners.remove(id).is_some()
+        && let Some(c) = state.chardevs.iter().find(|c| c.id == id)
+    {
+        // QEMU removes a server socket's file with the chardev.
+        let _ = std::fs::remove_file(&c.path);
+    }
+    state.chardevs.retain(|c| c.id != id);
     Ok(())
 }
 
@@ -245,10 +295,19 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
         }
         _ => {}
     }
+    let listening = listening(&mut vm.hotplug, &chardev)?;
     let name = vm.hotplug.name_for(&config);
     let memory = (*vm.ram.memory.memory()).clone();
+    let pci = vm.pci.as_mut().ok_or_else(no_hotplug)?;
     let slot = pci
-        .plug(name, &config, &chardev, vm.config.smp.cpus, memory)
+        .plug(
+            name,
+            &config,
+            &chardev,
+            listening,
+            vm.config.smp.cpus,
+            memory,
+        )
         .map_err(|e| generic(e.to_string()))?;
     if let Some(id) = &config.id {
         vm.hotplug.ids().insert((0, devfn(slot, 0)), id.clone());

@@ -21,6 +21,7 @@ fn rights(access: FsAccess, is_dir: bool) -> BitFlags<AccessFs> {
         FsAccess::Read => read,
         FsAccess::ReadWrite => read | AccessFs::WriteFile,
         FsAccess::RemoveEntries => AccessFs::RemoveFile.into(),
+        FsAccess::Sockets => AccessFs::MakeSock | AccessFs::RemoveFile,
     }
 }
 

@@ -78,6 +78,8 @@ pub enum FsAccess {
     ReadWrite,
     /// Remove entries of this directory (a socket file removed on exit).
     RemoveEntries,
+    /// Create sockets in this directory and remove its entries (a socket bound at runtime).
+    Sockets,
 }
 
 /// One path the confined process may still use.

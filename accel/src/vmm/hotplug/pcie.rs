@@ -54,12 +54,13 @@ pub(super) fn device_add(
             "PCI: slot 0 function 0 not available for {driver}, in use"
         )));
     }
+    let listening = super::listening(&mut vm.hotplug, chardev)?;
     let name = vm.hotplug.name_for(config);
     let memory = (*vm.ram.memory.memory()).clone();
     let cpus = vm.config.smp.cpus;
     let pci = vm.pci.as_mut().ok_or_else(no_hotplug)?;
     let slot = pci
-        .plug(name, config, chardev, cpus, memory)
+        .plug(name, config, chardev, listening, cpus, memory)
         .map_err(|e| generic(e.to_string()))?;
     pci.place_hotplugged(bus);
     if let Some(id) = &config.id {
