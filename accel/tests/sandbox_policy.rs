@@ -107,6 +107,17 @@ fn confined_child() {
                 _ => Ok(()),
             }
         }
+        // QMP chardev-add with "server": true, on the main thread: a socket in the QMP
+        // socket's directory, then one in its parent (not a directory the line uses).
+        "bind-main" | "bind-elsewhere" => {
+            vu_sandbox::confine_thread(&accel::vmm::confine::main_syscalls()).unwrap();
+            let at = if action == "bind-main" {
+                dir.join("chardev.sock")
+            } else {
+                dir.with_extension("sock")
+            };
+            std::os::unix::net::UnixListener::bind(&at).map(drop)
+        }
         "kvm-run-vcpu" => {
             vu_sandbox::confine_thread(&accel::vmm::confine::vcpu_syscalls()).unwrap();
             // SAFETY: KVM_RUN on stdin, which is not a vCPU: ENOTTY, not SIGSYS.
@@ -129,6 +140,9 @@ fn policy_allows_kernel_and_initrd_and_denies_other_files() {
         ("shadow", EACCES),
         // The pidfile's directory: entries may be removed (the pidfile at exit).
         ("remove-pidfile", DONE),
+        // Sockets may be created where the command line has sockets (the QMP one), only.
+        ("bind-main", DONE),
+        ("bind-elsewhere", EACCES),
     ] {
         let (status, stderr) = child(&dir.0, action);
         assert_eq!(status.code(), Some(want), "{action}: {stderr}");
