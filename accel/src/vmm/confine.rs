@@ -17,9 +17,9 @@
 //! which accel only waits for at exit (`wait4`).
 //!
 //! Landlock leaves accel: reading the kernel and initrd (a guest reboot loads them again),
-//! creating and removing sockets in the directories the command line puts sockets in (QMP,
-//! `-serial unix:`, vhost-user chardevs: accel removes its own at exit, and QMP `chardev-add`
-//! with `"server": true` binds one there), removing the pidfile (the right to remove entries
+//! creating and removing sockets in the directories where the command line has accel listen
+//! (QMP, `-serial unix:`, `server=on` vhost-user chardevs: accel removes its own at exit, and
+//! QMP `chardev-add` with `"server": true` binds one there), removing the pidfile (the right to remove entries
 //! of its directory), and `/dev/null` with `-daemonize`. Connecting to the
 //! vhost-user sockets again is not a filesystem access landlock (ABI 7) controls; TCP bind and
 //! connect are denied (accepting on an already bound QMP TCP socket still works).
@@ -334,9 +334,11 @@ pub fn paths(config: &VmConfig) -> Vec<PathRule> {
     if let Some(initrd) = &config.boot.initrd {
         paths.push(PathRule::new(initrd, FsAccess::Read));
     }
-    // The directories the command line puts sockets in: QMP `chardev-add` with `"server":
-    // true` may bind more there (a VM's sockets live together: libvirt's domain directory,
-    // Kata's sandbox directory), and accel removes its own at exit.
+    // The directories where the command line has accel listen: QMP `chardev-add` with
+    // `"server": true` may bind more there (a VM's sockets live together: libvirt's domain
+    // directory, Kata's sandbox directory), and accel removes its own at exit. Not the
+    // directories of the backends' sockets accel connects to: those are the backends' (a
+    // directory such as OVS's run directory holds other VMs' sockets).
     let mut sockets: Vec<&Path> = Vec::new();
     for m in &config.monitors {
         if let MonitorListen::Unix(p) = &m.listen {
@@ -346,7 +348,13 @@ pub fn paths(config: &VmConfig) -> Vec<PathRule> {
     if let SerialConfig::UnixServer { path, .. } = &config.serial {
         sockets.push(path);
     }
-    sockets.extend(config.chardevs.iter().map(|c| c.path.as_path()));
+    sockets.extend(
+        config
+            .chardevs
+            .iter()
+            .filter(|c| c.server)
+            .map(|c| c.path.as_path()),
+    );
     let mut dirs: Vec<(PathBuf, FsAccess)> = Vec::new();
     for p in sockets {
         let dir = parent_dir(p);
