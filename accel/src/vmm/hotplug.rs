@@ -35,13 +35,14 @@ use crate::cli::runtime;
 use crate::config::{ChardevConfig, NetdevConfig, VmConfig};
 use crate::devices::acpi_pcihp::PCIHP_GPE_BIT;
 use crate::qmp::{HotplugCommand, QmpError, QmpShared};
-use crate::virtio::PciSetup;
 use crate::virtio::setup::{Listening, listen};
+use crate::virtio::{PciSetup, SetupError};
 
 /// How long `device_add` of a device on a `server=on` chardev waits for its backend to
 /// connect. QEMU waits as long as it takes, with its monitor blocked; accel's main thread
 /// answers QMP and must not hang on a peer that never comes.
 const ACCEPT_WAIT: Duration = Duration::from_secs(60);
+
 /// What QMP added or asked for, kept by the main thread.
 #[derive(Default)]
 pub struct HotplugState {
@@ -117,7 +118,7 @@ fn chardev_add(vm: &mut Vm, id: String, backend: &Value) -> Result<(), QmpError>
     if chardev.server {
         // Listening when the command returns, as QEMU's: a client-mode backend that is
         // already retrying connects into the backlog, and device_add takes it from there.
-        let listener = listen(&id, &chardev.path).map_err(|e| generic(e.to_string()))?;
+        let listener = bind(&id, &chardev.path)?;
         state.listeners.insert(id.clone(), listener);
         log::info!("chardev-add {id}: listening on {}", chardev.path.display());
     } else {
@@ -125,6 +126,16 @@ fn chardev_add(vm: &mut Vm, id: String, backend: &Value) -> Result<(), QmpError>
     }
     state.chardevs.push(chardev);
     Ok(())
+}
+
+/// Listens on `path` for chardev `id`; the error names the chardev.
+fn bind(id: &str, path: &std::path::Path) -> Result<UnixListener, QmpError> {
+    listen(id, path).map_err(|e| match e {
+        SetupError::Listen { path, source, .. } => {
+            generic(format!("chardev '{id}': cannot listen on {path}: {source}"))
+        }
+        other => generic(other.to_string()),
+    })
 }
 
 /// The listening socket for a device on `chardev` (`server=on`): a duplicate of the one
@@ -139,7 +150,7 @@ fn listening(
     }
     let id = &chardev.id;
     if !state.listeners.contains_key(id) {
-        let listener = listen(id, &chardev.path).map_err(|e| generic(e.to_string()))?;
+        let listener = bind(id, &chardev.path)?;
         state.listeners.insert(id.clone(), listener);
     }
     let listener = state.listeners[id]
