@@ -309,7 +309,6 @@ fn device_add(vm: &mut Vm, args: &Map<String, Value>) -> Result<(), QmpError> {
     let listening = listening(&mut vm.hotplug, &chardev)?;
     let name = vm.hotplug.name_for(&config);
     let memory = (*vm.ram.memory.memory()).clone();
-    let pci = vm.pci.as_mut().ok_or_else(no_hotplug)?;
     let slot = pci
         .plug(
             name,
