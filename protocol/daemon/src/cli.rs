@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use nix::sys::socket::sockopt::{AcceptConn, SockType};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt};
 use vhost::vhost_user::Listener;
-use vu_spec::unix::{BindError, remove_stale_socket};
+use vu_spec::unix::{BindError, bind_listening, remove_stale_socket};
 
 use super::DaemonError;
 use crate::backend_util::{MAX_QUEUE_SIZE, valid_queue_size};
@@ -120,9 +120,10 @@ impl ListenAddress {
                     source,
                 };
                 remove_stale_socket(path).map_err(bind_err)?;
-                // The Listener removes the socket file again when it drops.
-                Listener::new(path, false)
-                    .map_err(|e| bind_err(BindError::Bind(std::io::Error::other(e.to_string()))))
+                // The file appears once listening (a frontend that waits for it can connect at
+                // once); the Listener removes it again when it drops.
+                let fd = bind_listening(path).map_err(|e| bind_err(BindError::Bind(e)))?;
+                Ok(Listener::from_bound(fd, path.clone()))
             }
             ListenAddress::Fd(fd) => listener_from_fd(*fd),
         }

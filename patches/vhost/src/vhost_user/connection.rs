@@ -43,6 +43,16 @@ impl Listener {
         })
     }
 
+    // PATCH(bound-listener): a listener the caller bound itself (e.g. under a temporary name
+    // renamed into place once listening), still removing `path` when it drops.
+    /// Wraps `fd`, listening on `path`; the file at `path` is removed when the Listener drops.
+    pub fn from_bound(fd: UnixListener, path: PathBuf) -> Self {
+        Listener {
+            fd,
+            path: Some(path),
+        }
+    }
+
     /// Accept an incoming connection.
     ///
     /// # Return:
