@@ -19,8 +19,8 @@
 //! Landlock leaves accel: reading the kernel and initrd (a guest reboot loads them again),
 //! creating and removing sockets in the directories where the command line has accel listen
 //! (QMP, `-serial unix:`, `server=on` vhost-user chardevs: accel removes its own at exit, and
-//! QMP `chardev-add` with `"server": true` binds one there), removing the pidfile (the right to remove entries
-//! of its directory), and `/dev/null` with `-daemonize`. Connecting to the
+//! QMP `chardev-add` with `"server": true` binds one there), removing the pidfile (the right
+//! to remove entries of its directory), and `/dev/null` with `-daemonize`. Connecting to the
 //! vhost-user sockets again is not a filesystem access landlock (ABI 7) controls; TCP bind and
 //! connect are denied (accepting on an already bound QMP TCP socket still works).
 //!

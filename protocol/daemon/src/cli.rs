@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use nix::sys::socket::sockopt::{AcceptConn, SockType};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt};
 use vhost::vhost_user::Listener;
-use vu_spec::unix::{BindError, bind_listening, remove_stale_socket};
+use vu_spec::unix::bind_replacing_socket;
 
 use super::DaemonError;
 use crate::backend_util::{MAX_QUEUE_SIZE, valid_queue_size};
@@ -119,10 +119,9 @@ impl ListenAddress {
                     path: path.clone(),
                     source,
                 };
-                remove_stale_socket(path).map_err(bind_err)?;
                 // The file appears once listening (a frontend that waits for it can connect at
                 // once); the Listener removes it again when it drops.
-                let fd = bind_listening(path).map_err(|e| bind_err(BindError::Bind(e)))?;
+                let fd = bind_replacing_socket(path).map_err(bind_err)?;
                 Ok(Listener::from_bound(fd, path.clone()))
             }
             ListenAddress::Fd(fd) => listener_from_fd(*fd),
@@ -169,6 +168,7 @@ mod tests {
     use super::*;
     use clap::Parser;
     use std::os::fd::IntoRawFd;
+    use vu_spec::unix::BindError;
 
     #[derive(Parser, Debug)]
     struct Prog {
