@@ -193,6 +193,9 @@ fn malformed_messages_drop_the_connection_and_the_next_frontend_is_served() {
                 match c.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => total += n,
+                    // A read interrupted by a signal (2 of 600 runs of this binary, whose
+                    // other tests signal their children) is no answer from the backend.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => panic!("connection not dropped after {g:?}: {e}"),
                 }
                 assert!(total < 4096, "endless answer");
